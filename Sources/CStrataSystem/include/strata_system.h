@@ -1,0 +1,25 @@
+// Linux calls that Swift's Glibc module leaves out because they need _GNU_SOURCE.
+// Each returns what the call returns and leaves errno as the call set it.
+#ifndef STRATA_SYSTEM_H
+#define STRATA_SYSTEM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/// fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate a range; it then reads as zeros.
+int strata_punch_hole(int fd, int64_t offset, int64_t length);
+/// fallocate(ZERO_RANGE | KEEP_SIZE): zero a range and keep it allocated.
+int strata_zero_range(int fd, int64_t offset, int64_t length);
+/// lseek(SEEK_DATA) and lseek(SEEK_HOLE).
+int64_t strata_seek_data(int fd, int64_t offset);
+int64_t strata_seek_hole(int fd, int64_t offset);
+/// pwritev2(RWF_DSYNC): a write that is durable when it returns (FUA).
+ssize_t strata_pwritev_dsync(int fd, const struct iovec *iov, int count, int64_t offset);
+/// Block devices: size in bytes, logical sector size, discard and zero-out.
+int strata_block_size(int fd, uint64_t *bytes);
+int strata_block_sector_size(int fd, int *bytes);
+int strata_block_discard(int fd, uint64_t offset, uint64_t length);
+int strata_block_zeroout(int fd, uint64_t offset, uint64_t length);
+
+#endif

@@ -1,0 +1,169 @@
+import Synchronization
+
+/// A provider opened for a library user: async read, write, flush, delete and
+/// write-zeroes at byte offsets, built on the callback path.
+///
+/// Opening makes a small geom of class USER with one consumer attached to the
+/// provider and opens it with the access asked for, so GEOM's access rules apply to
+/// library users as to any class. Requests come from the shared bio set; each call
+/// awaits its completion.
+public final class BlockDevice: @unchecked Sendable {
+    public let provider: Provider
+    private let topology: Topology
+    private let geom: UserGeom
+    private let consumer: Consumer
+    private let access: (read: Int, write: Int, exclusive: Int)
+    private let closed = Atomic<Bool>(false)
+
+    private static let serial = Atomic<Int>(0)
+
+    /// Opens `provider` for reading, and for writing if `writable`.
+    /// - Throws: `StrataError` when access is refused (EPERM) or the provider is gone.
+    public init(opening provider: Provider, in topology: Topology, writable: Bool, exclusive: Bool = false) throws {
+        self.provider = provider
+        self.topology = topology
+        let number = BlockDevice.serial.wrappingAdd(1, ordering: .relaxed).newValue
+        geom = UserGeom(name: "user-\(number)")
+        try topology.add(geom)
+        consumer = topology.createConsumer(for: geom)
+        access = (1, writable ? 1 : 0, exclusive ? 1 : 0)
+        do {
+            try topology.attach(consumer, to: provider)
+            try topology.access(consumer, read: access.read, write: access.write, exclusive: access.exclusive)
+        } catch {
+            topology.wither(geom)
+            throw error
+        }
+    }
+
+    /// Opens the provider named `name`.
+    public convenience init(opening name: String, in topology: Topology, writable: Bool, exclusive: Bool = false) throws {
+        guard let provider = topology.provider(named: name) else {
+            throw StrataError(.noDevice, "open \(name): no such provider")
+        }
+        try self.init(opening: provider, in: topology, writable: writable, exclusive: exclusive)
+    }
+
+    deinit { close() }
+
+    /// Closes the device: access is released and its geom leaves the topology.
+    /// Wait for outstanding calls first.
+    public func close() {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        if consumer.provider != nil {
+            try? topology.access(consumer, read: -access.read, write: -access.write, exclusive: -access.exclusive)
+        }
+        topology.wither(geom)
+    }
+
+    // MARK: I/O
+
+    /// Reads `count` bytes at `offset`.
+    public func read(at offset: Int64, count: Int) async throws -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 64)
+        defer { buffer.deallocate() }
+        try await perform(.read, offset: offset, length: Int64(count), buffer: buffer)
+        return Array(buffer.bindMemory(to: UInt8.self))
+    }
+
+    /// Reads into `buffer` at `offset`. Returns the bytes read (fewer at the end of the media).
+    @discardableResult
+    public func read(at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) async throws -> Int {
+        Int(try await perform(.read, offset: offset, length: Int64(buffer.count), buffer: buffer))
+    }
+
+    /// Writes `bytes` at `offset`; with `fua`, durable when it returns.
+    public func write(_ bytes: [UInt8], at offset: Int64, fua: Bool = false) async throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 64)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes)
+        try await perform(.write, offset: offset, length: Int64(bytes.count), buffer: buffer, flags: fua ? .fua : [])
+    }
+
+    /// Makes every completed write durable.
+    public func flush() async throws {
+        try await perform(.flush, offset: 0, length: 0)
+    }
+
+    /// Tells the provider the range is no longer used.
+    public func delete(at offset: Int64, length: Int64) async throws {
+        try await perform(.delete, offset: offset, length: length)
+    }
+
+    /// Makes the range read as zeros; with `noHole` it stays allocated.
+    public func writeZeroes(at offset: Int64, length: Int64, noHole: Bool = false) async throws {
+        try await perform(.writeZeroes, offset: offset, length: length, flags: noHole ? .noHole : [])
+    }
+
+    /// Whether DELETE frees space on the provider ("GEOM::candelete").
+    public func canDelete() async throws -> Bool {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4, alignment: 4)
+        defer { buffer.deallocate() }
+        try await perform(.getattr, offset: 0, length: 0, buffer: buffer, attribute: .canDelete)
+        return buffer.load(as: Int32.self) != 0
+    }
+
+    /// The provider's identification ("GEOM::ident").
+    public func ident() async throws -> String {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
+        defer { buffer.deallocate() }
+        let completed = try await perform(.getattr, offset: 0, length: 0, buffer: buffer, attribute: .ident)
+        return String(decoding: buffer.prefix(Int(completed)).prefix { $0 != 0 }, as: UTF8.self)
+    }
+
+    /// The data, hole and zero extents of `offset ..< offset+length` (at most `limit`).
+    public func extents(at offset: Int64, length: Int64, limit: Int = 1024) async throws -> [BioExtent] {
+        let size = limit * BioExtent.encodedSize
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
+        defer { buffer.deallocate() }
+        let completed = try await perform(.getattr, offset: offset, length: length, buffer: buffer, attribute: .extents)
+        return (0..<Int(completed) / BioExtent.encodedSize).map { index in
+            let base = index * BioExtent.encodedSize
+            return BioExtent(offset: buffer.load(fromByteOffset: base, as: Int64.self),
+                             length: buffer.load(fromByteOffset: base + 8, as: Int64.self),
+                             kind: .init(rawValue: buffer.load(fromByteOffset: base + 16, as: UInt32.self)))
+        }
+    }
+
+    /// Sends one request and resumes when it completes. Returns the bytes completed.
+    @discardableResult
+    private func perform(_ command: BioCommand, offset: Int64, length: Int64, buffer: UnsafeMutableRawBufferPointer? = nil,
+                         flags: BioFlags = [], attribute: BioAttribute? = nil) async throws -> Int64 {
+        let consumer = self.consumer
+        let description = "\(command) at \(offset)+\(length) on \(provider.name)"
+        let bufferAddress = buffer.map { UnsafeMutableRawBufferPointerBox($0) }
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int64, any Error>) in
+            let bio = AnyBioSet.shared.alloc(segments: 1)
+            bio.command = command
+            bio.offset = offset
+            bio.length = length
+            bio.flags = flags
+            bio.attribute = attribute
+            if let bufferAddress { bio.setData(bufferAddress.buffer) }
+            bio.done = .closure { done in
+                let result: Result<Int64, any Error> = done.error.map { .failure(StrataError($0, description)) }
+                    ?? .success(done.completed)
+                done.destroy()
+                continuation.resume(with: result)
+            }
+            consumer.request(bio)
+        }
+    }
+}
+
+/// Carries a caller's buffer into the continuation; the caller keeps it alive
+/// until the call returns.
+private struct UnsafeMutableRawBufferPointerBox: @unchecked Sendable {
+    let buffer: UnsafeMutableRawBufferPointer
+    init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+}
+
+/// The geom behind a `BlockDevice`: it has a consumer and no providers. When the
+/// provider below goes away its requests fail with ENXIO until the device is closed.
+final class UserGeom: Geom, @unchecked Sendable {
+    init(name: String) {
+        super.init(name: name, className: "USER")
+    }
+
+    override func orphan(_ consumer: Consumer) {}
+}

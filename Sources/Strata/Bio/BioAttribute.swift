@@ -1,0 +1,121 @@
+/// The name of an out-of-band attribute a GETATTR asks for (`bio_attribute`).
+///
+/// The answer is written into the request's data; `completed` says how many bytes of
+/// it are valid. The typed helpers below write and read the common answers so no
+/// class encodes them by hand.
+public struct BioAttribute: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    public init(_ name: String) { self.name = name }
+    public var description: String { name }
+
+    /// "GEOM::candelete": an Int32, 1 when DELETE frees space on the provider.
+    public static let canDelete = BioAttribute("GEOM::candelete")
+    /// "GEOM::ident": a string that identifies the media (a serial number, a path).
+    public static let ident = BioAttribute("GEOM::ident")
+    /// "STRATA::extents": the data, hole and zero ranges of `offset ..< offset+length`,
+    /// as `BioExtent` records (what NBD block status reports).
+    public static let extents = BioAttribute("STRATA::extents")
+}
+
+/// One range of a provider and what it holds, as the extents attribute reports it.
+@frozen public struct BioExtent: Hashable, Sendable, CustomStringConvertible {
+    public struct Kind: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        /// Not allocated: reading it costs nothing (NBD_STATE_HOLE).
+        public static let hole = Kind(rawValue: 1)
+        /// Reads as zeros (NBD_STATE_ZERO).
+        public static let zero = Kind(rawValue: 2)
+    }
+
+    public var offset: Int64
+    public var length: Int64
+    public var kind: Kind
+
+    public init(offset: Int64, length: Int64, kind: Kind) {
+        self.offset = offset
+        self.length = length
+        self.kind = kind
+    }
+
+    public var description: String {
+        let what = kind.contains(.hole) ? "hole" : (kind.contains(.zero) ? "zero" : "data")
+        return "\(what)@\(offset)+\(length)"
+    }
+
+    /// Bytes one record takes in a GETATTR answer.
+    public static let encodedSize = 24
+}
+
+extension ProviderBio {
+    /// Answers a GETATTR with an Int32 and delivers it.
+    public consuming func deliverAttribute(int32 value: Int32) {
+        guard data.count >= 4 else { deliver(.invalid); return }
+        withUnsafeBytes(of: value) { data.slice(offset: 0, count: 4).copy(from: $0.baseAddress!) }
+        completed = 4
+        deliver(nil)
+    }
+
+    /// Answers a GETATTR with a NUL-terminated UTF-8 string, truncated to fit.
+    public consuming func deliverAttribute(string value: String) {
+        var bytes = Array(value.utf8)
+        bytes.append(0)
+        let count = min(bytes.count, data.count)
+        guard count > 0 else { deliver(.invalid); return }
+        bytes.withUnsafeBytes { data.slice(offset: 0, count: count).copy(from: $0.baseAddress!) }
+        completed = Int64(count)
+        deliver(nil)
+    }
+
+    /// How many extent records fit in this GETATTR's answer buffer.
+    public var extentCapacity: Int { data.count / BioExtent.encodedSize }
+
+    /// Answers an extents GETATTR with `extents` (at most `extentCapacity` of them,
+    /// in order, starting at `offset`) and delivers it.
+    public consuming func deliverAttribute(extents: some Collection<BioExtent>) {
+        precondition(extents.count <= extentCapacity, "\(extents.count) extents do not fit the answer buffer")
+        var at = 0
+        for extent in extents {
+            var record = (extent.offset, extent.length, extent.kind.rawValue, UInt32(0))
+            withUnsafeBytes(of: &record) {
+                data.slice(offset: at, count: BioExtent.encodedSize).copy(from: $0.baseAddress!)
+            }
+            at += BioExtent.encodedSize
+        }
+        completed = Int64(at)
+        deliver(nil)
+    }
+}
+
+extension Bio {
+    /// The Int32 answer of a completed GETATTR.
+    public var attributeInt32: Int32? {
+        guard error == nil, completed >= 4 else { return nil }
+        var value: Int32 = 0
+        withUnsafeMutableBytes(of: &value) { data.slice(offset: 0, count: 4).copy(to: $0.baseAddress!) }
+        return value
+    }
+
+    /// The string answer of a completed GETATTR.
+    public var attributeString: String? {
+        guard error == nil, completed > 0 else { return nil }
+        let bytes = data.slice(offset: 0, count: Int(completed)).bytes
+        return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+    }
+
+    /// The extent records of a completed extents GETATTR.
+    public var attributeExtents: [BioExtent] {
+        guard error == nil else { return [] }
+        let count = Int(completed) / BioExtent.encodedSize
+        var result: [BioExtent] = []
+        result.reserveCapacity(count)
+        for index in 0..<count {
+            var record: (Int64, Int64, UInt32, UInt32) = (0, 0, 0, 0)
+            withUnsafeMutableBytes(of: &record) {
+                data.slice(offset: index * BioExtent.encodedSize, count: BioExtent.encodedSize).copy(to: $0.baseAddress!)
+            }
+            result.append(BioExtent(offset: record.0, length: record.1, kind: .init(rawValue: record.2)))
+        }
+        return result
+    }
+}

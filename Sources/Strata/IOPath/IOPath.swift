@@ -1,0 +1,243 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The path of a request down a stack and back up.
+///
+/// - `request` (`g_io_request`): checks the request once against its consumer and
+///   provider, then dispatches it.
+/// - `dispatch` (`submit_bio_noacct`): runs the target's `start`. Only one `start` runs
+///   per thread at a time; what it submits is queued and run after it returns, lower
+///   providers first, so stack depth does not grow with the height of the stack.
+/// - `deliver` (`g_io_deliver`): marks the request complete and runs its done routine;
+///   done routines that complete further requests queue them the same way, so
+///   completion does not recurse either.
+enum IOPath {
+    // MARK: Down
+
+    static func request(_ header: UnsafeMutablePointer<BioHeader>, on consumer: Consumer) {
+        precondition(header.pointee.state == .idle, "request submitted while in flight: \(BioStorage(header).summary)")
+        precondition(header.pointee.done.isSet, "request has no done routine: \(BioStorage(header).summary)")
+        guard let provider = consumer.provider else {
+            preconditionFailure("request on consumer \(consumer.name), which is not attached")
+        }
+        header.pointee.from = consumer
+        header.pointee.to = provider
+        header.pointee.state = .inFlight
+        header.pointee.flags.subtract(.statusFlags)
+        header.pointee.error = 0
+        header.pointee.completed.store(0, ordering: .relaxed)
+        // Counted before the checks so that a consumer being torn down never sees zero
+        // while a request that read its state is still on its way.
+        consumer.inFlight.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        switch check(header, consumer: consumer, provider: provider) {
+        case .start:
+            dispatch(header)
+        case .completeEmpty:
+            deliver(header, error: 0)
+        case .fail(let error):
+            deliver(header, error: error)
+        }
+    }
+
+    enum CheckResult { case start, completeEmpty, fail(Int32) }
+
+    /// `g_io_check`: the only place the I/O path validates a request. Classes may rely
+    /// on every request reaching `start` being permitted, aligned and inside the media.
+    @inline(__always)
+    static func check(_ header: UnsafeMutablePointer<BioHeader>, consumer: Consumer, provider: Provider) -> CheckResult {
+        let command = header.pointee.command
+        if command.needsWriteAccess {
+            if consumer.writeCount == 0 { return .fail(EPERM) }
+        } else if consumer.readCount == 0 {
+            return .fail(EPERM)
+        }
+        if consumer.isOrphaned { return .fail(ENXIO) }
+        let providerError = provider.errorCode
+        if providerError != 0 { return .fail(providerError) }
+        guard command.addressesMedia else { return .start }
+
+        let sectorSize = Int64(provider.sectorSize)
+        let mediaSize = provider.mediaSize
+        if sectorSize == 0 || mediaSize == 0 { return .fail(ENXIO) }
+        let offset = header.pointee.offset
+        var length = header.pointee.length
+        if offset % sectorSize != 0 || length % sectorSize != 0 || length < 0 { return .fail(EINVAL) }
+        if offset < 0 || offset > mediaSize { return .fail(EIO) }
+        if command == .read || command == .write {
+            precondition(header.pointee.data.count == length,
+                         "request data holds \(header.pointee.data.count) bytes for length \(length)")
+        }
+        if length > mediaSize - offset {
+            length = mediaSize - offset
+            header.pointee.length = length
+            if command == .read || command == .write {
+                header.pointee.data = header.pointee.data.slice(offset: 0, count: Int(length))
+            }
+        }
+        return length == 0 ? .completeEmpty : .start
+    }
+
+    /// Runs the target provider's `start` for a checked request, iteratively.
+    ///
+    /// - Parameter onWorker: the caller is the down worker serving a queued geom, so the
+    ///   first request's `start` runs here rather than being queued again.
+    static func dispatch(_ header: UnsafeMutablePointer<BioHeader>, onWorker: Bool = false) {
+        let thread = ThreadState.current
+        if thread.pointee.submitting {
+            thread.pointee.fresh.append(header)
+            return
+        }
+        thread.pointee.submitting = true
+        var direct = onWorker
+        var next: UnsafeMutablePointer<BioHeader>? = header
+        while let bio = next {
+            let target = bio.pointee.to!
+            // Both lists stay in thread state while start runs: the rescuer may take
+            // requests from either.
+            thread.pointee.rest = thread.pointee.fresh
+            thread.pointee.fresh = BioList()
+            startOne(bio, on: target, direct: direct)
+            direct = false
+            // What this start submitted runs next: requests to other (lower) providers
+            // first, then those to the same provider, then what was already waiting.
+            var submitted = thread.pointee.fresh
+            var ordered = submitted.extract { $0.pointee.to !== target }
+            ordered.append(contentsOf: submitted)
+            ordered.append(contentsOf: thread.pointee.rest)
+            thread.pointee.rest = BioList()
+            thread.pointee.fresh = ordered
+            next = thread.pointee.fresh.popFirst()
+        }
+        thread.pointee.submitting = false
+    }
+
+    @inline(__always)
+    static func startOne(_ header: UnsafeMutablePointer<BioHeader>, on provider: Provider, direct: Bool) {
+        let geom = provider.geom
+        if !direct && geom.dispatchMode == .queued {
+            IOWorkers.shared.down.enqueue(header)
+        } else {
+            geom.start(ProviderBio(header: header))
+        }
+    }
+
+    /// Hands this thread's queued, un-submitted requests of `pool` to its rescuer.
+    static func rescuePending(of pool: BioPool) {
+        let thread = ThreadState.current
+        guard thread.pointee.submitting else { return }
+        var punted = thread.pointee.fresh.extract { $0.pointee.pool === pool }
+        punted.append(contentsOf: thread.pointee.rest.extract { $0.pointee.pool === pool })
+        if !punted.isEmpty { pool.rescuer.punt(punted) }
+    }
+
+    // MARK: Up
+
+    static func deliver(_ header: UnsafeMutablePointer<BioHeader>, error: Int32) {
+        precondition(header.pointee.state == .inFlight,
+                     "request delivered twice, or never submitted: \(BioStorage(header).summary)")
+        let children = header.pointee.children
+        precondition(header.pointee.inbed.load(ordering: .acquiring) == children,
+                     "request delivered with clones outstanding: \(BioStorage(header).summary)")
+        header.pointee.state = .idle
+        header.pointee.flags.insert(.done)
+        if error != 0 {
+            header.pointee.flags.insert(.error)
+            header.pointee.error = error
+        }
+        if let consumer = header.pointee.from, consumer.geom.dispatchMode == .queued {
+            IOWorkers.shared.up.enqueue(header)
+            return
+        }
+        complete(header)
+    }
+
+    /// Runs done routines iteratively: one at a time per thread.
+    static func complete(_ header: UnsafeMutablePointer<BioHeader>) {
+        let thread = ThreadState.current
+        if thread.pointee.delivering {
+            thread.pointee.completions.append(header)
+            return
+        }
+        thread.pointee.delivering = true
+        runDone(header)
+        while let next = thread.pointee.completions.popFirst() {
+            runDone(next)
+        }
+        thread.pointee.delivering = false
+    }
+
+    static func runDone(_ header: UnsafeMutablePointer<BioHeader>) {
+        // The consumer stays attached while it has requests in flight; it is released
+        // only after the done routine has finished with the request.
+        let consumer = header.pointee.from!
+        switch header.pointee.done.kind {
+        case .standard:
+            standardDone(header)
+        case .handler(let handler):
+            handler.target.bioDone(Bio(header: header))
+        case .closure(let body):
+            body(Bio(header: header))
+        case .unset:
+            preconditionFailure("request has no done routine: \(BioStorage(header).summary)")
+        }
+        consumer.inFlight.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+    }
+
+    /// `g_std_done`: folds a completed clone into its parent with the parent's combine
+    /// rule, frees the clone, and delivers the parent when its last clone is in.
+    static func standardDone(_ child: UnsafeMutablePointer<BioHeader>) {
+        guard let parent = child.pointee.parent else {
+            preconditionFailure("standard done on a request with no parent: \(BioStorage(child).summary)")
+        }
+        let error = child.pointee.error
+        let completed = child.pointee.completed.load(ordering: .relaxed)
+        if error != 0 {
+            _ = parent.pointee.firstChildError.compareExchange(expected: 0, desired: error, ordering: .relaxed)
+        } else {
+            parent.pointee.childSuccesses.wrappingAdd(1, ordering: .relaxed)
+        }
+        switch parent.pointee.combine {
+        case .firstError:
+            parent.pointee.completed.wrappingAdd(completed, ordering: .relaxed)
+        case .anySuccess:
+            var current = parent.pointee.completed.load(ordering: .relaxed)
+            while completed > current {
+                let (exchanged, seen) = parent.pointee.completed.compareExchange(
+                    expected: current, desired: completed, ordering: .relaxed)
+                if exchanged { break }
+                current = seen
+            }
+        }
+        if child.pointee.flags.contains(.readAsZeros) {
+            if child.pointee.length == parent.pointee.length && parent.pointee.children == 1 {
+                parent.pointee.flags.insert(.readAsZeros)
+            } else {
+                child.pointee.data.zero()
+            }
+        }
+        BioAllocator.free(child)
+        let inbed = parent.pointee.inbed.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
+        guard inbed == parent.pointee.children else { return }
+        let combined: Int32
+        switch parent.pointee.combine {
+        case .firstError:
+            combined = parent.pointee.firstChildError.load(ordering: .relaxed)
+        case .anySuccess:
+            combined = parent.pointee.childSuccesses.load(ordering: .relaxed) > 0
+                ? 0 : parent.pointee.firstChildError.load(ordering: .relaxed)
+        }
+        deliver(parent, error: combined)
+    }
+}
+
+extension Bio {
+    /// Runs `g_std_done` on this completed clone: for a class's own done routine that
+    /// has finished its own work and now folds the clone into its parent.
+    public consuming func finishClone() {
+        let header = release()
+        IOPath.standardDone(header)
+    }
+}

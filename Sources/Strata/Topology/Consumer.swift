@@ -1,0 +1,47 @@
+import Synchronization
+
+/// How a geom attaches to a provider below it (`struct g_consumer`) and sends it
+/// requests.
+public final class Consumer: @unchecked Sendable, CustomStringConvertible {
+    /// The geom this consumer belongs to. Held unowned: the geom owns its consumers.
+    public unowned(unsafe) let geom: Geom
+    /// The provider attached to, or nil. Unowned: a provider outlives its consumers.
+    public internal(set) unowned(unsafe) var provider: Provider?
+
+    let readStorage = Atomic<Int>(0)
+    let writeStorage = Atomic<Int>(0)
+    let exclusiveStorage = Atomic<Int>(0)
+    private let orphanedStorage = Atomic<Bool>(false)
+    /// Requests issued on this consumer and not yet through their done routine.
+    let inFlight = Atomic<Int>(0)
+    /// The provider got a writer while this consumer held no access.
+    public internal(set) var isSpoiled = false
+
+    init(geom: Geom) {
+        self.geom = geom
+    }
+
+    public var name: String { "\(geom.name)→\(provider?.name ?? "-")" }
+    public var description: String { "consumer \(name) r\(readCount)w\(writeCount)e\(exclusiveCount)" }
+
+    public var readCount: Int { readStorage.load(ordering: .relaxed) }
+    public var writeCount: Int { writeStorage.load(ordering: .relaxed) }
+    public var exclusiveCount: Int { exclusiveStorage.load(ordering: .relaxed) }
+    var holdsAccess: Bool { readCount != 0 || writeCount != 0 || exclusiveCount != 0 }
+
+    /// The provider below went away: requests fail with ENXIO.
+    public var isOrphaned: Bool { orphanedStorage.load(ordering: .sequentiallyConsistent) }
+    func markOrphaned() { orphanedStorage.store(true, ordering: .sequentiallyConsistent) }
+
+    /// Requests in flight on this consumer.
+    public var requestsInFlight: Int { inFlight.load(ordering: .relaxed) }
+
+    /// `g_io_request`: sends `bio` to the attached provider. The request is checked
+    /// here, once: access held for its command (EPERM), consumer orphaned (ENXIO),
+    /// provider error, alignment to the sector size (EINVAL), start beyond the media
+    /// (EIO); a request running past the end is truncated. A failed check delivers the
+    /// request with the error; it never throws or traps for bad values.
+    public func request(_ bio: consuming Bio) {
+        IOPath.request(bio.release(), on: self)
+    }
+}

@@ -1,0 +1,107 @@
+/// How requests reach a geom's `start` and its done routines.
+public enum DispatchMode: Sendable {
+    /// By plain function call on the submitting (or completing) thread. The default.
+    case direct
+    /// Through the down and up worker threads, for a class that must not run in its
+    /// caller's context.
+    case queued
+}
+
+/// One instance of a transform class: it offers providers upward and attaches
+/// consumers below (`struct g_geom`).
+///
+/// Subclasses override only what they change. The defaults pass everything through to
+/// the first consumer: `start` clones the request with `g_std_done`, `access` opens the
+/// consumers below with the same counts (writers also exclusive, so nobody writes
+/// underneath a geom in use), `orphan` and `spoiled` wither the geom.
+open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
+    public let name: String
+    public let className: String
+    public let dispatchMode: DispatchMode
+    /// The topology this geom belongs to (set by `Topology.add`).
+    public internal(set) weak var topology: Topology?
+    public internal(set) var providers: [Provider] = []
+    public internal(set) var consumers: [Consumer] = []
+    /// One more than the highest rank of the geoms below; bottom geoms have rank 1.
+    public internal(set) var rank = 1
+    /// Set when the geom has begun to go away.
+    public internal(set) var isWithering = false
+
+    public init(name: String, className: String, dispatch: DispatchMode = .direct) {
+        self.name = name
+        self.className = className
+        self.dispatchMode = dispatch
+    }
+
+    public var description: String { "\(className)/\(name)" }
+
+    /// Handles one request sent to one of this geom's providers. Every request that
+    /// arrives here has passed `Consumer.request`'s checks: access, orphaning, alignment
+    /// and range. The default passes it to the first consumer.
+    open func start(_ bio: consuming ProviderBio) {
+        guard let consumer = consumers.first else {
+            bio.deliver(.noDevice)
+            return
+        }
+        guard let clone = bio.clone() else {
+            bio.deliver(.noMemory)
+            return
+        }
+        clone.done = .standard
+        consumer.request(clone)
+        bio.awaitChildren()
+    }
+
+    /// Completion of a request this geom issued with `.handler(self)` as its done.
+    /// The default is `g_std_done`.
+    open func bioDone(_ bio: consuming Bio) {
+        bio.finishClone()
+    }
+
+    /// A consumer above opens or closes `provider` by the given deltas. Throw to refuse.
+    /// The default applies the deltas to every consumer of this geom, exclusive for
+    /// writers, and undoes them if one refuses.
+    open func access(_ provider: Provider, read: Int, write: Int, exclusive: Int) throws {
+        guard let topology else { return }
+        var opened: [Consumer] = []
+        do {
+            for consumer in consumers {
+                try topology.access(consumer, read: read, write: write, exclusive: exclusive + write)
+                opened.append(consumer)
+            }
+        } catch {
+            for consumer in opened {
+                try? topology.access(consumer, read: -read, write: -write, exclusive: -(exclusive + write))
+            }
+            throw error
+        }
+    }
+
+    /// A provider below went away. The default withers this geom, passing the loss up.
+    open func orphan(_ consumer: Consumer) {
+        topology?.wither(self, error: .noDevice)
+    }
+
+    /// A provider this geom tasted without opening got its first writer: what was read
+    /// from it may be stale. The default withers the geom; the provider is tasted again
+    /// when the writer closes.
+    open func spoiled(_ consumer: Consumer) {
+        topology?.wither(self, error: .noDevice)
+    }
+
+    /// Called once the geom has withered and left the topology: release resources.
+    open func destroyed() {}
+}
+
+/// A transform class (`struct g_class`): makes geoms, and may recognize providers
+/// carrying its metadata when they appear.
+public protocol GeomClass: AnyObject, Sendable {
+    var name: String { get }
+    /// Offered every new provider (tasting). Return the geom made from it, if any.
+    /// Runs on the topology's event thread with the topology locked.
+    func taste(_ provider: Provider, in topology: Topology) -> Geom?
+}
+
+extension GeomClass {
+    public func taste(_ provider: Provider, in topology: Topology) -> Geom? { nil }
+}

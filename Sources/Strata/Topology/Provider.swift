@@ -1,0 +1,67 @@
+import Synchronization
+
+/// What a geom offers upward (`struct g_provider`): a named range of bytes with a
+/// sector size, read and written through the geom's `start`.
+public final class Provider: @unchecked Sendable, CustomStringConvertible {
+    public let name: String
+    /// The geom that serves this provider. Held unowned: the geom owns its providers.
+    public unowned(unsafe) let geom: Geom
+    public let sectorSize: Int
+    /// Bytes per stripe below, or 0 (a hint for aligning I/O).
+    public internal(set) var stripeSize: Int64
+    /// Offset of the first stripe boundary.
+    public internal(set) var stripeOffset: Int64
+
+    private let mediaSizeStorage: Atomic<Int64>
+    private let errorStorage = Atomic<Int32>(0)
+    let readTotal = Atomic<Int>(0)
+    let writeTotal = Atomic<Int>(0)
+    let exclusiveTotal = Atomic<Int>(0)
+
+    /// Consumers attached to this provider. Guarded by the topology lock.
+    public internal(set) var consumers: [Consumer] = []
+    /// The provider was orphaned: it is going away.
+    public internal(set) var isOrphaned = false
+    /// A consumer was spoiled: taste again when the last writer closes.
+    var needsRetaste = false
+
+    init(name: String, geom: Geom, mediaSize: Int64, sectorSize: Int, stripeSize: Int64, stripeOffset: Int64) {
+        self.name = name
+        self.geom = geom
+        self.mediaSizeStorage = Atomic(mediaSize)
+        self.sectorSize = sectorSize
+        self.stripeSize = stripeSize
+        self.stripeOffset = stripeOffset
+    }
+
+    /// Bytes of media.
+    public var mediaSize: Int64 { mediaSizeStorage.load(ordering: .relaxed) }
+
+    /// The error every request gets while it is set (`g_error_provider`), or nil.
+    public var error: BioError? {
+        let code = errorCode
+        return code == 0 ? nil : BioError(errno: code)
+    }
+
+    var errorCode: Int32 { errorStorage.load(ordering: .acquiring) }
+
+    func setError(_ error: BioError?) {
+        errorStorage.store(error?.errno ?? 0, ordering: .releasing)
+    }
+
+    /// Access counts summed over the consumers: read, write, exclusive.
+    public var accessCounts: (read: Int, write: Int, exclusive: Int) {
+        (readTotal.load(ordering: .relaxed), writeTotal.load(ordering: .relaxed),
+         exclusiveTotal.load(ordering: .relaxed))
+    }
+
+    /// GEOM's mode string, e.g. "r1w1e1".
+    public var mode: String {
+        let counts = accessCounts
+        return "r\(counts.read)w\(counts.write)e\(counts.exclusive)"
+    }
+
+    public var description: String {
+        "\(name) (\(mediaSize) bytes, \(sectorSize)-byte sectors, \(mode))"
+    }
+}

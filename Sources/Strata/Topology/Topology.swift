@@ -1,0 +1,349 @@
+/// Levels of the topology's diagnostic messages.
+public enum LogLevel: Int, Sendable, Comparable {
+    case debug, info, notice, warning, error
+    public static func < (lhs: LogLevel, rhs: LogLevel) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// The graph of classes, geoms, providers and consumers (GEOM's mesh).
+///
+/// Changes to the graph happen under one lock, from any thread, and the consequences
+/// that call into classes (tasting, orphaning, spoiling, withering) run on the event
+/// thread. The I/O path reads the graph through atomics and takes no lock.
+public final class Topology: @unchecked Sendable {
+    private let lock = ConditionLock(recursive: true)
+    private var events: EventQueue!
+    public private(set) var classes: [any GeomClass] = []
+    public private(set) var geoms: [Geom] = []
+    private var providersByName: [String: Provider] = [:]
+    private var withering: [Geom] = []
+    /// Where diagnostic messages go; nil drops them.
+    public var log: (@Sendable (LogLevel, String) -> Void)?
+
+    public init() {
+        events = EventQueue { [weak self] in
+            self?.wash() ?? false
+        }
+    }
+
+    deinit { events.stop() }
+
+    /// Runs `body` with the topology locked (`g_topology_lock`).
+    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        try lock.withLock(body)
+    }
+
+    func post(_ event: @escaping @Sendable () -> Void) {
+        events.post { [weak self] in
+            guard let self else { return }
+            self.withLock(event)
+        }
+    }
+
+    /// Waits until every posted event has run (`g_waitidle`).
+    public func settle() {
+        events.waitIdle()
+    }
+
+    /// Sends a diagnostic message to `log`.
+    public func emit(_ level: LogLevel, _ message: String) {
+        log?(level, message)
+    }
+
+    // MARK: Classes and geoms
+
+    /// Adds a class; every existing provider is offered to it.
+    public func register(_ geomClass: any GeomClass) {
+        withLock {
+            classes.append(geomClass)
+            for provider in providersByName.values.sorted(by: { $0.name < $1.name }) {
+                post { [weak self] in self?.offer(provider, to: [geomClass]) }
+            }
+        }
+    }
+
+    /// Adds a geom. Geom names are unique in a topology.
+    public func add(_ geom: Geom) throws {
+        try withLock {
+            guard geom.topology == nil else { throw StrataError(.busy, "geom \(geom.name) is already in a topology") }
+            if geoms.contains(where: { $0.name == geom.name }) {
+                throw StrataError(BioError(errno: EEXIST_CODE), "a geom named \(geom.name) exists already")
+            }
+            geom.topology = self
+            geoms.append(geom)
+        }
+    }
+
+    public func geom(named name: String) -> Geom? {
+        withLock { geoms.first { $0.name == name } }
+    }
+
+    public func provider(named name: String) -> Provider? {
+        withLock { providersByName[name] }
+    }
+
+    public var providers: [Provider] {
+        withLock { providersByName.values.sorted { $0.name < $1.name } }
+    }
+
+    // MARK: Providers
+
+    /// Makes a provider for `geom` and announces it: it is offered to every class.
+    /// Provider names are unique in a topology.
+    @discardableResult
+    public func createProvider(for geom: Geom, name: String, mediaSize: Int64, sectorSize: Int,
+                               stripeSize: Int64 = 0, stripeOffset: Int64 = 0, announce: Bool = true) throws -> Provider {
+        guard sectorSize > 0, sectorSize & (sectorSize - 1) == 0 else {
+            throw StrataError(.invalid, "provider \(name): sector size \(sectorSize) is not a power of two")
+        }
+        guard mediaSize >= 0 else {
+            throw StrataError(.invalid, "provider \(name): media size \(mediaSize) is negative")
+        }
+        return try withLock {
+            precondition(geom.topology === self, "geom \(geom.name) is not in this topology")
+            if providersByName[name] != nil {
+                throw StrataError(BioError(errno: EEXIST_CODE), "a provider named \(name) exists already")
+            }
+            let provider = Provider(name: name, geom: geom, mediaSize: mediaSize, sectorSize: sectorSize,
+                                    stripeSize: stripeSize, stripeOffset: stripeOffset)
+            geom.providers.append(provider)
+            providersByName[name] = provider
+            if announce { self.announce(provider) }
+            return provider
+        }
+    }
+
+    /// Offers `provider` to every class (tasting).
+    public func announce(_ provider: Provider) {
+        post { [weak self] in
+            guard let self else { return }
+            self.offer(provider, to: self.classes)
+        }
+    }
+
+    private func offer(_ provider: Provider, to classes: [any GeomClass]) {
+        for geomClass in classes {
+            guard providersByName[provider.name] === provider, !provider.isOrphaned else { return }
+            if let geom = geomClass.taste(provider, in: self) {
+                emit(.info, "\(geomClass.name) tasted \(provider.name): made \(geom.name)")
+            }
+        }
+    }
+
+    /// Sets or clears the error every request to `provider` gets (`g_error_provider`).
+    public func setError(_ error: BioError?, on provider: Provider) {
+        provider.setError(error)
+    }
+
+    // MARK: Consumers
+
+    /// Makes a consumer for `geom`, not yet attached.
+    public func createConsumer(for geom: Geom) -> Consumer {
+        withLock {
+            precondition(geom.topology === self, "geom \(geom.name) is not in this topology")
+            let consumer = Consumer(geom: geom)
+            geom.consumers.append(consumer)
+            return consumer
+        }
+    }
+
+    /// Attaches `consumer` to `provider` (`g_attach`). Refuses (ELOOP) an attachment
+    /// that would make the graph cyclic, and (ENXIO) one to an orphaned provider.
+    public func attach(_ consumer: Consumer, to provider: Provider) throws {
+        try withLock {
+            precondition(consumer.provider == nil, "consumer \(consumer.name) is attached already")
+            guard !provider.isOrphaned else {
+                throw StrataError(.noDevice, "attach \(consumer.geom.name) to \(provider.name): provider is going away")
+            }
+            if provider.geom === consumer.geom || depends(provider.geom, on: consumer.geom) {
+                throw StrataError(.loop, "attach \(consumer.geom.name) to \(provider.name): that would make a cycle")
+            }
+            consumer.provider = provider
+            provider.consumers.append(consumer)
+            raiseRank(of: consumer.geom, above: provider.geom.rank)
+        }
+    }
+
+    /// Whether `geom` reads, directly or not, from a provider of `other`.
+    private func depends(_ geom: Geom, on other: Geom) -> Bool {
+        for consumer in geom.consumers {
+            guard let below = consumer.provider?.geom else { continue }
+            if below === other || depends(below, on: other) { return true }
+        }
+        return false
+    }
+
+    private func raiseRank(of geom: Geom, above rank: Int) {
+        guard geom.rank <= rank else { return }
+        geom.rank = rank + 1
+        for provider in geom.providers {
+            for consumer in provider.consumers { raiseRank(of: consumer.geom, above: geom.rank) }
+        }
+    }
+
+    /// Detaches a consumer that holds no access and has no request in flight (`g_detach`).
+    public func detach(_ consumer: Consumer) {
+        withLock {
+            precondition(!consumer.holdsAccess, "detach of \(consumer.name), which still holds access")
+            precondition(consumer.requestsInFlight == 0, "detach of \(consumer.name) with requests in flight")
+            guard let provider = consumer.provider else { return }
+            provider.consumers.removeAll { $0 === consumer }
+            consumer.provider = nil
+            if provider.isOrphaned || provider.geom.isWithering { scheduleWash(provider.geom) }
+        }
+    }
+
+    /// Detaches (if attached) and removes a consumer from its geom.
+    public func destroy(_ consumer: Consumer) {
+        withLock {
+            detach(consumer)
+            consumer.geom.consumers.removeAll { $0 === consumer }
+        }
+    }
+
+    // MARK: Access
+
+    /// Changes `consumer`'s access counts by the deltas (`g_access`).
+    ///
+    /// GEOM's rules: no count goes below zero; exclusive access is refused while
+    /// another consumer writes, and writing is refused while another holds exclusive
+    /// access (EPERM); opening a provider that has an error fails with it; the
+    /// provider's geom may refuse. The first writer spoils consumers that tasted the
+    /// provider without opening it; the last writer closing has it tasted again.
+    public func access(_ consumer: Consumer, read: Int, write: Int, exclusive: Int) throws {
+        try withLock {
+            guard let provider = consumer.provider else {
+                throw StrataError(.noDevice, "access on \(consumer.name): not attached")
+            }
+            precondition(consumer.readCount + read >= 0 && consumer.writeCount + write >= 0
+                         && consumer.exclusiveCount + exclusive >= 0,
+                         "access on \(consumer.name) would go below zero")
+            let counts = provider.accessCounts
+            let otherWriters = counts.write - consumer.writeCount
+            let otherExclusive = counts.exclusive - consumer.exclusiveCount
+            if exclusive > 0 && otherWriters > 0 {
+                throw StrataError(.permission, "exclusive open of \(provider.name): it has another writer")
+            }
+            if write > 0 && otherExclusive > 0 {
+                throw StrataError(.permission, "write open of \(provider.name): it is open exclusively")
+            }
+            let opening = read > 0 || write > 0 || exclusive > 0
+            if opening, let error = provider.error {
+                throw StrataError(error, "open of \(provider.name)")
+            }
+            try provider.geom.access(provider, read: read, write: write, exclusive: exclusive)
+
+            if otherWriters == 0 && consumer.writeCount == 0 && write > 0 { spoil(provider, except: consumer) }
+            consumer.readStorage.wrappingAdd(read, ordering: .relaxed)
+            consumer.writeStorage.wrappingAdd(write, ordering: .relaxed)
+            consumer.exclusiveStorage.wrappingAdd(exclusive, ordering: .relaxed)
+            provider.readTotal.wrappingAdd(read, ordering: .relaxed)
+            provider.writeTotal.wrappingAdd(write, ordering: .relaxed)
+            provider.exclusiveTotal.wrappingAdd(exclusive, ordering: .relaxed)
+
+            if write < 0 && provider.accessCounts.write == 0 && provider.needsRetaste {
+                provider.needsRetaste = false
+                announce(provider)
+            }
+            if !consumer.holdsAccess && (consumer.isOrphaned || consumer.geom.isWithering) {
+                scheduleWash(consumer.geom)
+            }
+        }
+    }
+
+    private func spoil(_ provider: Provider, except writer: Consumer) {
+        for consumer in provider.consumers where consumer !== writer && !consumer.holdsAccess && !consumer.isSpoiled {
+            consumer.isSpoiled = true
+            provider.needsRetaste = true
+            post { consumer.geom.spoiled(consumer) }
+        }
+    }
+
+    // MARK: Orphaning and withering
+
+    /// The provider is going away (`g_orphan_provider`): every request to it fails with
+    /// `error` from now on, its consumers are told, and the loss propagates up. Once
+    /// nothing is attached to it, it is removed.
+    public func orphan(_ provider: Provider, error: BioError = .noDevice) {
+        withLock {
+            guard !provider.isOrphaned else { return }
+            provider.isOrphaned = true
+            provider.setError(error)
+            emit(.notice, "provider \(provider.name) orphaned: \(error)")
+            let consumers = provider.consumers
+            post {
+                for consumer in consumers where consumer.provider === provider {
+                    consumer.markOrphaned()
+                    consumer.geom.orphan(consumer)
+                }
+            }
+            scheduleWash(provider.geom)
+        }
+    }
+
+    /// Begins taking `geom` away (`g_wither_geom`): its providers are orphaned with
+    /// `error`, and once nothing is attached above and nothing is in flight below, its
+    /// consumers are closed and detached and the geom leaves the topology.
+    public func wither(_ geom: Geom, error: BioError = .noDevice) {
+        withLock {
+            guard geom.topology === self, !geom.isWithering else { return }
+            geom.isWithering = true
+            emit(.info, "geom \(geom.name) withering")
+            for provider in geom.providers { orphan(provider, error: error) }
+            scheduleWash(geom)
+        }
+    }
+
+    private func scheduleWash(_ geom: Geom) {
+        if !withering.contains(where: { $0 === geom }) { withering.append(geom) }
+        post {}
+    }
+
+    /// Removes what withering and orphaning left unused. Returns true while some of it
+    /// still waits for requests in flight or consumers above to close.
+    private func wash() -> Bool {
+        withLock {
+            var unfinished: [Geom] = []
+            for geom in withering where geom.topology === self {
+                for provider in geom.providers where provider.isOrphaned && provider.consumers.isEmpty {
+                    geom.providers.removeAll { $0 === provider }
+                    providersByName[provider.name] = nil
+                }
+                for consumer in geom.consumers where consumer.requestsInFlight == 0 {
+                    let unused = geom.isWithering && geom.providers.isEmpty
+                    if unused && consumer.holdsAccess {
+                        // Nothing above can use this geom any more: close what it held.
+                        try? access(consumer, read: -consumer.readCount, write: -consumer.writeCount,
+                                    exclusive: -consumer.exclusiveCount)
+                    }
+                    if (unused || consumer.isOrphaned) && !consumer.holdsAccess {
+                        detach(consumer)
+                        geom.consumers.removeAll { $0 === consumer }
+                    }
+                }
+                if geom.isWithering && geom.providers.isEmpty && geom.consumers.isEmpty {
+                    geoms.removeAll { $0 === geom }
+                    geom.topology = nil
+                    emit(.info, "geom \(geom.name) destroyed")
+                    geom.destroyed()
+                } else if geom.isWithering || geom.consumers.contains(where: \.isOrphaned)
+                            || geom.providers.contains(where: \.isOrphaned) {
+                    unfinished.append(geom)
+                }
+            }
+            withering = unfinished
+            return !unfinished.isEmpty
+        }
+    }
+
+    /// Waits until `geom` has left the topology, or `seconds` pass. Returns whether it left.
+    @discardableResult
+    public func waitUntilGone(_ geom: Geom, seconds: Double = 10) -> Bool {
+        let deadline = monotonicSeconds() + seconds
+        while monotonicSeconds() < deadline {
+            settle()
+            if withLock({ geom.topology == nil }) { return true }
+            sleepSeconds(0.002)
+        }
+        return false
+    }
+}

@@ -1,0 +1,75 @@
+import Strata
+
+/// A bottom provider: a geom with one provider and no consumers, which does the I/O
+/// itself. Subclasses implement the commands; this class turns each request into one
+/// of those calls and answers the attributes every disk has.
+open class Disk: Geom, @unchecked Sendable {
+    /// What "GEOM::ident" answers: identifies the media (a path, a name).
+    public let ident: String
+    /// Whether DELETE frees space ("GEOM::candelete").
+    public let canDelete: Bool
+
+    public init(name: String, className: String, ident: String, canDelete: Bool) {
+        self.ident = ident
+        self.canDelete = canDelete
+        super.init(name: name, className: className)
+    }
+
+    /// The disk's provider (named after the disk).
+    public var provider: Provider { providers[0] }
+
+    /// Adds the disk to `topology` and makes its provider.
+    func install(in topology: Topology, mediaSize: Int64, sectorSize: Int) throws {
+        try Disk.validate(sectorSize: sectorSize, for: name)
+        try topology.add(self)
+        try topology.createProvider(for: self, name: name, mediaSize: mediaSize / Int64(sectorSize) * Int64(sectorSize),
+                                    sectorSize: sectorSize)
+    }
+
+    static func validate(sectorSize: Int, for name: String) throws {
+        guard sectorSize >= 512, sectorSize <= 65536, sectorSize & (sectorSize - 1) == 0 else {
+            throw StrataError(.invalid, "disk \(name): sector size \(sectorSize) is not a power of two from 512 to 65536")
+        }
+    }
+
+    override open func start(_ bio: consuming ProviderBio) {
+        switch bio.command {
+        case .read: read(bio)
+        case .write: write(bio)
+        case .delete: delete(bio)
+        case .writeZeroes: writeZeroes(bio)
+        case .flush: flush(bio)
+        case .getattr: getattr(bio)
+        }
+    }
+
+    open func read(_ bio: consuming ProviderBio) { bio.deliver(.notSupported) }
+    open func write(_ bio: consuming ProviderBio) { bio.deliver(.notSupported) }
+    open func delete(_ bio: consuming ProviderBio) { bio.deliver(.notSupported) }
+    open func writeZeroes(_ bio: consuming ProviderBio) { bio.deliver(.notSupported) }
+    open func flush(_ bio: consuming ProviderBio) { bio.deliver(nil) }
+
+    /// Answers "GEOM::candelete", "GEOM::ident" and the extents attribute; any other
+    /// attribute gets EOPNOTSUPP.
+    open func getattr(_ bio: consuming ProviderBio) {
+        switch bio.attribute {
+        case BioAttribute.canDelete?: bio.deliverAttribute(int32: canDelete ? 1 : 0)
+        case BioAttribute.ident?: bio.deliverAttribute(string: ident)
+        case BioAttribute.extents?: extents(bio)
+        default: bio.deliver(.notSupported)
+        }
+    }
+
+    /// Reports the extents of the range a GETATTR asks about. The default: all data.
+    open func extents(_ bio: consuming ProviderBio) {
+        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
+        bio.deliverAttribute(extents: range.isEmpty ? [] : [BioExtent(offset: range.lowerBound, length: Int64(range.count), kind: [])])
+    }
+
+    /// The part of the media an extents GETATTR asks about.
+    static func extentRange(of bio: borrowing ProviderBio, mediaSize: Int64) -> Range<Int64> {
+        let start = min(max(bio.offset, 0), mediaSize)
+        let end = bio.length > mediaSize - start ? mediaSize : start + max(bio.length, 0)
+        return start..<end
+    }
+}

@@ -1,0 +1,357 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CStrataSystem
+import Strata
+
+/// A disk backed by a regular file or a block device.
+///
+/// Requests are served by a few worker threads with pread and pwrite, so no caller's
+/// thread blocks on the file system. FLUSH is fdatasync; FUA writes use
+/// pwritev2(RWF_DSYNC); DELETE punches a hole; WRITE_ZEROES punches a hole or zeroes
+/// the range in place (NO_HOLE) without writing zeros where the file system can.
+/// Failures are reported once through the topology's log with the path and errno, and
+/// delivered as that errno.
+public final class FileDisk: Disk, @unchecked Sendable {
+    public let path: String
+    public let isBlockDevice: Bool
+    private let descriptor: Int32
+    private let lock = ConditionLock()
+    private var queue = BioQueue()
+    private var stopping = false
+    private var runningWorkers = 0
+    /// Zeros to write where the file system cannot zero a range itself.
+    private static let zeroChunk = 1 << 20
+    private let zeros: UnsafeMutableRawPointer
+
+    /// Opens (or creates) a file disk and adds it to `topology`.
+    ///
+    /// - Parameters:
+    ///   - path: a regular file or a block device.
+    ///   - size: the size to create a missing file with (sparse). For an existing file,
+    ///     nil takes its size; a different size is an error.
+    ///   - sectorSize: 512 or 4096 (any power of two from 512 to 65536).
+    ///   - workers: threads doing the I/O.
+    /// - Throws: `StrataError` naming the path and the failing call.
+    public static func create(in topology: Topology, name: String, path: String, size: Int64? = nil,
+                              sectorSize: Int = 512, workers: Int = 4) throws -> FileDisk {
+        try Disk.validate(sectorSize: sectorSize, for: name)
+        let opened = try FileDisk.open(path: path, size: size, sectorSize: sectorSize)
+        let disk = FileDisk(name: name, path: path, descriptor: opened.descriptor, isBlockDevice: opened.isBlockDevice,
+                            workers: workers)
+        do {
+            try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize)
+        } catch {
+            disk.destroyed()
+            throw error
+        }
+        return disk
+    }
+
+    private init(name: String, path: String, descriptor: Int32, isBlockDevice: Bool, workers: Int) {
+        self.path = path
+        self.descriptor = descriptor
+        self.isBlockDevice = isBlockDevice
+        self.zeros = .allocate(byteCount: FileDisk.zeroChunk, alignment: 4096)
+        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: FileDisk.zeroChunk)
+        super.init(name: name, className: "FILE", ident: path, canDelete: true)
+        runningWorkers = max(workers, 1)
+        for _ in 0..<runningWorkers {
+            startWorkerThread { [self] in work() }
+        }
+    }
+
+    private static func open(path: String, size: Int64?, sectorSize: Int) throws -> (descriptor: Int32, size: Int64, isBlockDevice: Bool) {
+        if let size, size <= 0 {
+            throw StrataError(.invalid, "file disk \(path): size \(size) is not positive")
+        }
+        var descriptor = retryingOnInterrupt { Glibc.open(path, O_RDWR | O_CLOEXEC) }
+        if descriptor < 0 && errno == ENOENT {
+            guard let size else {
+                throw StrataError(BioError(errno: ENOENT), "open \(path): the file does not exist and no size was given to create it")
+            }
+            descriptor = retryingOnInterrupt { Glibc.open(path, O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0o644) }
+            guard descriptor >= 0 else { throw StrataError(BioError(errno: errno), "create \(path)") }
+            guard ftruncate(descriptor, off_t(size)) == 0 else {
+                let error = BioError(errno: errno)
+                close(descriptor)
+                unlink(path)
+                throw StrataError(error, "ftruncate \(path) to \(size) bytes")
+            }
+            return (descriptor, size, false)
+        }
+        guard descriptor >= 0 else { throw StrataError(BioError(errno: errno), "open \(path)") }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else {
+            let error = BioError(errno: errno)
+            close(descriptor)
+            throw StrataError(error, "fstat \(path)")
+        }
+        switch status.st_mode & S_IFMT {
+        case S_IFREG:
+            let actual = Int64(status.st_size)
+            if let size, size != actual {
+                close(descriptor)
+                throw StrataError(.invalid, "file disk \(path) is \(actual) bytes but its size is given as \(size)")
+            }
+            guard actual >= Int64(sectorSize) else {
+                close(descriptor)
+                throw StrataError(.invalid, "file disk \(path) is \(actual) bytes, less than one \(sectorSize)-byte sector")
+            }
+            return (descriptor, actual, false)
+        case S_IFBLK:
+            var bytes: UInt64 = 0
+            var logical: Int32 = 0
+            guard strata_block_size(descriptor, &bytes) == 0, strata_block_sector_size(descriptor, &logical) == 0 else {
+                let error = BioError(errno: errno)
+                close(descriptor)
+                throw StrataError(error, "size of block device \(path)")
+            }
+            guard sectorSize >= Int(logical), sectorSize % Int(logical) == 0 else {
+                close(descriptor)
+                throw StrataError(.invalid, "block device \(path) has \(logical)-byte sectors; sector size \(sectorSize) is not a multiple")
+            }
+            if let size, size > Int64(bytes) {
+                close(descriptor)
+                throw StrataError(.invalid, "block device \(path) is \(bytes) bytes, less than the size given, \(size)")
+            }
+            return (descriptor, size ?? Int64(bytes), true)
+        default:
+            close(descriptor)
+            throw StrataError(.invalid, "file disk \(path) is neither a regular file nor a block device")
+        }
+    }
+
+    override public func destroyed() {
+        lock.withLock {
+            stopping = true
+            lock.broadcast()
+            while runningWorkers > 0 { lock.wait() }
+        }
+        close(descriptor)
+        zeros.deallocate()
+    }
+
+    // MARK: Queueing
+
+    override public func start(_ bio: consuming ProviderBio) {
+        lock.lock()
+        queue.append(bio)
+        lock.signal()
+        lock.unlock()
+    }
+
+    private func work() {
+        while true {
+            let next: ProviderBio? = lock.withLock {
+                while queue.isEmpty && !stopping { lock.wait() }
+                return queue.popFirst()
+            }
+            guard let bio = next else { break }
+            if let error = provider.error {
+                // The disk is going away: what was queued fails like what is new.
+                bio.deliver(error)
+                continue
+            }
+            super.start(bio)
+        }
+        lock.withLock {
+            runningWorkers -= 1
+            lock.broadcast()
+        }
+    }
+
+    // MARK: Commands (on worker threads)
+
+    override public func read(_ bio: consuming ProviderBio) {
+        var at = bio.offset
+        var failure: Int32 = 0
+        bio.data.forEachSegment { piece in
+            guard failure == 0 else { return }
+            var done = 0
+            while done < piece.count {
+                let count = pread(descriptor, piece.baseAddress! + done, piece.count - done, off_t(at) + off_t(done))
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    failure = errno
+                    return
+                }
+                if count == 0 {
+                    // The file shrank under us: past its end reads as zeros.
+                    (piece.baseAddress! + done).initializeMemory(as: UInt8.self, repeating: 0, count: piece.count - done)
+                    break
+                }
+                done += count
+            }
+            at += Int64(piece.count)
+        }
+        finish(bio, failure: failure, call: "pread")
+    }
+
+    override public func write(_ bio: consuming ProviderBio) {
+        if bio.flags.contains(.preflush), fdatasync(descriptor) != 0 {
+            finish(bio, failure: errno, call: "fdatasync")
+            return
+        }
+        let durable = bio.flags.contains(.fua)
+        var at = bio.offset
+        var failure: Int32 = 0
+        bio.data.forEachSegment { piece in
+            guard failure == 0 else { return }
+            var done = 0
+            while done < piece.count {
+                let count: Int
+                if durable {
+                    var vector = iovec(iov_base: piece.baseAddress! + done, iov_len: piece.count - done)
+                    count = strata_pwritev_dsync(descriptor, &vector, 1, at + Int64(done))
+                } else {
+                    count = pwrite(descriptor, piece.baseAddress! + done, piece.count - done, off_t(at) + off_t(done))
+                }
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    if durable && errno == EOPNOTSUPP {
+                        // No RWF_DSYNC here: write, then make it durable below.
+                        failure = writeThenSync(piece, from: done, at: at)
+                        return
+                    }
+                    failure = errno
+                    return
+                }
+                done += count
+            }
+            at += Int64(piece.count)
+        }
+        finish(bio, failure: failure, call: "pwrite")
+    }
+
+    private func writeThenSync(_ piece: UnsafeMutableRawBufferPointer, from start: Int, at offset: Int64) -> Int32 {
+        var done = start
+        while done < piece.count {
+            let count = pwrite(descriptor, piece.baseAddress! + done, piece.count - done, off_t(offset) + off_t(done))
+            if count < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            done += count
+        }
+        return fdatasync(descriptor) == 0 ? 0 : errno
+    }
+
+    override public func flush(_ bio: consuming ProviderBio) {
+        let failure: Int32 = fdatasync(descriptor) == 0 ? 0 : errno
+        finish(bio, failure: failure, call: "fdatasync")
+    }
+
+    override public func delete(_ bio: consuming ProviderBio) {
+        let result = isBlockDevice
+            ? strata_block_discard(descriptor, UInt64(bio.offset), UInt64(bio.length))
+            : strata_punch_hole(descriptor, bio.offset, bio.length)
+        // DELETE is advice: a file system that cannot punch holes keeps the data.
+        let failure: Int32 = result == 0 || errno == EOPNOTSUPP ? 0 : errno
+        finish(bio, failure: failure, call: isBlockDevice ? "BLKDISCARD" : "fallocate(PUNCH_HOLE)")
+    }
+
+    override public func writeZeroes(_ bio: consuming ProviderBio) {
+        let offset = bio.offset
+        let length = bio.length
+        let fast = bio.flags.contains(.fastZero)
+        if isBlockDevice {
+            if fast {
+                bio.deliver(.notSupported)
+                return
+            }
+            let failure: Int32 = strata_block_zeroout(descriptor, UInt64(offset), UInt64(length)) == 0 ? 0 : errno
+            finish(bio, failure: failure, call: "BLKZEROOUT")
+            return
+        }
+        if !bio.flags.contains(.noHole) && strata_punch_hole(descriptor, offset, length) == 0 {
+            finish(bio, failure: 0, call: "fallocate(PUNCH_HOLE)")
+            return
+        }
+        if strata_zero_range(descriptor, offset, length) == 0 {
+            finish(bio, failure: 0, call: "fallocate(ZERO_RANGE)")
+            return
+        }
+        if fast {
+            bio.deliver(.notSupported)
+            return
+        }
+        finish(bio, failure: writeZeros(offset: offset, length: length), call: "pwrite")
+    }
+
+    private func writeZeros(offset: Int64, length: Int64) -> Int32 {
+        var done: Int64 = 0
+        while done < length {
+            let chunk = Int(min(Int64(FileDisk.zeroChunk), length - done))
+            let count = pwrite(descriptor, zeros, chunk, off_t(offset + done))
+            if count < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            done += Int64(count)
+        }
+        return 0
+    }
+
+    override public func extents(_ bio: consuming ProviderBio) {
+        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
+        guard !range.isEmpty else {
+            bio.deliverAttribute(extents: [])
+            return
+        }
+        let capacity = bio.extentCapacity
+        let sector = Int64(provider.sectorSize)
+        var extents: [BioExtent] = []
+        var at = range.lowerBound
+        while at < range.upperBound && extents.count < capacity {
+            if isBlockDevice {
+                extents.append(BioExtent(offset: at, length: range.upperBound - at, kind: []))
+                break
+            }
+            let data = strata_seek_data(descriptor, at)
+            if data < 0 {
+                if errno == ENXIO {
+                    // No data from here to the end of the file.
+                    extents.append(BioExtent(offset: at, length: range.upperBound - at, kind: [.hole, .zero]))
+                } else {
+                    // The file system cannot tell: report data.
+                    extents.append(BioExtent(offset: at, length: range.upperBound - at, kind: []))
+                }
+                break
+            }
+            if data > at {
+                let end = min(data / sector * sector, range.upperBound)
+                if end > at {
+                    extents.append(BioExtent(offset: at, length: end - at, kind: [.hole, .zero]))
+                    at = end
+                    continue
+                }
+            }
+            let hole = strata_seek_hole(descriptor, at)
+            var end = hole < 0 ? range.upperBound : min((hole + sector - 1) / sector * sector, range.upperBound)
+            if end <= at { end = min(at + sector, range.upperBound) }
+            extents.append(BioExtent(offset: at, length: end - at, kind: []))
+            at = end
+        }
+        bio.deliverAttribute(extents: extents)
+    }
+
+    private func finish(_ bio: consuming ProviderBio, failure: Int32, call: String) {
+        if failure == 0 {
+            bio.deliverAll()
+            return
+        }
+        let error = BioError(errno: failure)
+        topology?.emit(.error, "\(call) \(path) at \(bio.offset)+\(bio.length): \(error)")
+        bio.deliver(error)
+    }
+}
+
+/// Retries a system call while it fails with EINTR.
+@inline(__always)
+func retryingOnInterrupt(_ call: () -> Int32) -> Int32 {
+    while true {
+        let result = call()
+        if result >= 0 || errno != EINTR { return result }
+    }
+}

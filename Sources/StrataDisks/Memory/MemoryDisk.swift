@@ -1,0 +1,148 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Strata
+import Synchronization
+
+/// A sparse disk in memory (GEOM's md, nbdkit's memory plugin).
+///
+/// The media is one anonymous mapping reserved without commitment, so untouched
+/// ranges cost no memory. A bitmap with one bit per 4 KiB page records what was
+/// written: never-written ranges read as zeros and report as holes, and DELETE gives
+/// whole pages back to the kernel. Reads and writes take no lock: the mapping never
+/// moves, and a read racing a delete of the same range sees old data or zeros, never
+/// freed memory.
+public final class MemoryDisk: Disk, @unchecked Sendable {
+    static let pageSize = 4096
+    private let base: UnsafeMutableRawPointer
+    private let mappedBytes: Int
+    private let written: UnsafeMutablePointer<Atomic<UInt64>>
+    private let wordCount: Int
+
+    /// Adds a memory disk of `size` bytes to `topology`.
+    public static func create(in topology: Topology, name: String, size: Int64, sectorSize: Int = 512) throws -> MemoryDisk {
+        let disk = try MemoryDisk(name: name, size: size)
+        try disk.install(in: topology, mediaSize: size, sectorSize: sectorSize)
+        return disk
+    }
+
+    private init(name: String, size: Int64) throws {
+        guard size > 0 else { throw StrataError(.invalid, "memory disk \(name): size \(size) is not positive") }
+        let pages = (Int(size) + MemoryDisk.pageSize - 1) / MemoryDisk.pageSize
+        mappedBytes = pages * MemoryDisk.pageSize
+        let mapped = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let mapped, mapped != MAP_FAILED else {
+            throw StrataError(BioError(errno: errno), "memory disk \(name): mmap of \(size) bytes")
+        }
+        base = mapped
+        wordCount = (pages + 63) / 64
+        written = .allocate(capacity: wordCount)
+        for index in 0..<wordCount { (written + index).initialize(to: Atomic(0)) }
+        super.init(name: name, className: "MEMORY", ident: "memory:\(name)", canDelete: true)
+    }
+
+    override public func destroyed() {
+        munmap(base, mappedBytes)
+        written.deinitialize(count: wordCount)
+        written.deallocate()
+    }
+
+    // MARK: Page bitmap
+
+    private func pages(of offset: Int64, _ length: Int64) -> Range<Int> {
+        let first = Int(offset) / MemoryDisk.pageSize
+        let end = (Int(offset + length) + MemoryDisk.pageSize - 1) / MemoryDisk.pageSize
+        return first..<end
+    }
+
+    private func isWritten(page: Int) -> Bool {
+        written[page >> 6].load(ordering: .relaxed) & (1 << UInt64(page & 63)) != 0
+    }
+
+    private func anyWritten(_ pages: Range<Int>) -> Bool {
+        for page in pages where isWritten(page: page) { return true }
+        return false
+    }
+
+    private func markWritten(_ pages: Range<Int>) {
+        for page in pages where !isWritten(page: page) {
+            written[page >> 6].bitwiseOr(1 << UInt64(page & 63), ordering: .relaxed)
+        }
+    }
+
+    private func markHole(page: Int) {
+        written[page >> 6].bitwiseAnd(~(1 << UInt64(page & 63)), ordering: .relaxed)
+    }
+
+    // MARK: Commands
+
+    override public func read(_ bio: consuming ProviderBio) {
+        if !anyWritten(pages(of: bio.offset, bio.length)) {
+            bio.deliverZeros()
+            return
+        }
+        bio.data.copy(from: base + Int(bio.offset))
+        bio.deliverAll()
+    }
+
+    override public func write(_ bio: consuming ProviderBio) {
+        markWritten(pages(of: bio.offset, bio.length))
+        bio.data.copy(to: base + Int(bio.offset))
+        bio.deliverAll()
+    }
+
+    override public func delete(_ bio: consuming ProviderBio) {
+        punch(offset: Int(bio.offset), length: Int(bio.length))
+        bio.deliverAll()
+    }
+
+    override public func writeZeroes(_ bio: consuming ProviderBio) {
+        if bio.flags.contains(.noHole) {
+            markWritten(pages(of: bio.offset, bio.length))
+            (base + Int(bio.offset)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(bio.length))
+        } else {
+            punch(offset: Int(bio.offset), length: Int(bio.length))
+        }
+        bio.deliverAll()
+    }
+
+    /// Makes the range read as zeros: whole pages go back to the kernel and become
+    /// holes; the partial pages at either end are zeroed in place.
+    private func punch(offset: Int, length: Int) {
+        let page = MemoryDisk.pageSize
+        let end = offset + length
+        let firstWhole = (offset + page - 1) / page * page
+        let endWhole = end / page * page
+        if firstWhole >= endWhole {
+            (base + offset).initializeMemory(as: UInt8.self, repeating: 0, count: length)
+            return
+        }
+        if offset < firstWhole {
+            (base + offset).initializeMemory(as: UInt8.self, repeating: 0, count: firstWhole - offset)
+        }
+        if endWhole < end {
+            (base + endWhole).initializeMemory(as: UInt8.self, repeating: 0, count: end - endWhole)
+        }
+        for index in (firstWhole / page)..<(endWhole / page) { markHole(page: index) }
+        madvise(base + firstWhole, endWhole - firstWhole, MADV_DONTNEED)
+    }
+
+    override public func extents(_ bio: consuming ProviderBio) {
+        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
+        var extents: [BioExtent] = []
+        let capacity = bio.extentCapacity
+        var at = range.lowerBound
+        while at < range.upperBound && extents.count < capacity {
+            let page = Int(at) / MemoryDisk.pageSize
+            let data = isWritten(page: page)
+            var runEnd = Int64(page + 1) * Int64(MemoryDisk.pageSize)
+            while runEnd < range.upperBound && isWritten(page: Int(runEnd) / MemoryDisk.pageSize) == data {
+                runEnd += Int64(MemoryDisk.pageSize)
+            }
+            runEnd = min(runEnd, range.upperBound)
+            extents.append(BioExtent(offset: at, length: runEnd - at, kind: data ? [] : [.hole, .zero]))
+            at = runEnd
+        }
+        bio.deliverAttribute(extents: extents)
+    }
+}
