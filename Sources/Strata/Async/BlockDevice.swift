@@ -31,6 +31,8 @@ public final class BlockDevice: @unchecked Sendable {
             try topology.attach(consumer, to: provider)
             try topology.access(consumer, read: access.read, write: access.write, exclusive: access.exclusive)
         } catch {
+            // Nothing was opened: there is nothing for close() to give back.
+            closed.store(true, ordering: .relaxed)
             topology.wither(geom)
             throw error
         }

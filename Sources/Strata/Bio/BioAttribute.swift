@@ -70,12 +70,12 @@ extension ProviderBio {
     /// How many extent records fit in this GETATTR's answer buffer.
     public var extentCapacity: Int { data.count / BioExtent.encodedSize }
 
-    /// Answers an extents GETATTR with `extents` (at most `extentCapacity` of them,
-    /// in order, starting at `offset`) and delivers it.
+    /// Answers an extents GETATTR with `extents`, in order from `offset`, and delivers
+    /// it. The answer holds as many as fit in the buffer (`extentCapacity`); the issuer
+    /// asks again from where the answer stops.
     public consuming func deliverAttribute(extents: some Collection<BioExtent>) {
-        precondition(extents.count <= extentCapacity, "\(extents.count) extents do not fit the answer buffer")
         var at = 0
-        for extent in extents {
+        for extent in extents.prefix(extentCapacity) {
             var record = (extent.offset, extent.length, extent.kind.rawValue, UInt32(0))
             withUnsafeBytes(of: &record) {
                 data.slice(offset: at, count: BioExtent.encodedSize).copy(from: $0.baseAddress!)

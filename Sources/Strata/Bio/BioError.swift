@@ -25,6 +25,8 @@ public struct BioError: Error, Hashable, Sendable, CustomStringConvertible {
     public static let notSupported = BioError(errno: EOPNOTSUPP)
     public static let busy = BioError(errno: EBUSY)
     public static let loop = BioError(errno: ELOOP)
+    public static let exists = BioError(errno: EEXIST)
+    public static let shutdown = BioError(errno: ESHUTDOWN)
 
     /// The symbolic name where it is a common one, else the number.
     public var name: String {

@@ -37,6 +37,8 @@ extension BioFields where Self: ~Copyable {
     @inlinable public var inbed: Int { Int(storage.header.pointee.inbed.load(ordering: .acquiring)) }
     /// `bio_parent` is present: this request is a clone.
     @inlinable public var hasParent: Bool { storage.header.pointee.parent != nil }
+    /// `bio_parent`: a read-only view of the request this one was cloned from.
+    @inlinable public var parent: BioStorage? { storage.header.pointee.parent.map(BioStorage.init) }
     /// `bio_error` when BIO_ERROR is set.
     @inlinable public var error: BioError? {
         let code = storage.header.pointee.error

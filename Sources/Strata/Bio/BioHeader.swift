@@ -40,6 +40,10 @@ import Synchronization
     /// Clones that have completed.
     @usableFromInline let inbed = Atomic<Int32>(0)
     @usableFromInline var parent: UnsafeMutablePointer<BioHeader>? = nil
+    /// Clones not yet folded in, plus one while the provider still holds the request
+    /// (released by `awaitChildren`). Whoever brings it to zero delivers the request, so
+    /// a clone completing before its siblings exist cannot deliver the parent early.
+    @usableFromInline let outstanding = Atomic<Int32>(0)
 
     // How this request's children are combined (the provider's choice).
     @usableFromInline var combine: BioCombine = .firstError
@@ -88,6 +92,7 @@ import Synchronization
         completed.store(0, ordering: .relaxed)
         children = 0
         inbed.store(0, ordering: .relaxed)
+        outstanding.store(0, ordering: .relaxed)
         parent = nil
         combine = .firstError
         firstChildError.store(0, ordering: .relaxed)

@@ -79,7 +79,9 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
     /// `start`, once every clone is made.
     public consuming func awaitChildren() {
         precondition(header.pointee.children > 0, "awaitChildren() on a request with no clones: \(summary)")
+        let header = self.header
         discard self
+        IOPath.releaseHold(on: header)
     }
 
     /// Gives up the handle to keep the request in a queue; see `UnmanagedBio`.
@@ -157,6 +159,8 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
         child.pointee.flags = header.pointee.flags.intersection(.requestFlags)
         child.pointee.parent = header
         child.pointee.done = .standard
+        // The first clone also takes the provider's own hold on the request.
+        header.pointee.outstanding.wrappingAdd(header.pointee.children == 0 ? 2 : 1, ordering: .relaxed)
         header.pointee.children += 1
     }
 }

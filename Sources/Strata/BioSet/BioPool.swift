@@ -34,7 +34,7 @@ import Synchronization
     /// True while the reserve is below `reserveTarget`: frees then refill it first.
     /// Read without the lock on every free; written only under it.
     private let reserveShort = Atomic<Bool>(false)
-    private let rescuerStorage = Mutex<Rescuer?>(nil)
+    private var rescuerStorage: Rescuer?
 
     // Slow-path counters, for tests and status.
     let reserveDraws = Atomic<Int>(0)
@@ -71,21 +71,23 @@ import Synchronization
 
     // MARK: Registry (thread caches are indexed by pool id)
 
-    private static let registry = Mutex<[BioPool?]>([])
+    /// Pools by id. A pthread mutex rather than `Mutex`: ThreadSanitizer sees it.
+    private static let registryLock = ConditionLock()
+    nonisolated(unsafe) private static var registry: [BioPool?] = []
 
     private static func register() -> Int {
-        registry.withLock { pools in
-            pools.append(nil)
-            return pools.count - 1
+        registryLock.withLock {
+            registry.append(nil)
+            return registry.count - 1
         }
     }
 
     private static func attach(_ pool: BioPool) {
-        registry.withLock { $0[pool.id] = pool }
+        registryLock.withLock { registry[pool.id] = pool }
     }
 
     static func pool(withID id: Int) -> BioPool {
-        registry.withLock { $0[id]! }
+        registryLock.withLock { registry[id]! }
     }
 
     // MARK: Allocation
@@ -247,11 +249,12 @@ import Synchronization
 
     // MARK: Rescuer
 
+    /// The set's rescuer, started the first time a thread needs it.
     var rescuer: Rescuer {
-        rescuerStorage.withLock { rescuer in
-            if let rescuer { return rescuer }
+        lock.withLock {
+            if let rescuerStorage { return rescuerStorage }
             let made = Rescuer(pool: self)
-            rescuer = made
+            rescuerStorage = made
             return made
         }
     }

@@ -147,6 +147,7 @@ enum BioAllocator {
         precondition(header.pointee.state != .inFlight, "destroy of a request in flight: \(BioStorage(header).summary)")
         if let parent = header.pointee.parent, !header.pointee.flags.contains(.done) {
             parent.pointee.children -= 1
+            parent.pointee.outstanding.wrappingSubtract(1, ordering: .relaxed)
         }
         free(header)
     }

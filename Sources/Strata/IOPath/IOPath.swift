@@ -20,18 +20,21 @@ enum IOPath {
     static func request(_ header: UnsafeMutablePointer<BioHeader>, on consumer: Consumer) {
         precondition(header.pointee.state == .idle, "request submitted while in flight: \(BioStorage(header).summary)")
         precondition(header.pointee.done.isSet, "request has no done routine: \(BioStorage(header).summary)")
-        guard let provider = consumer.provider else {
-            preconditionFailure("request on consumer \(consumer.name), which is not attached")
-        }
         header.pointee.from = consumer
-        header.pointee.to = provider
         header.pointee.state = .inFlight
         header.pointee.flags.subtract(.statusFlags)
         header.pointee.error = 0
         header.pointee.completed.store(0, ordering: .relaxed)
-        // Counted before the checks so that a consumer being torn down never sees zero
-        // while a request that read its state is still on its way.
+        // Counted before anything is read from the consumer, so that a consumer being
+        // torn down never sees zero while a request that read its state is on its way.
         consumer.inFlight.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        guard let provider = consumer.provider else {
+            // Detached (its geom withered away under a user still holding it).
+            header.pointee.to = nil
+            deliver(header, error: ENXIO)
+            return
+        }
+        header.pointee.to = provider
         switch check(header, consumer: consumer, provider: provider) {
         case .start:
             dispatch(header)
@@ -187,7 +190,8 @@ enum IOPath {
     }
 
     /// `g_std_done`: folds a completed clone into its parent with the parent's combine
-    /// rule, frees the clone, and delivers the parent when its last clone is in.
+    /// rule, frees the clone, and delivers the parent when its last clone is in and its
+    /// provider has let go of it.
     static func standardDone(_ child: UnsafeMutablePointer<BioHeader>) {
         guard let parent = child.pointee.parent else {
             preconditionFailure("standard done on a request with no parent: \(BioStorage(child).summary)")
@@ -219,8 +223,16 @@ enum IOPath {
             }
         }
         BioAllocator.free(child)
-        let inbed = parent.pointee.inbed.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
-        guard inbed == parent.pointee.children else { return }
+        parent.pointee.inbed.wrappingAdd(1, ordering: .relaxed)
+        releaseHold(on: parent)
+    }
+
+    /// Drops one hold on a parent (a clone folded in, or the provider's own hold given
+    /// up by `awaitChildren`); the last one delivers the parent with its combined error.
+    static func releaseHold(on parent: UnsafeMutablePointer<BioHeader>) {
+        guard parent.pointee.outstanding.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 else {
+            return
+        }
         let combined: Int32
         switch parent.pointee.combine {
         case .firstError:

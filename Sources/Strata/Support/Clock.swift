@@ -17,4 +17,3 @@ func sleepSeconds(_ seconds: Double) {
     while nanosleep(&request, &remaining) != 0 { request = remaining }
 }
 
-let EEXIST_CODE: Int32 = EEXIST

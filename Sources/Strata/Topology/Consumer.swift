@@ -6,7 +6,17 @@ public final class Consumer: @unchecked Sendable, CustomStringConvertible {
     /// The geom this consumer belongs to. Held unowned: the geom owns its consumers.
     public unowned(unsafe) let geom: Geom
     /// The provider attached to, or nil. Unowned: a provider outlives its consumers.
-    public internal(set) unowned(unsafe) var provider: Provider?
+    /// Atomic because the I/O path reads it while the event thread may detach.
+    public internal(set) var provider: Provider? {
+        get {
+            providerStorage.load(ordering: .acquiring).map { Unmanaged<Provider>.fromOpaque($0).takeUnretainedValue() }
+        }
+        set {
+            providerStorage.store(newValue.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) },
+                                  ordering: .releasing)
+        }
+    }
+    private let providerStorage = Atomic<UnsafeRawPointer?>(nil)
 
     let readStorage = Atomic<Int>(0)
     let writeStorage = Atomic<Int>(0)

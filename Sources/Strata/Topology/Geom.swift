@@ -20,6 +20,10 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
     public let dispatchMode: DispatchMode
     /// The topology this geom belongs to (set by `Topology.add`).
     public internal(set) weak var topology: Topology?
+    /// The geom's providers and consumers. They change under the topology lock, and
+    /// `start` may read them without it: a geom gains consumers before its providers are
+    /// created and loses them only after its providers are gone. A class that changes its
+    /// consumers while serving (a mirror inserting a component) keeps its own table.
     public internal(set) var providers: [Provider] = []
     public internal(set) var consumers: [Consumer] = []
     /// One more than the highest rank of the geoms below; bottom geoms have rank 1.

@@ -12,18 +12,25 @@ public enum LogLevel: Int, Sendable, Comparable {
 public final class Topology: @unchecked Sendable {
     private let lock = ConditionLock(recursive: true)
     private var events: EventQueue!
-    public private(set) var classes: [any GeomClass] = []
-    public private(set) var geoms: [Geom] = []
+    private var classList: [any GeomClass] = []
+    private var geomList: [Geom] = []
     private var providersByName: [String: Provider] = [:]
     private var withering: [Geom] = []
     /// Where diagnostic messages go; nil drops them.
-    public var log: (@Sendable (LogLevel, String) -> Void)?
+    public let log: (@Sendable (LogLevel, String) -> Void)?
 
-    public init() {
+    /// - Parameter log: receives diagnostic messages from any thread.
+    public init(log: (@Sendable (LogLevel, String) -> Void)? = nil) {
+        self.log = log
         events = EventQueue { [weak self] in
             self?.wash() ?? false
         }
     }
+
+    /// The registered classes, in registration order.
+    public var classes: [any GeomClass] { withLock { classList } }
+    /// The geoms, in the order they were added.
+    public var geoms: [Geom] { withLock { geomList } }
 
     deinit { events.stop() }
 
@@ -54,7 +61,7 @@ public final class Topology: @unchecked Sendable {
     /// Adds a class; every existing provider is offered to it.
     public func register(_ geomClass: any GeomClass) {
         withLock {
-            classes.append(geomClass)
+            classList.append(geomClass)
             for provider in providersByName.values.sorted(by: { $0.name < $1.name }) {
                 post { [weak self] in self?.offer(provider, to: [geomClass]) }
             }
@@ -65,16 +72,29 @@ public final class Topology: @unchecked Sendable {
     public func add(_ geom: Geom) throws {
         try withLock {
             guard geom.topology == nil else { throw StrataError(.busy, "geom \(geom.name) is already in a topology") }
-            if geoms.contains(where: { $0.name == geom.name }) {
-                throw StrataError(BioError(errno: EEXIST_CODE), "a geom named \(geom.name) exists already")
+            if geomList.contains(where: { $0.name == geom.name }) {
+                throw StrataError(.exists, "a geom named \(geom.name) exists already")
             }
             geom.topology = self
-            geoms.append(geom)
+            geomList.append(geom)
         }
     }
 
+    /// Takes out a geom that has no provider and no consumer (one whose setup failed
+    /// part way) and releases it with `destroyed()`, once.
+    public func remove(_ geom: Geom) {
+        withLock {
+            precondition(geom.providers.isEmpty && geom.consumers.isEmpty,
+                         "remove of geom \(geom.name), which still has providers or consumers; wither it instead")
+            guard geom.topology === self else { return }
+            geomList.removeAll { $0 === geom }
+            geom.topology = nil
+        }
+        geom.destroyed()
+    }
+
     public func geom(named name: String) -> Geom? {
-        withLock { geoms.first { $0.name == name } }
+        withLock { geomList.first { $0.name == name } }
     }
 
     public func provider(named name: String) -> Provider? {
@@ -101,7 +121,7 @@ public final class Topology: @unchecked Sendable {
         return try withLock {
             precondition(geom.topology === self, "geom \(geom.name) is not in this topology")
             if providersByName[name] != nil {
-                throw StrataError(BioError(errno: EEXIST_CODE), "a provider named \(name) exists already")
+                throw StrataError(.exists, "a provider named \(name) exists already")
             }
             let provider = Provider(name: name, geom: geom, mediaSize: mediaSize, sectorSize: sectorSize,
                                     stripeSize: stripeSize, stripeOffset: stripeOffset)
@@ -116,7 +136,7 @@ public final class Topology: @unchecked Sendable {
     public func announce(_ provider: Provider) {
         post { [weak self] in
             guard let self else { return }
-            self.offer(provider, to: self.classes)
+            self.offer(provider, to: self.classList)
         }
     }
 
@@ -321,7 +341,7 @@ public final class Topology: @unchecked Sendable {
                     }
                 }
                 if geom.isWithering && geom.providers.isEmpty && geom.consumers.isEmpty {
-                    geoms.removeAll { $0 === geom }
+                    geomList.removeAll { $0 === geom }
                     geom.topology = nil
                     emit(.info, "geom \(geom.name) destroyed")
                     geom.destroyed()
@@ -333,6 +353,23 @@ public final class Topology: @unchecked Sendable {
             withering = unfinished
             return !unfinished.isEmpty
         }
+    }
+
+    /// Withers every geom, from the top of the stacks down, and waits until all are
+    /// gone or `seconds` pass: an orderly stop that releases what disks hold (mappings,
+    /// files, worker threads). Requests in flight finish first. Returns whether
+    /// everything went.
+    @discardableResult
+    public func shutdown(seconds: Double = 30) -> Bool {
+        let all = withLock { geomList.sorted { $0.rank > $1.rank } }
+        for geom in all { wither(geom, error: .shutdown) }
+        let deadline = monotonicSeconds() + seconds
+        while monotonicSeconds() < deadline {
+            settle()
+            if withLock({ geomList.isEmpty }) { return true }
+            sleepSeconds(0.002)
+        }
+        return false
     }
 
     /// Waits until `geom` has left the topology, or `seconds` pass. Returns whether it left.

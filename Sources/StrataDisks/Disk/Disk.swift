@@ -18,12 +18,23 @@ open class Disk: Geom, @unchecked Sendable {
     /// The disk's provider (named after the disk).
     public var provider: Provider { providers[0] }
 
-    /// Adds the disk to `topology` and makes its provider.
+    /// Adds the disk to `topology` and makes its provider. On failure the disk is
+    /// released (`destroyed()`) and leaves nothing in the topology.
     func install(in topology: Topology, mediaSize: Int64, sectorSize: Int) throws {
-        try Disk.validate(sectorSize: sectorSize, for: name)
-        try topology.add(self)
-        try topology.createProvider(for: self, name: name, mediaSize: mediaSize / Int64(sectorSize) * Int64(sectorSize),
-                                    sectorSize: sectorSize)
+        do {
+            try Disk.validate(sectorSize: sectorSize, for: name)
+            try topology.add(self)
+        } catch {
+            destroyed()
+            throw error
+        }
+        do {
+            try topology.createProvider(for: self, name: name,
+                                        mediaSize: mediaSize / Int64(sectorSize) * Int64(sectorSize), sectorSize: sectorSize)
+        } catch {
+            topology.remove(self)
+            throw error
+        }
     }
 
     static func validate(sectorSize: Int, for name: String) throws {
@@ -66,10 +77,11 @@ open class Disk: Geom, @unchecked Sendable {
         bio.deliverAttribute(extents: range.isEmpty ? [] : [BioExtent(offset: range.lowerBound, length: Int64(range.count), kind: [])])
     }
 
-    /// The part of the media an extents GETATTR asks about.
+    /// The part of the media an extents GETATTR asks about, clipped to the media.
     static func extentRange(of bio: borrowing ProviderBio, mediaSize: Int64) -> Range<Int64> {
+        let (requestedEnd, overflow) = bio.offset.addingReportingOverflow(max(bio.length, 0))
         let start = min(max(bio.offset, 0), mediaSize)
-        let end = bio.length > mediaSize - start ? mediaSize : start + max(bio.length, 0)
+        let end = max(start, overflow ? mediaSize : min(requestedEnd, mediaSize))
         return start..<end
     }
 }

@@ -39,12 +39,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
         let opened = try FileDisk.open(path: path, size: size, sectorSize: sectorSize)
         let disk = FileDisk(name: name, path: path, descriptor: opened.descriptor, isBlockDevice: opened.isBlockDevice,
                             workers: workers)
-        do {
-            try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize)
-        } catch {
-            disk.destroyed()
-            throw error
-        }
+        try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize)
         return disk
     }
 
@@ -62,8 +57,8 @@ public final class FileDisk: Disk, @unchecked Sendable {
     }
 
     private static func open(path: String, size: Int64?, sectorSize: Int) throws -> (descriptor: Int32, size: Int64, isBlockDevice: Bool) {
-        if let size, size <= 0 {
-            throw StrataError(.invalid, "file disk \(path): size \(size) is not positive")
+        if let size, size < Int64(sectorSize) {
+            throw StrataError(.invalid, "file disk \(path): size \(size) is less than one \(sectorSize)-byte sector")
         }
         var descriptor = retryingOnInterrupt { Glibc.open(path, O_RDWR | O_CLOEXEC) }
         if descriptor < 0 && errno == ENOENT {
@@ -198,43 +193,38 @@ public final class FileDisk: Disk, @unchecked Sendable {
         var failure: Int32 = 0
         bio.data.forEachSegment { piece in
             guard failure == 0 else { return }
-            var done = 0
-            while done < piece.count {
-                let count: Int
-                if durable {
-                    var vector = iovec(iov_base: piece.baseAddress! + done, iov_len: piece.count - done)
-                    count = strata_pwritev_dsync(descriptor, &vector, 1, at + Int64(done))
-                } else {
-                    count = pwrite(descriptor, piece.baseAddress! + done, piece.count - done, off_t(at) + off_t(done))
-                }
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    if durable && errno == EOPNOTSUPP {
-                        // No RWF_DSYNC here: write, then make it durable below.
-                        failure = writeThenSync(piece, from: done, at: at)
-                        return
-                    }
-                    failure = errno
-                    return
-                }
-                done += count
-            }
+            failure = write(piece, at: at, durable: durable)
             at += Int64(piece.count)
         }
         finish(bio, failure: failure, call: "pwrite")
     }
 
-    private func writeThenSync(_ piece: UnsafeMutableRawBufferPointer, from start: Int, at offset: Int64) -> Int32 {
-        var done = start
+    /// Writes one segment fully at `offset`; durable when it returns if `durable`.
+    /// Returns 0 or the errno.
+    private func write(_ piece: UnsafeMutableRawBufferPointer, at offset: Int64, durable: Bool) -> Int32 {
+        var done = 0
+        var syncAfter = false
         while done < piece.count {
-            let count = pwrite(descriptor, piece.baseAddress! + done, piece.count - done, off_t(offset) + off_t(done))
+            let count: Int
+            if durable && !syncAfter {
+                var vector = iovec(iov_base: piece.baseAddress! + done, iov_len: piece.count - done)
+                count = strata_pwritev_dsync(descriptor, &vector, 1, offset + Int64(done))
+                if count < 0 && errno == EOPNOTSUPP {
+                    // No RWF_DSYNC here: write plainly, then make it durable below.
+                    syncAfter = true
+                    continue
+                }
+            } else {
+                count = pwrite(descriptor, piece.baseAddress! + done, piece.count - done, off_t(offset) + off_t(done))
+            }
             if count < 0 {
                 if errno == EINTR { continue }
                 return errno
             }
             done += count
         }
-        return fdatasync(descriptor) == 0 ? 0 : errno
+        if syncAfter && fdatasync(descriptor) != 0 { return errno }
+        return 0
     }
 
     override public func flush(_ bio: consuming ProviderBio) {

@@ -121,6 +121,8 @@ final class FanOutGeom: Geom, @unchecked Sendable {
     let pieces: Int
     let combine: BioCombine
     let sameRange: Bool
+    /// Called at the top of each start, for tests that record the order of events.
+    var onStart: (@Sendable (Int64) -> Void)?
 
     /// - Parameter sameRange: every clone covers the whole request (a mirror's write)
     ///   instead of one piece of it.
@@ -132,6 +134,7 @@ final class FanOutGeom: Geom, @unchecked Sendable {
     }
 
     override func start(_ bio: consuming ProviderBio) {
+        onStart?(bio.offset)
         bio.combine = combine
         let pieceLength = sameRange ? bio.length : bio.length / Int64(pieces)
         var clones: [UnmanagedBio] = []
@@ -267,3 +270,21 @@ func unmanaged(_ bio: consuming Bio?) -> UnmanagedBio? {
     case .none: return nil
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An identity for the calling thread.
+func threadIdentity() -> UInt { UInt(pthread_self()) }
+
+/// An ordered record of events from any thread.
+final class EventLog: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var storage: [String] = []
+
+    func append(_ entry: String) { lock.withLock { storage.append(entry) } }
+    var entries: [String] { lock.withLock { storage } }
+}
+
+func sched_yield() { _ = Glibc.sched_yield() }

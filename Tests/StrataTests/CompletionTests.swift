@@ -1,0 +1,235 @@
+import Strata
+import StrataDisks
+import Synchronization
+import Testing
+
+/// Completion: deliver, the standard done (first error wins, completed summed, parent
+/// delivered exactly once), the replicated-write rule, and a class's own done routine.
+@Suite struct CompletionTests {
+    /// A bottom geom that fails the requests whose 4 KiB block index is listed, with the
+    /// errno listed for it, and completes the rest.
+    static func failingDisk(in topology: Topology, failures: [Int: BioError]) throws -> ProbeGeom {
+        try ProbeGeom.install(in: topology, name: "failing-\(failures.keys.sorted())") { bio in
+            if let error = failures[Int(bio.offset / 4096)] {
+                bio.deliver(error)
+            } else {
+                bio.deliverAll()
+            }
+        }
+    }
+
+    @Test(arguments: [
+        ([:], nil),
+        ([0: BioError.io], BioError.io),
+        ([7: BioError.noSpace], BioError.noSpace),
+        ([3: BioError.io, 5: BioError.noSpace], BioError.io),
+        ([2: BioError.invalid, 6: BioError.io], BioError.invalid),
+        (Dictionary(uniqueKeysWithValues: (0..<8).map { ($0, BioError.noDevice) }), BioError.noDevice),
+    ] as [([Int: BioError], BioError?)])
+    func standardDoneKeepsTheFirstErrorAndSumsCompletedBytes(failures: [Int: BioError], expected: BioError?) throws {
+        let topology = Topology()
+        let bottom = try Self.failingDisk(in: topology, failures: failures)
+        let fan = try FanOutGeom.stack(on: bottom.providers[0], in: topology, name: "fan8", pieces: 8)
+        try topology.access(fan.consumers[0], read: 1, write: 1, exclusive: 0)
+        let issuer = try TestIssuer(on: fan.providers[0], in: topology)
+        let buffer = PatternBuffer(count: 8 * 4096)
+        let finished = Gate()
+        let result = ProbeRecord()
+        let deliveries = Atomic<Int>(0)
+        let bio = AnyBioSet.shared.alloc()
+        bio.command = .write
+        bio.length = 8 * 4096
+        bio.setData(buffer.bytes)
+        bio.done = .closure { done in
+            deliveries.wrappingAdd(1, ordering: .relaxed)
+            result.text = "\(done.error?.name ?? "ok") \(done.completed) \(done.children)/\(done.inbed)"
+            done.destroy()
+            finished.open()
+        }
+        issuer.consumer.request(bio)
+        finished.wait()
+        let completedBytes = (8 - failures.count) * 4096
+        #expect(result.text == "\(expected?.name ?? "ok") \(completedBytes) 8/8")
+        let count = deliveries.load(ordering: .relaxed)
+        #expect(count == 1)
+    }
+
+    @Test(arguments: [0, 1, 2, 3])
+    func replicatedWritesSucceedWhileAnyCopySucceeds(failedCopies: Int) throws {
+        let topology = Topology()
+        let attempt = Atomic<Int>(0)
+        let bottom = try ProbeGeom.install(in: topology, name: "copies-\(failedCopies)") { bio in
+            let index = attempt.wrappingAdd(1, ordering: .relaxed).oldValue
+            if index < failedCopies { bio.deliver(.io) } else { bio.deliverAll() }
+        }
+        let mirror = try FanOutGeom.stack(on: bottom.providers[0], in: topology, name: "mirror-\(failedCopies)",
+                                          pieces: 3, combine: .anySuccess, sameRange: true)
+        try topology.access(mirror.consumers[0], read: 1, write: 1, exclusive: 0)
+        let issuer = try TestIssuer(on: mirror.providers[0], in: topology)
+        let buffer = PatternBuffer(count: 4096)
+        let outcome = issuer.consumer.outcome(.write, offset: 0, length: 4096, buffer: buffer.bytes)
+        if failedCopies == 3 {
+            #expect(outcome.error == .io)
+        } else {
+            #expect(outcome.error == nil)
+            #expect(outcome.completed == 4096, "completed is one copy's, not the sum")
+        }
+    }
+
+    @Test func aClassOwnDoneRoutineRunsForEachCloneThenFoldsIt() throws {
+        final class CountingGeom: Geom, @unchecked Sendable {
+            let seen = Atomic<Int>(0)
+            override func start(_ bio: consuming ProviderBio) {
+                let clone = bio.clone()!
+                clone.done = .handler(self)
+                consumers[0].request(clone)
+                bio.awaitChildren()
+            }
+            override func bioDone(_ bio: consuming Bio) {
+                seen.wrappingAdd(1, ordering: .relaxed)
+                bio.finishClone()
+            }
+        }
+        let topology = Topology()
+        let disk = try MemoryDisk.create(in: topology, name: "own-done-md", size: 1 << 20)
+        let geom = CountingGeom(name: "counting", className: "COUNT")
+        try topology.add(geom)
+        try topology.attach(topology.createConsumer(for: geom), to: disk.provider)
+        try topology.createProvider(for: geom, name: "counting", mediaSize: 1 << 20, sectorSize: 512)
+        let issuer = try TestIssuer(on: geom.providers[0], in: topology)
+        for block in 0..<10 {
+            let buffer = PatternBuffer(count: 512, seed: UInt8(block))
+            #expect(issuer.consumer.outcome(.write, offset: Int64(block) * 512, length: 512, buffer: buffer.bytes).error == nil)
+        }
+        let seen = geom.seen.load(ordering: .relaxed)
+        #expect(seen == 10)
+    }
+
+    @Test func childrenCompletingOnManyThreadsDeliverEachParentOnce() throws {
+        let topology = Topology()
+        let bottom = ProbeGeom(name: "threaded-bottom", dispatch: .queued) { bio in bio.deliverAll() }
+        try topology.add(bottom)
+        try topology.createProvider(for: bottom, name: "threaded-bottom", mediaSize: 1 << 24, sectorSize: 512)
+        let fan = try FanOutGeom.stack(on: bottom.providers[0], in: topology, name: "fan16", pieces: 16)
+        try topology.access(fan.consumers[0], read: 1, write: 1, exclusive: 0)
+        let issuer = try TestIssuer(on: fan.providers[0], in: topology)
+        let total = 500
+        let ledger = CompletionLedger(capacity: total)
+        let allDone = Gate()
+        let remaining = Atomic<Int>(total)
+        for id in 0..<total {
+            let bio = AnyBioSet.shared.alloc()
+            bio.command = .delete
+            bio.offset = Int64(id % 64) * 65536
+            bio.length = 65536
+            bio.caller1 = UnsafeMutableRawPointer(bitPattern: id + 1)
+            bio.done = .closure { done in
+                let id = Int(bitPattern: done.caller1) - 1
+                ledger.record(id, error: done.error)
+                let completed = done.completed
+                done.destroy()
+                if completed != 65536 { ledger.errors.wrappingAdd(1, ordering: .relaxed) }
+                if remaining.wrappingSubtract(1, ordering: .relaxed).newValue == 0 { allDone.open() }
+            }
+            issuer.consumer.request(bio)
+        }
+        #expect(allDone.wait())
+        #expect(ledger.anomalies(issued: total).isEmpty)
+        let errors = ledger.errors.load(ordering: .relaxed)
+        #expect(errors == 0)
+    }
+
+    // MARK: Exactly once, enforced
+
+    @Test func deliveringARequestTwiceStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            let topology = Topology()
+            let twice = ProbeGeom(name: "twice") { bio in
+                let again = bio.unmanaged()
+                again.takeProviderBio().deliverAll()
+                again.takeProviderBio().deliverAll()
+            }
+            try topology.add(twice)
+            try topology.createProvider(for: twice, name: "twice", mediaSize: 4096, sectorSize: 512)
+            let issuer = Geom(name: "issuer", className: "TEST")
+            try topology.add(issuer)
+            let consumer = topology.createConsumer(for: issuer)
+            try topology.attach(consumer, to: twice.providers[0])
+            try topology.access(consumer, read: 1, write: 1, exclusive: 0)
+            _ = consumer.outcome(.flush, offset: 0, length: 0)
+        }
+    }
+
+    @Test func droppingAnIssuedRequestWithoutFinishingItStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            let bio = AnyBioSet.shared.alloc()
+            bio.offset = 512
+        }
+    }
+
+    @Test func droppingAnIncomingRequestWithoutDeliveringItStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            let topology = Topology()
+            let forgetful = ProbeGeom(name: "forgetful") { bio in
+                _ = bio.offset
+            }
+            try topology.add(forgetful)
+            try topology.createProvider(for: forgetful, name: "forgetful", mediaSize: 4096, sectorSize: 512)
+            let issuer = Geom(name: "issuer", className: "TEST")
+            try topology.add(issuer)
+            let consumer = topology.createConsumer(for: issuer)
+            try topology.attach(consumer, to: forgetful.providers[0])
+            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
+            _ = consumer.outcome(.getattr, offset: 0, length: 0, attribute: .ident)
+        }
+    }
+
+    @Test func deliveringAParentWithClonesOutstandingStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            let topology = Topology()
+            let hasty = ProbeGeom(name: "hasty") { bio in
+                let clone = bio.clone()!
+                _ = clone.unmanaged()
+                bio.deliverAll()
+            }
+            try topology.add(hasty)
+            try topology.createProvider(for: hasty, name: "hasty", mediaSize: 4096, sectorSize: 512)
+            let issuer = Geom(name: "issuer", className: "TEST")
+            try topology.add(issuer)
+            let consumer = topology.createConsumer(for: issuer)
+            try topology.attach(consumer, to: hasty.providers[0])
+            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
+            _ = consumer.outcome(.getattr, offset: 0, length: 0, attribute: .ident)
+        }
+    }
+
+    @Test func awaitingChildrenWithoutAnyCloneStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            let topology = Topology()
+            let lost = ProbeGeom(name: "lost") { bio in bio.awaitChildren() }
+            try topology.add(lost)
+            try topology.createProvider(for: lost, name: "lost", mediaSize: 4096, sectorSize: 512)
+            let issuer = Geom(name: "issuer", className: "TEST")
+            try topology.add(issuer)
+            let consumer = topology.createConsumer(for: issuer)
+            try topology.attach(consumer, to: lost.providers[0])
+            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
+            _ = consumer.outcome(.getattr, offset: 0, length: 0, attribute: .ident)
+        }
+    }
+
+    @Test func requestingARequestThatHasNoDoneRoutineStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            let topology = Topology()
+            let disk = try MemoryDisk.create(in: topology, name: "no-done", size: 4096)
+            let issuer = Geom(name: "issuer", className: "TEST")
+            try topology.add(issuer)
+            let consumer = topology.createConsumer(for: issuer)
+            try topology.attach(consumer, to: disk.provider)
+            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
+            let bio = AnyBioSet.shared.alloc()
+            bio.command = .flush
+            consumer.request(bio)
+        }
+    }
+}
