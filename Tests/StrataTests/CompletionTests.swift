@@ -141,22 +141,21 @@ import Testing
 
     // MARK: Exactly once, enforced
 
+    /// Sends one GETATTR to a probe whose start does `onStart`: for the exit tests.
+    static func sendOne(through onStart: @escaping @Sendable (consuming ProviderBio) -> Void) throws {
+        let topology = Topology()
+        let probe = try ProbeGeom.install(in: topology, name: "exit-probe", onStart: onStart)
+        let issuer = try TestIssuer(on: probe.providers[0], in: topology)
+        _ = issuer.consumer.outcome(.getattr, offset: 0, length: 0, attribute: .ident)
+    }
+
     @Test func deliveringARequestTwiceStopsTheProcess() async {
         await #expect(processExitsWith: .failure) {
-            let topology = Topology()
-            let twice = ProbeGeom(name: "twice") { bio in
+            try CompletionTests.sendOne { bio in
                 let again = bio.unmanaged()
                 again.takeProviderBio().deliverAll()
                 again.takeProviderBio().deliverAll()
             }
-            try topology.add(twice)
-            try topology.createProvider(for: twice, name: "twice", mediaSize: 4096, sectorSize: 512)
-            let issuer = Geom(name: "issuer", className: "TEST")
-            try topology.add(issuer)
-            let consumer = topology.createConsumer(for: issuer)
-            try topology.attach(consumer, to: twice.providers[0])
-            try topology.access(consumer, read: 1, write: 1, exclusive: 0)
-            _ = consumer.outcome(.flush, offset: 0, length: 0)
         }
     }
 
@@ -169,52 +168,29 @@ import Testing
 
     @Test func droppingAnIncomingRequestWithoutDeliveringItStopsTheProcess() async {
         await #expect(processExitsWith: .failure) {
-            let topology = Topology()
-            let forgetful = ProbeGeom(name: "forgetful") { bio in
-                _ = bio.offset
-            }
-            try topology.add(forgetful)
-            try topology.createProvider(for: forgetful, name: "forgetful", mediaSize: 4096, sectorSize: 512)
-            let issuer = Geom(name: "issuer", className: "TEST")
-            try topology.add(issuer)
-            let consumer = topology.createConsumer(for: issuer)
-            try topology.attach(consumer, to: forgetful.providers[0])
-            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
-            _ = consumer.outcome(.getattr, offset: 0, length: 0, attribute: .ident)
+            try CompletionTests.sendOne { bio in _ = bio.offset }
         }
     }
 
     @Test func deliveringAParentWithClonesOutstandingStopsTheProcess() async {
         await #expect(processExitsWith: .failure) {
-            let topology = Topology()
-            let hasty = ProbeGeom(name: "hasty") { bio in
+            try CompletionTests.sendOne { bio in
                 let clone = bio.clone()!
                 _ = clone.unmanaged()
                 bio.deliverAll()
             }
-            try topology.add(hasty)
-            try topology.createProvider(for: hasty, name: "hasty", mediaSize: 4096, sectorSize: 512)
-            let issuer = Geom(name: "issuer", className: "TEST")
-            try topology.add(issuer)
-            let consumer = topology.createConsumer(for: issuer)
-            try topology.attach(consumer, to: hasty.providers[0])
-            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
-            _ = consumer.outcome(.getattr, offset: 0, length: 0, attribute: .ident)
         }
     }
 
     @Test func awaitingChildrenWithoutAnyCloneStopsTheProcess() async {
         await #expect(processExitsWith: .failure) {
-            let topology = Topology()
-            let lost = ProbeGeom(name: "lost") { bio in bio.awaitChildren() }
-            try topology.add(lost)
-            try topology.createProvider(for: lost, name: "lost", mediaSize: 4096, sectorSize: 512)
-            let issuer = Geom(name: "issuer", className: "TEST")
-            try topology.add(issuer)
-            let consumer = topology.createConsumer(for: issuer)
-            try topology.attach(consumer, to: lost.providers[0])
-            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
-            _ = consumer.outcome(.getattr, offset: 0, length: 0, attribute: .ident)
+            try CompletionTests.sendOne { bio in bio.awaitChildren() }
+        }
+    }
+
+    @Test func aCorrectProbeExitsCleanlySoTheExitTestsAboveProveSomething() async {
+        await #expect(processExitsWith: .success) {
+            try CompletionTests.sendOne { bio in bio.deliverAll() }
         }
     }
 

@@ -135,13 +135,8 @@ public final class BlockDevice: @unchecked Sendable {
         let description = "\(command) at \(offset)+\(length) on \(provider.name)"
         let bufferAddress = buffer.map { UnsafeMutableRawBufferPointerBox($0) }
         return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int64, any Error>) in
-            let bio = AnyBioSet.shared.alloc(segments: 1)
-            bio.command = command
-            bio.offset = offset
-            bio.length = length
-            bio.flags = flags
-            bio.attribute = attribute
-            if let bufferAddress { bio.setData(bufferAddress.buffer) }
+            let bio = Bio.make(command, offset: offset, length: length, buffer: bufferAddress?.buffer, flags: flags,
+                               attribute: attribute, from: .shared)
             bio.done = .closure { done in
                 let result: Result<Int64, any Error> = done.error.map { .failure(StrataError($0, description)) }
                     ?? .success(done.completed)

@@ -5,36 +5,17 @@
 /// waits for the set's reserve, the requests it queued (which would free reserve
 /// elements once processed) would wait for it in turn: a deadlock. The allocator hands
 /// those requests here first, and this thread submits them.
-final class Rescuer: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private var queue = BioList()
+final class Rescuer: Sendable {
+    private let queue = WorkQueue { IOPath.dispatch($0) }
     private unowned let pool: BioPool
 
     init(pool: BioPool) {
         self.pool = pool
-        startWorkerThread { [self] in run() }
     }
 
     func punt(_ list: BioList) {
         guard !list.isEmpty else { return }
         pool.rescued.add(list.count, ordering: .relaxed)
-        lock.withLock {
-            queue.append(contentsOf: list)
-            lock.signal()
-        }
-    }
-
-    private func run() {
-        while true {
-            var work = lock.withLock {
-                while queue.isEmpty { lock.wait() }
-                let taken = queue
-                queue = BioList()
-                return taken
-            }
-            while let bio = work.popFirst() {
-                IOPath.dispatch(bio)
-            }
-        }
+        queue.enqueue(contentsOf: list)
     }
 }

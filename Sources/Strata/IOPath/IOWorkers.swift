@@ -7,7 +7,7 @@ final class IOWorkers: Sendable {
     let up = WorkQueue { IOPath.complete($0) }
 }
 
-/// A FIFO of requests served by one worker thread.
+/// A FIFO of requests served by one worker thread (the down and up workers, rescuers).
 final class WorkQueue: @unchecked Sendable {
     private let lock = ConditionLock()
     private var queue = BioList()
@@ -21,6 +21,13 @@ final class WorkQueue: @unchecked Sendable {
     func enqueue(_ header: UnsafeMutablePointer<BioHeader>) {
         lock.withLock {
             queue.append(header)
+            lock.signal()
+        }
+    }
+
+    func enqueue(contentsOf list: BioList) {
+        lock.withLock {
+            queue.append(contentsOf: list)
             lock.signal()
         }
     }

@@ -13,13 +13,8 @@ extension Consumer {
                             attribute: BioAttribute? = nil) throws -> (completed: Int64, flags: BioFlags) {
         let finished = DispatchSemaphore(value: 0)
         let outcome = SyncOutcome()
-        let bio = AnyBioSet.unpooled.alloc(segments: 1)
-        bio.command = command
-        bio.offset = offset
-        bio.length = length
-        bio.flags = flags
-        bio.attribute = attribute
-        if let buffer { bio.setData(buffer) }
+        let bio = Bio.make(command, offset: offset, length: length, buffer: buffer, flags: flags, attribute: attribute,
+                           from: .unpooled)
         bio.done = .closure { done in
             outcome.set(error: done.error, completed: done.completed, flags: done.flags)
             done.destroy()
@@ -47,6 +42,21 @@ extension Consumer {
         try copy.withUnsafeMutableBytes { buffer in
             _ = try performSync(.write, offset: offset, length: Int64(buffer.count), buffer: buffer, flags: flags)
         }
+    }
+}
+
+extension Bio {
+    /// A request from `set` filled in with the given fields (one data segment at most).
+    static func make(_ command: BioCommand, offset: Int64, length: Int64, buffer: UnsafeMutableRawBufferPointer?,
+                     flags: BioFlags, attribute: BioAttribute?, from set: AnyBioSet) -> Bio {
+        let bio = set.alloc(segments: 1)
+        bio.command = command
+        bio.offset = offset
+        bio.length = length
+        bio.flags = flags
+        bio.attribute = attribute
+        if let buffer { bio.setData(buffer) }
+        return bio
     }
 }
 
