@@ -12,6 +12,11 @@ let package = Package(
     products: [
         .library(name: "Strata", targets: ["Strata"]),
         .library(name: "StrataDisks", targets: ["StrataDisks"]),
+        .library(name: "StrataNBD", targets: ["StrataNBD"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
         // The request system and the topology. Imports the toolchain only.
@@ -20,7 +25,23 @@ let package = Package(
         .target(name: "CStrataSystem"),
         // Bottom providers: memory, file, null and zero disks (POSIX).
         .target(name: "StrataDisks", dependencies: ["Strata", "CStrataSystem"], swiftSettings: strictSwift),
+        // The NBD server and client: the only target that imports SwiftNIO.
+        .target(name: "StrataNBD", dependencies: [
+            "Strata",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strictSwift),
         .testTarget(name: "StrataTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
+        .testTarget(name: "StrataNBDTests", dependencies: [
+            "Strata", "StrataDisks", "StrataNBD",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOTestUtils", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strictSwift),
     ]
 )

@@ -1,0 +1,171 @@
+import NIOCore
+
+/// One request's header, compact or extended.
+public struct NBDRequestHeader: Sendable, Hashable {
+    public var flags: NBDCommandFlags
+    public var type: UInt16
+    public var cookie: UInt64
+    public var offset: UInt64
+    public var length: UInt64
+
+    public init(flags: NBDCommandFlags, type: UInt16, cookie: UInt64, offset: UInt64, length: UInt64) {
+        self.flags = flags
+        self.type = type
+        self.cookie = cookie
+        self.offset = offset
+        self.length = length
+    }
+}
+
+/// What the server reads from a client, one whole message at a time.
+public enum NBDClientMessage: Equatable, Sendable {
+    /// The client's flags, right after the greeting.
+    case clientFlags(UInt32)
+    /// An option with its data.
+    case option(code: UInt32, data: ByteBuffer)
+    /// An option whose data was longer than the server keeps; it was read and dropped.
+    case oversizedOption(code: UInt32, length: UInt32)
+    /// A request with its payload (a WRITE's data), if any.
+    case request(NBDRequestHeader, payload: ByteBuffer?)
+    /// A request whose payload was longer than the maximum; it was read and dropped.
+    case oversizedRequest(NBDRequestHeader)
+    /// Something that is not NBD: the connection cannot continue.
+    case protocolViolation(String)
+}
+
+/// Which part of the session the bytes belong to; the connection handler changes it
+/// as negotiation goes, and the decoder reads it for each message.
+public final class NBDSessionPhase {
+    public enum Phase: Equatable, Sendable {
+        case clientFlags
+        case options
+        case transmission(extendedHeaders: Bool)
+        /// Everything further is ignored (after DISC, ABORT or a violation).
+        case closed
+    }
+
+    public var phase: Phase
+
+    public init(_ phase: Phase = .clientFlags) {
+        self.phase = phase
+    }
+}
+
+/// Splits a client's byte stream into whole NBD messages, in either phase.
+///
+/// Option data beyond `NBDLimits.maximumOptionLength` and WRITE payloads beyond
+/// `NBDLimits.maximumPayload` are consumed as they arrive and dropped, so no client
+/// can make the server buffer more than a bounded amount.
+public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = NBDClientMessage
+
+    private let session: NBDSessionPhase
+    /// Bytes still to drop, and what to report once they are gone.
+    private var discarding: (remaining: UInt64, then: NBDClientMessage)?
+
+    public init(session: NBDSessionPhase) {
+        self.session = session
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> NBDClientMessage? {
+        decodeNext(&buffer)
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDClientMessage? {
+        decodeNext(&buffer)
+    }
+
+    private mutating func decodeNext(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
+        if let pending = discarding {
+            let dropped = min(UInt64(buffer.readableBytes), pending.remaining)
+            buffer.moveReaderIndex(forwardBy: Int(dropped))
+            if dropped < pending.remaining {
+                discarding = (pending.remaining - dropped, pending.then)
+                return nil
+            }
+            discarding = nil
+            return pending.then
+        }
+        switch session.phase {
+        case .clientFlags:
+            return buffer.readInteger(as: UInt32.self).map(NBDClientMessage.clientFlags)
+        case .options:
+            return decodeOption(&buffer)
+        case .transmission(let extended):
+            return extended ? decodeExtendedRequest(&buffer) : decodeCompactRequest(&buffer)
+        case .closed:
+            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+            return nil
+        }
+    }
+
+    private mutating func decodeOption(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
+        guard buffer.readableBytes >= 16,
+              let magic: UInt64 = buffer.getInteger(at: buffer.readerIndex),
+              let code: UInt32 = buffer.getInteger(at: buffer.readerIndex + 8),
+              let length: UInt32 = buffer.getInteger(at: buffer.readerIndex + 12) else { return nil }
+        guard magic == NBDMagic.ihaveopt else {
+            return .protocolViolation("option magic 0x\(String(magic, radix: 16)) is not IHAVEOPT")
+        }
+        if Int(length) > NBDLimits.maximumOptionLength {
+            buffer.moveReaderIndex(forwardBy: 16)
+            discarding = (UInt64(length), .oversizedOption(code: code, length: length))
+            return decodeNext(&buffer)
+        }
+        guard buffer.readableBytes >= 16 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 16)
+        return .option(code: code, data: buffer.readSlice(length: Int(length))!)
+    }
+
+    private mutating func decodeCompactRequest(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
+        guard buffer.readableBytes >= 28 else { return nil }
+        let start = buffer.readerIndex
+        let magic: UInt32 = buffer.getInteger(at: start)!
+        guard magic == NBDMagic.request else {
+            return .protocolViolation("request magic 0x\(String(magic, radix: 16)) is not NBD_REQUEST_MAGIC")
+        }
+        let header = NBDRequestHeader(
+            flags: NBDCommandFlags(rawValue: buffer.getInteger(at: start + 4)!),
+            type: buffer.getInteger(at: start + 6)!,
+            cookie: buffer.getInteger(at: start + 8)!,
+            offset: buffer.getInteger(at: start + 16)!,
+            length: UInt64(buffer.getInteger(at: start + 24, as: UInt32.self)!))
+        // In compact headers only WRITE carries a payload, of `length` bytes.
+        let payload = header.type == NBDCommand.write.rawValue ? header.length : 0
+        return take(header, headerSize: 28, payload: payload, from: &buffer)
+    }
+
+    private mutating func decodeExtendedRequest(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
+        guard buffer.readableBytes >= 32 else { return nil }
+        let start = buffer.readerIndex
+        let magic: UInt32 = buffer.getInteger(at: start)!
+        guard magic == NBDMagic.extendedRequest else {
+            return .protocolViolation("request magic 0x\(String(magic, radix: 16)) is not NBD_EXTENDED_REQUEST_MAGIC")
+        }
+        let header = NBDRequestHeader(
+            flags: NBDCommandFlags(rawValue: buffer.getInteger(at: start + 4)!),
+            type: buffer.getInteger(at: start + 6)!,
+            cookie: buffer.getInteger(at: start + 8)!,
+            offset: buffer.getInteger(at: start + 16)!,
+            length: buffer.getInteger(at: start + 24)!)
+        let payload = header.flags.contains(.payloadLength) ? header.length : 0
+        if payload > UInt64(NBDLimits.maximumPayload) {
+            // The extension asks for a hard disconnect here rather than reading it all.
+            return .protocolViolation("payload of \(payload) bytes is over the \(NBDLimits.maximumPayload)-byte maximum")
+        }
+        return take(header, headerSize: 32, payload: payload, from: &buffer)
+    }
+
+    private mutating func take(_ header: NBDRequestHeader, headerSize: Int, payload: UInt64,
+                               from buffer: inout ByteBuffer) -> NBDClientMessage? {
+        if payload > UInt64(NBDLimits.maximumPayload) {
+            buffer.moveReaderIndex(forwardBy: headerSize)
+            discarding = (payload, .oversizedRequest(header))
+            return decodeNext(&buffer)
+        }
+        guard UInt64(buffer.readableBytes) >= UInt64(headerSize) + payload else { return nil }
+        buffer.moveReaderIndex(forwardBy: headerSize)
+        if payload == 0 { return .request(header, payload: nil) }
+        return .request(header, payload: buffer.readSlice(length: Int(payload))!)
+    }
+}

@@ -1,0 +1,377 @@
+import NIOCore
+import Strata
+
+/// What the connection keeps about one request in flight.
+struct RequestSlot {
+    var header: NBDRequestHeader
+    var command: NBDCommand
+    /// A READ's reply, header space first and the data read in place after it; or a
+    /// WRITE's payload, kept alive while the provider copies from it.
+    var buffer: ByteBuffer?
+    /// Bytes of `buffer` reserved for the reply header.
+    var headerSpace = 0
+    /// A block-status answer buffer.
+    var answer: UnsafeMutableRawBufferPointer?
+    /// Bytes this request counts against the connection's limit.
+    var bytes = 0
+    /// A TRIM or WRITE_ZEROES with FUA whose flush is under way.
+    var flushing = false
+}
+
+/// The requests of one connection, by slot; a request's slot number travels in its
+/// `caller1`.
+struct RequestTable {
+    private var slots: [RequestSlot?] = []
+    private var free: [Int] = []
+    private(set) var count = 0
+    private(set) var bytes = 0
+
+    mutating func insert(_ slot: RequestSlot) -> Int {
+        count += 1
+        bytes += slot.bytes
+        if let index = free.popLast() {
+            slots[index] = slot
+            return index
+        }
+        slots.append(slot)
+        return slots.count - 1
+    }
+
+    subscript(index: Int) -> RequestSlot {
+        get { slots[index]! }
+        set { slots[index] = newValue }
+    }
+
+    mutating func remove(_ index: Int) -> RequestSlot {
+        let slot = slots[index]!
+        slots[index] = nil
+        free.append(index)
+        count -= 1
+        bytes -= slot.bytes
+        return slot
+    }
+}
+
+extension NBDConnectionHandler {
+    // MARK: Requests
+
+    func handleRequest(_ header: NBDRequestHeader, payload: ByteBuffer?) {
+        guard !finishing else { return }
+        guard let served, let consumer else {
+            violation("request before transmission")
+            return
+        }
+        guard let command = NBDCommand(rawValue: header.type) else {
+            refuse(header, .invalid, "unknown command \(header.type)")
+            return
+        }
+        if command == .disconnect {
+            logger.debug("client disconnects")
+            finish()
+            return
+        }
+        if let refusal = check(header, command: command, served: served) {
+            refuse(header, refusal.error, refusal.reason, command: command)
+            return
+        }
+        if command == .cache {
+            // The providers have no cache to fill: the range is valid, so it is done.
+            sendSuccess(header)
+            return
+        }
+        issue(header, command: command, payload: payload, served: served, consumer: consumer)
+    }
+
+    /// The NBD checks, once, before anything reaches the provider.
+    private func check(_ header: NBDRequestHeader, command: NBDCommand, served: ServedExport) -> (error: NBDError, reason: String)? {
+        var allowed: NBDCommandFlags = [.fua]
+        switch command {
+        case .read: allowed.insert(.dontFragment)
+        case .writeZeroes: allowed.formUnion([.noHole, .fastZero])
+        case .blockStatus: allowed.insert(.requestOne)
+        case .write where extendedHeaders: allowed.insert(.payloadLength)
+        default: break
+        }
+        let stray = header.flags.subtracting(allowed)
+        if !stray.isEmpty {
+            return (.invalid, "flags 0x\(String(stray.rawValue, radix: 16)) are not valid on \(command)")
+        }
+        if command == .write && extendedHeaders && !header.flags.contains(.payloadLength) {
+            return (.invalid, "WRITE without a payload length")
+        }
+        if header.flags.contains(.dontFragment) && !structuredReplies {
+            return (.invalid, "DF needs structured replies")
+        }
+        let changes = command == .write || command == .trim || command == .writeZeroes
+        if command != .flush {
+            let block = UInt64(served.minimumBlockSize)
+            if header.length == 0 { return (.invalid, "\(command) of no bytes") }
+            if header.offset % block != 0 || header.length % block != 0 {
+                return (.invalid, "\(command) at \(header.offset)+\(header.length) is not aligned to \(block) bytes")
+            }
+            if header.offset > served.size || header.length > served.size - header.offset {
+                return (changes ? .noSpace : .invalid,
+                        "\(command) at \(header.offset)+\(header.length) runs past the end (\(served.size) bytes)")
+            }
+        }
+        if command == .read && header.length > UInt64(served.maximumPayload) {
+            return (.invalid, "READ of \(header.length) bytes is over the \(served.maximumPayload)-byte maximum")
+        }
+        if command == .blockStatus && !allocationContext {
+            return (.invalid, "BLOCK_STATUS without a negotiated metadata context")
+        }
+        if changes && served.export.readOnly {
+            return (.permission, "\(command) on a read-only export")
+        }
+        return nil
+    }
+
+    private func issue(_ header: NBDRequestHeader, command: NBDCommand, payload: ByteBuffer?, served: ServedExport,
+                       consumer: Consumer) {
+        let bio = AnyBioSet.shared.alloc(segments: 1)
+        bio.offset = Int64(header.offset)
+        bio.length = Int64(header.length)
+        var slot = RequestSlot(header: header, command: command)
+        switch command {
+        case .read:
+            bio.command = .read
+            let headerSpace = structuredReplies ? ByteBuffer.nbdChunkHeaderSize(extended: extendedHeaders) + 8 : 16
+            let length = Int(header.length)
+            var buffer = context!.channel.allocator.buffer(capacity: headerSpace + length)
+            buffer.moveWriterIndex(forwardBy: headerSpace)
+            // The provider reads straight into the reply. The buffer is owned by the
+            // slot alone until completion, so its storage stays where it is.
+            let data = buffer.withUnsafeMutableWritableBytes { UnsafeMutableRawBufferPointer(rebasing: $0.prefix(length)) }
+            bio.setData(data)
+            if structuredReplies && !header.flags.contains(.dontFragment) { bio.flags = .zeroHint }
+            slot.buffer = buffer
+            slot.headerSpace = headerSpace
+            slot.bytes = length
+        case .write:
+            bio.command = .write
+            let payload = payload!
+            let data = payload.withUnsafeReadableBytes { UnsafeMutableRawBufferPointer(mutating: $0) }
+            bio.setData(data)
+            if header.flags.contains(.fua) { bio.flags = .fua }
+            slot.buffer = payload
+            slot.bytes = payload.readableBytes
+        case .flush:
+            bio.command = .flush
+            bio.offset = 0
+            bio.length = 0
+        case .trim:
+            bio.command = .delete
+        case .writeZeroes:
+            bio.command = .writeZeroes
+            var flags: BioFlags = []
+            if header.flags.contains(.noHole) { flags.insert(.noHole) }
+            if header.flags.contains(.fastZero) { flags.insert(.fastZero) }
+            bio.flags = flags
+        case .blockStatus:
+            bio.command = .getattr
+            bio.attribute = .extents
+            let blocks = header.length / UInt64(served.minimumBlockSize) + 1
+            let records = header.flags.contains(.requestOne) ? 1 : Int(min(UInt64(NBDLimits.maximumExtents), blocks))
+            let answer = UnsafeMutableRawBufferPointer.allocate(byteCount: records * BioExtent.encodedSize, alignment: 8)
+            bio.setData(answer)
+            slot.answer = answer
+        case .cache, .disconnect:
+            preconditionFailure("\(command) is answered without a request")
+        }
+        let index = requests.insert(slot)
+        bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
+        bio.done = .handler(self)
+        updateReading()
+        consumer.request(bio)
+    }
+
+    // MARK: Completion
+
+    func bioDone(_ bio: consuming Bio) {
+        if eventLoop.inEventLoop {
+            complete(bio)
+        } else {
+            let request = bio.unmanaged()
+            eventLoop.execute { self.complete(request.takeBio()) }
+        }
+    }
+
+    private func complete(_ bio: consuming Bio) {
+        let index = Int(bitPattern: bio.caller1) - 1
+        let error = bio.error
+        let flags = bio.flags
+        var slot = requests[index]
+        let durable = slot.header.flags.contains(.fua) && (slot.command == .trim || slot.command == .writeZeroes)
+        if error == nil && durable && !slot.flushing, let consumer {
+            // FUA on TRIM and WRITE_ZEROES: acknowledged means durable, so flush first.
+            slot.flushing = true
+            requests[index] = slot
+            bio.reset()
+            bio.command = .flush
+            bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
+            bio.done = .handler(self)
+            consumer.request(bio)
+            return
+        }
+        let extents = slot.command == .blockStatus && error == nil ? bio.attributeExtents : []
+        bio.destroy()
+        slot = requests.remove(index)
+        slot.answer?.deallocate()
+        if !channelClosed {
+            if let error {
+                refuse(slot.header, NBDError(errno: error.errno), "\(slot.command) failed: \(error)", command: slot.command,
+                       log: false)
+            } else {
+                reply(to: slot, readAsZeros: flags.contains(.readAsZeros), extents: extents)
+            }
+        }
+        updateReading()
+        releaseIfIdle()
+    }
+
+    // MARK: Replies
+
+    private func reply(to slot: RequestSlot, readAsZeros: Bool, extents: [BioExtent]) {
+        let header = slot.header
+        switch slot.command {
+        case .read:
+            if readAsZeros {
+                // Only with structured replies and without DF does a read ask for this.
+                var chunk = context!.channel.allocator.buffer(capacity: 44)
+                chunk.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .offsetHole,
+                                          cookie: header.cookie, requestOffset: header.offset, length: 12)
+                chunk.writeInteger(header.offset)
+                chunk.writeInteger(UInt32(header.length))
+                send(chunk)
+                return
+            }
+            var buffer = slot.buffer!
+            buffer.moveWriterIndex(forwardBy: Int(header.length))
+            var head = context!.channel.allocator.buffer(capacity: slot.headerSpace)
+            if structuredReplies {
+                head.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .offsetData,
+                                         cookie: header.cookie, requestOffset: header.offset, length: 8 + Int(header.length))
+                head.writeInteger(header.offset)
+            } else {
+                head.writeNBDSimpleReply(error: 0, cookie: header.cookie)
+            }
+            buffer.setBuffer(head, at: 0)
+            send(buffer)
+        case .blockStatus:
+            sendBlockStatus(header, extents: extents)
+        default:
+            sendSuccess(header)
+        }
+    }
+
+    private func sendBlockStatus(_ header: NBDRequestHeader, extents: [BioExtent]) {
+        guard !extents.isEmpty else {
+            refuse(header, .io, "no extents reported", command: .blockStatus)
+            return
+        }
+        let requestOne = header.flags.contains(.requestOne)
+        // Compact descriptors carry 32-bit lengths: longer extents are cut, on block
+        // boundaries, into pieces that fit.
+        let largest = extendedHeaders ? UInt64.max : UInt64(UInt32.max) / UInt64(served!.minimumBlockSize) * UInt64(served!.minimumBlockSize)
+        var descriptors: [(length: UInt64, status: UInt32)] = []
+        let end = header.offset + header.length
+        for extent in extents {
+            var remaining = UInt64(extent.length)
+            var status: UInt32 = 0
+            if extent.kind.contains(.hole) { status |= NBDAllocationFlags.hole }
+            if extent.kind.contains(.zero) { status |= NBDAllocationFlags.zero }
+            while remaining > 0 {
+                let piece = min(remaining, largest)
+                descriptors.append((piece, status))
+                remaining -= piece
+            }
+        }
+        if requestOne {
+            descriptors = [(min(descriptors[0].length, end - header.offset), descriptors[0].status)]
+        }
+        let count = min(descriptors.count, NBDLimits.maximumExtents)
+        let length = extendedHeaders ? 8 + 16 * count : 4 + 8 * count
+        var chunk = context!.channel.allocator.buffer(capacity: 32 + length)
+        chunk.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done,
+                                  type: extendedHeaders ? .blockStatusExtended : .blockStatus,
+                                  cookie: header.cookie, requestOffset: header.offset, length: length)
+        chunk.writeInteger(NBDMetaContext.baseAllocationID)
+        if extendedHeaders { chunk.writeInteger(UInt32(count)) }
+        for descriptor in descriptors.prefix(count) {
+            if extendedHeaders {
+                chunk.writeInteger(descriptor.length)
+                chunk.writeInteger(UInt64(descriptor.status))
+            } else {
+                chunk.writeInteger(UInt32(descriptor.length))
+                chunk.writeInteger(descriptor.status)
+            }
+        }
+        send(chunk)
+    }
+
+    private func sendSuccess(_ header: NBDRequestHeader) {
+        var reply = context!.channel.allocator.buffer(capacity: 32)
+        if extendedHeaders {
+            reply.writeNBDChunkHeader(extended: true, flags: NBDReplyFlags.done, type: .none, cookie: header.cookie,
+                                      requestOffset: header.offset, length: 0)
+        } else {
+            reply.writeNBDSimpleReply(error: 0, cookie: header.cookie)
+        }
+        send(reply)
+    }
+
+    /// Answers a request with an error: an error chunk with a short message when
+    /// structured replies are on (a READ must never get a simple reply then), else a
+    /// simple reply. Refusals of bad requests are logged once.
+    func refuse(_ header: NBDRequestHeader, _ error: NBDError, _ reason: String, command: NBDCommand? = nil,
+                log: Bool = true) {
+        if log {
+            logger.notice("request refused", metadata: ["cookie": "\(header.cookie)", "reason": "\(reason)"])
+        }
+        guard let context else { return }
+        var reply = context.channel.allocator.buffer(capacity: 64)
+        if structuredReplies {
+            let message = Array(reason.utf8.prefix(200))
+            reply.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .error,
+                                      cookie: header.cookie, requestOffset: header.offset, length: 6 + message.count)
+            reply.writeInteger(error.rawValue)
+            reply.writeInteger(UInt16(message.count))
+            reply.writeBytes(message)
+        } else {
+            reply.writeNBDSimpleReply(error: error.rawValue, cookie: header.cookie)
+        }
+        send(reply)
+    }
+
+    private func send(_ buffer: ByteBuffer) {
+        guard let context, !channelClosed else { return }
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        if processingInput {
+            flushPending = true
+        } else {
+            context.flush()
+        }
+    }
+
+    // MARK: Backpressure
+
+    /// Stops reading the socket while too much is in flight or the client is not
+    /// reading its replies; starts again below half the limits.
+    func updateReading() {
+        guard let context, !channelClosed else { return }
+        let limits = core.limits
+        if finishing || requests.count >= limits.requests || requests.bytes >= limits.bytes || !context.channel.isWritable {
+            pauseReading()
+        } else if readingPaused && requests.count <= limits.requests / 2 && requests.bytes <= limits.bytes / 2 {
+            readingPaused = false
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            context.read()
+        }
+    }
+
+    func pauseReading() {
+        guard let context, !readingPaused, !channelClosed else { return }
+        readingPaused = true
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+    }
+}

@@ -1,0 +1,375 @@
+import Logging
+import NIOCore
+import Strata
+
+/// One client connection: the handshake, then requests mapped onto bio requests sent to
+/// the export's provider, replies written as requests complete, in any order.
+///
+/// Everything here runs on the channel's event loop, except `bioDone`, which hops to it
+/// when a request completes on another thread (a file disk's worker).
+final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let core: NBDServerCore
+    let eventLoop: any EventLoop
+    let session = NBDSessionPhase()
+    private var processor: NIOSingleStepByteToMessageProcessor<NBDServerDecoder>
+    var context: ChannelHandlerContext?
+    var logger: Logger
+    var peer = "unknown peer"
+
+    // Negotiated in the handshake.
+    var fixedNewstyle = false
+    var noZeroes = false
+    var structuredReplies = false
+    var extendedHeaders = false
+    var allocationContext = false
+
+    // Transmission state.
+    var served: ServedExport?
+    var consumer: Consumer?
+    var requests = RequestTable()
+    var readingPaused = false
+    var processingInput = false
+    var flushPending = false
+    /// DISC received, the server stopping, or the client gone: no new requests.
+    var finishing = false
+    var channelClosed = false
+
+    init(core: NBDServerCore, eventLoop: any EventLoop) {
+        self.core = core
+        self.eventLoop = eventLoop
+        self.logger = core.logger
+        processor = NIOSingleStepByteToMessageProcessor(NBDServerDecoder(session: session))
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        peer = context.channel.remoteAddress.map { "\($0)" } ?? "local peer"
+        logger[metadataKey: "peer"] = "\(peer)"
+        core.register(self)
+        var greeting = context.channel.allocator.buffer(capacity: 18)
+        greeting.writeNBDGreeting(flags: NBDHandshakeFlags.fixedNewstyle | NBDHandshakeFlags.noZeroes)
+        context.writeAndFlush(wrapOutboundOut(greeting), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        processingInput = true
+        defer { processingInput = false }
+        do {
+            try processor.process(buffer: bytes) { message in
+                handle(message)
+            }
+        } catch {
+            violation("undecodable input: \(error)")
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if flushPending {
+            flushPending = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        updateReading()
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        channelClosed = true
+        finishing = true
+        session.phase = .closed
+        releaseIfIdle()
+        core.unregister(self)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.info("connection error, closing", metadata: ["error": "\(error)"])
+        close()
+    }
+
+    // MARK: Messages
+
+    private func handle(_ message: NBDClientMessage) {
+        switch message {
+        case .clientFlags(let flags):
+            let known = NBDHandshakeFlags.clientFixedNewstyle | NBDHandshakeFlags.clientNoZeroes
+            guard flags & ~known == 0 else {
+                violation("unknown client flags 0x\(String(flags, radix: 16))")
+                return
+            }
+            fixedNewstyle = flags & NBDHandshakeFlags.clientFixedNewstyle != 0
+            noZeroes = flags & NBDHandshakeFlags.clientNoZeroes != 0
+            session.phase = .options
+        case .option(let code, let data):
+            handleOption(code: code, data: data)
+        case .oversizedOption(let code, let length):
+            reject(option: code, .errorTooBig, "option data of \(length) bytes is too long")
+        case .request(let header, let payload):
+            handleRequest(header, payload: payload)
+        case .oversizedRequest(let header):
+            refuse(header, .invalid, "payload over \(NBDLimits.maximumPayload) bytes")
+        case .protocolViolation(let reason):
+            violation(reason)
+        }
+    }
+
+    // MARK: Option haggling
+
+    private func handleOption(code: UInt32, data: ByteBuffer) {
+        guard let option = NBDOption(rawValue: code) else {
+            reject(option: code, .errorUnsupported, "option \(code) is not supported")
+            return
+        }
+        switch option {
+        case .exportName:
+            exportName(data)
+        case .abort:
+            sendOptionReply(code, .ack)
+            session.phase = .closed
+            flushThen { $0.close() }
+        case .list:
+            guard data.readableBytes == 0 else { return reject(option: code, .errorInvalid, "LIST takes no data") }
+            for served in core.exports {
+                let name = Array(served.export.name.utf8)
+                sendOptionReply(code, .server, payload: { $0.writeInteger(UInt32(name.count)); $0.writeBytes(name) })
+            }
+            sendOptionReply(code, .ack)
+        case .startTLS:
+            reject(option: code, .errorUnsupported, "TLS is not available on this server")
+        case .info, .go:
+            infoOrGo(code: code, data: data, go: option == .go)
+        case .structuredReply:
+            guard data.readableBytes == 0 else {
+                return reject(option: code, .errorInvalid, "STRUCTURED_REPLY takes no data")
+            }
+            structuredReplies = true
+            sendOptionReply(code, .ack)
+        case .extendedHeaders:
+            guard data.readableBytes == 0 else {
+                return reject(option: code, .errorInvalid, "EXTENDED_HEADERS takes no data")
+            }
+            extendedHeaders = true
+            structuredReplies = true
+            sendOptionReply(code, .ack)
+        case .listMetaContext, .setMetaContext:
+            metaContext(code: code, data: data, set: option == .setMetaContext)
+        }
+    }
+
+    private func exportName(_ data: ByteBuffer) {
+        var data = data
+        let name = data.readString(length: data.readableBytes) ?? ""
+        guard !extendedHeaders, let served = core.export(named: name) else {
+            // EXPORT_NAME has no error reply: all the server can do is hang up.
+            logger.notice("refused EXPORT_NAME", metadata: ["export": "\(name)"])
+            session.phase = .closed
+            close()
+            return
+        }
+        guard startTransmission(served) else { return }
+        var reply = context!.channel.allocator.buffer(capacity: 134)
+        reply.writeInteger(served.size)
+        reply.writeInteger(served.flags.rawValue)
+        if !noZeroes { reply.writeRepeatingByte(0, count: 124) }
+        context!.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+    }
+
+    private func infoOrGo(code: UInt32, data: ByteBuffer, go: Bool) {
+        var data = data
+        guard let nameLength = data.readInteger(as: UInt32.self), Int(nameLength) <= data.readableBytes - 2,
+              let name = data.readString(length: Int(nameLength)),
+              let count = data.readInteger(as: UInt16.self), data.readableBytes == Int(count) * 2 else {
+            return reject(option: code, .errorInvalid, "malformed INFO/GO request")
+        }
+        var requested: Set<UInt16> = []
+        for _ in 0..<count { requested.insert(data.readInteger(as: UInt16.self)!) }
+        guard let served = core.export(named: name) else {
+            return reject(option: code, .errorUnknown, "no export named '\(name)'")
+        }
+        if go, core.isStopping {
+            return reject(option: code, .errorShutdown, "the server is shutting down")
+        }
+        sendOptionReply(code, .info) {
+            $0.writeInteger(NBDInfo.export.rawValue)
+            $0.writeInteger(served.size)
+            $0.writeInteger(served.flags.rawValue)
+        }
+        if requested.contains(NBDInfo.name.rawValue) {
+            let bytes = Array(served.export.name.utf8)
+            sendOptionReply(code, .info) { $0.writeInteger(NBDInfo.name.rawValue); $0.writeBytes(bytes) }
+        }
+        if requested.contains(NBDInfo.description.rawValue), let description = served.export.description {
+            let bytes = Array(description.utf8)
+            sendOptionReply(code, .info) { $0.writeInteger(NBDInfo.description.rawValue); $0.writeBytes(bytes) }
+        }
+        // Always sent: the server enforces sector alignment, which is not the default.
+        sendOptionReply(code, .info) {
+            $0.writeInteger(NBDInfo.blockSize.rawValue)
+            $0.writeInteger(UInt32(served.minimumBlockSize))
+            $0.writeInteger(UInt32(served.preferredBlockSize))
+            $0.writeInteger(UInt32(served.maximumPayload))
+        }
+        guard go else {
+            sendOptionReply(code, .ack)
+            return
+        }
+        guard startTransmission(served, option: code) else { return }
+        sendOptionReply(code, .ack)
+    }
+
+    private func metaContext(code: UInt32, data: ByteBuffer, set: Bool) {
+        guard structuredReplies else {
+            return reject(option: code, .errorInvalid, "negotiate structured replies first")
+        }
+        var data = data
+        guard let nameLength = data.readInteger(as: UInt32.self), Int(nameLength) <= data.readableBytes,
+              let name = data.readString(length: Int(nameLength)),
+              let count = data.readInteger(as: UInt32.self) else {
+            return reject(option: code, .errorInvalid, "malformed meta context request")
+        }
+        var queries: [String] = []
+        for _ in 0..<count {
+            guard let length = data.readInteger(as: UInt32.self), Int(length) <= data.readableBytes,
+                  let query = data.readString(length: Int(length)) else {
+                return reject(option: code, .errorInvalid, "malformed meta context query")
+            }
+            queries.append(query)
+        }
+        guard data.readableBytes == 0 else { return reject(option: code, .errorInvalid, "trailing bytes in meta context request") }
+        guard core.export(named: name) != nil else {
+            return reject(option: code, .errorUnknown, "no export named '\(name)'")
+        }
+        let matches: Bool
+        if set {
+            matches = queries.contains(NBDMetaContext.baseAllocation)
+            allocationContext = matches
+        } else {
+            matches = queries.isEmpty || queries.contains { $0 == NBDMetaContext.baseAllocation || $0 == "base:" }
+        }
+        if matches {
+            let bytes = Array(NBDMetaContext.baseAllocation.utf8)
+            sendOptionReply(code, .metaContext) {
+                $0.writeInteger(NBDMetaContext.baseAllocationID)
+                $0.writeBytes(bytes)
+            }
+        }
+        sendOptionReply(code, .ack)
+    }
+
+    /// Opens the export for this connection and switches to transmission.
+    private func startTransmission(_ served: ServedExport, option: UInt32? = nil) -> Bool {
+        do {
+            let consumer = core.topology.createConsumer(for: served.geom)
+            do {
+                try core.topology.attach(consumer, to: served.provider)
+                try core.topology.access(consumer, read: 1, write: served.export.readOnly ? 0 : 1, exclusive: 0)
+            } catch {
+                core.topology.destroy(consumer)
+                throw error
+            }
+            self.consumer = consumer
+        } catch {
+            logger.warning("cannot open export", metadata: ["export": "\(served.export.name)", "error": "\(error)"])
+            if let option {
+                reject(option: option, .errorPlatform, "cannot open the export")
+            } else {
+                session.phase = .closed
+                close()
+            }
+            return false
+        }
+        self.served = served
+        logger[metadataKey: "export"] = "\(served.export.name)"
+        session.phase = .transmission(extendedHeaders: extendedHeaders)
+        logger.debug("transmission started", metadata: ["structured": "\(structuredReplies)", "extended": "\(extendedHeaders)"])
+        return true
+    }
+
+    // MARK: Replies during the handshake
+
+    func sendOptionReply(_ option: UInt32, _ type: NBDOptionReply, payload: ((inout ByteBuffer) -> Void)? = nil) {
+        guard let context else { return }
+        var body = context.channel.allocator.buffer(capacity: 64)
+        payload?(&body)
+        var reply = context.channel.allocator.buffer(capacity: 20 + body.readableBytes)
+        reply.writeNBDOptionReply(option: option, type: type, length: body.readableBytes)
+        reply.writeBuffer(&body)
+        context.write(wrapOutboundOut(reply), promise: nil)
+        if !processingInput { context.flush() } else { flushPending = true }
+    }
+
+    /// Refuses an option with an error reply carrying a short message, logged once.
+    private func reject(option: UInt32, _ type: NBDOptionReply, _ message: String) {
+        logger.notice("option refused", metadata: ["option": "\(option)", "reason": "\(message)"])
+        guard fixedNewstyle else {
+            // Old-style newstyle clients cannot read error replies.
+            session.phase = .closed
+            close()
+            return
+        }
+        let bytes = Array(message.utf8.prefix(200))
+        sendOptionReply(option, type) { $0.writeBytes(bytes) }
+    }
+
+    /// Input that cannot be NBD: log the reason and drop this connection only.
+    func violation(_ reason: String) {
+        logger.notice("protocol violation, dropping connection", metadata: ["reason": "\(reason)"])
+        session.phase = .closed
+        finishing = true
+        close()
+    }
+
+    // MARK: Closing
+
+    /// Writes what is pending, then runs `body` on the channel.
+    func flushThen(_ body: @escaping @Sendable (any Channel) -> Void) {
+        guard let context else { return }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            body(channel)
+        }
+    }
+
+    func close() {
+        guard let context, !channelClosed else { return }
+        flushPending = false
+        context.flush()
+        context.close(promise: nil)
+    }
+
+    /// Asks the connection to stop: requests in flight finish and are answered, then it
+    /// closes. Called on the event loop.
+    func finish() {
+        finishing = true
+        session.phase = .closed
+        pauseReading()
+        if requests.count == 0 { close() }
+    }
+
+    /// Once nothing is in flight on a finishing connection, closes it and gives back the
+    /// consumer.
+    func releaseIfIdle() {
+        guard finishing, requests.count == 0 else { return }
+        if !channelClosed { close() }
+        guard channelClosed, let consumer else { return }
+        self.consumer = nil
+        if consumer.provider != nil {
+            try? core.topology.access(consumer, read: -consumer.readCount, write: -consumer.writeCount,
+                                      exclusive: -consumer.exclusiveCount)
+        }
+        core.topology.destroy(consumer)
+    }
+}

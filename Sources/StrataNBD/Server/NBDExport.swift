@@ -1,0 +1,67 @@
+import Strata
+
+/// A provider served under a name.
+public struct NBDExport: Sendable {
+    /// The name clients ask for; the default export also answers the empty name.
+    public var name: String
+    /// The provider's name in the topology.
+    public var provider: String
+    public var readOnly: Bool
+    public var description: String?
+    /// Answers the empty name. When no export says so, the first one does.
+    public var isDefault: Bool
+
+    public init(name: String, provider: String, readOnly: Bool = false, description: String? = nil,
+                isDefault: Bool = false) {
+        self.name = name
+        self.provider = provider
+        self.readOnly = readOnly
+        self.description = description
+        self.isDefault = isDefault
+    }
+}
+
+/// An export ready to serve: its provider found, its flags and block sizes worked out,
+/// and the geom its connections' consumers belong to.
+final class ServedExport: @unchecked Sendable {
+    let export: NBDExport
+    let provider: Provider
+    let geom: NBDExportGeom
+    let flags: NBDTransmissionFlags
+    let minimumBlockSize: Int
+    let preferredBlockSize: Int
+    let maximumPayload: Int
+
+    var size: UInt64 { UInt64(provider.mediaSize) }
+
+    init(export: NBDExport, provider: Provider, geom: NBDExportGeom, canDelete: Bool) {
+        self.export = export
+        self.provider = provider
+        self.geom = geom
+        minimumBlockSize = provider.sectorSize
+        preferredBlockSize = max(4096, provider.sectorSize)
+        maximumPayload = NBDLimits.maximumPayload
+        // Advertise what is true of this export. A flush on any connection reaches the
+        // provider, which flushes every write completed before it from any connection:
+        // that is what CAN_MULTI_CONN promises.
+        var flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendDF, .canMultiConn, .sendCache]
+        if export.readOnly {
+            flags.insert(.readOnly)
+        } else {
+            flags.formUnion([.sendWriteZeroes, .sendFastZero])
+            if canDelete { flags.insert(.sendTrim) }
+        }
+        self.flags = flags
+    }
+}
+
+/// The geom an export's connections attach their consumers to (class NBD). It has no
+/// providers; when the exported provider goes away its consumers stay, orphaned, and
+/// every request fails with ENXIO until the server stops.
+final class NBDExportGeom: Geom, @unchecked Sendable {
+    init(exportName: String) {
+        super.init(name: "nbd/\(exportName.isEmpty ? "(default)" : exportName)", className: "NBD")
+    }
+
+    override func orphan(_ consumer: Consumer) {}
+}

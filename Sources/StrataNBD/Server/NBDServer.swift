@@ -1,0 +1,182 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Strata
+
+/// Where the server listens.
+public enum NBDListenAddress: Sendable, Equatable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port): "tcp://\(host):\(port)"
+        case .unix(let path): "unix://\(path)"
+        }
+    }
+}
+
+/// An NBD server: exports providers of a topology to NBD clients (qemu, libnbd, fio,
+/// the kernel's nbd-client) over TCP and Unix sockets.
+public final class NBDServer: Sendable {
+    /// Per-connection limits on requests in flight (backpressure).
+    public struct Limits: Sendable {
+        /// Requests in flight on one connection before the server stops reading it.
+        public var requests: Int
+        /// Payload bytes (read or written) in flight on one connection before it stops.
+        public var bytes: Int
+
+        public init(requests: Int = 256, bytes: Int = 128 << 20) {
+            self.requests = requests
+            self.bytes = bytes
+        }
+    }
+
+    let core: NBDServerCore
+    private let group: MultiThreadedEventLoopGroup
+    private let channels = NIOLockedValueBox<[any Channel]>([])
+
+    /// Prepares the exports: every provider must exist in `topology`.
+    /// - Throws: `StrataError` naming an export whose provider does not exist, or two
+    ///   exports with one name.
+    public init(topology: Topology, exports: [NBDExport], logger: Logger = Logger(label: "strata.nbd"),
+                limits: Limits = Limits(), threads: Int = System.coreCount) throws {
+        var served: [ServedExport] = []
+        for export in exports {
+            guard let provider = topology.provider(named: export.provider) else {
+                throw StrataError(.noDevice, "export \(export.name): no provider named \(export.provider)")
+            }
+            if served.contains(where: { $0.export.name == export.name }) {
+                throw StrataError(.exists, "two exports are named \(export.name)")
+            }
+            let geom = NBDExportGeom(exportName: export.name)
+            try topology.add(geom)
+            served.append(ServedExport(export: export, provider: provider, geom: geom,
+                                       canDelete: NBDServer.canDelete(provider, through: geom, in: topology)))
+        }
+        core = NBDServerCore(topology: topology, exports: served, logger: logger, limits: limits)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(threads, 1))
+    }
+
+    /// Asks the provider whether DELETE frees space, so TRIM is advertised truthfully.
+    private static func canDelete(_ provider: Provider, through geom: Geom, in topology: Topology) -> Bool {
+        let consumer = topology.createConsumer(for: geom)
+        defer { topology.destroy(consumer) }
+        do {
+            try topology.attach(consumer, to: provider)
+            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
+            defer { try? topology.access(consumer, read: -1, write: 0, exclusive: 0) }
+            var answer: Int32 = 0
+            let completed = try withUnsafeMutableBytes(of: &answer) { buffer in
+                try consumer.performSync(.getattr, offset: 0, length: 0, buffer: buffer, attribute: .canDelete).completed
+            }
+            return completed >= 4 && answer != 0
+        } catch {
+            return false
+        }
+    }
+
+    /// Starts listening. Returns the addresses bound (a TCP port of 0 picks a free one).
+    @discardableResult
+    public func start(listeningOn addresses: [NBDListenAddress]) async throws -> [SocketAddress] {
+        var bound: [SocketAddress] = []
+        for address in addresses {
+            let channel: any Channel
+            switch address {
+            case .tcp(let host, let port):
+                channel = try await bootstrap(tcp: true).bind(host: host, port: port).get()
+            case .unix(let path):
+                channel = try await bootstrap(tcp: false).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            }
+            channels.withLockedValue { $0.append(channel) }
+            if let local = channel.localAddress { bound.append(local) }
+            core.logger.info("listening", metadata: ["address": "\(address)"])
+        }
+        return bound
+    }
+
+    private func bootstrap(tcp: Bool) -> ServerBootstrap {
+        let core = self.core
+        var bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.writeBufferWaterMark, value: .init(low: 1 << 20, high: 8 << 20))
+            .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(
+                minimum: 4096, initial: 65536, maximum: 1 << 20))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(NBDConnectionHandler(core: core, eventLoop: channel.eventLoop))
+                }
+            }
+        if tcp {
+            bootstrap = bootstrap.childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        }
+        return bootstrap
+    }
+
+    /// Stops: no new connections; every connection finishes and answers the requests it
+    /// has in flight, then closes. Waits up to `seconds` for them.
+    public func stop(seconds: Double = 10) async {
+        core.beginStopping()
+        let listening = channels.withLockedValue { channels in
+            defer { channels.removeAll() }
+            return channels
+        }
+        for channel in listening { try? await channel.close() }
+        for connection in core.connections {
+            connection.eventLoop.execute { connection.finish() }
+        }
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while !core.connections.isEmpty && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        for served in core.exports { core.topology.wither(served.geom) }
+        try? await group.shutdownGracefully()
+    }
+
+    /// Connections open now.
+    public var connectionCount: Int { core.connections.count }
+}
+
+/// What the connections of one server share.
+final class NBDServerCore: Sendable {
+    let topology: Topology
+    let exports: [ServedExport]
+    let logger: Logger
+    let limits: NBDServer.Limits
+    private let state = NIOLockedValueBox<(connections: [ObjectIdentifier: NBDConnectionHandler], stopping: Bool)>(([:], false))
+
+    init(topology: Topology, exports: [ServedExport], logger: Logger, limits: NBDServer.Limits) {
+        self.topology = topology
+        self.exports = exports
+        self.logger = logger
+        self.limits = limits
+    }
+
+    /// The export a client asks for by name; the empty name is the default export.
+    func export(named name: String) -> ServedExport? {
+        if name.isEmpty {
+            return exports.first { $0.export.isDefault } ?? exports.first
+        }
+        return exports.first { $0.export.name == name }
+    }
+
+    var isStopping: Bool { state.withLockedValue { $0.stopping } }
+    var connections: [NBDConnectionHandler] { state.withLockedValue { Array($0.connections.values) } }
+
+    func beginStopping() { state.withLockedValue { $0.stopping = true } }
+
+    func register(_ connection: NBDConnectionHandler) {
+        let refused = state.withLockedValue { state in
+            if state.stopping { return true }
+            state.connections[ObjectIdentifier(connection)] = connection
+            return false
+        }
+        if refused { connection.eventLoop.execute { connection.finish() } }
+    }
+
+    func unregister(_ connection: NBDConnectionHandler) {
+        _ = state.withLockedValue { $0.connections.removeValue(forKey: ObjectIdentifier(connection)) }
+    }
+}
