@@ -143,8 +143,15 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         case .list:
             guard data.readableBytes == 0 else { return reject(option: code, .errorInvalid, "LIST takes no data") }
             for served in core.exports {
+                // The name, then (the spec's "details") the description, which
+                // `nbdinfo --list` shows.
                 let name = Array(served.export.name.utf8)
-                sendOptionReply(code, .server, payload: { $0.writeInteger(UInt32(name.count)); $0.writeBytes(name) })
+                let description = Array((served.export.description ?? "").utf8)
+                sendOptionReply(code, .server, payload: {
+                    $0.writeInteger(UInt32(name.count))
+                    $0.writeBytes(name)
+                    $0.writeBytes(description)
+                })
             }
             sendOptionReply(code, .ack)
         case .startTLS:
