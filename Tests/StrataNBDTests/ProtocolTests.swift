@@ -1,0 +1,334 @@
+import NIOCore
+import Strata
+@testable import StrataNBD
+import Testing
+
+/// The server's side of the protocol, byte for byte, on an EmbeddedChannel.
+@Suite struct HandshakeTests {
+    @Test func theGreetingIsFixedNewstyleWithNoZeroes() throws {
+        let server = try EmbeddedServer()
+        var greeting = try server.received()
+        #expect(greeting.readInteger(as: UInt64.self) == NBDMagic.nbd)
+        #expect(greeting.readInteger(as: UInt64.self) == NBDMagic.ihaveopt)
+        #expect(greeting.readInteger(as: UInt16.self) == NBDHandshakeFlags.fixedNewstyle | NBDHandshakeFlags.noZeroes)
+        #expect(greeting.readableBytes == 0)
+    }
+
+    @Test func unknownClientFlagsDropTheConnection() throws {
+        let server = try EmbeddedServer()
+        try server.greet(clientFlags: 1 << 7)
+        #expect(!server.isOpen)
+    }
+
+    @Test func anUnknownOptionGetsUnsupportedAndTheHandshakeGoesOn() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        var data = ByteBuffer()
+        data.writeRepeatingByte(7, count: 100)
+        try server.sendOption(99, data)
+        try server.sendOption(NBDOption.list.rawValue)
+        let replies = try server.optionReplies()
+        #expect(replies.first?.option == 99)
+        #expect(replies.first?.type == NBDOptionReply.errorUnsupported.rawValue)
+        #expect(replies.filter { $0.type == NBDOptionReply.server.rawValue }.count == 2)
+        #expect(replies.last?.type == NBDOptionReply.ack.rawValue)
+    }
+
+    @Test func startTLSIsUnsupported() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        try server.sendOption(NBDOption.startTLS.rawValue)
+        #expect(try server.optionReplies().map(\.type) == [NBDOptionReply.errorUnsupported.rawValue])
+        #expect(server.isOpen)
+    }
+
+    @Test func anOversizedOptionIsDroppedAsItArrivesAndRefused() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        try server.send { buffer in
+            buffer.writeInteger(NBDMagic.ihaveopt)
+            buffer.writeInteger(NBDOption.go.rawValue)
+            buffer.writeInteger(UInt32(1 << 20))
+        }
+        for _ in 0..<16 {
+            var chunk = ByteBuffer()
+            chunk.writeRepeatingByte(0x41, count: 1 << 16)
+            try server.send(chunk)
+        }
+        let replies = try server.optionReplies()
+        #expect(replies.map(\.type) == [NBDOptionReply.errorTooBig.rawValue])
+        #expect(server.isOpen)
+    }
+
+    @Test func aFourGigabyteOptionLengthIsNeverBuffered() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        try server.send { buffer in
+            buffer.writeInteger(NBDMagic.ihaveopt)
+            buffer.writeInteger(NBDOption.info.rawValue)
+            buffer.writeInteger(UInt32.max)
+        }
+        var chunk = ByteBuffer()
+        chunk.writeRepeatingByte(0, count: 1 << 20)
+        for _ in 0..<8 { try server.send(chunk) }
+        #expect(try server.received().readableBytes == 0, "nothing is answered until the option ends")
+        #expect(server.isOpen)
+    }
+
+    @Test func aBadOptionMagicDropsTheConnection() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        try server.send { buffer in
+            buffer.writeInteger(UInt64(0x1234))
+            buffer.writeInteger(NBDOption.list.rawValue)
+            buffer.writeInteger(UInt32(0))
+        }
+        #expect(!server.isOpen)
+    }
+
+    @Test func optionsThatTakeNoDataRefuseData() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        var data = ByteBuffer()
+        data.writeInteger(UInt32(1))
+        for option in [NBDOption.structuredReply, .extendedHeaders, .list] {
+            try server.sendOption(option.rawValue, data)
+        }
+        #expect(try server.optionReplies().map(\.type) == Array(repeating: NBDOptionReply.errorInvalid.rawValue, count: 3))
+    }
+
+    @Test func metaContextsNeedStructuredRepliesFirst() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        let query = EmbeddedServer.metaContextData("disk0", queries: [NBDMetaContext.baseAllocation])
+        try server.sendOption(NBDOption.setMetaContext.rawValue, query)
+        #expect(try server.optionReplies().map(\.type) == [NBDOptionReply.errorInvalid.rawValue])
+        try server.sendOption(NBDOption.structuredReply.rawValue)
+        try server.sendOption(NBDOption.setMetaContext.rawValue, query)
+        try server.sendOption(NBDOption.listMetaContext.rawValue, EmbeddedServer.metaContextData("disk0", queries: ["qemu:dirty-bitmap:x"]))
+        let replies = try server.optionReplies().map(\.type)
+        #expect(replies == [NBDOptionReply.ack.rawValue, NBDOptionReply.metaContext.rawValue, NBDOptionReply.ack.rawValue,
+                            NBDOptionReply.ack.rawValue], "an unknown namespace is ignored, not refused")
+    }
+
+    @Test func infoReportsTheExportAndGoEntersTransmission() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        try server.sendOption(NBDOption.info.rawValue, EmbeddedServer.goData("disk0", infos: [NBDInfo.name.rawValue, NBDInfo.description.rawValue]))
+        var replies = try server.optionReplies()
+        var infos: [UInt16: ByteBuffer] = [:]
+        for reply in replies where reply.type == NBDOptionReply.info.rawValue {
+            var data = reply.data
+            infos[data.readInteger(as: UInt16.self)!] = data
+        }
+        #expect(replies.last?.type == NBDOptionReply.ack.rawValue)
+        var export = try #require(infos[NBDInfo.export.rawValue])
+        #expect(export.readInteger(as: UInt64.self) == 1 << 20)
+        let flags = NBDTransmissionFlags(rawValue: export.readInteger(as: UInt16.self)!)
+        #expect(flags.isSuperset(of: [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .canMultiConn]))
+        #expect(infos[NBDInfo.name.rawValue].map { String(buffer: $0) } == "disk0")
+        #expect(infos[NBDInfo.description.rawValue].map { String(buffer: $0) } == "embedded")
+        var sizes = try #require(infos[NBDInfo.blockSize.rawValue])
+        #expect([sizes.readInteger(as: UInt32.self), sizes.readInteger(as: UInt32.self), sizes.readInteger(as: UInt32.self)]
+                == [512, 4096, UInt32(32 << 20)])
+        try server.sendOption(NBDOption.go.rawValue, EmbeddedServer.goData("nope"))
+        replies = try server.optionReplies()
+        #expect(replies.map(\.type) == [NBDOptionReply.errorUnknown.rawValue])
+        try server.sendOption(NBDOption.go.rawValue, EmbeddedServer.goData(""))
+        #expect(try server.optionReplies().last?.type == NBDOptionReply.ack.rawValue, "the empty name is the default export")
+    }
+
+    @Test func aMalformedGoIsInvalid() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        var data = ByteBuffer()
+        data.writeInteger(UInt32(1000))
+        data.writeString("disk0")
+        try server.sendOption(NBDOption.go.rawValue, data)
+        #expect(try server.optionReplies().map(\.type) == [NBDOptionReply.errorInvalid.rawValue])
+    }
+
+    @Test func exportNameAnswersWithSizeAndFlagsOrHangsUp() throws {
+        let known = try EmbeddedServer()
+        try known.greet(clientFlags: NBDHandshakeFlags.clientFixedNewstyle)
+        var name = ByteBuffer()
+        name.writeString("disk0")
+        try known.sendOption(NBDOption.exportName.rawValue, name)
+        var reply = try known.received()
+        #expect(reply.readInteger(as: UInt64.self) == 1 << 20)
+        #expect(reply.readInteger(as: UInt16.self).map { NBDTransmissionFlags(rawValue: $0).contains(.hasFlags) } == true)
+        #expect(reply.readableBytes == 124, "without NO_ZEROES the reply is padded")
+        let unknown = try EmbeddedServer()
+        try unknown.greet()
+        var other = ByteBuffer()
+        other.writeString("nope")
+        try unknown.sendOption(NBDOption.exportName.rawValue, other)
+        #expect(!unknown.isOpen)
+    }
+
+    @Test func abortIsAcknowledgedAndCloses() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        try server.sendOption(NBDOption.abort.rawValue)
+        #expect(try server.optionReplies().map(\.type) == [NBDOptionReply.ack.rawValue])
+    }
+}
+
+@Suite struct TransmissionTests {
+    @Test func simpleRepliesCarryReadDataAndErrors() throws {
+        let server = try EmbeddedServer()
+        try server.open()
+        let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        try server.request(.write, cookie: 1, offset: 8192, length: 4096, payload: pattern)
+        try server.request(.read, cookie: 2, offset: 8192, length: 4096)
+        try server.request(.read, cookie: 3, offset: 100, length: 512)
+        try server.request(.flush, cookie: 4, offset: 0, length: 0)
+        let replies = parseReplies(try server.received(), readLength: [2: 4096])
+        #expect(replies.map(\.cookie) == [1, 2, 3, 4])
+        #expect(replies.map(\.error) == [0, 0, NBDError.invalid.rawValue, 0])
+        #expect(replies[1].payload == pattern)
+    }
+
+    @Test(arguments: [UInt16(8), 42, 0xffff])
+    func anUnknownCommandIsInvalidAndTheConnectionGoesOn(type: UInt16) throws {
+        let server = try EmbeddedServer()
+        try server.open()
+        try server.request(.read, type: type, cookie: 9, offset: 0, length: 512)
+        try server.request(.flush, cookie: 10, offset: 0, length: 0)
+        let replies = parseReplies(try server.received())
+        #expect(replies.map(\.error) == [NBDError.invalid.rawValue, 0])
+    }
+
+    @Test func unknownOrMisplacedFlagsAreInvalid() throws {
+        let server = try EmbeddedServer()
+        try server.open()
+        try server.request(.read, flags: NBDCommandFlags(rawValue: 1 << 9), cookie: 1, offset: 0, length: 512)
+        try server.request(.write, flags: .noHole, cookie: 2, offset: 0, length: 512, payload: [UInt8](repeating: 1, count: 512))
+        try server.request(.read, flags: .dontFragment, cookie: 3, offset: 0, length: 512)
+        try server.request(.read, cookie: 4, offset: 0, length: 512)
+        let replies = parseReplies(try server.received(), readLength: [4: 512])
+        #expect(replies.map(\.error) == [NBDError.invalid.rawValue, NBDError.invalid.rawValue, NBDError.invalid.rawValue, 0],
+                "DF needs structured replies; the payload of a refused WRITE is still consumed")
+    }
+
+    @Test func rangesAlignmentAndReadOnlyGetTheirErrors() throws {
+        let server = try EmbeddedServer()
+        try server.open("ro")
+        let block = [UInt8](repeating: 3, count: 512)
+        try server.request(.write, cookie: 1, offset: 0, length: 512, payload: block)
+        try server.request(.read, cookie: 2, offset: 1 << 20, length: 512)
+        try server.request(.read, cookie: 3, offset: UInt64.max - 511, length: 512)
+        try server.request(.trim, cookie: 4, offset: 0, length: 512)
+        try server.request(.read, cookie: 5, offset: 0, length: 0)
+        try server.request(.read, cookie: 6, offset: 0, length: 33 << 20)
+        let errors = parseReplies(try server.received()).map(\.error)
+        #expect(errors == [NBDError.permission, .invalid, .invalid, .permission, .invalid, .invalid].map(\.rawValue))
+        let writable = try EmbeddedServer()
+        try writable.open()
+        try writable.request(.write, cookie: 7, offset: (1 << 20) - 512, length: 1024, payload: block + block)
+        try writable.request(.writeZeroes, cookie: 8, offset: 1 << 20, length: 512)
+        #expect(parseReplies(try writable.received()).map(\.error) == [NBDError.noSpace.rawValue, NBDError.noSpace.rawValue])
+    }
+
+    @Test func anOversizedWritePayloadIsConsumedAndRefused() throws {
+        let server = try EmbeddedServer()
+        try server.open()
+        let length = NBDLimits.maximumPayload + 4096
+        try server.request(.write, cookie: 1, offset: 0, length: UInt64(length))
+        var chunk = ByteBuffer()
+        chunk.writeRepeatingByte(0xee, count: 1 << 20)
+        for _ in 0..<(length >> 20) { try server.send(chunk) }
+        try server.send { $0.writeRepeatingByte(0xee, count: length & ((1 << 20) - 1)) }
+        try server.request(.flush, cookie: 2, offset: 0, length: 0)
+        #expect(parseReplies(try server.received()).map(\.error) == [NBDError.invalid.rawValue, 0])
+    }
+
+    @Test func aBadRequestMagicDropsTheConnection() throws {
+        let server = try EmbeddedServer()
+        try server.open()
+        try server.send { $0.writeRepeatingByte(0x5a, count: 28) }
+        #expect(!server.isOpen)
+    }
+
+    @Test func structuredRepliesSendDataHolesAndErrorChunks() throws {
+        let server = try EmbeddedServer()
+        try server.open(structured: true)
+        try server.request(.read, cookie: 1, offset: 0, length: 4096)
+        try server.request(.write, cookie: 2, offset: 4096, length: 512, payload: [UInt8](repeating: 9, count: 512))
+        try server.request(.read, cookie: 3, offset: 4096, length: 512)
+        try server.request(.read, flags: .dontFragment, cookie: 4, offset: 0, length: 512)
+        try server.request(.read, cookie: 5, offset: 3, length: 512)
+        let replies = parseReplies(try server.received())
+        #expect(replies.map(\.kind) == ["structured", "simple", "structured", "structured", "structured"])
+        #expect(replies[0].type == NBDReplyType.offsetHole.rawValue && replies[0].flags == NBDReplyFlags.done)
+        #expect(replies[0].payload == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0], "offset 0, 4096 bytes of hole")
+        #expect(replies[2].type == NBDReplyType.offsetData.rawValue && Array(replies[2].payload.dropFirst(8)) == [UInt8](repeating: 9, count: 512))
+        #expect(replies[3].type == NBDReplyType.offsetData.rawValue, "DF gets one data chunk, not a hole")
+        #expect(replies[4].type == NBDReplyType.error.rawValue && replies[4].payload.prefix(4) == [0, 0, 0, 22])
+        let message = String(decoding: replies[4].payload.dropFirst(6), as: UTF8.self)
+        #expect(message.contains("not aligned"), "\(message)")
+    }
+
+    @Test func blockStatusReportsBaseAllocationAndHonoursRequestOne() throws {
+        let server = try EmbeddedServer()
+        try server.open(structured: true)
+        try server.request(.write, cookie: 1, offset: 65536, length: 4096, payload: [UInt8](repeating: 1, count: 4096))
+        try server.request(.blockStatus, cookie: 2, offset: 0, length: 1 << 20)
+        try server.request(.blockStatus, flags: .requestOne, cookie: 3, offset: 0, length: 4096)
+        let replies = parseReplies(try server.received())
+        #expect(replies[1].type == NBDReplyType.blockStatus.rawValue)
+        var status = ByteBuffer(bytes: replies[1].payload)
+        #expect(status.readInteger(as: UInt32.self) == NBDMetaContext.baseAllocationID)
+        var extents: [UInt32] = []
+        while let value = status.readInteger(as: UInt32.self) { extents.append(value) }
+        #expect(extents == [65536, 3, 4096, 0, (1 << 20) - 69632, 3])
+        #expect(replies[2].payload == [0, 0, 0, 1, 0, 0, 0x10, 0, 0, 0, 0, 3], "exactly one extent, no longer than asked")
+    }
+
+    @Test func blockStatusWithoutANegotiatedContextIsInvalid() throws {
+        let server = try EmbeddedServer()
+        try server.open()
+        try server.request(.blockStatus, cookie: 1, offset: 0, length: 4096)
+        #expect(parseReplies(try server.received()).map(\.error) == [NBDError.invalid.rawValue])
+    }
+
+    @Test func extendedHeadersCarry64BitLengthsAndExtendedReplies() throws {
+        let server = try EmbeddedServer()
+        try server.open(extended: true)
+        let data = [UInt8](repeating: 0x3c, count: 1024)
+        try server.request(.write, flags: .payloadLength, cookie: 1, offset: 2048, length: 1024, payload: data, extended: true)
+        try server.request(.read, cookie: 2, offset: 2048, length: 1024, extended: true)
+        try server.request(.blockStatus, cookie: 3, offset: 0, length: 1 << 20, extended: true)
+        try server.request(.flush, cookie: 4, offset: 0, length: 0, extended: true)
+        try server.request(.write, cookie: 5, offset: 0, length: 512, extended: true)
+        let replies = parseReplies(try server.received())
+        #expect(replies.allSatisfy { $0.kind == "extended" })
+        #expect(replies.map(\.type) == [NBDReplyType.none, .offsetData, .blockStatusExtended, .none, .error].map(\.rawValue))
+        #expect(replies[1].offset == 2048 && Array(replies[1].payload.dropFirst(8)) == data)
+        var status = ByteBuffer(bytes: replies[2].payload)
+        #expect(status.readInteger(as: UInt32.self) == NBDMetaContext.baseAllocationID)
+        // The memory disk tracks data by 4 KiB page: the first page is data, the rest a hole.
+        #expect(status.readInteger(as: UInt32.self) == 2)
+        #expect(status.readInteger(as: UInt64.self) == 4096)
+        #expect(status.readInteger(as: UInt64.self) == 0)
+        #expect(status.readInteger(as: UInt64.self) == (1 << 20) - 4096)
+        #expect(status.readInteger(as: UInt64.self) == 3)
+    }
+
+    @Test func anExtendedPayloadOverTheMaximumDropsTheConnection() throws {
+        let server = try EmbeddedServer()
+        try server.open(extended: true)
+        try server.request(.write, flags: .payloadLength, cookie: 1, offset: 0, length: 1 << 40, extended: true)
+        #expect(!server.isOpen)
+    }
+
+    @Test func disconnectClosesOnceNothingIsInFlight() throws {
+        let server = try EmbeddedServer()
+        try server.open()
+        try server.request(.flush, cookie: 1, offset: 0, length: 0)
+        try server.request(.disconnect, cookie: 2, offset: 0, length: 0)
+        try server.request(.flush, cookie: 3, offset: 0, length: 0)
+        #expect(parseReplies(try server.received()).map(\.cookie) == [1], "nothing after DISC is answered")
+        #expect(!server.isOpen)
+    }
+}
