@@ -1,0 +1,164 @@
+import Foundation
+import Glibc
+import Strata
+import StrataDisks
+import StrataNBD
+import Testing
+
+/// A client on a Unix socket that sends whatever a test says, raw.
+final class RawClient {
+    let descriptor: Int32
+
+    init(path: String) throws {
+        descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8)
+            raw.copyBytes(from: bytes.prefix(raw.count - 1))
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard result == 0 else { throw StrataError(BioError(errno: errno), "connect \(path)") }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(descriptor) }
+
+    /// Sends all of `bytes`; returns false if the server stopped taking them for
+    /// `seconds` (it is not reading) or hung up.
+    @discardableResult
+    func send(_ bytes: [UInt8], seconds: Double = 5) -> Bool {
+        var sent = 0
+        let deadline = Date().addingTimeInterval(seconds)
+        while sent < bytes.count {
+            let count = bytes[sent...].withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if count > 0 {
+                sent += count
+            } else if errno == EAGAIN && Date() < deadline {
+                usleep(1000)
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Reads up to `count` bytes (fewer at end of stream or time-out).
+    func receive(_ count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = bytes[got...].withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            got += n
+        }
+        return Array(bytes.prefix(got))
+    }
+
+    /// Whether the server has closed this connection (reads end of stream).
+    func serverClosed() -> Bool {
+        var byte: UInt8 = 0
+        while true {
+            let n = recv(descriptor, &byte, 1, 0)
+            if n == 0 { return true }
+            if n < 0 { return errno != EAGAIN && errno != EWOULDBLOCK }
+        }
+    }
+}
+
+func bigEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+    withUnsafeBytes(of: value.bigEndian) { Array($0) }
+}
+
+/// Bytes that negotiate structured replies and GO on `export`, after the greeting.
+func handshake(export: String) -> [UInt8] {
+    var bytes = bigEndian(UInt32(3))
+    bytes += bigEndian(NBDMagic.ihaveopt) + bigEndian(NBDOption.go.rawValue)
+    let name = Array(export.utf8)
+    bytes += bigEndian(UInt32(4 + name.count + 2)) + bigEndian(UInt32(name.count)) + name + bigEndian(UInt16(0))
+    return bytes
+}
+
+func requestBytes(_ command: NBDCommand, cookie: UInt64, offset: UInt64, length: UInt32) -> [UInt8] {
+    bigEndian(NBDMagic.request) + bigEndian(UInt16(0)) + bigEndian(command.rawValue) + bigEndian(cookie)
+        + bigEndian(offset) + bigEndian(length)
+}
+
+/// Resident memory of this process (the server runs in it), in bytes.
+func residentBytes() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+    return (Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) * 1024
+}
+
+/// Clients that send garbage, hang up half way or stop reading cost the server that
+/// connection only.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct HostileClientTests {
+    func stillServes(_ fixture: ServerFixture) throws -> Bool {
+        let result = try run("nbdinfo", ["--size", fixture.uri(export: "disk0")])
+        return result.status == 0 && result.output.contains("67108864")
+    }
+
+    @Test func garbageIsAnsweredByHangingUpOnThatClientOnly() async throws {
+        let fixture = try await RealClientTests.fixture()
+        defer { Task { await fixture.stop() } }
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<20 {
+            let client = try RawClient(path: fixture.socket)
+            _ = client.receive(18)
+            let garbage = (0..<(64 + round * 97)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            client.send(garbage)
+            _ = client.serverClosed()
+        }
+        #expect(try stillServes(fixture))
+    }
+
+    @Test func truncatedHandshakesAndRequestsFreeTheirConnection() async throws {
+        let fixture = try await RealClientTests.fixture()
+        defer { Task { await fixture.stop() } }
+        let cuts: [[UInt8]] = [
+            [0, 0],                                                        // half the client flags
+            bigEndian(UInt32(3)) + bigEndian(NBDMagic.ihaveopt),           // option header cut short
+            bigEndian(UInt32(3)) + bigEndian(NBDMagic.ihaveopt) + bigEndian(UInt32(7)) + bigEndian(UInt32(100)) + [1, 2],
+            handshake(export: "disk0") + requestBytes(.write, cookie: 1, offset: 0, length: 1 << 20) + [UInt8](repeating: 7, count: 1000),
+            handshake(export: "disk0") + Array(requestBytes(.read, cookie: 2, offset: 0, length: 4096).prefix(17)),
+        ]
+        for bytes in cuts {
+            let client = try RawClient(path: fixture.socket)
+            _ = client.receive(18)
+            client.send(bytes)
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(try stillServes(fixture))
+        let deadline = ContinuousClock.now + .seconds(5)
+        while fixture.server.connectionCount > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(fixture.server.connectionCount == 0, "every cut-off connection was let go")
+    }
+
+    @Test func aClientThatStopsReadingIsThrottledAndMemoryStaysBounded() async throws {
+        let fixture = try await RealClientTests.fixture()
+        defer { Task { await fixture.stop() } }
+        let client = try RawClient(path: fixture.socket)
+        _ = client.receive(18)
+        client.send(handshake(export: "disk0"))
+        _ = client.receive(20 + 12 + 20 + 16 + 20)
+        let before = residentBytes()
+        // 4 GiB of 1 MiB reads, never reading a reply.
+        var accepted = 0
+        for cookie in 0..<4096 {
+            guard client.send(requestBytes(.read, cookie: UInt64(cookie), offset: UInt64(cookie % 64) << 20, length: 1 << 20),
+                              seconds: 0.5) else { break }
+            accepted += 1
+        }
+        let grown = residentBytes() - before
+        #expect(accepted < 4096, "the server stopped reading requests")
+        #expect(grown < 400 << 20, "resident memory grew by \(grown >> 20) MiB")
+        #expect(try stillServes(fixture), "other clients are served meanwhile")
+    }
+}
