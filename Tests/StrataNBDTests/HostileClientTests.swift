@@ -144,6 +144,9 @@ struct HostileClientTests {
     @Test func aClientThatStopsReadingIsThrottledAndMemoryStaysBounded() async throws {
         let fixture = try await RealClientTests.fixture()
         defer { Task { await fixture.stop() } }
+        // Real data everywhere the reads go, so every reply buffer is filled.
+        let fill = try run("qemu-io", ["-f", "raw", "-c", "write -P 0x3e 0 64M", fixture.qemuURI(export: "disk0")])
+        #expect(fill.status == 0, "\(fill)")
         let client = try RawClient(path: fixture.socket)
         _ = client.receive(18)
         client.send(handshake(export: "disk0"))

@@ -45,6 +45,9 @@ public final class NBDSessionPhase {
     }
 
     public var phase: Phase
+    /// While set, no further request is decoded: requests already received stay
+    /// buffered until the connection has room for them again (backpressure).
+    public var paused = false
 
     public init(_ phase: Phase = .clientFlags) {
         self.phase = phase
@@ -92,6 +95,7 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         case .options:
             return decodeOption(&buffer)
         case .transmission(let extended):
+            if session.paused { return nil }
             return extended ? decodeExtendedRequest(&buffer) : decodeCompactRequest(&buffer)
         case .closed:
             buffer.moveReaderIndex(forwardBy: buffer.readableBytes)

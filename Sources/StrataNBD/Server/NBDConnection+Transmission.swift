@@ -355,8 +355,9 @@ extension NBDConnectionHandler {
 
     // MARK: Backpressure
 
-    /// Stops reading the socket while too much is in flight or the client is not
-    /// reading its replies; starts again below half the limits.
+    /// Stops taking requests while too much is in flight or the client is not reading
+    /// its replies; starts again below half the limits. Stopping means both: no request
+    /// is decoded from what was already received, and the socket is not read.
     func updateReading() {
         guard let context, !channelClosed else { return }
         let limits = core.limits
@@ -364,14 +365,25 @@ extension NBDConnectionHandler {
             pauseReading()
         } else if readingPaused && requests.count <= limits.requests / 2 && requests.bytes <= limits.bytes / 2 {
             readingPaused = false
+            session.paused = false
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             context.read()
+            // Requests received before the pause come first. While input is being
+            // processed the loop under way picks them up itself.
+            if !processingInput {
+                process(context.channel.allocator.buffer(capacity: 0))
+                if flushPending {
+                    flushPending = false
+                    context.flush()
+                }
+            }
         }
     }
 
     func pauseReading() {
         guard let context, !readingPaused, !channelClosed else { return }
         readingPaused = true
+        session.paused = true
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
     }
 }

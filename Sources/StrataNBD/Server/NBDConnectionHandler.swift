@@ -61,7 +61,11 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let bytes = unwrapInboundIn(data)
+        process(unwrapInboundIn(data))
+    }
+
+    /// Decodes and handles what `bytes` completes, plus anything buffered before.
+    func process(_ bytes: ByteBuffer) {
         processingInput = true
         defer { processingInput = false }
         do {
