@@ -132,6 +132,8 @@ public final class NBDServer: Sendable {
             try? await Task.sleep(for: .milliseconds(5))
         }
         for served in core.exports { core.topology.wither(served.geom) }
+        // A server started again on this topology reuses the export geoms' names.
+        for served in core.exports { core.topology.waitUntilGone(served.geom, seconds: 2) }
         try? await group.shutdownGracefully()
     }
 
