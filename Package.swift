@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "5.0.1"),
     ],
     targets: [
         // The request system and the topology. Imports the toolchain only.
@@ -33,8 +34,15 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),
+        // The topology file: YAML in, a checked configuration and a built topology out.
+        .target(name: "StrataConfig", dependencies: [
+            "Strata", "StrataDisks", "StrataNBD",
+            .product(name: "Yams", package: "Yams"),
+        ], swiftSettings: strictSwift),
         .testTarget(name: "StrataTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
+        .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig"],
+                    swiftSettings: strictSwift),
         .testTarget(name: "StrataNBDTests", dependencies: [
             "Strata", "StrataDisks", "StrataNBD",
             .product(name: "NIOCore", package: "swift-nio"),

@@ -1,0 +1,240 @@
+import Foundation
+import Yams
+
+/// Reads a topology file into a checked `Configuration`.
+///
+/// Every mistake is a `ConfigError` naming the file, the line, the key and the value,
+/// and saying what is allowed: unknown keys (with the nearest known one), bad sizes,
+/// names used twice. References between entries (a consumer or export naming a provider
+/// that does not exist, cycles) are checked when the topology is built, because classes
+/// such as partitions make providers of their own.
+public struct ConfigurationLoader {
+    let file: String
+    let baseDirectory: String
+
+    /// Loads the file at `path`; relative paths in it are taken from its folder.
+    public static func load(path: String) throws -> Configuration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(file: path, line: nil, key: "(file)", value: nil, problem: "cannot be read")
+        }
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return try parse(String(decoding: data, as: UTF8.self), file: path, baseDirectory: directory)
+    }
+
+    /// Parses YAML text. `file` is only used in error messages.
+    public static func parse(_ yaml: String, file: String, baseDirectory: String) throws -> Configuration {
+        let loader = ConfigurationLoader(file: file, baseDirectory: baseDirectory)
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: yaml) else {
+                return try loader.configuration(from: Node.mapping(Node.Mapping([])))
+            }
+            root = node
+        } catch let error as YamlError {
+            throw ConfigError(file: file, line: nil, key: "(file)", value: nil, problem: "is not valid YAML: \(error)")
+        }
+        return try loader.configuration(from: root)
+    }
+
+    static let topKeys = ["listen", "control", "disks", "geoms", "exports"]
+    static let diskKeys = ["name", "file", "memory", "null", "zero", "size", "sector-size"]
+    static let geomKeys = ["name", "class", "consumers"]
+    static let exportKeys = ["name", "provider", "read-only", "description", "default"]
+
+    private func configuration(from root: Node) throws -> Configuration {
+        let top = try mapping(root, key: "(top level)")
+        try checkKeys(top, allowed: Self.topKeys, path: "")
+
+        var listen = Configuration.defaultListen
+        if let node = top["listen"] {
+            listen = try list(node, key: "listen").enumerated().map { index, item in
+                let text = try scalar(item, key: "listen[\(index)]")
+                guard let url = ListenURL(text) else {
+                    throw error(item, "listen[\(index)]", text, "is not tcp://HOST:PORT or unix:///absolute/path")
+                }
+                return url
+            }
+        }
+        var control = absolute("strata-data/control.sock")
+        if let node = top["control"] { control = absolute(try scalar(node, key: "control")) }
+
+        var names: [String: String] = [:]
+        func claim(_ name: String, _ node: Node, _ key: String, as kind: String) throws {
+            if let earlier = names[name] {
+                throw error(node, key, name, "is already the name of \(earlier)")
+            }
+            names[name] = kind
+        }
+
+        var disks: [DiskSpec] = []
+        for (index, node) in try list(top["disks"], key: "disks").enumerated() {
+            let disk = try self.disk(node, path: "disks[\(index)]")
+            try claim(disk.name, node, "disks[\(index)].name", as: "a disk")
+            disks.append(disk)
+        }
+        var geoms: [GeomSpec] = []
+        for (index, node) in try list(top["geoms"], key: "geoms").enumerated() {
+            let geom = try self.geom(node, path: "geoms[\(index)]")
+            try claim(geom.name, node, "geoms[\(index)].name", as: "a disk or geom")
+            geoms.append(geom)
+        }
+        var exports: [ExportSpec] = []
+        for (index, node) in try list(top["exports"], key: "exports").enumerated() {
+            let export = try self.export(node, path: "exports[\(index)]")
+            if exports.contains(where: { $0.name == export.name }) {
+                throw error(node, "exports[\(index)].name", export.name, "is already the name of an export")
+            }
+            exports.append(export)
+        }
+        let defaults = exports.filter(\.isDefault)
+        if defaults.count > 1, let second = top["exports"]?.array()[exports.firstIndex { $0 == defaults[1] }!] {
+            throw error(second, "exports.default", "true", "only one export can be the default (\(defaults[0].name) is)")
+        }
+        return Configuration(file: file, listen: listen, control: control, disks: disks, geoms: geoms, exports: exports)
+    }
+
+    private func disk(_ node: Node, path: String) throws -> DiskSpec {
+        let fields = try mapping(node, key: path)
+        try checkKeys(fields, allowed: Self.diskKeys, path: path)
+        let name = try required(fields, "name", path: path, in: node)
+        let kinds = ["file", "memory", "null", "zero"].filter { fields[$0] != nil }
+        guard kinds.count == 1 else {
+            throw error(node, path, nil, kinds.isEmpty ? "needs one of file, memory, null or zero"
+                        : "has \(kinds.joined(separator: " and ")); a disk is exactly one of file, memory, null or zero")
+        }
+        var sectorSize = 512
+        if let sector = fields["sector-size"] {
+            let text = try scalar(sector, key: "\(path).sector-size")
+            guard let value = Int(text), value == 512 || value == 4096 else {
+                throw error(sector, "\(path).sector-size", text, "must be 512 or 4096")
+            }
+            sectorSize = value
+        }
+        let backing: DiskSpec.Backing
+        switch kinds[0] {
+        case "file":
+            let file = try scalar(fields["file"]!, key: "\(path).file")
+            let size = try fields["size"].map { try self.size($0, key: "\(path).size") }
+            backing = .file(path: absolute(file), size: size)
+        default:
+            if fields["size"] != nil {
+                throw error(fields["size"]!, "\(path).size", nil, "is for file disks; write the size as \(kinds[0]): SIZE")
+            }
+            let size = try self.size(fields[kinds[0]]!, key: "\(path).\(kinds[0])")
+            backing = kinds[0] == "memory" ? .memory(size: size) : kinds[0] == "null" ? .null(size: size) : .zero(size: size)
+        }
+        return DiskSpec(name: name, backing: backing, sectorSize: sectorSize, line: line(node))
+    }
+
+    private func geom(_ node: Node, path: String) throws -> GeomSpec {
+        let fields = try mapping(node, key: path)
+        let name = try required(fields, "name", path: path, in: node)
+        let className = try required(fields, "class", path: path, in: node)
+        var consumers: [String] = []
+        if let list = fields["consumers"] {
+            consumers = try self.list(list, key: "\(path).consumers").enumerated().map { index, item in
+                try scalar(item, key: "\(path).consumers[\(index)]")
+            }
+        }
+        var parameters: [String: ConfigValue] = [:]
+        for (key, value) in fields where !Self.geomKeys.contains(key) {
+            let text = try scalar(value, key: "\(path).\(key)")
+            parameters[key] = ConfigValue(text: text, file: file, line: line(value), key: "\(path).\(key)")
+        }
+        return GeomSpec(name: name, className: className, consumers: consumers, parameters: parameters, line: line(node))
+    }
+
+    private func export(_ node: Node, path: String) throws -> ExportSpec {
+        let fields = try mapping(node, key: path)
+        try checkKeys(fields, allowed: Self.exportKeys, path: path)
+        let name = try required(fields, "name", path: path, in: node)
+        let provider = try required(fields, "provider", path: path, in: node)
+        let readOnly = try fields["read-only"].map { try boolean($0, key: "\(path).read-only") } ?? false
+        let isDefault = try fields["default"].map { try boolean($0, key: "\(path).default") } ?? false
+        let description = try fields["description"].map { try scalar($0, key: "\(path).description") }
+        return ExportSpec(name: name, provider: provider, readOnly: readOnly, description: description,
+                          isDefault: isDefault, line: line(node))
+    }
+
+    // MARK: Node helpers
+
+    private func line(_ node: Node) -> Int? { node.mark?.line }
+
+    private func error(_ node: Node, _ key: String, _ value: String?, _ problem: String) -> ConfigError {
+        ConfigError(file: file, line: line(node), key: key, value: value, problem: problem)
+    }
+
+    /// A mapping's entries by key, in order.
+    private func mapping(_ node: Node, key: String) throws -> OrderedFields {
+        guard case .mapping(let mapping) = node else {
+            throw error(node, key, node.string, "must be a mapping of keys to values")
+        }
+        var fields = OrderedFields()
+        for (keyNode, value) in mapping {
+            guard let name = keyNode.string else { throw error(keyNode, key, nil, "keys must be plain words") }
+            if fields[name] != nil { throw error(keyNode, key.isEmpty ? name : "\(key).\(name)", nil, "appears twice") }
+            fields.append(name, value)
+        }
+        return fields
+    }
+
+    private func list(_ node: Node?, key: String) throws -> [Node] {
+        guard let node else { return [] }
+        if case .scalar(let scalar) = node, scalar.string.isEmpty || scalar.string == "~" { return [] }
+        guard case .sequence(let sequence) = node else {
+            throw error(node, key, node.string, "must be a list")
+        }
+        return Array(sequence)
+    }
+
+    private func scalar(_ node: Node, key: String) throws -> String {
+        guard case .scalar(let scalar) = node else { throw error(node, key, nil, "must be a single value") }
+        return scalar.string
+    }
+
+    private func required(_ fields: OrderedFields, _ name: String, path: String, in node: Node) throws -> String {
+        guard let value = fields[name] else { throw error(node, "\(path).\(name)", nil, "is missing") }
+        let text = try scalar(value, key: "\(path).\(name)")
+        guard !text.isEmpty else { throw error(value, "\(path).\(name)", text, "must not be empty") }
+        return text
+    }
+
+    private func size(_ node: Node, key: String) throws -> Int64 {
+        let text = try scalar(node, key: key)
+        guard let size = parseSize(text) else { throw error(node, key, text, "must be \(sizeForms)") }
+        return size
+    }
+
+    private func boolean(_ node: Node, key: String) throws -> Bool {
+        let text = try scalar(node, key: key)
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw error(node, key, text, "must be true or false")
+        }
+    }
+
+    private func checkKeys(_ fields: OrderedFields, allowed: [String], path: String) throws {
+        for (key, value) in fields where !allowed.contains(key) {
+            let full = path.isEmpty ? key : "\(path).\(key)"
+            var problem = "is not a known key (known: \(allowed.joined(separator: ", ")))"
+            if let guess = nearest(key, among: allowed) { problem = "is not a known key; did you mean '\(guess)'?" }
+            throw ConfigError(file: file, line: line(value), key: full, value: nil, problem: problem)
+        }
+    }
+
+    private func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : URL(fileURLWithPath: baseDirectory).appendingPathComponent(path).standardized.path
+    }
+}
+
+/// A mapping's entries in the order written.
+struct OrderedFields: Sequence {
+    private var entries: [(String, Node)] = []
+
+    mutating func append(_ key: String, _ value: Node) { entries.append((key, value)) }
+
+    subscript(key: String) -> Node? { entries.first { $0.0 == key }?.1 }
+
+    func makeIterator() -> IndexingIterator<[(String, Node)]> { entries.makeIterator() }
+}

@@ -1,0 +1,135 @@
+import Strata
+import StrataDisks
+import StrataNBD
+
+/// A transform class that can be named in a topology file. The builder hands it the
+/// geom's entry: its name, the providers it consumes, and its own keys, which the class
+/// checks with its own messages (`ConfigValue.error`).
+public protocol ConfigurableClass: Sendable {
+    /// The `class:` value that selects it, e.g. "mirror".
+    var name: String { get }
+    /// The keys of its own it accepts.
+    var parameterKeys: [String] { get }
+    /// Makes the geom, adds it to `topology`, attaches it to `consumers` and creates its
+    /// providers.
+    func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom
+}
+
+/// What a configuration built: the topology, its disks and geoms, and the exports to serve.
+public struct BuiltTopology: Sendable {
+    public let topology: Topology
+    public let disks: [Disk]
+    public let geoms: [Geom]
+    public let exports: [NBDExport]
+}
+
+/// Builds a topology from a checked configuration.
+public enum TopologyBuilder {
+    /// - Throws: `ConfigError` for anything the file got wrong: a disk that cannot be
+    ///   opened, an unknown class or key, a name that refers to no provider, a cycle.
+    public static func build(_ configuration: Configuration, classes: [any ConfigurableClass] = [],
+                             topology: Topology = Topology()) throws -> BuiltTopology {
+        let file = configuration.file
+        var disks: [Disk] = []
+        for (index, spec) in configuration.disks.enumerated() {
+            do {
+                disks.append(try makeDisk(spec, in: topology))
+            } catch let error as StrataError {
+                let key = "disks[\(index)]"
+                throw ConfigError(file: file, line: spec.line, key: key, value: spec.name, problem: error.description)
+            }
+        }
+
+        var geoms: [Geom] = []
+        var pending = Array(configuration.geoms.enumerated())
+        while !pending.isEmpty {
+            // Build every geom whose consumers all exist; repeat until none is left.
+            let ready = pending.filter { $0.element.consumers.allSatisfy { topology.provider(named: $0) != nil } }
+            if ready.isEmpty {
+                throw unresolved(pending.map(\.element), configuration: configuration, topology: topology)
+            }
+            for (index, spec) in ready {
+                geoms.append(try makeGeom(spec, index: index, classes: classes, file: file, topology: topology))
+            }
+            pending.removeAll { entry in ready.contains { $0.offset == entry.offset } }
+        }
+
+        var exports: [NBDExport] = []
+        for (index, spec) in configuration.exports.enumerated() {
+            guard topology.provider(named: spec.provider) != nil else {
+                let known = topology.providers.map(\.name)
+                var problem = "names no provider (providers: \(known.joined(separator: ", ")))"
+                if let guess = nearest(spec.provider, among: known) { problem = "names no provider; did you mean '\(guess)'?" }
+                throw ConfigError(file: file, line: spec.line, key: "exports[\(index)].provider", value: spec.provider, problem: problem)
+            }
+            exports.append(NBDExport(name: spec.name, provider: spec.provider, readOnly: spec.readOnly,
+                                     description: spec.description, isDefault: spec.isDefault))
+        }
+        return BuiltTopology(topology: topology, disks: disks, geoms: geoms, exports: exports)
+    }
+
+    private static func makeDisk(_ spec: DiskSpec, in topology: Topology) throws -> Disk {
+        switch spec.backing {
+        case .file(let path, let size):
+            return try FileDisk.create(in: topology, name: spec.name, path: path, size: size, sectorSize: spec.sectorSize)
+        case .memory(let size):
+            return try MemoryDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
+        case .null(let size):
+            return try NullDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
+        case .zero(let size):
+            return try ZeroDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
+        }
+    }
+
+    private static func makeGeom(_ spec: GeomSpec, index: Int, classes: [any ConfigurableClass], file: String,
+                                 topology: Topology) throws -> Geom {
+        let path = "geoms[\(index)]"
+        guard let geomClass = classes.first(where: { $0.name == spec.className }) else {
+            let known = classes.map(\.name)
+            var problem = known.isEmpty ? "is not a known class (no transform classes are available yet)"
+                : "is not a known class (known: \(known.joined(separator: ", ")))"
+            if let guess = nearest(spec.className, among: known) { problem = "is not a known class; did you mean '\(guess)'?" }
+            throw ConfigError(file: file, line: spec.line, key: "\(path).class", value: spec.className, problem: problem)
+        }
+        for (key, value) in spec.parameters where !geomClass.parameterKeys.contains(key) {
+            let allowed = ["name", "class", "consumers"] + geomClass.parameterKeys
+            var problem = "is not a key of class \(geomClass.name) (known: \(allowed.joined(separator: ", ")))"
+            if let guess = nearest(key, among: allowed) { problem = "is not a key of class \(geomClass.name); did you mean '\(guess)'?" }
+            throw ConfigError(file: file, line: value.line, key: value.key, value: nil, problem: problem)
+        }
+        let consumers = spec.consumers.map { topology.provider(named: $0)! }
+        do {
+            return try geomClass.make(spec, over: consumers, in: topology)
+        } catch let error as ConfigError {
+            throw error
+        } catch {
+            throw ConfigError(file: file, line: spec.line, key: path, value: spec.name, problem: "\(error)")
+        }
+    }
+
+    /// Geoms that could not be built: a consumer names nothing, or they wait on each other.
+    private static func unresolved(_ specs: [GeomSpec], configuration: Configuration, topology: Topology) -> ConfigError {
+        let declared = Set(configuration.disks.map(\.name) + configuration.geoms.map(\.name))
+        for spec in specs {
+            let index = configuration.geoms.firstIndex(of: spec)!
+            for (position, name) in spec.consumers.enumerated() where !declared.contains(name) && topology.provider(named: name) == nil {
+                let known = topology.providers.map(\.name) + configuration.geoms.map(\.name)
+                var problem = "names no provider (providers: \(known.joined(separator: ", ")))"
+                if let guess = nearest(name, among: known) { problem = "names no provider; did you mean '\(guess)'?" }
+                return ConfigError(file: configuration.file, line: spec.line, key: "geoms[\(index)].consumers[\(position)]",
+                                   value: name, problem: problem)
+            }
+        }
+        // Everything named exists but nothing can start: the geoms consume each other.
+        var cycle = [specs[0].name]
+        var next = specs[0].consumers.first { name in specs.contains { $0.name == name } }
+        while let name = next, !cycle.contains(name) {
+            cycle.append(name)
+            next = specs.first { $0.name == name }?.consumers.first { name in specs.contains { $0.name == name } }
+        }
+        if let name = next { cycle.append(name) }
+        let index = configuration.geoms.firstIndex(of: specs[0])!
+        return ConfigError(file: configuration.file, line: specs[0].line, key: "geoms[\(index)].consumers", value: nil,
+                           problem: "make a cycle: \(cycle.joined(separator: " → "))")
+    }
+}

@@ -1,0 +1,208 @@
+import Foundation
+import Strata
+import StrataConfig
+import Testing
+
+@Suite struct SizeAndURLTests {
+    @Test(arguments: [("4096", Int64(4096)), ("64KiB", 65536), ("64K", 65536), ("1MiB", 1 << 20), ("1M", 1 << 20),
+                      ("1GiB", 1 << 30), ("1G", 1 << 30), ("1TiB", 1 << 40), ("3T", 3 << 40)])
+    func sizesAreBinary(text: String, bytes: Int64) {
+        #expect(parseSize(text) == bytes)
+    }
+
+    @Test(arguments: ["", "0", "12XB", "1.5G", "-4K", "K", "99999999999999999T", "1 G B"])
+    func badSizesAreRefused(text: String) {
+        #expect(parseSize(text) == nil)
+    }
+
+    @Test func listenURLsAreTCPOrUnix() {
+        #expect(ListenURL("tcp://127.0.0.1:10809") == .tcp(host: "127.0.0.1", port: 10809))
+        #expect(ListenURL("tcp://[::1]:9000") == .tcp(host: "::1", port: 9000))
+        #expect(ListenURL("unix:///run/strata/nbd.sock") == .unix(path: "/run/strata/nbd.sock"))
+        for bad in ["tcp://host", "tcp://:80", "unix://relative.sock", "http://x:1", "tcp://h:70000"] {
+            #expect(ListenURL(bad) == nil, "\(bad)")
+        }
+        #expect(ListenURL("tcp://0.0.0.0:10809")?.isLoopback == false)
+        #expect(ListenURL("tcp://127.0.0.1:10809")?.isLoopback == true)
+    }
+}
+
+@Suite struct ConfigurationLoaderTests {
+    static let example = """
+    listen:
+      - tcp://127.0.0.1:10809
+      - unix:///run/strata/nbd.sock
+    control: /run/strata/control.sock
+    disks:
+      - name: d0
+        file: data/d0.img
+        size: 1GiB
+        sector-size: 512
+      - name: scratch
+        memory: 256MiB
+      - name: sink
+        null: 1TiB
+        sector-size: 4096
+    exports:
+      - name: vol
+        provider: d0
+        read-only: false
+        description: main volume
+        default: true
+    """
+
+    func load(_ yaml: String) throws -> Configuration {
+        try ConfigurationLoader.parse(yaml, file: "strata.yaml", baseDirectory: "/etc/strata")
+    }
+
+    /// The error a file gives, as text.
+    func failure(_ yaml: String) -> String {
+        do {
+            _ = try load(yaml)
+            return "no error"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func theExampleFromTheDocsLoads() throws {
+        let configuration = try load(Self.example)
+        #expect(configuration.listen == [.tcp(host: "127.0.0.1", port: 10809), .unix(path: "/run/strata/nbd.sock")])
+        #expect(configuration.control == "/run/strata/control.sock")
+        #expect(configuration.disks.map(\.name) == ["d0", "scratch", "sink"])
+        #expect(configuration.disks[0].backing == .file(path: "/etc/strata/data/d0.img", size: 1 << 30),
+                "file paths are relative to the file's folder")
+        #expect(configuration.disks[1].backing == .memory(size: 256 << 20))
+        #expect(configuration.disks[2].backing == .null(size: 1 << 40) && configuration.disks[2].sectorSize == 4096)
+        #expect(configuration.exports == [ExportSpec(name: "vol", provider: "d0", readOnly: false, description: "main volume",
+                                                     isDefault: true, line: 16)])
+    }
+
+    @Test func anEmptyFileMeansDefaults() throws {
+        let configuration = try load("")
+        #expect(configuration.listen == Configuration.defaultListen)
+        #expect(configuration.control == "/etc/strata/strata-data/control.sock")
+        #expect(configuration.disks.isEmpty && configuration.exports.isEmpty)
+    }
+
+    @Test func anUnknownKeyNamesTheNearestKnownOne() {
+        #expect(failure("lisen: [tcp://127.0.0.1:1]") == "strata.yaml:1: lisen: is not a known key; did you mean 'listen'?")
+        #expect(failure("disks:\n  - name: a\n    memory: 1M\n    sector_size: 512")
+                == "strata.yaml:4: disks[0].sector_size: is not a known key; did you mean 'sector-size'?")
+        #expect(failure("exports:\n  - name: a\n    provider: b\n    readonly: true")
+                == "strata.yaml:4: exports[0].readonly: is not a known key; did you mean 'read-only'?")
+    }
+
+    @Test func badValuesNameTheirKeyValueAndWhatIsAllowed() {
+        #expect(failure("disks:\n  - name: a\n    memory: 12XB")
+                == "strata.yaml:3: disks[0].memory: '12XB': must be a size like 4096, 64KiB, 64K, 1MiB, 1M, 1GiB, 1G or 1TiB")
+        #expect(failure("disks:\n  - name: a\n    memory: 1M\n    sector-size: 1000")
+                == "strata.yaml:4: disks[0].sector-size: '1000': must be 512 or 4096")
+        #expect(failure("listen: [ftp://x:1]") == "strata.yaml:1: listen[0]: 'ftp://x:1': is not tcp://HOST:PORT or unix:///absolute/path")
+        #expect(failure("exports:\n  - name: a\n    provider: b\n    read-only: maybe")
+                == "strata.yaml:4: exports[0].read-only: 'maybe': must be true or false")
+    }
+
+    @Test func aDiskIsExactlyOneKind() {
+        #expect(failure("disks:\n  - name: a\n    size: 1M").contains("needs one of file, memory, null or zero"))
+        #expect(failure("disks:\n  - name: a\n    memory: 1M\n    null: 1M").contains("has memory and null"))
+        #expect(failure("disks:\n  - name: a\n    memory: 1M\n    size: 2M").contains("is for file disks"))
+    }
+
+    @Test func namesAreRequiredAndUsedOnce() {
+        #expect(failure("disks:\n  - memory: 1M") == "strata.yaml:2: disks[0].name: is missing")
+        #expect(failure("disks:\n  - name: a\n    memory: 1M\ngeoms:\n  - name: a\n    class: nop\n    consumers: [a]")
+                == "strata.yaml:5: geoms[0].name: 'a': is already the name of a disk")
+        #expect(failure("exports:\n  - name: v\n    provider: a\n  - name: v\n    provider: b")
+                == "strata.yaml:4: exports[1].name: 'v': is already the name of an export")
+        #expect(failure("exports:\n  - name: v\n    provider: a\n    default: true\n  - name: w\n    provider: a\n    default: true")
+                .contains("only one export can be the default (v is)"))
+    }
+
+    @Test func malformedYAMLIsReportedAsSuch() {
+        #expect(failure("disks: [unclosed").hasPrefix("strata.yaml: (file): is not valid YAML"))
+        #expect(failure("disks: 3") == "strata.yaml:1: disks: '3': must be a list")
+    }
+
+    @Test func classKeysAreKeptWithTheirPlaceForTheClassToCheck() throws {
+        let configuration = try load("geoms:\n  - name: s0\n    class: stripe\n    consumers: [a, b]\n    stripe-size: 3000")
+        let value = try #require(configuration.geoms.first?.parameters["stripe-size"])
+        #expect(value.line == 5 && value.key == "geoms[0].stripe-size")
+        #expect(throws: ConfigError.self) { _ = try value.integer(in: 1...2048) }
+        #expect("\(value.error("is not a power of two"))" == "strata.yaml:5: geoms[0].stripe-size: '3000': is not a power of two")
+    }
+}
+
+@Suite struct TopologyBuilderTests {
+    func build(_ yaml: String, in directory: String = NSTemporaryDirectory()) throws -> BuiltTopology {
+        try TopologyBuilder.build(ConfigurationLoader.parse(yaml, file: "t.yaml", baseDirectory: directory))
+    }
+
+    func failure(_ yaml: String) -> String {
+        do {
+            _ = try build(yaml)
+            return "no error"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func disksAndExportsAreBuilt() throws {
+        let directory = NSTemporaryDirectory() + "strata-build-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let built = try build("""
+        disks:
+          - name: d0
+            file: d0.img
+            size: 8MiB
+          - name: m0
+            memory: 4MiB
+            sector-size: 4096
+        exports:
+          - name: vol
+            provider: d0
+          - name: fast
+            provider: m0
+            read-only: true
+        """, in: directory)
+        #expect(built.topology.provider(named: "d0")?.mediaSize == 8 << 20)
+        #expect(built.topology.provider(named: "m0")?.sectorSize == 4096)
+        #expect(FileManager.default.fileExists(atPath: directory + "/d0.img"), "the file is created next to the config")
+        #expect(built.exports.map(\.name) == ["vol", "fast"] && built.exports[1].readOnly)
+        built.topology.shutdown()
+    }
+
+    @Test func anExportOfAMissingProviderNamesTheNearestOne() {
+        #expect(failure("disks:\n  - name: disk0\n    memory: 1M\nexports:\n  - name: v\n    provider: disc0")
+                == "t.yaml:5: exports[0].provider: 'disc0': names no provider; did you mean 'disk0'?")
+    }
+
+    @Test func aConsumerNamingNothingIsAnError() {
+        #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: n0\n    class: nop\n    consumers: [d9]")
+                .hasPrefix("t.yaml:5: geoms[0].consumers[0]: 'd9': names no provider"))
+    }
+
+    @Test func geomsThatConsumeEachOtherAreACycle() {
+        let yaml = """
+        geoms:
+          - name: a
+            class: nop
+            consumers: [b]
+          - name: b
+            class: nop
+            consumers: [a]
+        """
+        #expect(failure(yaml) == "t.yaml:2: geoms[0].consumers: make a cycle: a → b → a")
+    }
+
+    @Test func anUnknownClassIsNamed() {
+        #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: mirorr\n    consumers: [d0]")
+                == "t.yaml:5: geoms[0].class: 'mirorr': is not a known class (no transform classes are available yet)")
+    }
+
+    @Test func aDiskThatCannotBeOpenedIsReportedAtItsLine() {
+        let message = failure("disks:\n  - name: d0\n    file: /nonexistent-dir/d0.img")
+        #expect(message.hasPrefix("t.yaml:2: disks[0]: 'd0': open /nonexistent-dir/d0.img"), "\(message)")
+    }
+}
