@@ -10,6 +10,7 @@ let package = Package(
     name: "Strata",
     platforms: [.macOS(.v15)],
     products: [
+        .executable(name: "strata", targets: ["strata"]),
         .library(name: "Strata", targets: ["Strata"]),
         .library(name: "StrataDisks", targets: ["StrataDisks"]),
         .library(name: "StrataNBD", targets: ["StrataNBD"]),
@@ -18,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     ],
     targets: [
         // The request system and the topology. Imports the toolchain only.
@@ -39,8 +41,15 @@ let package = Package(
             "Strata", "StrataDisks", "StrataNBD",
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: strictSwift),
+        // The `strata` command.
+        .executableTarget(name: "strata", dependencies: [
+            "Strata", "StrataDisks", "StrataNBD", "StrataConfig",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strictSwift),
         .testTarget(name: "StrataTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
+        .testTarget(name: "StrataCLITests", dependencies: ["StrataConfig"], swiftSettings: strictSwift),
         .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataNBDTests", dependencies: [

@@ -123,6 +123,10 @@ public final class FileDisk: Disk, @unchecked Sendable {
             lock.broadcast()
             while runningWorkers > 0 { lock.wait() }
         }
+        // A clean close leaves nothing in the page cache that was not on stable storage.
+        if fdatasync(descriptor) != 0 {
+            topology?.emit(.error, "fdatasync \(path) on close: \(BioError(errno: errno))")
+        }
         close(descriptor)
         zeros.deallocate()
     }

@@ -11,9 +11,15 @@ public enum NBDListenAddress: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .tcp(let host, let port): "tcp://\(host):\(port)"
+        case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
         case .unix(let path): "unix://\(path)"
         }
+    }
+
+    /// The TCP port, if this is a TCP address.
+    public var port: Int? {
+        if case .tcp(_, let port) = self { return port }
+        return nil
     }
 }
 
@@ -77,10 +83,10 @@ public final class NBDServer: Sendable {
         }
     }
 
-    /// Starts listening. Returns the addresses bound (a TCP port of 0 picks a free one).
+    /// Starts listening. Returns the addresses bound, with the port a TCP port of 0 got.
     @discardableResult
-    public func start(listeningOn addresses: [NBDListenAddress]) async throws -> [SocketAddress] {
-        var bound: [SocketAddress] = []
+    public func start(listeningOn addresses: [NBDListenAddress]) async throws -> [NBDListenAddress] {
+        var bound: [NBDListenAddress] = []
         for address in addresses {
             let channel: any Channel
             switch address {
@@ -90,8 +96,11 @@ public final class NBDServer: Sendable {
                 channel = try await bootstrap(tcp: false).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
             }
             channels.withLockedValue { $0.append(channel) }
-            if let local = channel.localAddress { bound.append(local) }
-            core.logger.info("listening", metadata: ["address": "\(address)"])
+            switch address {
+            case .tcp(let host, let port): bound.append(.tcp(host: host, port: channel.localAddress?.port ?? port))
+            case .unix: bound.append(address)
+            }
+            core.logger.info("listening", metadata: ["address": "\(bound.last!)"])
         }
         return bound
     }

@@ -1,0 +1,201 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import Strata
+import StrataConfig
+import StrataNBD
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve a topology over NBD until SIGINT or SIGTERM.",
+        discussion: """
+        The topology comes from --config, else ./strata.yaml if it exists, else the
+        built-in default: a 1 GiB sparse file ./strata-data/disk0.img (created on first
+        run, kept across runs) exported as disk0 and as the default export, listening on
+        tcp://127.0.0.1:10809. A bad topology file is reported with its file, line, key
+        and value, and nothing is served.
+
+        On SIGINT or SIGTERM the server stops accepting, answers the requests in flight,
+        flushes and closes every geom, and exits 0.
+        """)
+
+    @Option(name: .long, help: "The topology file (YAML).")
+    var config: String?
+
+    @Option(name: .long, help: "Where to listen: tcp://HOST:PORT or unix:///absolute/path. Repeatable; replaces the file's list.")
+    var listen: [String] = []
+
+    @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        for url in listen where ListenURL(url) == nil {
+            throw ValidationError("--listen '\(url)' is not tcp://HOST:PORT or unix:///absolute/path")
+        }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "strata")
+
+        var configuration: Configuration
+        do {
+            configuration = try loadConfiguration()
+        } catch let error as ConfigError {
+            throw FailureExit(message: "\(error)")
+        }
+        if !listen.isEmpty { configuration.listen = listen.compactMap(ListenURL.init) }
+
+        let topology = Topology(log: { level, message in
+            Logger(label: "strata.topology").log(level: level.swiftLog, "\(message)")
+        })
+        let built: BuiltTopology
+        do {
+            built = try TopologyBuilder.build(configuration, topology: topology)
+        } catch let error as ConfigError {
+            topology.shutdown()
+            throw FailureExit(message: "\(error)")
+        }
+        for url in configuration.listen where !url.isLoopback {
+            logger.warning("listening on \(url), which is not loopback: NBD has no authentication")
+        }
+
+        let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"))
+        let stop = SignalWaiter(signals: [SIGINT, SIGTERM])
+        let bound: [NBDListenAddress]
+        do {
+            bound = try await server.start(listeningOn: configuration.listen.map(\.nbd))
+        } catch {
+            topology.shutdown()
+            throw FailureExit(message: "cannot listen: \(error)")
+        }
+        printStartup(configuration: configuration, built: built, bound: bound)
+
+        let signal = await stop.wait()
+        logger.info("signal \(signal): stopping")
+        await server.stop()
+        topology.shutdown()
+        logger.info("stopped")
+    }
+
+    private func loadConfiguration() throws -> Configuration {
+        if let config { return try ConfigurationLoader.load(path: config) }
+        if FileManager.default.fileExists(atPath: "strata.yaml") { return try ConfigurationLoader.load(path: "strata.yaml") }
+        let directory = FileManager.default.currentDirectoryPath
+        try FileManager.default.createDirectory(atPath: directory + "/strata-data", withIntermediateDirectories: true)
+        let disk = directory + "/strata-data/disk0.img"
+        let exists = FileManager.default.fileExists(atPath: disk)
+        return try ConfigurationLoader.parse("""
+        disks:
+          - name: disk0
+            file: strata-data/disk0.img
+            \(exists ? "" : "size: 1GiB")
+        exports:
+          - name: disk0
+            provider: disk0
+            default: true
+        """, file: "<default>", baseDirectory: directory)
+    }
+
+    private func printStartup(configuration: Configuration, built: BuiltTopology, bound: [NBDListenAddress]) {
+        var lines = ["strata serving \(built.exports.count) export\(built.exports.count == 1 ? "" : "s")"]
+        for export in built.exports {
+            let provider = built.topology.provider(named: export.provider)
+            var attributes = [formatSize(provider?.mediaSize ?? 0), "provider \(export.provider)"]
+            attributes.append(export.readOnly ? "read-only" : "read-write")
+            if export.isDefault || (export.name == built.exports.first?.name && !built.exports.contains(where: \.isDefault)) {
+                attributes.append("default")
+            }
+            lines.append("  export \(export.name): \(attributes.joined(separator: ", "))")
+        }
+        for address in bound { lines.append("  listening on \(address)") }
+        lines.append("  control socket \(configuration.control)")
+        // Written in one piece and unbuffered, so a script reading it sees it at once.
+        FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+    }
+}
+
+/// Exits with status 1 after printing a message on standard error (no usage text:
+/// the command line was fine, what it named was not).
+struct FailureExit: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+extension FailureExit: LocalizedError {
+    var errorDescription: String? { message }
+}
+
+/// Turns SIGINT and SIGTERM into something to await.
+final class SignalWaiter: @unchecked Sendable {
+    private var sources: [any DispatchSourceSignal] = []
+    private let received = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var which: Int32 = 0
+
+    init(signals: [Int32]) {
+        for number in signals {
+            Foundation.signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [self] in
+                lock.withLock { which = number }
+                received.signal()
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    /// Waits for the first signal and returns its name.
+    func wait() async -> String {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async { [self] in
+                received.wait()
+                let number = lock.withLock { which }
+                continuation.resume(returning: number == SIGINT ? "SIGINT" : "SIGTERM")
+            }
+        }
+    }
+}
+
+/// Human sizes: 1.0 GiB, 256 MiB, 4096 B.
+func formatSize(_ bytes: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : (value == value.rounded() ? "\(Int(value)) \(units[unit])" : String(format: "%.1f %@", value, units[unit]))
+}
+
+extension ListenURL {
+    var nbd: NBDListenAddress {
+        switch self {
+        case .tcp(let host, let port): .tcp(host: host, port: port)
+        case .unix(let path): .unix(path: path)
+        }
+    }
+}
+
+extension LogLevel {
+    var swiftLog: Logger.Level {
+        switch self {
+        case .debug: .debug
+        case .info: .info
+        case .notice: .notice
+        case .warning: .warning
+        case .error: .error
+        }
+    }
+}

@@ -1,0 +1,232 @@
+import Foundation
+import Testing
+
+/// The `strata` binary, built next to the tests.
+let strataBinary: String = {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return root.appendingPathComponent(".build/debug/strata").path
+}()
+
+/// A running `strata serve`, in a directory of its own.
+final class ServeProcess: @unchecked Sendable {
+    let process = Process()
+    let directory: String
+    let output = Pipe()
+    let errors = Pipe()
+    private let collected = NSLock()
+    private var outputText = ""
+    private var errorText = ""
+
+    init(arguments: [String], directory: String? = nil, files: [String: String] = [:]) throws {
+        self.directory = directory ?? NSTemporaryDirectory() + "strata-cli-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
+        for (name, text) in files { try text.write(toFile: self.directory + "/" + name, atomically: true, encoding: .utf8) }
+        process.executableURL = URL(fileURLWithPath: strataBinary)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: self.directory)
+        process.standardOutput = output
+        process.standardError = errors
+        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let text = String(decoding: handle.availableData, as: UTF8.self)
+            self?.collected.withLock { self?.outputText += text }
+        }
+        errors.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let text = String(decoding: handle.availableData, as: UTF8.self)
+            self?.collected.withLock { self?.errorText += text }
+        }
+        try process.run()
+    }
+
+    var stdout: String { collected.withLock { outputText } }
+    var stderr: String { collected.withLock { errorText } }
+
+    /// Waits until standard output contains `text`, or the process ends, or time passes.
+    func waitForOutput(_ text: String, seconds: Double = 30) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if stdout.contains(text) { return true }
+            if !process.isRunning { return stdout.contains(text) }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// The TCP port the startup block says it listens on.
+    var tcpPort: Int? {
+        guard let range = stdout.range(of: #"tcp://127\.0\.0\.1:(\d+)"#, options: .regularExpression) else { return nil }
+        return Int(stdout[range].split(separator: ":").last!)
+    }
+
+    /// Sends a signal and waits for the exit; returns the status, or nil after `seconds`.
+    func stop(signal: Int32 = SIGTERM, seconds: Double = 10) -> Int32? {
+        kill(process.processIdentifier, signal)
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            process.terminate()
+            return nil
+        }
+        return process.terminationStatus
+    }
+
+    func waitForExit(seconds: Double = 30) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    func removeDirectory() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
+/// Runs a program to completion and returns its exit status and output.
+func runProgram(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (Int32, String, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let output = Pipe()
+    let errors = Pipe()
+    process.standardOutput = output
+    process.standardError = errors
+    try process.run()
+    let out = output.fileHandleForReading.readDataToEndOfFile()
+    let err = errors.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ServeTests {
+    @Test func theDefaultTopologyServesASparseGigabyteDiskThatPersists() throws {
+        let first = try ServeProcess(arguments: ["serve", "--listen", "tcp://127.0.0.1:0"])
+        defer { first.removeDirectory() }
+        #expect(first.waitForOutput("control socket"), "stdout: \(first.stdout)\nstderr: \(first.stderr)")
+        #expect(first.stdout.contains("export disk0: 1 GiB, provider disk0, read-write, default"), "\(first.stdout)")
+        let port = try #require(first.tcpPort)
+        let write = try runProgram("/usr/bin/python3", ["-c", """
+        import nbd
+        h = nbd.NBD()
+        h.connect_uri("nbd://127.0.0.1:\(port)")
+        assert h.get_size() == 1 << 30
+        h.pwrite(b"persist!" * 512, 1 << 20, nbd.CMD_FLAG_FUA)
+        print("written")
+        """])
+        #expect(write.1.contains("written"), "\(write)")
+        #expect(first.stop() == 0)
+        let attributes = try FileManager.default.attributesOfItem(atPath: first.directory + "/strata-data/disk0.img")
+        #expect(attributes[.size] as? Int == 1 << 30)
+
+        let second = try ServeProcess(arguments: ["serve", "--listen", "tcp://127.0.0.1:0"], directory: first.directory)
+        #expect(second.waitForOutput("control socket"), "\(second.stderr)")
+        let secondPort = try #require(second.tcpPort)
+        let read = try runProgram("/usr/bin/python3", ["-c", """
+        import nbd
+        h = nbd.NBD()
+        h.connect_uri("nbd://127.0.0.1:\(secondPort)/disk0")
+        assert h.pread(4096, 1 << 20) == b"persist!" * 512
+        print("kept")
+        """])
+        #expect(read.1.contains("kept"), "\(read)")
+        #expect(second.stop(signal: SIGINT) == 0)
+    }
+
+    @Test func aTopologyFileIsServedOnItsListenAddresses() throws {
+        let directory = NSTemporaryDirectory() + "strata-cli-\(UUID().uuidString.prefix(8))"
+        let socket = directory + "/nbd.sock"
+        let server = try ServeProcess(arguments: ["serve", "--config", "topology.yaml"], directory: directory, files: [
+            "topology.yaml": """
+            listen:
+              - unix://\(socket)
+            disks:
+              - name: fast
+                memory: 64MiB
+              - name: kept
+                file: kept.img
+                size: 16MiB
+            exports:
+              - name: scratch
+                provider: fast
+                description: scratch space
+              - name: data
+                provider: kept
+                default: true
+            """,
+        ])
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        #expect(server.stdout.contains("export scratch: 64 MiB, provider fast, read-write"))
+        #expect(server.stdout.contains("export data: 16 MiB, provider kept, read-write, default"))
+        #expect(server.stdout.contains("listening on unix://\(socket)"))
+        let list = try runProgram("/usr/bin/nbdinfo", ["--list", "--json", "nbd+unix:///?socket=\(socket)"])
+        #expect(list.0 == 0 && list.1.contains("scratch space"), "\(list)")
+        #expect(server.stop() == 0)
+    }
+
+    @Test func sigtermWithRequestsInFlightAnswersThemAndExitsZero() throws {
+        let directory = NSTemporaryDirectory() + "strata-cli-\(UUID().uuidString.prefix(8))"
+        let socket = directory + "/nbd.sock"
+        let server = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: [
+            "t.yaml": "listen: [unix://\(socket)]\ndisks:\n  - name: f\n    file: f.img\n    size: 64MiB\nexports:\n  - name: f\n    provider: f\n",
+        ])
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        client.arguments = ["-c", """
+        import nbd, sys
+        h = nbd.NBD()
+        h.connect_uri("nbd+unix:///f?socket=\(socket)")
+        buffers = [nbd.Buffer.from_bytearray(bytearray(b"\\x5a" * 65536)) for i in range(256)]
+        cookies = [h.aio_pwrite(buffers[i], i * 65536) for i in range(256)]
+        print("issued", flush=True)
+        try:
+            while h.aio_in_flight() > 0:
+                h.poll(-1)
+        except nbd.Error as e:
+            print("lost", e)
+        answered = failed = 0
+        for cookie in cookies:
+            try:
+                if h.aio_command_completed(cookie):
+                    answered += 1
+            except nbd.Error:
+                answered += 1
+                failed += 1
+        print("answered", answered, "failed", failed, flush=True)
+        """]
+        let clientOutput = Pipe()
+        client.standardOutput = clientOutput
+        try client.run()
+        usleep(50_000)
+        let status = server.stop()
+        client.waitUntilExit()
+        let text = String(decoding: clientOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(status == 0, "\(server.stderr)")
+        #expect(text.contains("answered 256 failed 0"), "\(text)")
+    }
+
+    @Test func aBadTopologyFileServesNothingAndSaysWhereTheMistakeIs() throws {
+        let server = try ServeProcess(arguments: ["serve", "--config", "bad.yaml"], files: [
+            "bad.yaml": "disks:\n  - name: d0\n    memory: 12XB\n",
+        ])
+        defer { server.removeDirectory() }
+        let status = server.waitForExit()
+        #expect(status == 1)
+        #expect(server.stderr.contains("bad.yaml:3: disks[0].memory: '12XB': must be a size like"), "\(server.stderr)")
+        #expect(!server.stdout.contains("serving"))
+    }
+
+    @Test func badOptionsAreRefusedWithAMessage() throws {
+        let listen = try runProgram(strataBinary, ["serve", "--listen", "ftp://x"])
+        #expect(listen.0 != 0 && listen.2.contains("--listen 'ftp://x' is not tcp://HOST:PORT"), "\(listen)")
+        let level = try runProgram(strataBinary, ["serve", "--log-level", "loud"])
+        #expect(level.0 != 0 && level.2.contains("--log-level 'loud'"), "\(level)")
+    }
+
+    @Test func helpReadsWell() throws {
+        let help = try runProgram(strataBinary, ["--help"])
+        #expect(help.0 == 0 && help.1.contains("serve") && help.1.contains("nbdinfo nbd://127.0.0.1:10809"), "\(help)")
+        let serveHelp = try runProgram(strataBinary, ["serve", "--help"])
+        #expect(serveHelp.1.contains("--config") && serveHelp.1.contains("SIGTERM"), "\(serveHelp)")
+    }
+}
