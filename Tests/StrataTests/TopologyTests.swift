@@ -228,3 +228,31 @@ extension TopologyTests {
         device.close()
     }
 }
+
+extension TopologyTests {
+    @Test func providersCountOperationsBytesErrorsAndBusyTime() throws {
+        let topology = Topology()
+        let disk = try MemoryDisk.create(in: topology, name: "stats-md", size: 1 << 20)
+        let pass = try PassThroughGeom.stack(on: disk.provider, in: topology, name: "stats-pass")
+        let user = try TestIssuer(on: pass.providers[0], in: topology)
+        let buffer = PatternBuffer(count: 8192)
+        for block in 0..<4 {
+            #expect(user.consumer.outcome(.write, offset: Int64(block) * 8192, length: 8192, buffer: buffer.bytes).error == nil)
+        }
+        #expect(user.consumer.outcome(.read, offset: 0, length: 8192, buffer: buffer.bytes).error == nil)
+        #expect(user.consumer.outcome(.delete, offset: 0, length: 4096).error == nil)
+        #expect(user.consumer.outcome(.flush, offset: 0, length: 0).error == nil)
+        #expect(user.consumer.outcome(.read, offset: 100, length: 512, buffer: buffer.bytes).error == .invalid)
+        for provider in [pass.providers[0], disk.provider] {
+            let stats = provider.statistics.snapshot
+            #expect(stats.operations(.write) == 4 && stats.bytes(.write) == 32768, "\(provider.name)")
+            #expect(stats.operations(.read) == (provider === disk.provider ? 1 : 2) && stats.bytes(.read) == 8192)
+            #expect(stats.operations(.delete) == 1 && stats.bytes(.delete) == 4096)
+            #expect(stats.operations(.flush) == 1)
+            #expect(stats.inFlight == 0)
+            #expect(stats.nanoseconds(.write) > 0 && stats.busyNanoseconds > 0)
+        }
+        #expect(pass.providers[0].statistics.snapshot.errors(.read) == 1, "the refused read counts where it was refused")
+        #expect(disk.provider.statistics.snapshot.errors(.read) == 0)
+    }
+}

@@ -59,6 +59,9 @@ import Synchronization
     /// Segment slots that follow the header in the same allocation.
     @usableFromInline let segmentCapacity: Int32
     @usableFromInline var segmentsUsed: Int32 = 0
+    /// When the request passed its entry checks (monotonic nanoseconds), or 0: the
+    /// provider's statistics count it at delivery.
+    @usableFromInline var startTime: UInt64 = 0
 
     @usableFromInline init(pool: BioPool?, segmentCapacity: Int32) {
         self.pool = pool
@@ -100,6 +103,7 @@ import Synchronization
         state = .idle
         next = nil
         segmentsUsed = 0
+        startTime = 0
     }
 }
 

@@ -37,10 +37,12 @@ enum IOPath {
         header.pointee.to = provider
         switch check(header, consumer: consumer, provider: provider) {
         case .start:
+            header.pointee.startTime = provider.statistics.started()
             dispatch(header)
         case .completeEmpty:
             deliver(header, error: 0)
         case .fail(let error):
+            provider.statistics.refused(header.pointee.command)
             deliver(header, error: error)
         }
     }
@@ -149,6 +151,12 @@ enum IOPath {
         if error != 0 {
             header.pointee.flags.insert(.error)
             header.pointee.error = error
+        }
+        let start = header.pointee.startTime
+        if start != 0, let provider = header.pointee.to {
+            header.pointee.startTime = 0
+            provider.statistics.finished(header.pointee.command, bytes: header.pointee.completed.load(ordering: .relaxed),
+                                         failed: error != 0, start: start)
         }
         if let consumer = header.pointee.from, consumer.geom.dispatchMode == .queued {
             IOWorkers.shared.up.enqueue(header)

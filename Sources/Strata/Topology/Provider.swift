@@ -18,6 +18,9 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
     let writeTotal = Atomic<Int>(0)
     let exclusiveTotal = Atomic<Int>(0)
 
+    /// What this provider has done (operations, bytes, errors, latency, busy time).
+    public let statistics = ProviderStatistics()
+
     /// Consumers attached to this provider. Guarded by the topology lock.
     public internal(set) var consumers: [Consumer] = []
     /// The provider was orphaned: it is going away.

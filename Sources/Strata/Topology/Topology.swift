@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Levels of the topology's diagnostic messages.
 public enum LogLevel: Int, Sendable, Comparable {
     case debug, info, notice, warning, error
@@ -204,6 +210,11 @@ public final class Topology: @unchecked Sendable {
     public func detach(_ consumer: Consumer) {
         withLock {
             precondition(!consumer.holdsAccess, "detach of \(consumer.name), which still holds access")
+            // A request stays counted until its done routine has returned, which keeps
+            // the issuing geom alive while that routine runs; a caller the routine woke
+            // may get here first. Give those last few moments to pass.
+            let deadline = monotonicSeconds() + 5
+            while consumer.requestsInFlight != 0 && monotonicSeconds() < deadline { sched_yield() }
             precondition(consumer.requestsInFlight == 0, "detach of \(consumer.name) with requests in flight")
             guard let provider = consumer.provider else { return }
             provider.consumers.removeAll { $0 === consumer }

@@ -1,0 +1,138 @@
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What a provider has done, like GEOM's devstat: per kind of request, how many
+/// completed, how many bytes, how many failed and how long they took; requests in flight;
+/// and how long the provider has had at least one request in flight (busy time).
+///
+/// Counters only grow; a reader takes two snapshots and divides the difference by the
+/// time between them (`strata stat` does, once a second).
+public final class ProviderStatistics: @unchecked Sendable {
+    /// The kinds of request counted apart.
+    public enum Kind: Int, CaseIterable, Sendable {
+        case read, write, delete, flush, other
+
+        init(_ command: BioCommand) {
+            switch command {
+            case .read: self = .read
+            case .write: self = .write
+            case .delete, .writeZeroes: self = .delete
+            case .flush: self = .flush
+            case .getattr: self = .other
+            }
+        }
+
+        public var name: String {
+            switch self {
+            case .read: "read"
+            case .write: "write"
+            case .delete: "delete"
+            case .flush: "flush"
+            case .other: "other"
+            }
+        }
+    }
+
+    /// Four counters per kind (operations, bytes, errors, nanoseconds), in one block.
+    private static let kinds = Kind.allCases.count
+    private let counters: UnsafeMutablePointer<Atomic<Int>>
+    private let inFlight = Atomic<Int>(0)
+    private let busySince = Atomic<Int>(0)
+    private let busyNanoseconds = Atomic<Int>(0)
+
+    private enum Counter: Int { case operations, bytes, errors, nanoseconds }
+
+    init() {
+        counters = .allocate(capacity: 4 * Self.kinds)
+        for index in 0..<(4 * Self.kinds) { (counters + index).initialize(to: Atomic(0)) }
+    }
+
+    deinit {
+        counters.deinitialize(count: 4 * Self.kinds)
+        counters.deallocate()
+    }
+
+    @inline(__always)
+    private func add(_ counter: Counter, _ kind: Int, _ amount: Int) {
+        counters[counter.rawValue * Self.kinds + kind].wrappingAdd(amount, ordering: .relaxed)
+    }
+
+    private func values(_ counter: Counter) -> [Int] {
+        (0..<Self.kinds).map { counters[counter.rawValue * Self.kinds + $0].load(ordering: .relaxed) }
+    }
+
+    /// A request passed the entry checks and goes to the provider. Returns its start time.
+    @inline(__always)
+    func started() -> UInt64 {
+        let now = ProviderStatistics.now()
+        if inFlight.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
+            busySince.store(Int(now), ordering: .relaxed)
+        }
+        return now
+    }
+
+    /// A request that `started()` at `start` was delivered.
+    @inline(__always)
+    func finished(_ command: BioCommand, bytes count: Int64, failed: Bool, start: UInt64) {
+        let now = ProviderStatistics.now()
+        let kind = Kind(command).rawValue
+        add(.operations, kind, 1)
+        add(.bytes, kind, Int(count))
+        add(.nanoseconds, kind, Int(now &- start))
+        if failed { add(.errors, kind, 1) }
+        if inFlight.wrappingSubtract(1, ordering: .relaxed).oldValue == 1 {
+            busyNanoseconds.wrappingAdd(Int(now) &- busySince.load(ordering: .relaxed), ordering: .relaxed)
+        }
+    }
+
+    /// A request refused by the entry checks: counted as a failed operation of its kind.
+    func refused(_ command: BioCommand) {
+        let kind = Kind(command).rawValue
+        add(.operations, kind, 1)
+        add(.errors, kind, 1)
+    }
+
+    /// The counters now.
+    public var snapshot: Snapshot {
+        let now = ProviderStatistics.now()
+        var busy = busyNanoseconds.load(ordering: .relaxed)
+        if inFlight.load(ordering: .relaxed) > 0 { busy += Int(now) - busySince.load(ordering: .relaxed) }
+        return Snapshot(
+            time: now,
+            operations: values(.operations),
+            bytes: values(.bytes),
+            errors: values(.errors),
+            nanoseconds: values(.nanoseconds),
+            inFlight: inFlight.load(ordering: .relaxed),
+            busyNanoseconds: busy)
+    }
+
+    /// Counters at one moment, indexed by `Kind.rawValue`.
+    public struct Snapshot: Sendable, Equatable {
+        public var time: UInt64
+        public var operations: [Int]
+        public var bytes: [Int]
+        public var errors: [Int]
+        public var nanoseconds: [Int]
+        public var inFlight: Int
+        public var busyNanoseconds: Int
+
+        public func operations(_ kind: Kind) -> Int { operations[kind.rawValue] }
+        public func bytes(_ kind: Kind) -> Int { bytes[kind.rawValue] }
+        public func errors(_ kind: Kind) -> Int { errors[kind.rawValue] }
+        public func nanoseconds(_ kind: Kind) -> Int { nanoseconds[kind.rawValue] }
+    }
+
+    /// Nanoseconds on the monotonic clock.
+    @inline(__always)
+    static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+    }
+}
