@@ -41,9 +41,16 @@ let package = Package(
             "Strata", "StrataDisks", "StrataNBD",
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: strictSwift),
+        // The control endpoint (HTTP/JSON on a Unix socket) and its client.
+        .target(name: "StrataControl", dependencies: [
+            "Strata",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ], swiftSettings: strictSwift),
         // The `strata` command.
         .executableTarget(name: "strata", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD", "StrataConfig",
+            "Strata", "StrataDisks", "StrataNBD", "StrataConfig", "StrataControl",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),

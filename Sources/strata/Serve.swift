@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Strata
 import StrataConfig
+import StrataControl
 import StrataNBD
 
 struct Serve: AsyncParsableCommand {
@@ -70,11 +71,22 @@ struct Serve: AsyncParsableCommand {
         }
 
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"))
+        let control = ControlServer(topology: topology) {
+            "# HELP strata_nbd_connections Open NBD connections.\n# TYPE strata_nbd_connections gauge\n"
+                + "strata_nbd_connections \(server.connectionCount)\n"
+        }
+        do {
+            try await control.start(path: configuration.control)
+        } catch {
+            topology.shutdown()
+            throw FailureExit(message: "cannot open the control socket \(configuration.control): \(error)")
+        }
         let stop = SignalWaiter(signals: [SIGINT, SIGTERM])
         let bound: [NBDListenAddress]
         do {
             bound = try await server.start(listeningOn: configuration.listen.map(\.nbd))
         } catch {
+            await control.stop()
             topology.shutdown()
             throw FailureExit(message: "cannot listen: \(error)")
         }
@@ -83,6 +95,8 @@ struct Serve: AsyncParsableCommand {
         let signal = await stop.wait()
         logger.info("signal \(signal): stopping")
         await server.stop()
+        await control.stop()
+        try? FileManager.default.removeItem(atPath: configuration.control)
         topology.shutdown()
         logger.info("stopped")
     }

@@ -78,6 +78,14 @@ final class ServeProcess: @unchecked Sendable {
     func removeDirectory() { try? FileManager.default.removeItem(atPath: directory) }
 }
 
+/// Text appended from another thread.
+final class LockedText: @unchecked Sendable {
+    private let lock = NSLock()
+    private var storage = ""
+    func append(_ more: String) { lock.withLock { storage += more } }
+    var text: String { lock.withLock { storage } }
+}
+
 /// Runs a program to completion and returns its exit status and output.
 func runProgram(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (Int32, String, String) {
     let process = Process()
@@ -184,24 +192,34 @@ struct ServeTests {
                 h.poll(-1)
         except nbd.Error as e:
             print("lost", e)
-        answered = failed = 0
+        answered = shutdown = failed = 0
         for cookie in cookies:
             try:
                 if h.aio_command_completed(cookie):
                     answered += 1
-            except nbd.Error:
+            except nbd.Error as e:
                 answered += 1
-                failed += 1
-        print("answered", answered, "failed", failed, flush=True)
+                if e.errno in (108, "ESHUTDOWN"):
+                    shutdown += 1
+                else:
+                    failed += 1
+        print("answered", answered, "failed", failed, "shutdown", shutdown, flush=True)
         """]
         let clientOutput = Pipe()
         client.standardOutput = clientOutput
+        let printed = LockedText()
+        clientOutput.fileHandleForReading.readabilityHandler = { handle in printed.append(String(decoding: handle.availableData, as: UTF8.self)) }
         try client.run()
-        usleep(50_000)
+        // Signal only once every write has been sent.
+        let deadline = Date().addingTimeInterval(20)
+        while !printed.text.contains("issued") && client.isRunning && Date() < deadline { usleep(5_000) }
         let status = server.stop()
         client.waitUntilExit()
-        let text = String(decoding: clientOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        clientOutput.fileHandleForReading.readabilityHandler = nil
+        let text = printed.text + String(decoding: clientOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(status == 0, "\(server.stderr)")
+        // Every write is answered: done, or refused with ESHUTDOWN if it arrived after
+        // the signal. None is lost to a reset connection.
         #expect(text.contains("answered 256 failed 0"), "\(text)")
     }
 

@@ -67,7 +67,14 @@ extension NBDConnectionHandler {
         }
         if command == .disconnect {
             logger.debug("client disconnects")
-            finish()
+            finishing = true
+            session.phase = .closed
+            pauseReading()
+            releaseIfIdle()
+            return
+        }
+        if shuttingDown {
+            refuse(header, .shutdown, "the server is shutting down", command: command, log: false)
             return
         }
         if let refusal = check(header, command: command, served: served) {

@@ -35,6 +35,11 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     var flushPending = false
     /// DISC received, the server stopping, or the client gone: no new requests.
     var finishing = false
+    /// The server is stopping: requests still arriving get ESHUTDOWN, and the connection
+    /// closes once nothing is in flight and the client has gone quiet.
+    var shuttingDown = false
+    /// Input arrived since the last shutdown check.
+    var inputSinceCheck = false
     var channelClosed = false
 
     init(core: NBDServerCore, eventLoop: any EventLoop) {
@@ -61,6 +66,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        inputSinceCheck = true
         process(unwrapInboundIn(data))
     }
 
@@ -361,13 +367,35 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         context.close(promise: nil)
     }
 
-    /// Asks the connection to stop: requests in flight finish and are answered, then it
-    /// closes. Called on the event loop.
+    /// Asks the connection to stop because the server is stopping. Requests in flight
+    /// finish and are answered; requests that still arrive are answered with ESHUTDOWN
+    /// (closing on unread input would reset the connection and lose those answers);
+    /// once nothing is in flight and the client has been quiet for a moment, it closes.
+    /// Called on the event loop.
     func finish() {
-        finishing = true
-        session.phase = .closed
-        pauseReading()
-        if requests.count == 0 { close() }
+        guard !shuttingDown, !channelClosed else { return }
+        guard case .transmission = session.phase else {
+            // Still negotiating: there is nothing in flight to answer.
+            finishing = true
+            session.phase = .closed
+            close()
+            return
+        }
+        shuttingDown = true
+        inputSinceCheck = true
+        checkShutdown()
+    }
+
+    private func checkShutdown() {
+        guard !channelClosed else { return }
+        if requests.count == 0 && !inputSinceCheck {
+            finishing = true
+            session.phase = .closed
+            close()
+            return
+        }
+        inputSinceCheck = false
+        eventLoop.scheduleTask(in: .milliseconds(50)) { self.checkShutdown() }
     }
 
     /// Once nothing is in flight on a finishing connection, closes it and gives back the

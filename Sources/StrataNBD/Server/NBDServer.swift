@@ -140,6 +140,11 @@ public final class NBDServer: Sendable {
         while !core.connections.isEmpty && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(5))
         }
+        // Clients that kept sending past the deadline are cut off.
+        for connection in core.connections {
+            connection.eventLoop.execute { connection.close() }
+        }
+        while !core.connections.isEmpty { try? await Task.sleep(for: .milliseconds(5)) }
         for served in core.exports { core.topology.wither(served.geom) }
         // A server started again on this topology reuses the export geoms' names.
         for served in core.exports { core.topology.waitUntilGone(served.geom, seconds: 2) }

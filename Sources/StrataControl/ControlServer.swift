@@ -1,0 +1,144 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Strata
+
+/// The control endpoint of a running server: HTTP/1.1 with JSON bodies on a Unix
+/// socket, so `curl --unix-socket SOCK http://strata/v1/topology` works as well as the
+/// `strata` verbs. Routes are listed in docs/CONTROL.md.
+public final class ControlServer: Sendable {
+    let topology: Topology
+    /// Extra Prometheus lines (the NBD server's connection gauges).
+    let extraMetrics: @Sendable () -> String
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    private let channel = NIOLockedBox<(any Channel)?>(nil)
+
+    public init(topology: Topology, extraMetrics: @escaping @Sendable () -> String = { "" }) {
+        self.topology = topology
+        self.extraMetrics = extraMetrics
+    }
+
+    /// Listens on the Unix socket at `path` (replacing a stale socket file).
+    public func start(path: String) async throws {
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let bound = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(ControlHandler(server: self))
+                }
+            }
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
+            .get()
+        channel.set(bound)
+    }
+
+    public func stop() async {
+        if let channel = channel.get() { try? await channel.close() }
+        try? await group.shutdownGracefully()
+    }
+
+    /// Answers one request: status, content type, body.
+    func respond(method: HTTPMethod, path: String) -> (HTTPResponseStatus, String, Data) {
+        let route = path.split(separator: "?").first.map(String.init) ?? path
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        func json<T: Encodable>(_ value: T) -> (HTTPResponseStatus, String, Data) {
+            (.ok, "application/json", (try? encoder.encode(value)) ?? Data())
+        }
+        guard method == .GET else {
+            return (.methodNotAllowed, "application/json", Data(#"{"error": "only GET is served on \#(route)"}"#.utf8))
+        }
+        switch route {
+        case "/v1/topology": return json(TopologyReport(topology))
+        case "/v1/status": return json(StatusReport(topology))
+        case "/v1/stats": return json(StatsReport(topology))
+        case "/metrics": return (.ok, "text/plain; version=0.0.4", Data((PrometheusText.render(StatsReport(topology)) + extraMetrics()).utf8))
+        default:
+            return (.notFound, "application/json", Data(#"{"error": "no route \#(route)"}"#.utf8))
+        }
+    }
+}
+
+/// A value behind a lock (the listening channel, set once).
+final class NIOLockedBox<Value: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func get() -> Value { lock.withLock { value } }
+    func set(_ newValue: Value) { lock.withLock { value = newValue } }
+}
+
+/// One control connection: a request in, a response out, then close.
+final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let server: ControlServer
+    private var head: HTTPRequestHead?
+
+    init(server: ControlServer) { self.server = server }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let request):
+            head = request
+        case .body:
+            break
+        case .end:
+            guard let head else { return }
+            let (status, type, body) = server.respond(method: head.method, path: head.uri)
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: type)
+            headers.add(name: "Content-Length", value: "\(body.count)")
+            headers.add(name: "Connection", value: "close")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+            self.head = nil
+        }
+    }
+}
+
+/// Prometheus text exposition of the provider counters.
+enum PrometheusText {
+    static func render(_ stats: StatsReport) -> String {
+        var lines: [String] = []
+        func family(_ name: String, _ type: String, _ help: String, _ value: (StatsReport.ProviderEntry, String) -> Double?) {
+            lines.append("# HELP \(name) \(help)")
+            lines.append("# TYPE \(name) \(type)")
+            for provider in stats.providers {
+                for kind in ["read", "write", "delete", "flush"] {
+                    if let number = value(provider, kind) {
+                        lines.append("\(name){provider=\"\(provider.name)\",kind=\"\(kind)\"} \(number)")
+                    }
+                }
+            }
+        }
+        func counters(_ provider: StatsReport.ProviderEntry, _ kind: String) -> StatsReport.Counters {
+            switch kind {
+            case "read": provider.read
+            case "write": provider.write
+            case "delete": provider.delete
+            default: provider.flush
+            }
+        }
+        family("strata_provider_operations_total", "counter", "Requests completed by the provider.") { Double(counters($0, $1).operations) }
+        family("strata_provider_bytes_total", "counter", "Bytes completed by the provider.") { Double(counters($0, $1).bytes) }
+        family("strata_provider_errors_total", "counter", "Requests that failed.") { Double(counters($0, $1).errors) }
+        family("strata_provider_latency_seconds_total", "counter", "Time spent in requests, summed.") {
+            Double(counters($0, $1).nanoseconds) / 1e9
+        }
+        lines.append("# HELP strata_provider_in_flight Requests in flight.")
+        lines.append("# TYPE strata_provider_in_flight gauge")
+        for provider in stats.providers { lines.append("strata_provider_in_flight{provider=\"\(provider.name)\"} \(provider.inFlight)") }
+        lines.append("# HELP strata_provider_busy_seconds_total Time with at least one request in flight.")
+        lines.append("# TYPE strata_provider_busy_seconds_total counter")
+        for provider in stats.providers {
+            lines.append("strata_provider_busy_seconds_total{provider=\"\(provider.name)\"} \(Double(provider.busyNanoseconds) / 1e9)")
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
