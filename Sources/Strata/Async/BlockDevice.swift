@@ -48,6 +48,10 @@ public final class BlockDevice: @unchecked Sendable {
 
     deinit { close() }
 
+    /// The consumer behind the device, for a load generator that issues bio requests
+    /// itself (`strata bench`) within the device's access.
+    public var consumerForBenchmark: Consumer { consumer }
+
     /// Closes the device: access is released and its geom leaves the topology.
     /// Wait for outstanding calls first.
     public func close() {

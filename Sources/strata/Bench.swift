@@ -1,0 +1,266 @@
+import ArgumentParser
+import Foundation
+import Strata
+import StrataConfig
+import Synchronization
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Drive a provider in-process through the bio path and report IOPS, MiB/s and latency (like bdevperf).",
+        discussion: """
+        The topology is built from the file (default ./strata.yaml, else the built-in
+        default) but not served. Example:
+          strata bench --config t.yaml --provider m0 --rw randread --bs 4K --iodepth 32 --seconds 10
+        """)
+
+    @Option(name: .long, help: "The topology file.")
+    var config: String?
+
+    @Option(name: .long, help: "The provider to drive.")
+    var provider: String
+
+    @Option(name: .long, help: "read, write, randread, randwrite or randrw (half reads).")
+    var rw: String = "randread"
+
+    @Option(name: .long, help: "Block size, e.g. 4K or 1M.")
+    var bs: String = "4K"
+
+    @Option(name: .long, help: "Requests in flight per thread.")
+    var iodepth: Int = 32
+
+    @Option(name: .long, help: "How long to run.")
+    var seconds: Double = 10
+
+    @Option(name: .long, help: "Threads issuing requests.")
+    var threads: Int = 1
+
+    @Flag(name: .long, help: #"Print only {"iops", "mibps", "latency_us": {"p50", "p99", "p999", "max"}}."#)
+    var json = false
+
+    func validate() throws {
+        guard ["read", "write", "randread", "randwrite", "randrw"].contains(rw) else {
+            throw ValidationError("--rw '\(rw)' is not read, write, randread, randwrite or randrw")
+        }
+        guard let size = parseSize(bs), size <= 32 << 20 else { throw ValidationError("--bs '\(bs)' is not a size up to 32M") }
+        _ = size
+        guard (1...4096).contains(iodepth) else { throw ValidationError("--iodepth \(iodepth) must be from 1 to 4096") }
+        guard seconds > 0 && seconds <= 86400 else { throw ValidationError("--seconds \(seconds) must be from 0 to 86400") }
+        guard (1...256).contains(threads) else { throw ValidationError("--threads \(threads) must be from 1 to 256") }
+    }
+
+    func run() throws {
+        let configuration: Configuration
+        do {
+            if let config {
+                configuration = try ConfigurationLoader.load(path: config)
+            } else if FileManager.default.fileExists(atPath: "strata.yaml") {
+                configuration = try ConfigurationLoader.load(path: "strata.yaml")
+            } else {
+                throw FailureExit(message: "no topology: give --config FILE (or put a strata.yaml here)")
+            }
+        } catch let error as ConfigError {
+            throw FailureExit(message: "\(error)")
+        }
+        let topology = Topology()
+        defer { topology.shutdown() }
+        do {
+            _ = try TopologyBuilder.build(configuration, topology: topology)
+        } catch let error as ConfigError {
+            throw FailureExit(message: "\(error)")
+        }
+        guard let target = topology.provider(named: provider) else {
+            let known = topology.providers.map(\.name).joined(separator: ", ")
+            throw FailureExit(message: "--provider '\(provider)' is not a provider of this topology (providers: \(known))")
+        }
+        let blockSize = Int(parseSize(bs)!)
+        guard blockSize % target.sectorSize == 0, Int64(blockSize) <= target.mediaSize else {
+            throw FailureExit(message: "--bs \(bs) must be a multiple of \(target.name)'s \(target.sectorSize)-byte sectors and fit in it")
+        }
+        let writes = rw.contains("write") || rw == "randrw"
+        let device = try BlockDevice(opening: target, in: topology, writable: writes)
+        defer { device.close() }
+
+        let deadline = ProcessInfo.processInfo.systemUptime + seconds
+        let drivers = (0..<threads).map { index in
+            BenchDriver(consumer: device.consumerForBenchmark, pattern: rw, blockSize: blockSize, depth: iodepth,
+                        mediaSize: target.mediaSize, seed: UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15, deadline: deadline,
+                        start: Int64(index) * (target.mediaSize / Int64(threads)) / Int64(blockSize) * Int64(blockSize))
+        }
+        let progress = !json && isatty(STDOUT_FILENO) == 1
+        let started = ProcessInfo.processInfo.systemUptime
+        let finished = DispatchGroup()
+        for driver in drivers {
+            finished.enter()
+            Thread.detachNewThread {
+                driver.run()
+                finished.leave()
+            }
+        }
+        while finished.wait(timeout: .now() + 1) == .timedOut {
+            if progress {
+                let elapsed = ProcessInfo.processInfo.systemUptime - started
+                let done = drivers.map(\.completedCount).reduce(0, +)
+                let line = String(format: "\r[%4.0fs] %.0f IOPS, %.1f MiB/s", elapsed, Double(done) / elapsed,
+                                  Double(done) * Double(blockSize) / elapsed / 1048576)
+                FileHandle.standardOutput.write(Data(line.utf8))
+            }
+        }
+        if progress { print("") }
+        let elapsed = ProcessInfo.processInfo.systemUptime - started
+        let histogram = LatencyHistogram.merged(drivers.map(\.latencies))
+        let total = drivers.map(\.completedCount).reduce(0, +)
+        let failures = drivers.map(\.failureCount).reduce(0, +)
+        let iops = Double(total) / elapsed
+        let mibps = iops * Double(blockSize) / 1048576
+        let latency = ["p50": histogram.percentile(50), "p99": histogram.percentile(99), "p999": histogram.percentile(99.9),
+                       "max": histogram.maximum].mapValues { Double($0) / 1000 }
+        if json {
+            let object: [String: Any] = ["iops": iops.rounded(), "mibps": (mibps * 100).rounded() / 100,
+                                         "latency_us": latency.mapValues { ($0 * 100).rounded() / 100 }]
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print("\(rw) bs=\(bs) iodepth=\(iodepth) threads=\(threads) on \(provider): \(total) requests in \(String(format: "%.2f", elapsed)) s")
+            print(String(format: "  %.0f IOPS, %.1f MiB/s", iops, mibps))
+            print(String(format: "  latency (µs): p50 %.1f, p99 %.1f, p99.9 %.1f, max %.1f",
+                         latency["p50"]!, latency["p99"]!, latency["p999"]!, latency["max"]!))
+            if failures > 0 { print("  \(failures) requests failed") }
+        }
+        if failures > 0 { throw ExitCode(2) }
+    }
+}
+
+/// One thread's load: `depth` requests kept in flight until the deadline, each
+/// re-issued from its own completion with no allocation.
+final class BenchDriver: BioDoneHandler, @unchecked Sendable {
+    let consumer: Consumer
+    let pattern: String
+    let blockSize: Int
+    let depth: Int
+    let blocks: Int64
+    let deadline: Double
+    private var random: UInt64
+    private var sequential: Int64
+    private let buffers: UnsafeMutableRawBufferPointer
+    private let inFlight = Atomic<Int>(0)
+    private let completed = Atomic<Int>(0)
+    private let failed = Atomic<Int>(0)
+    private let drained = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private(set) var latencies = LatencyHistogram()
+
+    init(consumer: Consumer, pattern: String, blockSize: Int, depth: Int, mediaSize: Int64, seed: UInt64, deadline: Double,
+         start: Int64) {
+        self.consumer = consumer
+        self.pattern = pattern
+        self.blockSize = blockSize
+        self.depth = depth
+        self.blocks = mediaSize / Int64(blockSize)
+        self.deadline = deadline
+        self.random = seed
+        self.sequential = start / Int64(blockSize)
+        buffers = .allocate(byteCount: blockSize * depth, alignment: 4096)
+        buffers.initializeMemory(as: UInt8.self, repeating: 0xA5)
+    }
+
+    deinit { buffers.deallocate() }
+
+    var completedCount: Int { completed.load(ordering: .relaxed) }
+    var failureCount: Int { failed.load(ordering: .relaxed) }
+
+    func run() {
+        inFlight.store(depth, ordering: .relaxed)
+        for slot in 0..<depth { issue(slot: slot, bio: AnyBioSet.shared.alloc(segments: 1)) }
+        drained.wait()
+    }
+
+    private func issue(slot: Int, bio: consuming Bio) {
+        let random = pattern.hasPrefix("rand")
+        let block: Int64
+        lock.lock()
+        if random {
+            self.random ^= self.random << 13
+            self.random ^= self.random >> 7
+            self.random ^= self.random << 17
+            block = Int64(self.random % UInt64(blocks))
+        } else {
+            block = sequential % blocks
+            sequential += 1
+        }
+        let read = pattern == "read" || pattern == "randread" || (pattern == "randrw" && self.random & 1 == 0)
+        lock.unlock()
+        bio.reset()
+        bio.command = read ? .read : .write
+        bio.offset = block * Int64(blockSize)
+        bio.length = Int64(blockSize)
+        bio.flags = read ? .zeroHint : []
+        bio.setData(UnsafeMutableRawBufferPointer(rebasing: buffers[(slot * blockSize)..<((slot + 1) * blockSize)]))
+        bio.caller1 = UnsafeMutableRawPointer(bitPattern: slot + 1)
+        bio.caller2 = UnsafeMutableRawPointer(bitPattern: UInt(DispatchTime.now().uptimeNanoseconds))
+        bio.done = .handler(self)
+        consumer.request(bio)
+    }
+
+    func bioDone(_ bio: consuming Bio) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let started = UInt64(UInt(bitPattern: bio.caller2))
+        let slot = Int(bitPattern: bio.caller1) - 1
+        if bio.error != nil { failed.wrappingAdd(1, ordering: .relaxed) }
+        completed.wrappingAdd(1, ordering: .relaxed)
+        lock.lock()
+        latencies.record(now &- started)
+        lock.unlock()
+        if ProcessInfo.processInfo.systemUptime < deadline {
+            issue(slot: slot, bio: bio)
+        } else {
+            bio.destroy()
+            if inFlight.wrappingSubtract(1, ordering: .relaxed).newValue == 0 { drained.signal() }
+        }
+    }
+}
+
+/// Latencies in log-linear buckets: 64 per power of two (under 1.6% error).
+struct LatencyHistogram {
+    private var counts = [UInt64](repeating: 0, count: 64 * 64)
+    private(set) var maximum: UInt64 = 0
+    private(set) var total: UInt64 = 0
+
+    mutating func record(_ nanoseconds: UInt64) {
+        counts[Self.bucket(nanoseconds)] += 1
+        maximum = max(maximum, nanoseconds)
+        total += 1
+    }
+
+    static func bucket(_ value: UInt64) -> Int {
+        guard value >= 64 else { return Int(value) }
+        let power = 63 - value.leadingZeroBitCount
+        return (power - 5) * 64 + Int((value >> (power - 6)) & 63)
+    }
+
+    static func lowerBound(_ bucket: Int) -> UInt64 {
+        guard bucket >= 64 else { return UInt64(bucket) }
+        let power = bucket / 64 + 5
+        return (UInt64(64 + bucket % 64)) << (power - 6)
+    }
+
+    func percentile(_ percent: Double) -> UInt64 {
+        guard total > 0 else { return 0 }
+        let rank = UInt64((Double(total) * percent / 100).rounded(.up))
+        var seen: UInt64 = 0
+        for (index, count) in counts.enumerated() where count > 0 {
+            seen += count
+            if seen >= rank { return min(Self.lowerBound(index), maximum) }
+        }
+        return maximum
+    }
+
+    static func merged(_ all: [LatencyHistogram]) -> LatencyHistogram {
+        var result = LatencyHistogram()
+        for histogram in all {
+            for index in histogram.counts.indices { result.counts[index] += histogram.counts[index] }
+            result.maximum = max(result.maximum, histogram.maximum)
+            result.total += histogram.total
+        }
+        return result
+    }
+}
