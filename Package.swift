@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "Strata", targets: ["Strata"]),
         .library(name: "StrataDisks", targets: ["StrataDisks"]),
         .library(name: "StrataNBD", targets: ["StrataNBD"]),
+        .library(name: "StrataClasses", targets: ["StrataClasses"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -24,6 +25,8 @@ let package = Package(
     targets: [
         // The request system and the topology. Imports the toolchain only.
         .target(name: "Strata", swiftSettings: strictSwift),
+        // Transform classes: nop (and, to come, concat, stripe, mirror, part, label).
+        .target(name: "StrataClasses", dependencies: ["Strata"], swiftSettings: strictSwift),
         // Linux calls that need _GNU_SOURCE, for the disks.
         .target(name: "CStrataSystem"),
         // Bottom providers: memory, file, null and zero disks (POSIX).
@@ -56,6 +59,8 @@ let package = Package(
         ], swiftSettings: strictSwift),
         .testTarget(name: "StrataTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
+        .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
+                    swiftSettings: strictSwift),
         .testTarget(name: "StrataCLITests", dependencies: ["StrataConfig"], swiftSettings: strictSwift),
         .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig"],
                     swiftSettings: strictSwift),

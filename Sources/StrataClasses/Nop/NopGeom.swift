@@ -1,0 +1,253 @@
+import Dispatch
+import Strata
+import Synchronization
+
+/// NOP (gnop): passes requests through to one provider, at an offset, and injects
+/// failures and delays on demand. Every other class's failure tests stand on it.
+///
+/// The settings can change while I/O runs (`configure`); each is an atomic the `start`
+/// routine reads once per request.
+public final class NopGeom: Geom, @unchecked Sendable {
+    /// What the nop does to requests. All values are checked by `NopGeom.validate`.
+    public struct Settings: Sendable, Equatable {
+        /// Percent of reads failed with `error` (0 to 100).
+        public var readFailPercent = 0
+        /// Percent of writes, deletes and write-zeroes failed with `error` (0 to 100).
+        public var writeFailPercent = 0
+        /// The errno an injected failure is delivered with (default EIO).
+        public var error: Int32 = BioError.io.errno
+        /// Milliseconds each request waits before it goes down (0 to 60000).
+        public var delayMilliseconds = 0
+        /// Requests let through before every request fails (0: never).
+        public var countUntilFail = 0
+
+        public init(readFailPercent: Int = 0, writeFailPercent: Int = 0, error: Int32 = BioError.io.errno,
+                    delayMilliseconds: Int = 0, countUntilFail: Int = 0) {
+            self.readFailPercent = readFailPercent
+            self.writeFailPercent = writeFailPercent
+            self.error = error
+            self.delayMilliseconds = delayMilliseconds
+            self.countUntilFail = countUntilFail
+        }
+    }
+
+    /// What passed through, per command (like gnop's statistics).
+    public struct Statistics: Sendable, Equatable, Codable {
+        public var reads = 0
+        public var writes = 0
+        public var deletes = 0
+        public var flushes = 0
+        public var getattrs = 0
+        public var bytesRead = 0
+        public var bytesWritten = 0
+        public var failures = 0
+
+        public init(reads: Int = 0, writes: Int = 0, deletes: Int = 0, flushes: Int = 0, getattrs: Int = 0,
+                    bytesRead: Int = 0, bytesWritten: Int = 0, failures: Int = 0) {
+            (self.reads, self.writes, self.deletes, self.flushes, self.getattrs) = (reads, writes, deletes, flushes, getattrs)
+            (self.bytesRead, self.bytesWritten, self.failures) = (bytesRead, bytesWritten, failures)
+        }
+    }
+
+    /// Bytes of the provider below that the nop's provider starts at.
+    public let offset: Int64
+    private let readFailPercent: Atomic<Int>
+    private let writeFailPercent: Atomic<Int>
+    private let errorCode: Atomic<Int32>
+    private let delayMilliseconds: Atomic<Int>
+    /// Requests still let through before all fail; -1 when count-until-fail is off.
+    private let remainingBeforeFailing: Atomic<Int>
+    private let counters = NopCounters()
+    private let random = Atomic<UInt64>(0x2545_F491_4F6C_DD1D)
+
+    init(name: String, offset: Int64, settings: Settings) {
+        self.offset = offset
+        readFailPercent = Atomic(settings.readFailPercent)
+        writeFailPercent = Atomic(settings.writeFailPercent)
+        errorCode = Atomic(settings.error)
+        delayMilliseconds = Atomic(settings.delayMilliseconds)
+        remainingBeforeFailing = Atomic(settings.countUntilFail > 0 ? settings.countUntilFail : -1)
+        super.init(name: name, className: "NOP")
+    }
+
+    /// Makes a nop over `below`: its provider, named `name`, covers `size` bytes (default:
+    /// all of `below` past `offset`).
+    /// - Throws: `StrataError` (EINVAL) naming the parameter and value when one is out of range.
+    @discardableResult
+    public static func create(in topology: Topology, name: String, over below: Provider, offset: Int64 = 0,
+                              size: Int64? = nil, settings: Settings = Settings()) throws -> NopGeom {
+        try validate(settings)
+        let sector = Int64(below.sectorSize)
+        guard offset >= 0, offset % sector == 0, offset < below.mediaSize else {
+            throw StrataError(.invalid, "nop \(name): offset \(offset) must be a multiple of \(sector) inside \(below.name) (\(below.mediaSize) bytes)")
+        }
+        let available = below.mediaSize - offset
+        let mediaSize = size ?? available
+        guard mediaSize > 0, mediaSize % sector == 0, mediaSize <= available else {
+            throw StrataError(.invalid, "nop \(name): size \(mediaSize) must be a multiple of \(sector) and at most \(available) (what \(below.name) has past offset \(offset))")
+        }
+        let geom = NopGeom(name: name, offset: offset, settings: settings)
+        try topology.add(geom)
+        let consumer = topology.createConsumer(for: geom)
+        do {
+            try topology.attach(consumer, to: below)
+            try topology.createProvider(for: geom, name: name, mediaSize: mediaSize, sectorSize: below.sectorSize,
+                                        stripeSize: below.stripeSize, stripeOffset: below.stripeOffset)
+        } catch {
+            topology.wither(geom)
+            throw error
+        }
+        return geom
+    }
+
+    /// Checks settings; the message names the parameter and the value.
+    public static func validate(_ settings: Settings) throws {
+        for (name, value) in [("read-fail-percent", settings.readFailPercent), ("write-fail-percent", settings.writeFailPercent)]
+            where !(0...100).contains(value) {
+            throw StrataError(.invalid, "\(name) \(value) must be from 0 to 100")
+        }
+        guard (1...4095).contains(settings.error) else {
+            throw StrataError(.invalid, "error \(settings.error) must be an errno from 1 to 4095")
+        }
+        guard (0...60_000).contains(settings.delayMilliseconds) else {
+            throw StrataError(.invalid, "delay-ms \(settings.delayMilliseconds) must be from 0 to 60000")
+        }
+        guard settings.countUntilFail >= 0 else {
+            throw StrataError(.invalid, "count-until-fail \(settings.countUntilFail) must not be negative")
+        }
+    }
+
+    /// The settings now.
+    public var settings: Settings {
+        let remaining = remainingBeforeFailing.load(ordering: .relaxed)
+        return Settings(readFailPercent: readFailPercent.load(ordering: .relaxed),
+                        writeFailPercent: writeFailPercent.load(ordering: .relaxed),
+                        error: errorCode.load(ordering: .relaxed),
+                        delayMilliseconds: delayMilliseconds.load(ordering: .relaxed),
+                        countUntilFail: max(remaining, 0))
+    }
+
+    /// Changes the settings while I/O runs (`strata nop configure`).
+    public func configure(_ settings: Settings) throws {
+        try NopGeom.validate(settings)
+        readFailPercent.store(settings.readFailPercent, ordering: .relaxed)
+        writeFailPercent.store(settings.writeFailPercent, ordering: .relaxed)
+        errorCode.store(settings.error, ordering: .relaxed)
+        delayMilliseconds.store(settings.delayMilliseconds, ordering: .relaxed)
+        remainingBeforeFailing.store(settings.countUntilFail > 0 ? settings.countUntilFail : -1, ordering: .relaxed)
+    }
+
+    public var statistics: Statistics { counters.snapshot }
+
+    // MARK: I/O
+
+    override public func start(_ bio: consuming ProviderBio) {
+        counters.count(bio.command, bytes: bio.length)
+        if shouldFail(bio.command) {
+            counters.failed()
+            let error = BioError(errno: errorCode.load(ordering: .relaxed))
+            bio.deliver(error)
+            return
+        }
+        let delay = delayMilliseconds.load(ordering: .relaxed)
+        if delay > 0 {
+            let request = bio.unmanaged()
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(delay)) { [self] in
+                pass(request.takeProviderBio())
+            }
+            return
+        }
+        pass(bio)
+    }
+
+    /// Sends the request on down, shifted by the offset.
+    private func pass(_ bio: consuming ProviderBio) {
+        guard let clone = bio.clone() else {
+            bio.deliver(.noMemory)
+            return
+        }
+        clone.offset += offset
+        if bio.command == .getattr && bio.attribute == .extents && offset != 0 {
+            // Extents come back in the coordinates of the provider below.
+            clone.done = .handler(self)
+        }
+        consumers[0].request(clone)
+        bio.awaitChildren()
+    }
+
+    override public func bioDone(_ bio: consuming Bio) {
+        if bio.error == nil {
+            let count = Int(bio.completed) / BioExtent.encodedSize
+            for index in 0..<count {
+                let record = bio.data.slice(offset: index * BioExtent.encodedSize, count: 8)
+                var value: Int64 = 0
+                withUnsafeMutableBytes(of: &value) { record.copy(to: $0.baseAddress!) }
+                value -= offset
+                withUnsafeBytes(of: value) { record.copy(from: $0.baseAddress!) }
+            }
+        }
+        bio.finishClone()
+    }
+
+    private func shouldFail(_ command: BioCommand) -> Bool {
+        let remaining = remainingBeforeFailing.load(ordering: .relaxed)
+        if remaining >= 0 {
+            if remaining == 0 { return true }
+            _ = remainingBeforeFailing.compareExchange(expected: remaining, desired: remaining - 1, ordering: .relaxed)
+        }
+        let percent: Int
+        switch command {
+        case .read: percent = readFailPercent.load(ordering: .relaxed)
+        case .write, .delete, .writeZeroes: percent = writeFailPercent.load(ordering: .relaxed)
+        case .flush, .getattr: return false
+        }
+        if percent == 0 { return false }
+        if percent >= 100 { return true }
+        return Int(nextRandom() % 100) < percent
+    }
+
+    /// A shared xorshift generator; races between threads only mix it more.
+    private func nextRandom() -> UInt64 {
+        var value = random.load(ordering: .relaxed)
+        value ^= value << 13
+        value ^= value >> 7
+        value ^= value << 17
+        random.store(value, ordering: .relaxed)
+        return value
+    }
+}
+
+/// The nop's per-command counters.
+final class NopCounters: Sendable {
+    private let reads = Atomic<Int>(0)
+    private let writes = Atomic<Int>(0)
+    private let deletes = Atomic<Int>(0)
+    private let flushes = Atomic<Int>(0)
+    private let getattrs = Atomic<Int>(0)
+    private let bytesRead = Atomic<Int>(0)
+    private let bytesWritten = Atomic<Int>(0)
+    private let failures = Atomic<Int>(0)
+
+    func count(_ command: BioCommand, bytes: Int64) {
+        switch command {
+        case .read:
+            reads.wrappingAdd(1, ordering: .relaxed)
+            bytesRead.wrappingAdd(Int(bytes), ordering: .relaxed)
+        case .write:
+            writes.wrappingAdd(1, ordering: .relaxed)
+            bytesWritten.wrappingAdd(Int(bytes), ordering: .relaxed)
+        case .delete, .writeZeroes: deletes.wrappingAdd(1, ordering: .relaxed)
+        case .flush: flushes.wrappingAdd(1, ordering: .relaxed)
+        case .getattr: getattrs.wrappingAdd(1, ordering: .relaxed)
+        }
+    }
+
+    func failed() { failures.wrappingAdd(1, ordering: .relaxed) }
+
+    var snapshot: NopGeom.Statistics {
+        NopGeom.Statistics(reads: reads.load(ordering: .relaxed), writes: writes.load(ordering: .relaxed),
+                           deletes: deletes.load(ordering: .relaxed), flushes: flushes.load(ordering: .relaxed),
+                           getattrs: getattrs.load(ordering: .relaxed), bytesRead: bytesRead.load(ordering: .relaxed),
+                           bytesWritten: bytesWritten.load(ordering: .relaxed), failures: failures.load(ordering: .relaxed))
+    }
+}
