@@ -41,19 +41,19 @@ let package = Package(
         ], swiftSettings: strictSwift),
         // The topology file: YAML in, a checked configuration and a built topology out.
         .target(name: "StrataConfig", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD",
+            "Strata", "StrataDisks", "StrataNBD", "StrataClasses",
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: strictSwift),
         // The control endpoint (HTTP/JSON on a Unix socket) and its client.
         .target(name: "StrataControl", dependencies: [
-            "Strata",
+            "Strata", "StrataClasses",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: strictSwift),
         // The `strata` command.
         .executableTarget(name: "strata", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD", "StrataConfig", "StrataControl",
+            "Strata", "StrataDisks", "StrataNBD", "StrataConfig", "StrataControl", "StrataClasses",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),

@@ -31,6 +31,8 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 
 /// The known word closest to `word`, if it is close enough to be a likely typo.
 func nearest(_ word: String, among candidates: [String]) -> String? {
+    // A key typed short ("delay" for "delay-ms") is as likely a slip as a typo.
+    if word.count >= 3, let extended = candidates.first(where: { $0.hasPrefix(word) }) { return extended }
     let scored = candidates.map { ($0, editDistance(word.lowercased(), $0.lowercased())) }
     guard let best = scored.min(by: { $0.1 < $1.1 }) else { return nil }
     return best.1 <= max(2, word.count / 3) ? best.0 : nil

@@ -27,7 +27,7 @@ public struct BuiltTopology: Sendable {
 public enum TopologyBuilder {
     /// - Throws: `ConfigError` for anything the file got wrong: a disk that cannot be
     ///   opened, an unknown class or key, a name that refers to no provider, a cycle.
-    public static func build(_ configuration: Configuration, classes: [any ConfigurableClass] = [],
+    public static func build(_ configuration: Configuration, classes: [any ConfigurableClass] = availableClasses,
                              topology: Topology = Topology()) throws -> BuiltTopology {
         let file = configuration.file
         var disks: [Disk] = []

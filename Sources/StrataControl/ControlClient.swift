@@ -16,6 +16,15 @@ public struct ControlClient: Sendable {
     /// GETs `route` and returns the body; throws with the server's message on an error
     /// status, and a clear message when nothing answers on the socket.
     public func get(_ route: String) throws -> Data {
+        try exchange("GET", route, body: nil)
+    }
+
+    /// POSTs a JSON body to `route` and returns the answer's body.
+    public func post(_ route: String, json: Data) throws -> Data {
+        try exchange("POST", route, body: json)
+    }
+
+    private func exchange(_ method: String, _ route: String, body requestBody: Data?) throws -> Data {
         let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
         defer { close(descriptor) }
@@ -32,7 +41,12 @@ public struct ControlClient: Sendable {
         guard connected == 0 else {
             throw Failure(description: "no strata server answers on \(path): \(String(cString: strerror(errno))) (is `strata serve` running? use --control)")
         }
-        let request = Array("GET \(route) HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\r\n".utf8)
+        var request = Array("\(method) \(route) HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n".utf8)
+        if let requestBody {
+            request += Array("Content-Type: application/json\r\nContent-Length: \(requestBody.count)\r\n\r\n".utf8) + Array(requestBody)
+        } else {
+            request += Array("\r\n".utf8)
+        }
         _ = request.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var response = Data()
         var chunk = [UInt8](repeating: 0, count: 65536)

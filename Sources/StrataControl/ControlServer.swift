@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Strata
+import StrataClasses
 
 /// The control endpoint of a running server: HTTP/1.1 with JSON bodies on a Unix
 /// socket, so `curl --unix-socket SOCK http://strata/v1/topology` works as well as the
@@ -41,12 +42,15 @@ public final class ControlServer: Sendable {
     }
 
     /// Answers one request: status, content type, body.
-    func respond(method: HTTPMethod, path: String) -> (HTTPResponseStatus, String, Data) {
+    func respond(method: HTTPMethod, path: String, body: Data = Data()) -> (HTTPResponseStatus, String, Data) {
         let route = path.split(separator: "?").first.map(String.init) ?? path
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         func json<T: Encodable>(_ value: T) -> (HTTPResponseStatus, String, Data) {
             (.ok, "application/json", (try? encoder.encode(value)) ?? Data())
+        }
+        if route.hasPrefix("/v1/nop/") {
+            return nop(named: String(route.dropFirst("/v1/nop/".count)), method: method, body: body, encoder: encoder)
         }
         guard method == .GET else {
             return (.methodNotAllowed, "application/json", Data(#"{"error": "only GET is served on \#(route)"}"#.utf8))
@@ -59,6 +63,73 @@ public final class ControlServer: Sendable {
         default:
             return (.notFound, "application/json", Data(#"{"error": "no route \#(route)"}"#.utf8))
         }
+    }
+}
+
+extension ControlServer {
+    /// `GET /v1/nop/NAME`: settings and statistics. `POST /v1/nop/NAME` with any of
+    /// `read-fail-percent`, `write-fail-percent`, `error`, `delay-ms`, `count-until-fail`:
+    /// changes them and answers like GET.
+    func nop(named name: String, method: HTTPMethod, body: Data, encoder: JSONEncoder) -> (HTTPResponseStatus, String, Data) {
+        func failure(_ status: HTTPResponseStatus, _ message: String) -> (HTTPResponseStatus, String, Data) {
+            (status, "application/json", (try? encoder.encode(["error": message])) ?? Data())
+        }
+        guard let nop = topology.geom(named: name) as? NopGeom else { return failure(.notFound, "no nop geom named \(name)") }
+        if method == .POST {
+            guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+                return failure(.badRequest, "the body must be a JSON object")
+            }
+            var settings = nop.settings
+            let keys = ["read-fail-percent", "write-fail-percent", "error", "delay-ms", "count-until-fail"]
+            for (key, value) in object {
+                guard keys.contains(key) else { return failure(.badRequest, "\(key) is not a nop setting (settings: \(keys.joined(separator: ", ")))") }
+                guard let number = value as? Int else { return failure(.badRequest, "\(key) must be a whole number") }
+                switch key {
+                case "read-fail-percent": settings.readFailPercent = number
+                case "write-fail-percent": settings.writeFailPercent = number
+                case "error": settings.error = Int32(clamping: number)
+                case "delay-ms": settings.delayMilliseconds = number
+                default: settings.countUntilFail = number
+                }
+            }
+            do {
+                try nop.configure(settings)
+            } catch let error as StrataError {
+                return failure(.badRequest, error.message)
+            } catch {
+                return failure(.badRequest, "\(error)")
+            }
+        } else if method != .GET {
+            return failure(.methodNotAllowed, "GET or POST")
+        }
+        let report = NopReport(name: nop.name, settings: nop.settings, statistics: nop.statistics)
+        return (.ok, "application/json", (try? encoder.encode(report)) ?? Data())
+    }
+}
+
+/// What `GET /v1/nop/NAME` answers.
+public struct NopReport: Codable, Sendable {
+    public var name: String
+    public var readFailPercent: Int
+    public var writeFailPercent: Int
+    public var error: Int32
+    public var delayMilliseconds: Int
+    public var countUntilFail: Int
+    public var statistics: NopGeom.Statistics
+
+    enum CodingKeys: String, CodingKey {
+        case name, readFailPercent = "read-fail-percent", writeFailPercent = "write-fail-percent", error
+        case delayMilliseconds = "delay-ms", countUntilFail = "count-until-fail", statistics
+    }
+
+    init(name: String, settings: NopGeom.Settings, statistics: NopGeom.Statistics) {
+        self.name = name
+        readFailPercent = settings.readFailPercent
+        writeFailPercent = settings.writeFailPercent
+        error = settings.error
+        delayMilliseconds = settings.delayMilliseconds
+        countUntilFail = settings.countUntilFail
+        self.statistics = statistics
     }
 }
 
@@ -78,6 +149,7 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
 
     private let server: ControlServer
     private var head: HTTPRequestHead?
+    private var body = Data()
 
     init(server: ControlServer) { self.server = server }
 
@@ -85,11 +157,13 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
         switch unwrapInboundIn(data) {
         case .head(let request):
             head = request
-        case .body:
-            break
+            body = Data()
+        case .body(let part):
+            // Control requests are small; anything past 64 KiB is not one.
+            if body.count < 65536 { body.append(contentsOf: part.readableBytesView) }
         case .end:
             guard let head else { return }
-            let (status, type, body) = server.respond(method: head.method, path: head.uri)
+            let (status, type, body) = server.respond(method: head.method, path: head.uri, body: self.body)
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: type)
             headers.add(name: "Content-Length", value: "\(body.count)")

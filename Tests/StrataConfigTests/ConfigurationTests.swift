@@ -198,11 +198,44 @@ import Testing
 
     @Test func anUnknownClassIsNamed() {
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: mirorr\n    consumers: [d0]")
-                == "t.yaml:5: geoms[0].class: 'mirorr': is not a known class (no transform classes are available yet)")
+                == "t.yaml:5: geoms[0].class: 'mirorr': is not a known class (known: nop)")
+        #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: nopp\n    consumers: [d0]")
+                == "t.yaml:5: geoms[0].class: 'nopp': is not a known class; did you mean 'nop'?")
     }
 
     @Test func aDiskThatCannotBeOpenedIsReportedAtItsLine() {
         let message = failure("disks:\n  - name: d0\n    file: /nonexistent-dir/d0.img")
         #expect(message.hasPrefix("t.yaml:2: disks[0]: 'd0': open /nonexistent-dir/d0.img"), "\(message)")
+    }
+
+    @Test func aNopIsBuiltFromItsKeys() throws {
+        let built = try build("""
+        disks:
+          - name: d0
+            memory: 4MiB
+        geoms:
+          - name: n0
+            class: nop
+            consumers: [d0]
+            offset: 1MiB
+            read-fail-percent: 10
+            delay-ms: 0
+        exports:
+          - name: vol
+            provider: n0
+        """)
+        defer { built.topology.shutdown() }
+        #expect(built.topology.provider(named: "n0")?.mediaSize == 3 << 20)
+        #expect(built.geoms.map(\.className) == ["NOP"])
+    }
+
+    @Test func nopKeysAreCheckedByTheClassWithTheirPlace() {
+        let base = "disks:\n  - name: d0\n    memory: 4MiB\ngeoms:\n  - name: n0\n    class: nop\n    consumers: [d0]\n"
+        #expect(failure(base + "    read-fail-percent: 101")
+                == "t.yaml:8: geoms[0].read-fail-percent: '101': must be a whole number from 0 to 100")
+        #expect(failure(base + "    delay: 5") == "t.yaml:8: geoms[0].delay: is not a key of class nop; did you mean 'delay-ms'?")
+        #expect(failure(base + "    offset: 8MiB").hasPrefix("t.yaml:8: geoms[0].offset: '8MiB': nop n0: offset 8388608 must be"))
+        #expect(failure("disks:\n  - name: a\n    memory: 1M\n  - name: b\n    memory: 1M\ngeoms:\n  - name: n\n    class: nop\n    consumers: [a, b]")
+                .contains("a nop consumes exactly one provider"))
     }
 }
