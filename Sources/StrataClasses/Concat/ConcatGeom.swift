@@ -1,0 +1,43 @@
+import Strata
+
+/// CONCAT (gconcat): components end to end. A request that spans two components is
+/// split. Each component keeps its label in its last sector.
+public final class ConcatGeom: LabelledGeom, @unchecked Sendable {
+    init(name: String, id: UInt64, count: Int) {
+        super.init(name: name, className: "CONCAT", kind: .concat, id: id, count: count, stripeSize: 0)
+    }
+
+    /// Makes a concat of `providers`, in order, and labels them.
+    @discardableResult
+    public static func create(in topology: Topology, name: String, over providers: [Provider]) throws -> ConcatGeom {
+        guard providers.count >= 1, providers.count <= 64 else {
+            throw StrataError(.invalid, "concat \(name): \(providers.count) components; a concat has 1 to 64")
+        }
+        let geom = ConcatGeom(name: name, id: UInt64.random(in: 1...UInt64.max), count: providers.count)
+        try LabelledAssembly.create(geom, over: providers, in: topology)
+        return geom
+    }
+
+    override public func mediaSize() -> Int64 { dataSizes.reduce(0, +) }
+
+    override public func locate(_ offset: Int64) -> (component: Int, offset: Int64, run: Int64) {
+        var start: Int64 = 0
+        for (index, size) in dataSizes.enumerated() {
+            if offset < start + size { return (index, offset - start, start + size - offset) }
+            start += size
+        }
+        return (dataSizes.count - 1, offset - (start - dataSizes.last!), 0)
+    }
+}
+
+/// The concat class: reassembles concats from their labels.
+public final class ConcatClass: GeomClass {
+    public let name = "CONCAT"
+    public init() {}
+
+    public func taste(_ provider: Provider, in topology: Topology) -> Geom? {
+        LabelledAssembly.taste(provider, kind: .concat, in: topology) { label in
+            ConcatGeom(name: label.name, id: label.id, count: label.count)
+        }
+    }
+}

@@ -1,0 +1,247 @@
+import Strata
+
+/// A geom over several components that each carry a `ComponentLabel` (concat, stripe):
+/// it assembles from its labels, maps each request onto its components, and splits
+/// requests that cross a boundary. Subclasses say how an offset maps (`locate`) and how
+/// big the whole is (`mediaSize`).
+open class LabelledGeom: Geom, @unchecked Sendable {
+    public let kind: ComponentLabel.Kind
+    public let id: UInt64
+    public let componentCount: Int
+    public let stripeSize: Int64
+    /// Components by label index; nil until tasted or attached.
+    public internal(set) var components: [Consumer?]
+    /// Data bytes of each component, from its label.
+    public internal(set) var dataSizes: [Int64]
+    /// The components in label order, set once all are present and before the provider
+    /// exists; `start` reads it without the topology lock.
+    private var ordered: [Consumer] = []
+
+    init(name: String, className: String, kind: ComponentLabel.Kind, id: UInt64, count: Int, stripeSize: Int64) {
+        self.kind = kind
+        self.id = id
+        self.componentCount = count
+        self.stripeSize = stripeSize
+        components = Array(repeating: nil, count: count)
+        dataSizes = Array(repeating: 0, count: count)
+        super.init(name: name, className: className)
+    }
+
+    /// Bytes the geom's provider offers, once every component is present.
+    open func mediaSize() -> Int64 { fatalError("\(className) must say its media size") }
+
+    /// Where byte `offset` lives: the component, the offset in it, and how many bytes
+    /// from there stay in that component before the next boundary.
+    open func locate(_ offset: Int64) -> (component: Int, offset: Int64, run: Int64) {
+        fatalError("\(className) must map offsets")
+    }
+
+    /// The label component `index` carries.
+    func label(index: Int, dataSize: Int64) -> ComponentLabel {
+        ComponentLabel(kind: kind, name: name, id: id, index: index, count: componentCount, stripeSize: stripeSize,
+                       dataSize: dataSize)
+    }
+
+    var isComplete: Bool { components.allSatisfy { $0 != nil } }
+
+    /// Attaches `provider` as component `index` (from its label) and makes the provider
+    /// once all are present. Topology locked (tasting or creation).
+    func adopt(_ provider: Provider, index: Int, dataSize: Int64, in topology: Topology) throws {
+        guard components[index] == nil else {
+            throw StrataError(.exists, "\(className.lowercased()) \(name): component \(index) is already \(components[index]!.provider?.name ?? "?")")
+        }
+        let consumer = topology.createConsumer(for: self)
+        try topology.attach(consumer, to: provider)
+        components[index] = consumer
+        dataSizes[index] = dataSize
+        if isComplete && providers.isEmpty {
+            ordered = components.map { $0! }
+            let sector = components.map { $0!.provider!.sectorSize }.max()!
+            try topology.createProvider(for: self, name: name, mediaSize: mediaSize() / Int64(sector) * Int64(sector),
+                                        sectorSize: sector, stripeSize: stripeSize, stripeOffset: 0)
+        }
+    }
+
+    // MARK: I/O
+
+    override open func start(_ bio: consuming ProviderBio) {
+        switch bio.command {
+        case .flush:
+            fanOut(bio)
+        case .getattr:
+            if bio.attribute == .extents {
+                extents(bio)
+            } else if bio.attribute == .ident {
+                bio.deliverAttribute(string: "\(className.lowercased()):\(name)")
+            } else {
+                passToFirst(bio)
+            }
+        case .read, .write, .delete, .writeZeroes:
+            split(bio)
+        }
+    }
+
+    /// Sends the request to every component (a flush).
+    private func fanOut(_ bio: consuming ProviderBio) {
+        var clones: [UnmanagedBio] = []
+        for _ in ordered {
+            guard let clone = bio.clone() else {
+                for made in clones { made.takeBio().destroy() }
+                bio.deliver(.noMemory)
+                return
+            }
+            clones.append(clone.unmanaged())
+        }
+        bio.awaitChildren()
+        for (index, clone) in clones.enumerated() { ordered[index].request(clone.takeBio()) }
+    }
+
+    private func passToFirst(_ bio: consuming ProviderBio) {
+        guard let clone = bio.clone() else {
+            bio.deliver(.noMemory)
+            return
+        }
+        ordered[0].request(clone)
+        bio.awaitChildren()
+    }
+
+    /// Maps a data request onto the components, one clone per run between boundaries.
+    private func split(_ bio: consuming ProviderBio) {
+        let offset = bio.offset
+        let length = bio.length
+        let first = locate(offset)
+        if first.run >= length {
+            // The common case: all of it in one component.
+            guard let clone = bio.clone() else {
+                bio.deliver(.noMemory)
+                return
+            }
+            clone.offset = first.offset
+            ordered[first.component].request(clone)
+            bio.awaitChildren()
+            return
+        }
+        var clones: [(UnmanagedBio, Int)] = []
+        var done: Int64 = 0
+        while done < length {
+            let place = locate(offset + done)
+            let piece = min(place.run, length - done)
+            guard let clone = bio.clone(range: done, length: piece) else {
+                for (made, _) in clones { made.takeBio().destroy() }
+                bio.deliver(.noMemory)
+                return
+            }
+            clone.offset = place.offset
+            clones.append((clone.unmanaged(), place.component))
+            done += piece
+        }
+        bio.awaitChildren()
+        for (clone, component) in clones { ordered[component].request(clone.takeBio()) }
+    }
+
+    /// Extents of the run the range starts in, shifted into the geom's coordinates; the
+    /// asker continues from where the answer stops.
+    private func extents(_ bio: consuming ProviderBio) {
+        let place = locate(bio.offset)
+        let length = min(bio.length, place.run)
+        guard length > 0, let clone = bio.clone(range: 0, length: bio.length) else {
+            bio.deliverAttribute(extents: [])
+            return
+        }
+        clone.offset = place.offset
+        clone.length = length
+        // The shift back, kept in the consumer-private field for the done routine.
+        clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: Int(bio.offset - place.offset)))
+        clone.done = .handler(self)
+        ordered[place.component].request(clone)
+        bio.awaitChildren()
+    }
+
+    override open func bioDone(_ bio: consuming Bio) {
+        let shift = Int64(Int(bitPattern: UInt(bitPattern: bio.caller1)))
+        if bio.error == nil {
+            let count = Int(bio.completed) / BioExtent.encodedSize
+            for index in 0..<count {
+                let record = bio.data.slice(offset: index * BioExtent.encodedSize, count: 8)
+                var value: Int64 = 0
+                withUnsafeMutableBytes(of: &value) { record.copy(to: $0.baseAddress!) }
+                value += shift
+                withUnsafeBytes(of: value) { record.copy(from: $0.baseAddress!) }
+            }
+        }
+        bio.finishClone()
+    }
+}
+
+/// Creates labelled geoms from a topology file or a program, and reassembles them by
+/// tasting: the part concat and stripe share.
+enum LabelledAssembly {
+    /// Makes `geom` over `providers` and writes every component's label.
+    /// - Throws: `StrataError` when a component already carries another geom's label.
+    static func create(_ geom: LabelledGeom, over providers: [Provider], in topology: Topology) throws {
+        try topology.add(geom)
+        for provider in providers {
+            if let existing = ComponentLabel.read(from: provider, through: geom, in: topology),
+               existing.name != geom.name || existing.kind != geom.kind {
+                topology.remove(geom)
+                throw StrataError(.busy, "\(provider.name) carries the metadata of \(existing.kind.className) \(existing.name); clear it first")
+            }
+        }
+        do {
+            for (index, provider) in providers.enumerated() {
+                let dataSize = provider.mediaSize - Int64(provider.sectorSize)
+                let writer = topology.createConsumer(for: geom)
+                defer { topology.destroy(writer) }
+                try topology.attach(writer, to: provider)
+                try topology.access(writer, read: 0, write: 1, exclusive: 0)
+                defer { try? topology.access(writer, read: 0, write: -1, exclusive: 0) }
+                try geom.label(index: index, dataSize: dataSize).write(through: writer)
+            }
+            for (index, provider) in providers.enumerated() {
+                try geom.adopt(provider, index: index, dataSize: provider.mediaSize - Int64(provider.sectorSize), in: topology)
+            }
+        } catch {
+            topology.wither(geom)
+            throw error
+        }
+    }
+
+    /// Tastes `provider` for a label of `kind`; joins it to its geom, making the geom if
+    /// it is the first component seen.
+    static func taste(_ provider: Provider, kind: ComponentLabel.Kind, in topology: Topology,
+                      make: (ComponentLabel) -> LabelledGeom) -> Geom? {
+        let probe = Geom(name: "taste:\(kind.className):\(provider.name)", className: "TASTE")
+        guard (try? topology.add(probe)) != nil else { return nil }
+        let label = ComponentLabel.read(from: provider, through: probe, in: topology)
+        topology.remove(probe)
+        guard let label, label.kind == kind else { return nil }
+        let geom: LabelledGeom
+        if let existing = topology.geom(named: label.name) {
+            guard let same = existing as? LabelledGeom, same.kind == kind, same.id == label.id else {
+                topology.emit(.warning, "\(provider.name) carries \(kind.className) \(label.name) metadata, but a different geom has that name")
+                return nil
+            }
+            geom = same
+        } else {
+            geom = make(label)
+            guard (try? topology.add(geom)) != nil else { return nil }
+        }
+        do {
+            try geom.adopt(provider, index: label.index, dataSize: label.dataSize, in: topology)
+        } catch {
+            topology.emit(.warning, "\(provider.name): \(error)")
+            return nil
+        }
+        return geom
+    }
+}
+
+extension ComponentLabel.Kind {
+    var className: String {
+        switch self {
+        case .concat: "concat"
+        case .stripe: "stripe"
+        case .label: "label"
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import Strata
+
+/// STRIPE (gstripe): `stripe-size` bytes from each component in turn. The media is the
+/// number of components times the smallest, rounded down to the stripe size; requests
+/// are split at stripe boundaries. The stripe size is reported upward.
+public final class StripeGeom: LabelledGeom, @unchecked Sendable {
+    init(name: String, id: UInt64, count: Int, stripeSize: Int64) {
+        super.init(name: name, className: "STRIPE", kind: .stripe, id: id, count: count, stripeSize: stripeSize)
+    }
+
+    /// Makes a stripe over `providers` and labels them.
+    /// - Throws: `StrataError` naming the parameter when the stripe size is not a power of
+    ///   two at least the sector size, or there are fewer than 2 components.
+    @discardableResult
+    public static func create(in topology: Topology, name: String, over providers: [Provider],
+                              stripeSize: Int64 = 64 << 10) throws -> StripeGeom {
+        guard providers.count >= 2, providers.count <= 64 else {
+            throw StrataError(.invalid, "stripe \(name): \(providers.count) components; a stripe has 2 to 64")
+        }
+        let sector = Int64(providers.map(\.sectorSize).max()!)
+        guard stripeSize >= sector, stripeSize & (stripeSize - 1) == 0 else {
+            throw StrataError(.invalid, "stripe-size \(stripeSize) is not a power of two of at least \(sector) (the sector size)")
+        }
+        let smallest = providers.map { $0.mediaSize - Int64($0.sectorSize) }.min()!
+        guard smallest >= stripeSize else {
+            throw StrataError(.invalid, "stripe-size \(stripeSize) is larger than the smallest component (\(smallest) bytes)")
+        }
+        let geom = StripeGeom(name: name, id: UInt64.random(in: 1...UInt64.max), count: providers.count, stripeSize: stripeSize)
+        try LabelledAssembly.create(geom, over: providers, in: topology)
+        return geom
+    }
+
+    override public func mediaSize() -> Int64 {
+        let perComponent = dataSizes.min()! / stripeSize * stripeSize
+        return perComponent * Int64(componentCount)
+    }
+
+    override public func locate(_ offset: Int64) -> (component: Int, offset: Int64, run: Int64) {
+        let stripe = offset / stripeSize
+        let within = offset % stripeSize
+        let component = Int(stripe % Int64(componentCount))
+        let row = stripe / Int64(componentCount)
+        return (component, row * stripeSize + within, stripeSize - within)
+    }
+}
+
+/// The stripe class: reassembles stripes from their labels.
+public final class StripeClass: GeomClass {
+    public let name = "STRIPE"
+    public init() {}
+
+    public func taste(_ provider: Provider, in topology: Topology) -> Geom? {
+        LabelledAssembly.taste(provider, kind: .stripe, in: topology) { label in
+            StripeGeom(name: label.name, id: label.id, count: label.count, stripeSize: label.stripeSize)
+        }
+    }
+}
