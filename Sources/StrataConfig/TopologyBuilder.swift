@@ -13,6 +13,13 @@ public protocol ConfigurableClass: Sendable {
     /// Makes the geom, adds it to `topology`, attaches it to `consumers` and creates its
     /// providers.
     func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom
+    /// For a geom tasting already assembled under the entry's name: how it differs from
+    /// the entry, or nil when it matches. Classes without metadata never assemble so.
+    func difference(_ spec: GeomSpec, from geom: Geom) -> String?
+}
+
+extension ConfigurableClass {
+    public func difference(_ spec: GeomSpec, from geom: Geom) -> String? { nil }
 }
 
 /// What a configuration built: the topology, its disks and geoms, and the exports to serve.
@@ -31,6 +38,9 @@ public enum TopologyBuilder {
                              topology: Topology = Topology()) throws -> BuiltTopology {
         let file = configuration.file
         var disks: [Disk] = []
+        // Classes with on-disk metadata taste each disk as it appears.
+        let tasting = Set(topology.classes.map(\.name))
+        for geomClass in tastingClasses where !tasting.contains(geomClass.name) { topology.register(geomClass) }
         for (index, spec) in configuration.disks.enumerated() {
             do {
                 disks.append(try makeDisk(spec, in: topology))
@@ -40,6 +50,8 @@ public enum TopologyBuilder {
             }
         }
 
+        // Let tasting reassemble what it can before the entries are looked at.
+        topology.settle()
         var geoms: [Geom] = []
         var pending = Array(configuration.geoms.enumerated())
         while !pending.isEmpty {
@@ -96,6 +108,16 @@ public enum TopologyBuilder {
             var problem = "is not a key of class \(geomClass.name) (known: \(allowed.joined(separator: ", ")))"
             if let guess = nearest(key, among: allowed) { problem = "is not a key of class \(geomClass.name); did you mean '\(guess)'?" }
             throw ConfigError(file: file, line: value.line, key: value.key, value: nil, problem: problem)
+        }
+        if let assembled = topology.geom(named: spec.name) {
+            // Tasting found it on its disks: it must be what the file describes.
+            let sameClass = assembled.className.lowercased() == geomClass.name
+            let difference = sameClass ? geomClass.difference(spec, from: assembled)
+                : "its metadata makes it a \(assembled.className.lowercased()), the file says \(geomClass.name)"
+            if let difference {
+                throw ConfigError(file: file, line: spec.line, key: path, value: spec.name, problem: "disagrees with the disks: \(difference)")
+            }
+            return assembled
         }
         let consumers = spec.consumers.map { topology.provider(named: $0)! }
         do {

@@ -198,7 +198,7 @@ import Testing
 
     @Test func anUnknownClassIsNamed() {
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: mirorr\n    consumers: [d0]")
-                == "t.yaml:5: geoms[0].class: 'mirorr': is not a known class (known: nop)")
+                == "t.yaml:5: geoms[0].class: 'mirorr': is not a known class (known: nop, concat, stripe)")
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: nopp\n    consumers: [d0]")
                 == "t.yaml:5: geoms[0].class: 'nopp': is not a known class; did you mean 'nop'?")
     }
@@ -237,5 +237,73 @@ import Testing
         #expect(failure(base + "    offset: 8MiB").hasPrefix("t.yaml:8: geoms[0].offset: '8MiB': nop n0: offset 8388608 must be"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n  - name: b\n    memory: 1M\ngeoms:\n  - name: n\n    class: nop\n    consumers: [a, b]")
                 .contains("a nop consumes exactly one provider"))
+    }
+}
+
+/// Concat and stripe from a topology file, and back by tasting alone.
+@Suite struct LabelledConfigurationTests {
+    static func directory() throws -> String {
+        let path = NSTemporaryDirectory() + "strata-labelled-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    static let disks = """
+    disks:
+      - name: d0
+        file: d0.img
+        size: 4MiB
+      - name: d1
+        file: d1.img
+        size: 4MiB
+    """
+
+    func build(_ yaml: String, in directory: String) throws -> BuiltTopology {
+        try TopologyBuilder.build(ConfigurationLoader.parse(yaml, file: "t.yaml", baseDirectory: directory))
+    }
+
+    @Test func aStripeDeclaredOnceComesBackFromTheDisksAlone() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let first = try build(Self.disks + "\ngeoms:\n  - name: s0\n    class: stripe\n    consumers: [d0, d1]\n    stripe-size: 16KiB\n", in: directory)
+        #expect(first.topology.provider(named: "s0")?.stripeSize == 16384)
+        #expect(first.topology.shutdown())
+        let second = try build(Self.disks + "\nexports:\n  - name: vol\n    provider: s0\n", in: directory)
+        defer { second.topology.shutdown() }
+        #expect(second.topology.provider(named: "s0")?.stripeSize == 16384, "tasting reassembled it with no geoms entry")
+        #expect(second.exports.map(\.provider) == ["s0"])
+    }
+
+    @Test func anEntryThatDisagreesWithTheDisksNamesTheDifference() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let first = try build(Self.disks + "\ngeoms:\n  - name: s0\n    class: stripe\n    consumers: [d0, d1]\n", in: directory)
+        #expect(first.topology.shutdown())
+        for (entry, difference) in [
+            ("class: stripe\n    consumers: [d1, d0]", "its metadata has components [d0, d1], the file says [d1, d0]"),
+            ("class: stripe\n    consumers: [d0, d1]\n    stripe-size: 128KiB", "its metadata says stripe-size 65536, the file says 131072"),
+            ("class: concat\n    consumers: [d0, d1]", "its metadata makes it a stripe, the file says concat"),
+        ] {
+            do {
+                let built = try build(Self.disks + "\ngeoms:\n  - name: s0\n    \(entry)\n", in: directory)
+                built.topology.shutdown()
+                Issue.record("accepted \(entry)")
+            } catch let error as ConfigError {
+                #expect(error.problem == "disagrees with the disks: \(difference)", "\(error)")
+                #expect(error.line == 9 && error.value == "s0")
+            }
+        }
+    }
+
+    @Test func aBadStripeSizeIsReportedAtItsKey() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let built = try build(Self.disks + "\ngeoms:\n  - name: s0\n    class: stripe\n    consumers: [d0, d1]\n    stripe-size: 3000\n", in: directory)
+            built.topology.shutdown()
+            Issue.record("accepted stripe-size 3000")
+        } catch let error as ConfigError {
+            #expect("\(error)" == "t.yaml:12: geoms[0].stripe-size: '3000': stripe-size 3000 is not a power of two of at least 512 (the sector size)")
+        }
     }
 }
