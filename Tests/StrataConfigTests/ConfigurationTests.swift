@@ -307,3 +307,19 @@ import Testing
         }
     }
 }
+
+extension LabelledConfigurationTests {
+    @Test func aLabelEntryMakesLabelSlashNameAndComesBackByItself() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let yaml = Self.disks + "\ngeoms:\n  - name: home\n    class: label\n    consumers: [d1]\nexports:\n  - name: vol\n    provider: label/home\n"
+        let first = try build(yaml, in: directory)
+        let size: Int64? = first.topology.provider(named: "label/home")?.mediaSize
+        #expect(size == Int64(4 << 20) - 512)
+        #expect(first.topology.shutdown())
+        let second = try build(Self.disks + "\nexports:\n  - name: vol\n    provider: label/home\n", in: directory)
+        defer { second.topology.shutdown() }
+        #expect(second.exports.first?.provider == "label/home")
+        #expect(second.topology.provider(named: "label/home") != nil, "tasting found the label with no geoms entry")
+    }
+}

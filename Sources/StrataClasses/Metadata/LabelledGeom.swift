@@ -36,9 +36,12 @@ open class LabelledGeom: Geom, @unchecked Sendable {
         fatalError("\(className) must map offsets")
     }
 
+    /// The name written in the labels (the geom's name, unless a class says otherwise).
+    open var labelName: String { name }
+
     /// The label component `index` carries.
     func label(index: Int, dataSize: Int64) -> ComponentLabel {
-        ComponentLabel(kind: kind, name: name, id: id, index: index, count: componentCount, stripeSize: stripeSize,
+        ComponentLabel(kind: kind, name: labelName, id: id, index: index, count: componentCount, stripeSize: stripeSize,
                        dataSize: dataSize)
     }
 
@@ -182,7 +185,7 @@ enum LabelledAssembly {
         try topology.add(geom)
         for provider in providers {
             if let existing = ComponentLabel.read(from: provider, through: geom, in: topology),
-               existing.name != geom.name || existing.kind != geom.kind {
+               existing.name != geom.labelName || existing.kind != geom.kind {
                 topology.remove(geom)
                 throw StrataError(.busy, "\(provider.name) carries the metadata of \(existing.kind.className) \(existing.name); clear it first")
             }
@@ -216,7 +219,7 @@ enum LabelledAssembly {
         topology.remove(probe)
         guard let label, label.kind == kind else { return nil }
         let geom: LabelledGeom
-        if let existing = topology.geom(named: label.name) {
+        if let existing = topology.geom(named: label.geomName) {
             guard let same = existing as? LabelledGeom, same.kind == kind, same.id == label.id else {
                 topology.emit(.warning, "\(provider.name) carries \(kind.className) \(label.name) metadata, but a different geom has that name")
                 return nil
@@ -234,6 +237,11 @@ enum LabelledAssembly {
         }
         return geom
     }
+}
+
+extension ComponentLabel {
+    /// The name of the geom a label belongs to: a label's geom is `label/NAME`.
+    var geomName: String { kind == .label ? "label/\(name)" : name }
 }
 
 extension ComponentLabel.Kind {

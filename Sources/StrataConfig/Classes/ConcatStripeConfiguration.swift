@@ -52,3 +52,18 @@ func labelledDifference(_ spec: GeomSpec, _ geom: LabelledGeom) -> String? {
     }
     return nil
 }
+
+/// `class: label`: the one provider in `consumers` labelled with the entry's name, served
+/// as `label/NAME`.
+public struct LabelConfiguration: ConfigurableClass {
+    public let name = "label"
+    public let parameterKeys: [String] = []
+    public init() {}
+
+    public func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom {
+        guard consumers.count == 1 else {
+            throw StrataError(.invalid, "a label names exactly one provider, not \(consumers.count)")
+        }
+        return try LabelGeom.create(in: topology, label: spec.name, on: consumers[0])
+    }
+}
