@@ -75,7 +75,9 @@ public struct ConfigurationLoader {
         var geoms: [GeomSpec] = []
         for (index, node) in try list(top["geoms"], key: "geoms").enumerated() {
             let geom = try self.geom(node, path: "geoms[\(index)]")
-            try claim(geom.name, node, "geoms[\(index)].name", as: "a disk or geom")
+            // A part entry is named after the disk it reads; its providers are NAMEp1, ...
+            let namedAfterItsDisk = geom.className == "part" && geom.consumers == [geom.name]
+            if !namedAfterItsDisk { try claim(geom.name, node, "geoms[\(index)].name", as: "a disk or geom") }
             geoms.append(geom)
         }
         var exports: [ExportSpec] = []

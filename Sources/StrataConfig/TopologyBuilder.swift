@@ -109,7 +109,7 @@ public enum TopologyBuilder {
             if let guess = nearest(key, among: allowed) { problem = "is not a key of class \(geomClass.name); did you mean '\(guess)'?" }
             throw ConfigError(file: file, line: value.line, key: value.key, value: nil, problem: problem)
         }
-        let assembledName = geomClass.name == "label" ? "label/\(spec.name)" : spec.name
+        let assembledName = ["label", "part"].contains(geomClass.name) ? "\(geomClass.name)/\(spec.name)" : spec.name
         if let assembled = topology.geom(named: assembledName) {
             // Tasting found it on its disks: it must be what the file describes.
             let sameClass = assembled.className.lowercased() == geomClass.name

@@ -198,7 +198,7 @@ import Testing
 
     @Test func anUnknownClassIsNamed() {
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: mirorr\n    consumers: [d0]")
-                == "t.yaml:5: geoms[0].class: 'mirorr': is not a known class (known: nop, concat, stripe)")
+                == "t.yaml:5: geoms[0].class: 'mirorr': is not a known class (known: nop, concat, stripe, label, part)")
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: nopp\n    consumers: [d0]")
                 == "t.yaml:5: geoms[0].class: 'nopp': is not a known class; did you mean 'nop'?")
     }
@@ -321,5 +321,44 @@ extension LabelledConfigurationTests {
         defer { second.topology.shutdown() }
         #expect(second.exports.first?.provider == "label/home")
         #expect(second.topology.provider(named: "label/home") != nil, "tasting found the label with no geoms entry")
+    }
+}
+
+extension LabelledConfigurationTests {
+    @Test func aPartEntryNamedAfterItsDiskServesItsPartitions() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let image = directory + "/g0.img"
+        FileManager.default.createFile(atPath: image, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: image))
+        try handle.truncate(atOffset: 32 << 20)
+        try handle.close()
+        let sfdisk = Process()
+        sfdisk.executableURL = URL(fileURLWithPath: "/usr/sbin/sfdisk")
+        sfdisk.arguments = ["--no-reread", "--no-tell-kernel", image]
+        let input = Pipe()
+        sfdisk.standardInput = input
+        sfdisk.standardOutput = FileHandle.nullDevice
+        try sfdisk.run()
+        input.fileHandleForWriting.write(Data("label: gpt\nsize=4MiB\nsize=8MiB\n".utf8))
+        try input.fileHandleForWriting.close()
+        sfdisk.waitUntilExit()
+        let built = try build("""
+        disks:
+          - name: g0
+            file: g0.img
+        geoms:
+          - name: g0
+            class: part
+            consumers: [g0]
+        exports:
+          - name: boot
+            provider: g0p1
+          - name: data
+            provider: g0p2
+        """, in: directory)
+        defer { built.topology.shutdown() }
+        let sizes: [Int64?] = [built.topology.provider(named: "g0p1")?.mediaSize, built.topology.provider(named: "g0p2")?.mediaSize]
+        #expect(sizes == [4 << 20, 8 << 20])
     }
 }

@@ -67,3 +67,18 @@ public struct LabelConfiguration: ConfigurableClass {
         return try LabelGeom.create(in: topology, label: spec.name, on: consumers[0])
     }
 }
+
+/// `class: part`: reads the partition table of its one provider, named after it
+/// (`name: g0`, `consumers: [g0]`), and serves `g0p1`, `g0p2`, …
+public struct PartConfiguration: ConfigurableClass {
+    public let name = "part"
+    public let parameterKeys: [String] = []
+    public init() {}
+
+    public func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom {
+        guard consumers.count == 1, consumers[0].name == spec.name else {
+            throw StrataError(.invalid, "a part entry is named after the one provider it reads (name: \(consumers.first?.name ?? "d0"), consumers: [\(consumers.first?.name ?? "d0")])")
+        }
+        return try PartGeom.create(in: topology, over: consumers[0])
+    }
+}

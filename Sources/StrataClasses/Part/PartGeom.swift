@@ -1,0 +1,112 @@
+import Strata
+
+/// PART (gpart): one provider per partition of a disk's GPT or MBR, named
+/// `<provider>p<N>`. Requests are shifted by the partition's start. A damaged primary
+/// GPT is read from its backup, and the topology's log says so.
+public final class PartGeom: Geom, @unchecked Sendable {
+    public let table: PartitionTable
+    /// Partition start in bytes, by provider.
+    private var starts: [ObjectIdentifier: Int64] = [:]
+
+    init(disk: String, table: PartitionTable) {
+        self.table = table
+        super.init(name: "part/\(disk)", className: "PART")
+    }
+
+    /// Reads the table of `provider` and makes its partitions' providers.
+    /// - Throws: `StrataError` when the provider has no table, or a damaged one.
+    @discardableResult
+    public static func create(in topology: Topology, over provider: Provider) throws -> PartGeom {
+        guard let table = try readTable(of: provider, in: topology) else {
+            throw StrataError(.invalid, "\(provider.name) has no partition table (GPT or MBR)")
+        }
+        return try make(table: table, over: provider, in: topology)
+    }
+
+    static func make(table: PartitionTable, over provider: Provider, in topology: Topology) throws -> PartGeom {
+        let geom = PartGeom(disk: provider.name, table: table)
+        try topology.add(geom)
+        do {
+            try topology.attach(topology.createConsumer(for: geom), to: provider)
+            let sector = Int64(provider.sectorSize)
+            for partition in table.partitions {
+                guard partition.firstLBA >= 1, partition.lastLBA >= partition.firstLBA,
+                      (partition.lastLBA + 1) * sector <= provider.mediaSize else {
+                    topology.emit(.warning, "\(provider.name): partition \(partition.number) lies outside the disk; skipped")
+                    continue
+                }
+                let child = try topology.createProvider(for: geom, name: "\(provider.name)p\(partition.number)",
+                                                        mediaSize: partition.sectors * sector, sectorSize: provider.sectorSize)
+                geom.starts[ObjectIdentifier(child)] = partition.firstLBA * sector
+            }
+        } catch {
+            topology.wither(geom)
+            throw error
+        }
+        if table.usedBackup {
+            topology.emit(.warning, "\(provider.name): the primary GPT is damaged; read the backup at the end of the disk")
+        }
+        return geom
+    }
+
+    /// Reads the partition table of `provider` (nil when there is none).
+    public static func readTable(of provider: Provider, in topology: Topology) throws -> PartitionTable? {
+        let probe = Geom(name: "taste:part:\(provider.name):\(UInt32.random(in: 0...UInt32.max))", className: "TASTE")
+        try topology.add(probe)
+        defer { topology.remove(probe) }
+        let consumer = topology.createConsumer(for: probe)
+        defer { topology.destroy(consumer) }
+        try topology.attach(consumer, to: provider)
+        try topology.access(consumer, read: 1, write: 0, exclusive: 0)
+        defer { try? topology.access(consumer, read: -1, write: 0, exclusive: 0) }
+        let sector = provider.sectorSize
+        return try PartitionTable.read(sectorSize: sector, sectors: provider.mediaSize / Int64(sector)) { lba, count in
+            try consumer.readSync(at: lba * Int64(sector), count: count * sector)
+        }
+    }
+
+    override public func start(_ bio: consuming ProviderBio) {
+        guard let provider = bio.to, let start = starts[ObjectIdentifier(provider)] else {
+            bio.deliver(.noDevice)
+            return
+        }
+        guard let clone = bio.clone() else {
+            bio.deliver(.noMemory)
+            return
+        }
+        clone.offset += start
+        if bio.command == .getattr && bio.attribute == .extents {
+            clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(start))
+            clone.done = .handler(self)
+        }
+        consumers[0].request(clone)
+        bio.awaitChildren()
+    }
+
+    /// Extents come back in disk coordinates: shift them into the partition's.
+    override public func bioDone(_ bio: consuming Bio) {
+        let start = Int64(UInt(bitPattern: bio.caller1))
+        if bio.error == nil {
+            for index in 0..<(Int(bio.completed) / BioExtent.encodedSize) {
+                let record = bio.data.slice(offset: index * BioExtent.encodedSize, count: 8)
+                var value: Int64 = 0
+                withUnsafeMutableBytes(of: &value) { record.copy(to: $0.baseAddress!) }
+                value -= start
+                withUnsafeBytes(of: value) { record.copy(from: $0.baseAddress!) }
+            }
+        }
+        bio.finishClone()
+    }
+}
+
+/// The partition class: makes partitions for every provider with a table.
+public final class PartClass: GeomClass {
+    public let name = "PART"
+    public init() {}
+
+    public func taste(_ provider: Provider, in topology: Topology) -> Geom? {
+        guard topology.geom(named: "part/\(provider.name)") == nil,
+              let table = try? PartGeom.readTable(of: provider, in: topology) else { return nil }
+        return try? PartGeom.make(table: table, over: provider, in: topology)
+    }
+}
