@@ -1,0 +1,191 @@
+import Dispatch
+import Strata
+
+extension MirrorGeom {
+    /// Makes a mirror of `providers` (2 to 16): writes each one's metadata and starts
+    /// serving. The mirror is one sector smaller than its smallest component.
+    /// - Throws: `StrataError` when a component carries another geom's metadata or the
+    ///   parameters are out of range.
+    @discardableResult
+    public static func create(in topology: Topology, name: String, over providers: [Provider],
+                              balance: MirrorBalance = .load, slice: Int = 1 << 20) throws -> MirrorGeom {
+        guard (2...maximumComponents).contains(providers.count) else {
+            throw StrataError(.invalid, "mirror \(name): \(providers.count) components; a mirror has 2 to \(maximumComponents)")
+        }
+        guard slice >= 4096, slice & (slice - 1) == 0 else {
+            throw StrataError(.invalid, "slice \(slice) must be a power of two of at least 4096")
+        }
+        let sector = Int64(providers.map(\.sectorSize).max()!)
+        let size = (providers.map(\.mediaSize).min()! - sector) / sector * sector
+        let mirror = MirrorGeom(name: name, mirrorID: UInt64.random(in: 1...UInt64.max), mediaSize: size, balance: balance,
+                                slice: slice, expected: providers.count, genid: 1, syncid: 1)
+        try topology.add(mirror)
+        do {
+            for (index, provider) in providers.enumerated() {
+                if let other = readMetadata(of: provider, in: topology), other.name != name {
+                    throw StrataError(.busy, "\(provider.name) carries the metadata of mirror \(other.name); forget it first")
+                }
+                let metadata = MirrorMetadata(name: name, mirrorID: mirror.mirrorID, diskID: UInt64.random(in: 1...UInt64.max),
+                                              components: providers.count, genid: 1, syncid: 1, priority: 0, balance: balance,
+                                              slice: slice, mediaSize: size, syncOffset: 0, flags: [])
+                try mirror.attach(provider, as: index, metadata: metadata, in: topology)
+                mirror.slots[index].set(.active)
+            }
+            mirror.writeMetadata()
+            try mirror.launch(in: topology)
+        } catch {
+            topology.wither(mirror)
+            throw error
+        }
+        return mirror
+    }
+
+    /// Opens `provider` as component `index`: mirrors keep their components open.
+    func attach(_ provider: Provider, as index: Int, metadata: MirrorMetadata, in topology: Topology) throws {
+        let consumer = topology.createConsumer(for: self)
+        try topology.attach(consumer, to: provider)
+        try topology.access(consumer, read: 1, write: 1, exclusive: 1)
+        slots[index].consumer = consumer
+        slots[index].metadata = metadata
+    }
+
+    /// Decides each present component's state from the metadata and starts serving:
+    /// stale copies (older genid or syncid) and interrupted rebuilds are synchronized;
+    /// if the mirror was not closed cleanly, every copy but one is resynchronized.
+    func launch(in topology: Topology) throws {
+        let present = slots.prefix(expected).filter { $0.consumer != nil && $0.metadata != nil }
+        guard let newest = present.map({ $0.metadata! }).max(by: { $0.isOlder(than: $1) }) else {
+            throw StrataError(.noDevice, "mirror \(name): no component present")
+        }
+        var sources: [Slot] = []
+        for slot in present {
+            let metadata = slot.metadata!
+            if metadata.isOlder(than: newest) {
+                slot.syncOffset.store(0, ordering: .releasing)
+                slot.set(.synchronizing)
+                topology.emit(.notice, "mirror \(name): \(slot.name) is stale; rebuilding it")
+            } else if metadata.flags.contains(.synchronizing) {
+                slot.syncOffset.store(metadata.syncOffset, ordering: .releasing)
+                slot.set(.synchronizing)
+                topology.emit(.notice, "mirror \(name): resuming the rebuild of \(slot.name) at \(metadata.syncOffset)")
+            } else {
+                sources.append(slot)
+                slot.set(.active)
+            }
+        }
+        guard let source = sources.max(by: { ($0.metadata!.priority, -$0.index) < ($1.metadata!.priority, -$1.index) }) else {
+            throw StrataError(.noDevice, "mirror \(name): no up-to-date component present")
+        }
+        if sources.contains(where: { $0.metadata!.flags.contains(.dirty) }) {
+            // Not closed cleanly: the copies may differ where writes were in flight.
+            for slot in sources where slot !== source {
+                slot.syncOffset.store(0, ordering: .releasing)
+                slot.set(.synchronizing)
+            }
+            topology.emit(.notice, "mirror \(name) was not closed cleanly; resynchronizing from \(source.name)")
+        }
+        setGenerations(genid: newest.genid, syncid: newest.syncid)
+        writeMetadata()
+        let sector = present.map { $0.consumer!.provider!.sectorSize }.max()!
+        try topology.createProvider(for: self, name: name, mediaSize: mirrorSize, sectorSize: sector)
+        startRebuild()
+    }
+
+    /// Adds `provider` as a new component and rebuilds it while I/O goes on
+    /// (`strata mirror insert`).
+    public func insert(_ provider: Provider, in topology: Topology) throws {
+        try topology.withLock {
+            guard provider.mediaSize - Int64(provider.sectorSize) >= mirrorSize else {
+                throw StrataError(.noSpace, "\(provider.name) is smaller than mirror \(name) needs")
+            }
+            guard let slot = slots.prefix(expected).first(where: { $0.state == .broken || $0.state == .empty }) else {
+                throw StrataError(.busy, "mirror \(name) has no broken or empty component place to insert into")
+            }
+            if let old = slot.consumer {
+                slot.consumer = nil
+                try? topology.access(old, read: -old.readCount, write: -old.writeCount, exclusive: -old.exclusiveCount)
+                topology.destroy(old)
+            }
+            let template = slots.prefix(expected).compactMap(\.metadata).first!
+            var metadata = template
+            metadata.diskID = UInt64.random(in: 1...UInt64.max)
+            metadata.priority = 0
+            try attach(provider, as: slot.index, metadata: metadata, in: topology)
+            slot.syncOffset.store(0, ordering: .releasing)
+            slot.set(.synchronizing)
+        }
+        writeMetadata()
+        startRebuild()
+    }
+
+    func setGenerations(genid: UInt32, syncid: UInt32) {
+        updateGenerations(genid, syncid)
+    }
+
+    static func readMetadata(of provider: Provider, in topology: Topology) -> MirrorMetadata? {
+        let probe = Geom(name: "taste:mirror:\(provider.name):\(UInt32.random(in: 0...UInt32.max))", className: "TASTE")
+        guard (try? topology.add(probe)) != nil else { return nil }
+        defer { topology.remove(probe) }
+        let consumer = topology.createConsumer(for: probe)
+        defer { topology.destroy(consumer) }
+        do {
+            try topology.attach(consumer, to: provider)
+            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
+            defer { try? topology.access(consumer, read: -1, write: 0, exclusive: 0) }
+            return MirrorMetadata.decode(try consumer.readSync(at: provider.mediaSize - Int64(provider.sectorSize),
+                                                               count: provider.sectorSize))
+        } catch {
+            return nil
+        }
+    }
+}
+
+/// The mirror class: reassembles mirrors from their components' metadata. A mirror
+/// starts when all its components are present, or after `wait` seconds with those that
+/// are (degraded).
+public final class MirrorClass: GeomClass, @unchecked Sendable {
+    public let name = "MIRROR"
+    let wait: Double
+
+    public init(wait: Double = 2) { self.wait = wait }
+
+    public func taste(_ provider: Provider, in topology: Topology) -> Geom? {
+        guard let metadata = MirrorGeom.readMetadata(of: provider, in: topology) else { return nil }
+        let mirror: MirrorGeom
+        if let existing = topology.geom(named: metadata.name) {
+            guard let same = existing as? MirrorGeom, same.mirrorID == metadata.mirrorID else {
+                topology.emit(.warning, "\(provider.name) carries mirror \(metadata.name) metadata, but a different geom has that name")
+                return nil
+            }
+            guard same.providers.isEmpty else {
+                topology.emit(.notice, "\(provider.name) belongs to mirror \(metadata.name), which is running; insert it to use it")
+                return nil
+            }
+            mirror = same
+        } else {
+            mirror = MirrorGeom(name: metadata.name, mirrorID: metadata.mirrorID, mediaSize: metadata.mediaSize,
+                                balance: metadata.balance, slice: metadata.slice, expected: metadata.components,
+                                genid: metadata.genid, syncid: metadata.syncid)
+            guard (try? topology.add(mirror)) != nil else { return nil }
+            DispatchQueue.global().asyncAfter(deadline: .now() + wait) {
+                topology.withLock {
+                    guard mirror.topology === topology, mirror.providers.isEmpty else { return }
+                    do { try mirror.launch(in: topology) } catch {
+                        topology.emit(.error, "mirror \(mirror.name): \(error)")
+                    }
+                }
+            }
+        }
+        guard let slot = mirror.slots.prefix(mirror.expected).first(where: { $0.consumer == nil }) else { return nil }
+        do {
+            try mirror.attach(provider, as: slot.index, metadata: metadata, in: topology)
+            if mirror.slots.prefix(mirror.expected).allSatisfy({ $0.consumer != nil }) {
+                try mirror.launch(in: topology)
+            }
+        } catch {
+            topology.emit(.warning, "mirror \(metadata.name): \(provider.name): \(error)")
+            return nil
+        }
+        return mirror
+    }
+}

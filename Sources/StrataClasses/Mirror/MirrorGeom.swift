@@ -1,0 +1,469 @@
+import Dispatch
+import Strata
+import Synchronization
+
+/// MIRROR (gmirror): every write goes to every component; reads go to one, by the
+/// balance algorithm. A component that fails a write is ejected (BROKEN) before the
+/// write is acknowledged, and the write succeeds if any copy took it; a failed read is
+/// retried on another component. Metadata in each component's last sector (genid,
+/// syncid, dirty flag, sync offset) lets a restart tell stale copies from fresh ones;
+/// a mirror found dirty is resynchronized. Components are rebuilt online while I/O goes
+/// on, and a rebuild resumes from its saved offset.
+public final class MirrorGeom: Geom, @unchecked Sendable {
+    public enum ComponentState: UInt8, Sendable {
+        case empty, active, synchronizing, stale, broken
+        public var name: String {
+            switch self {
+            case .empty: "EMPTY"
+            case .active: "ACTIVE"
+            case .synchronizing: "SYNCHRONIZING"
+            case .stale: "STALE"
+            case .broken: "BROKEN"
+            }
+        }
+    }
+
+    /// One component place. The table never changes size: `start` reads it without a
+    /// lock; a slot's consumer is set before its state publishes it.
+    final class Slot: @unchecked Sendable {
+        let index: Int
+        let stateStorage = Atomic<UInt8>(ComponentState.empty.rawValue)
+        let syncOffset = Atomic<Int64>(0)
+        let inFlight = Atomic<Int>(0)
+        var consumer: Consumer?
+        var metadata: MirrorMetadata?
+
+        init(index: Int) { self.index = index }
+
+        var state: ComponentState { ComponentState(rawValue: stateStorage.load(ordering: .acquiring))! }
+        func set(_ state: ComponentState) { stateStorage.store(state.rawValue, ordering: .releasing) }
+        var name: String { consumer?.provider?.name ?? "-" }
+    }
+
+    static let maximumComponents = 16
+    static let chunk: Int64 = 1 << 20
+
+    public let mirrorID: UInt64
+    public let mirrorSize: Int64
+    public let balance: MirrorBalance
+    public let slice: Int
+    let expected: Int
+    let slots: [Slot]
+    /// Guards metadata (genid, syncid, dirty), the rebuild gate and parked writes.
+    private let lock = ConditionLock()
+    private var genid: UInt32
+    private var syncid: UInt32
+    private var dirty = false
+    private let roundRobin = Atomic<Int>(0)
+    /// Metadata writes happen here, never on an I/O thread.
+    private let metadataQueue: DispatchQueue
+
+    // The rebuild gate: while a rebuild runs, writes register their ranges, and writes
+    // that overlap the chunk being copied wait.
+    private let rebuildActive = Atomic<Bool>(false)
+    private let untrackedWrites = Atomic<Int>(0)
+    private var copying: Range<Int64>?
+    private var tracked: [Int: Range<Int64>] = [:]
+    private var nextTrackingID = 2
+    private var parked = BioQueue()
+    private var rebuilding: Int?
+    /// Bytes per second a rebuild may copy (0: no limit).
+    public let rebuildRate = Atomic<Int>(0)
+
+    init(name: String, mirrorID: UInt64, mediaSize: Int64, balance: MirrorBalance, slice: Int, expected: Int,
+         genid: UInt32, syncid: UInt32) {
+        self.mirrorID = mirrorID
+        self.mirrorSize = mediaSize
+        self.balance = balance
+        self.slice = slice
+        self.expected = expected
+        self.genid = genid
+        self.syncid = syncid
+        slots = (0..<MirrorGeom.maximumComponents).map(Slot.init)
+        metadataQueue = DispatchQueue(label: "strata.mirror.\(name)")
+        super.init(name: name, className: "MIRROR")
+    }
+
+    // MARK: Reads
+
+    private func readable(_ slot: Slot, _ end: Int64) -> Bool {
+        switch slot.state {
+        case .active: true
+        case .synchronizing: end <= slot.syncOffset.load(ordering: .acquiring)
+        default: false
+        }
+    }
+
+    /// The component a read of `offset ..< end` goes to, avoiding `tried` (a bit mask).
+    private func chooseReader(end: Int64, tried: UInt32) -> Slot? {
+        let candidates = slots.prefix(expected).filter { tried & (1 << UInt32($0.index)) == 0 && readable($0, end) }
+        guard !candidates.isEmpty else { return nil }
+        switch balance {
+        case .load, .split:
+            return candidates.min { $0.inFlight.load(ordering: .relaxed) < $1.inFlight.load(ordering: .relaxed) }
+        case .prefer:
+            return candidates.max { ($0.metadata?.priority ?? 0) < ($1.metadata?.priority ?? 0) }
+        case .roundRobin:
+            return candidates[roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % candidates.count]
+        }
+    }
+
+    private func send(_ clone: consuming Bio, to slot: Slot, tag: Int) {
+        clone.caller1 = UnsafeMutableRawPointer(bitPattern: slot.index + 1)
+        clone.caller2 = UnsafeMutableRawPointer(bitPattern: tag)
+        clone.done = .handler(self)
+        slot.inFlight.wrappingAdd(1, ordering: .relaxed)
+        slot.consumer!.request(clone)
+    }
+
+    override public func start(_ bio: consuming ProviderBio) {
+        switch bio.command {
+        case .read, .getattr:
+            read(bio)
+        case .write, .delete, .writeZeroes, .flush:
+            write(bio)
+        }
+    }
+
+    private func read(_ bio: consuming ProviderBio) {
+        let end = bio.offset + max(bio.length, 0)
+        if balance == .split && bio.command == .read && bio.length >= 2 * Int64(slice) {
+            let readers = slots.prefix(expected).filter { readable($0, end) }
+            if readers.count >= 2 {
+                splitRead(bio, across: readers)
+                return
+            }
+        }
+        guard let slot = chooseReader(end: end, tried: 0) else {
+            bio.deliver(.io)
+            return
+        }
+        guard let clone = bio.clone() else {
+            bio.deliver(.noMemory)
+            return
+        }
+        clone.consumerFlags = 1 << UInt32(slot.index)
+        send(clone, to: slot, tag: 0)
+        bio.awaitChildren()
+    }
+
+    private func splitRead(_ bio: consuming ProviderBio, across readers: [Slot]) {
+        var clones: [(UnmanagedBio, Slot)] = []
+        var at: Int64 = 0
+        var turn = 0
+        while at < bio.length {
+            let piece = min(Int64(slice), bio.length - at)
+            guard let clone = bio.clone(range: at, length: piece) else {
+                for (made, _) in clones { made.takeBio().destroy() }
+                bio.deliver(.noMemory)
+                return
+            }
+            let slot = readers[turn % readers.count]
+            clone.consumerFlags = 1 << UInt32(slot.index)
+            clones.append((clone.unmanaged(), slot))
+            at += piece
+            turn += 1
+        }
+        bio.awaitChildren()
+        for (clone, slot) in clones { send(clone.takeBio(), to: slot, tag: 0) }
+    }
+
+    // MARK: Writes
+
+    private func write(_ bio: consuming ProviderBio) {
+        let range = bio.offset..<(bio.offset + max(bio.length, 0))
+        // Writes count themselves before looking at the rebuild flag, so a rebuild that
+        // starts waits for them (see `startRebuild`).
+        untrackedWrites.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        var tag = 1
+        if rebuildActive.load(ordering: .sequentiallyConsistent) {
+            untrackedWrites.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+            lock.lock()
+            if bio.command != .flush, let copying, copying.overlaps(range) {
+                parked.append(bio)
+                lock.unlock()
+                return
+            }
+            tag = nextTrackingID
+            nextTrackingID += 1
+            tracked[tag] = range
+            lock.unlock()
+        }
+        let targets = slots.prefix(expected).filter { slot in
+            switch slot.state {
+            case .active: true
+            case .synchronizing: bio.command == .flush || range.lowerBound < slot.syncOffset.load(ordering: .acquiring)
+            default: false
+            }
+        }
+        guard !targets.isEmpty else {
+            finishTracking(tag)
+            bio.deliver(.io)
+            return
+        }
+        bio.combine = .anySuccess
+        var clones: [UnmanagedBio] = []
+        for _ in targets {
+            guard let clone = bio.clone() else {
+                for made in clones { made.takeBio().destroy() }
+                finishTracking(tag)
+                bio.deliver(.noMemory)
+                return
+            }
+            clones.append(clone.unmanaged())
+        }
+        // One tracking entry per write, released by its last clone.
+        if tag == 1 { untrackedWrites.wrappingAdd(targets.count - 1, ordering: .sequentiallyConsistent) }
+        else { lock.withLock { trackedClones[tag] = targets.count } }
+        bio.awaitChildren()
+        for (clone, slot) in zip(clones, targets) { send(clone.takeBio(), to: slot, tag: tag) }
+    }
+
+    private var trackedClones: [Int: Int] = [:]
+
+    private func finishTracking(_ tag: Int) {
+        if tag == 1 {
+            untrackedWrites.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+            return
+        }
+        lock.withLock {
+            let left = (trackedClones[tag] ?? 1) - 1
+            if left <= 0 {
+                trackedClones[tag] = nil
+                tracked[tag] = nil
+                lock.broadcast()
+            } else {
+                trackedClones[tag] = left
+            }
+        }
+    }
+
+    // MARK: Completion
+
+    override public func bioDone(_ bio: consuming Bio) {
+        let slot = slots[Int(bitPattern: bio.caller1) - 1]
+        let tag = Int(bitPattern: bio.caller2)
+        slot.inFlight.wrappingSubtract(1, ordering: .relaxed)
+        if tag != 0 { finishTracking(tag) }
+        guard let error = bio.error else {
+            bio.finishClone()
+            return
+        }
+        if bio.command == .read || bio.command == .getattr {
+            if bio.command == .read { eject(slot, because: error) }
+            let end = bio.offset + max(bio.length, 0)
+            if let other = chooseReader(end: end, tried: bio.consumerFlags) {
+                // Retry the same clone on another component.
+                bio.consumerFlags |= 1 << UInt32(other.index)
+                send(bio, to: other, tag: 0)
+                return
+            }
+            bio.finishClone()
+            return
+        }
+        // A copy that did not take the write must never be read again: eject it before
+        // the write is acknowledged (the parent completes after this returns).
+        if bio.command != .flush || error != .notSupported { eject(slot, because: error) }
+        bio.finishClone()
+    }
+
+    /// Marks a component BROKEN if it was in use, and records the ejection in the others'
+    /// metadata (a new genid).
+    private func eject(_ slot: Slot, because error: BioError) {
+        let was = slot.state
+        guard was == .active || was == .synchronizing else { return }
+        slot.set(.broken)
+        topology?.emit(.warning, "mirror \(name): component \(slot.name) failed (\(error)); ejected, mirror degraded")
+        metadataQueue.async { [self] in
+            lock.withLock { genid &+= 1 }
+            writeMetadata()
+        }
+    }
+
+    /// A component went away: eject it and go on with the rest. The slot keeps its
+    /// consumer (requests that chose it fail cleanly); its access is closed so the
+    /// topology can detach it once they have.
+    override public func orphan(_ consumer: Consumer) {
+        guard let slot = slots.first(where: { $0.consumer === consumer }) else { return }
+        eject(slot, because: .noDevice)
+        try? topology?.access(consumer, read: -consumer.readCount, write: -consumer.writeCount,
+                              exclusive: -consumer.exclusiveCount)
+    }
+
+    // MARK: Access: dirty while open for writing
+
+    override public func access(_ provider: Provider, read: Int, write: Int, exclusive: Int) throws {
+        // The components stay open while the mirror runs; only the dirty flag follows
+        // the writers above.
+        let writers = provider.accessCounts.write
+        if writers == 0 && write > 0 {
+            lock.withLock {
+                dirty = true
+                syncid &+= 1
+            }
+            writeMetadata()
+        } else if writers > 0 && writers + write == 0 {
+            flushComponents()
+            lock.withLock { dirty = false }
+            writeMetadata()
+        }
+    }
+
+    private func flushComponents() {
+        for slot in slots.prefix(expected) where slot.state == .active || slot.state == .synchronizing {
+            _ = try? slot.consumer?.performSync(.flush, offset: 0, length: 0)
+        }
+    }
+
+    /// Writes every live component's metadata (durably).
+    func writeMetadata() {
+        let (genid, syncid, dirty) = lock.withLock { (self.genid, self.syncid, self.dirty) }
+        for slot in slots.prefix(expected) {
+            let state = slot.state
+            guard state == .active || state == .synchronizing, let consumer = slot.consumer,
+                  let provider = consumer.provider, var metadata = slot.metadata else { continue }
+            metadata.genid = genid
+            metadata.syncid = syncid
+            metadata.flags = dirty ? [.dirty] : []
+            if state == .synchronizing {
+                metadata.flags.insert(.synchronizing)
+                metadata.syncOffset = slot.syncOffset.load(ordering: .acquiring)
+            } else {
+                metadata.syncOffset = 0
+            }
+            slot.metadata = metadata
+            do {
+                try consumer.writeSync(metadata.encoded(sectorSize: provider.sectorSize),
+                                       at: provider.mediaSize - Int64(provider.sectorSize), flags: .fua)
+            } catch {
+                topology?.emit(.error, "mirror \(name): writing metadata to \(slot.name): \(error)")
+            }
+        }
+    }
+
+    // MARK: Rebuild
+
+    /// Copies everything to `slot` from the live components while I/O goes on, from its
+    /// sync offset on; the offset is saved as it goes, so a restart resumes. One rebuild
+    /// at a time; the next waiting component follows.
+    func startRebuild() {
+        let next: Slot? = lock.withLock {
+            guard rebuilding == nil,
+                  let slot = slots.prefix(expected).first(where: { $0.state == .synchronizing }) else { return nil }
+            rebuilding = slot.index
+            return slot
+        }
+        guard let slot = next else { return }
+        startWorkerThread { [self] in
+            rebuildActive.store(true, ordering: .sequentiallyConsistent)
+            // Writes that began before the flag was up are not tracked: let them finish.
+            while untrackedWrites.load(ordering: .sequentiallyConsistent) > 0 { sleepMilliseconds(1) }
+            let finished = copy(into: slot)
+            lock.withLock {
+                rebuilding = nil
+                copying = nil
+            }
+            rebuildActive.store(false, ordering: .sequentiallyConsistent)
+            releaseParked()
+            if finished {
+                slot.set(.active)
+                topology?.emit(.notice, "mirror \(name): \(slot.name) synchronized")
+            }
+            metadataQueue.sync { writeMetadata() }
+            startRebuild()
+        }
+    }
+
+    private func copy(into target: Slot) -> Bool {
+        var sinceSave = 0
+        var offset = target.syncOffset.load(ordering: .acquiring)
+        let started = monotonicNow()
+        var copied: Int64 = 0
+        while offset < mirrorSize {
+            guard target.state == .synchronizing, topology != nil else { return false }
+            let range = offset..<min(offset + MirrorGeom.chunk, mirrorSize)
+            lock.withLock {
+                copying = range
+                while tracked.values.contains(where: { $0.overlaps(range) }) { lock.wait() }
+            }
+            guard let data = readChunk(range), target.state == .synchronizing else {
+                lock.withLock { copying = nil }
+                releaseParked()
+                return false
+            }
+            do {
+                try target.consumer!.writeSync(data, at: range.lowerBound)
+            } catch {
+                lock.withLock { copying = nil }
+                eject(target, because: (error as? StrataError)?.code ?? .io)
+                releaseParked()
+                return false
+            }
+            target.syncOffset.store(range.upperBound, ordering: .releasing)
+            lock.withLock { copying = nil }
+            releaseParked()
+            offset = range.upperBound
+            copied += Int64(range.count)
+            sinceSave += 1
+            if sinceSave >= 16 {
+                sinceSave = 0
+                metadataQueue.sync { writeMetadata() }
+            }
+            let rate = rebuildRate.load(ordering: .relaxed)
+            if rate > 0 {
+                let due = Double(copied) / Double(rate)
+                let elapsed = monotonicNow() - started
+                if due > elapsed { sleepMilliseconds(Int((due - elapsed) * 1000)) }
+            }
+        }
+        return true
+    }
+
+    /// Reads a chunk from a live component, ejecting any that fails.
+    private func readChunk(_ range: Range<Int64>) -> [UInt8]? {
+        while let source = slots.prefix(expected).first(where: { $0.state == .active }) {
+            do {
+                return try source.consumer!.readSync(at: range.lowerBound, count: range.count)
+            } catch {
+                eject(source, because: (error as? StrataError)?.code ?? .io)
+            }
+        }
+        return nil
+    }
+
+    private func releaseParked() {
+        var waiting = BioQueue()
+        lock.withLock { swap(&waiting, &parked) }
+        while let bio = waiting.popFirst() { start(bio) }
+    }
+
+    // MARK: Status
+
+    /// COMPLETE, DEGRADED or SYNCHRONIZING, with progress and each component's state.
+    public var status: (state: String, progress: Double, components: [(name: String, state: String)]) {
+        let used = slots.prefix(expected)
+        let components = used.map { ($0.name, $0.state.name) }
+        if let index = lock.withLock({ rebuilding }) {
+            let done = Double(slots[index].syncOffset.load(ordering: .relaxed)) / Double(max(mirrorSize, 1))
+            return ("SYNCHRONIZING", done, components)
+        }
+        let complete = used.allSatisfy { $0.state == .active }
+        return (complete ? "COMPLETE" : "DEGRADED", complete ? 1 : 0, components)
+    }
+
+    func updateGenerations(_ genid: UInt32, _ syncid: UInt32) {
+        lock.withLock {
+            self.genid = genid
+            self.syncid = syncid
+        }
+    }
+}
+
+private func sleepMilliseconds(_ milliseconds: Int) {
+    let gate = ConditionLock()
+    gate.withLock { _ = gate.wait(seconds: Double(milliseconds) / 1000) }
+}
+
+private func monotonicNow() -> Double {
+    Double(DispatchTime.now().uptimeNanoseconds) / 1e9
+}

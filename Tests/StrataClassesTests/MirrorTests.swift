@@ -1,0 +1,236 @@
+import Foundation
+import Strata
+import StrataClasses
+import StrataDisks
+import Synchronization
+import Testing
+
+/// MIRROR: replication, ejection, read retry, balance, online rebuild, restart and resync.
+@Suite(.timeLimit(.minutes(2)))
+struct MirrorTests {
+    static func pattern(_ count: Int, seed: Int) -> [UInt8] {
+        (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 97 &+ seed &* 13) }
+    }
+
+    /// Compares two components byte for byte outside their metadata sector.
+    static func identical(_ a: Provider, _ b: Provider, in topology: Topology, size: Int64) async throws -> Bool {
+        let left = try BlockDevice(opening: a, in: topology, writable: false)
+        let right = try BlockDevice(opening: b, in: topology, writable: false)
+        defer { left.close(); right.close() }
+        var offset: Int64 = 0
+        while offset < size {
+            let count = Int(min(1 << 20, size - offset))
+            if try await left.read(at: offset, count: count) != right.read(at: offset, count: count) { return false }
+            offset += Int64(count)
+        }
+        return true
+    }
+
+    static func waitFor(_ mirror: MirrorGeom, state: String, seconds: Double = 60) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            if mirror.status.state == state { return true }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
+    @Test func writesLandOnEveryComponent() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<3).map { try MemoryDisk.create(in: topology, name: "mw\($0)", size: 4 << 20) }
+        let mirror = try MirrorGeom.create(in: topology, name: "m0", over: disks.map(\.provider))
+        #expect(mirror.providers[0].mediaSize == (4 << 20) - 512)
+        #expect(mirror.status.state == "COMPLETE")
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        try await device.write(Self.pattern(65536, seed: 1), at: 8192)
+        device.close()
+        for disk in disks {
+            let direct = try BlockDevice(opening: disk.provider, in: topology, writable: false)
+            #expect(try await direct.read(at: 8192, count: 65536) == Self.pattern(65536, seed: 1))
+            direct.close()
+        }
+    }
+
+    @Test func aComponentThatFailsAWriteIsEjectedAndTheWriteStillSucceeds() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<2).map { try MemoryDisk.create(in: topology, name: "fw\($0)", size: 4 << 20) }
+        let nop = try NopGeom.create(in: topology, name: "fw-nop", over: disks[0].provider)
+        let mirror = try MirrorGeom.create(in: topology, name: "m1", over: [nop.providers[0], disks[1].provider])
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        try nop.configure(.init(writeFailPercent: 100))
+        try await device.write(Self.pattern(4096, seed: 2), at: 0)
+        #expect(mirror.status.state == "DEGRADED")
+        #expect(mirror.status.components.map(\.state) == ["BROKEN", "ACTIVE"])
+        try nop.configure(.init())
+        let before = nop.statistics.writes
+        try await device.write(Self.pattern(4096, seed: 3), at: 4096)
+        #expect(nop.statistics.writes == before, "an ejected component gets no more writes")
+        #expect(try await device.read(at: 0, count: 8192) == Self.pattern(4096, seed: 2) + Self.pattern(4096, seed: 3))
+    }
+
+    @Test func aFailedReadIsRetriedOnAnotherComponent() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<2).map { try MemoryDisk.create(in: topology, name: "fr\($0)", size: 4 << 20) }
+        let nop = try NopGeom.create(in: topology, name: "fr-nop", over: disks[0].provider)
+        let mirror = try MirrorGeom.create(in: topology, name: "m2", over: [nop.providers[0], disks[1].provider],
+                                           balance: .roundRobin)
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        try await device.write(Self.pattern(8192, seed: 4), at: 0)
+        try nop.configure(.init(readFailPercent: 100))
+        for _ in 0..<4 {
+            #expect(try await device.read(at: 0, count: 8192) == Self.pattern(8192, seed: 4))
+        }
+        #expect(mirror.status.components.first?.state == "BROKEN")
+    }
+
+    @Test(arguments: [MirrorBalance.roundRobin, .load, .split])
+    func readsAreSpreadByTheBalanceAlgorithm(balance: MirrorBalance) async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<2).map { try MemoryDisk.create(in: topology, name: "b\($0)-\(balance.name)", size: 8 << 20) }
+        let nops = try disks.map { try NopGeom.create(in: topology, name: "bn-\($0.name)", over: $0.provider) }
+        let mirror = try MirrorGeom.create(in: topology, name: "mb-\(balance.name)", over: nops.map { $0.providers[0] },
+                                           balance: balance, slice: 65536)
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        try await device.write(Self.pattern(1 << 20, seed: 5), at: 0)
+        for _ in 0..<8 { #expect(try await device.read(at: 0, count: 1 << 20) == Self.pattern(1 << 20, seed: 5)) }
+        let reads = nops.map(\.statistics.reads)
+        if balance == .load {
+            #expect(reads.reduce(0, +) >= 8)
+        } else {
+            #expect(reads.allSatisfy { $0 > 0 }, "\(balance.name) used both components: \(reads)")
+        }
+    }
+
+    @Test func aPreferredComponentTakesTheReads() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<2).map { try MemoryDisk.create(in: topology, name: "pf\($0)", size: 4 << 20) }
+        let nops = try disks.map { try NopGeom.create(in: topology, name: "pn-\($0.name)", over: $0.provider) }
+        let mirror = try MirrorGeom.create(in: topology, name: "mp", over: nops.map { $0.providers[0] }, balance: .prefer)
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: false)
+        defer { device.close() }
+        let before = nops.map(\.statistics.reads)
+        for _ in 0..<10 { _ = try await device.read(at: 0, count: 4096) }
+        let reads = zip(nops.map(\.statistics.reads), before).map { $0 - $1 }
+        #expect(reads.contains(10) && reads.contains(0), "\(reads)")
+    }
+
+    @Test func aNewComponentIsRebuiltOnlineUnderConcurrentWrites() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let size: Int64 = 24 << 20
+        let disks = try (0..<3).map { try MemoryDisk.create(in: topology, name: "rb\($0)", size: size) }
+        let nop = try NopGeom.create(in: topology, name: "rb-nop", over: disks[1].provider)
+        let mirror = try MirrorGeom.create(in: topology, name: "mr", over: [disks[0].provider, nop.providers[0]])
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        for block in 0..<64 { try await device.write(Self.pattern(65536, seed: block), at: Int64(block) * 262144) }
+        try nop.configure(.init(writeFailPercent: 100))
+        try await device.write(Self.pattern(4096, seed: 99), at: 0)
+        #expect(mirror.status.state == "DEGRADED")
+        mirror.rebuildRate.store(16 << 20, ordering: .relaxed)
+        try mirror.insert(disks[2].provider, in: topology)
+        // Writes keep coming while the new copy is built, some into what is not copied yet.
+        var offsets: [Int64] = []
+        for round in 0..<40 {
+            let offset = Int64((round * 7919) % 90) * 262144 + 131072
+            try await device.write(Self.pattern(65536, seed: 1000 + round), at: offset)
+            offsets.append(offset)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        // The new disk took the broken one's place.
+        #expect(try await Self.waitFor(mirror, state: "COMPLETE", seconds: 60), "\(mirror.status)")
+        #expect(mirror.status.components.map(\.name) == ["rb0", "rb2"])
+        #expect(try await Self.identical(disks[0].provider, disks[2].provider, in: topology, size: mirror.mirrorSize))
+    }
+
+    @Test func aMirrorClosedCleanlyComesBackCompleteAndOneThatCrashedIsResynchronized() async throws {
+        let directory = NSTemporaryDirectory() + "strata-mirror-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = (0..<2).map { "\(directory)/c\($0).img" }
+        do {
+            let topology = Topology()
+            let disks = try paths.enumerated().map { try FileDisk.create(in: topology, name: "c\($0)", path: $1, size: 8 << 20) }
+            let mirror = try MirrorGeom.create(in: topology, name: "persist", over: disks.map(\.provider))
+            let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+            try await device.write(Self.pattern(1 << 20, seed: 6), at: 1 << 20)
+            device.close()
+            #expect(topology.shutdown())
+        }
+        do {
+            let topology = Topology()
+            topology.register(MirrorClass())
+            for (index, path) in paths.enumerated() { _ = try FileDisk.create(in: topology, name: "c\(index)", path: path) }
+            topology.settle()
+            let mirror = try #require(topology.geom(named: "persist") as? MirrorGeom)
+            #expect(mirror.status.state == "COMPLETE", "closed cleanly: no resync")
+            // Now "crash": open for writing, write, and never close.
+            let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+            try await device.write(Self.pattern(1 << 20, seed: 7), at: 3 << 20)
+            // Make one copy differ, as a crash between two component writes would.
+            let raw = try FileHandle(forUpdating: URL(fileURLWithPath: paths[1]))
+            try raw.seek(toOffset: 5 << 20)
+            try raw.write(contentsOf: Data(repeating: 0xEE, count: 4096))
+            try raw.close()
+            // A crash never closes the device: keep it open for good.
+            _ = Unmanaged.passRetained(device)
+        }
+        let topology = Topology()
+        defer { topology.shutdown() }
+        topology.register(MirrorClass())
+        for (index, path) in paths.enumerated() { _ = try FileDisk.create(in: topology, name: "c\(index)", path: path) }
+        topology.settle()
+        let mirror = try #require(topology.geom(named: "persist") as? MirrorGeom)
+        #expect(try await Self.waitFor(mirror, state: "COMPLETE"), "\(mirror.status)")
+        let disks = try (0..<2).map { try #require(topology.provider(named: "c\($0)")) }
+        #expect(try await Self.identical(disks[0], disks[1], in: topology, size: mirror.mirrorSize), "resynchronized after the crash")
+    }
+
+    @Test func aComponentThatMissedWritesIsStaleAndRebuiltWhenItReturns() async throws {
+        let directory = NSTemporaryDirectory() + "strata-stale-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = (0..<2).map { "\(directory)/s\($0).img" }
+        do {
+            let topology = Topology()
+            let disks = try paths.enumerated().map { try FileDisk.create(in: topology, name: "s\($0)", path: $1, size: 8 << 20) }
+            let nop = try NopGeom.create(in: topology, name: "s-nop", over: disks[1].provider)
+            let mirror = try MirrorGeom.create(in: topology, name: "stale", over: [disks[0].provider, nop.providers[0]])
+            let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+            try nop.configure(.init(writeFailPercent: 100))
+            try await device.write(Self.pattern(65536, seed: 8), at: 0)
+            #expect(mirror.status.components.last?.state == "BROKEN")
+            device.close()
+            #expect(topology.shutdown())
+        }
+        let topology = Topology()
+        defer { topology.shutdown() }
+        topology.register(MirrorClass())
+        for (index, path) in paths.enumerated() { _ = try FileDisk.create(in: topology, name: "s\(index)", path: path) }
+        topology.settle()
+        let mirror = try #require(topology.geom(named: "stale") as? MirrorGeom)
+        #expect(try await Self.waitFor(mirror, state: "COMPLETE"), "\(mirror.status)")
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: false)
+        defer { device.close() }
+        #expect(try await device.read(at: 0, count: 65536) == Self.pattern(65536, seed: 8))
+        let disks = try (0..<2).map { try #require(topology.provider(named: "s\($0)")) }
+        #expect(try await Self.identical(disks[0], disks[1], in: topology, size: mirror.mirrorSize))
+    }
+
+    @Test func metadataRoundTripsAndRejectsDamage() {
+        let metadata = MirrorMetadata(name: "m", mirrorID: 1, diskID: 2, components: 2, genid: 3, syncid: 4, priority: 5,
+                                      balance: .split, slice: 65536, mediaSize: 1 << 20, syncOffset: 4096, flags: [.dirty, .synchronizing])
+        var sector = metadata.encoded(sectorSize: 512)
+        #expect(MirrorMetadata.decode(sector) == metadata)
+        sector[30] ^= 0x40
+        #expect(MirrorMetadata.decode(sector) == nil)
+    }
+}
