@@ -16,10 +16,19 @@ public protocol ConfigurableClass: Sendable {
     /// For a geom tasting already assembled under the entry's name: how it differs from
     /// the entry, or nil when it matches. Classes without metadata never assemble so.
     func difference(_ spec: GeomSpec, from geom: Geom) -> String?
+    /// Brings a geom tasting assembled in line with the entry (a mirror inserts blank
+    /// components the file lists), or throws. The default refuses any difference.
+    func reconcile(_ spec: GeomSpec, with geom: Geom, in topology: Topology) throws
 }
 
 extension ConfigurableClass {
     public func difference(_ spec: GeomSpec, from geom: Geom) -> String? { nil }
+
+    public func reconcile(_ spec: GeomSpec, with geom: Geom, in topology: Topology) throws {
+        if let difference = difference(spec, from: geom) {
+            throw StrataError(.invalid, "disagrees with the disks: \(difference)")
+        }
+    }
 }
 
 /// What a configuration built: the topology, its disks and geoms, and the exports to serve.
@@ -38,9 +47,6 @@ public enum TopologyBuilder {
                              topology: Topology = Topology()) throws -> BuiltTopology {
         let file = configuration.file
         var disks: [Disk] = []
-        // Classes with on-disk metadata taste each disk as it appears.
-        let tasting = Set(topology.classes.map(\.name))
-        for geomClass in tastingClasses where !tasting.contains(geomClass.name) { topology.register(geomClass) }
         for (index, spec) in configuration.disks.enumerated() {
             do {
                 disks.append(try makeDisk(spec, in: topology))
@@ -50,20 +56,31 @@ public enum TopologyBuilder {
             }
         }
 
-        // Let tasting reassemble what it can before the entries are looked at.
-        topology.settle()
         var geoms: [Geom] = []
         var pending = Array(configuration.geoms.enumerated())
-        while !pending.isEmpty {
-            // Build every geom whose consumers all exist; repeat until none is left.
-            let ready = pending.filter { $0.element.consumers.allSatisfy { topology.provider(named: $0) != nil } }
-            if ready.isEmpty {
-                throw unresolved(pending.map(\.element), configuration: configuration, topology: topology)
+        // Geoms without on-disk metadata (nop) first, as far as they can go, so that
+        // tasting sees the stacks they make; then the classes with metadata taste
+        // everything, top down; then the rest of the entries are built or matched.
+        let metadataClasses: Set<String> = ["concat", "stripe", "label", "part", "mirror"]
+        func buildReady(_ allowed: (GeomSpec) -> Bool) throws -> Bool {
+            var built = false
+            while true {
+                let ready = pending.filter { allowed($0.element) && $0.element.consumers.allSatisfy { topology.provider(named: $0) != nil } }
+                if ready.isEmpty { return built }
+                for (index, spec) in ready {
+                    geoms.append(try makeGeom(spec, index: index, classes: classes, file: file, topology: topology))
+                }
+                pending.removeAll { entry in ready.contains { $0.offset == entry.offset } }
+                built = true
             }
-            for (index, spec) in ready {
-                geoms.append(try makeGeom(spec, index: index, classes: classes, file: file, topology: topology))
-            }
-            pending.removeAll { entry in ready.contains { $0.offset == entry.offset } }
+        }
+        _ = try buildReady { !metadataClasses.contains($0.className) }
+        let tasting = Set(topology.classes.map(\.name))
+        for geomClass in tastingClasses where !tasting.contains(geomClass.name) { topology.register(geomClass) }
+        topology.settle()
+        _ = try buildReady { _ in true }
+        if !pending.isEmpty {
+            throw unresolved(pending.map(\.element), configuration: configuration, topology: topology)
         }
 
         var exports: [NBDExport] = []
@@ -112,11 +129,14 @@ public enum TopologyBuilder {
         let assembledName = ["label", "part"].contains(geomClass.name) ? "\(geomClass.name)/\(spec.name)" : spec.name
         if let assembled = topology.geom(named: assembledName) {
             // Tasting found it on its disks: it must be what the file describes.
-            let sameClass = assembled.className.lowercased() == geomClass.name
-            let difference = sameClass ? geomClass.difference(spec, from: assembled)
-                : "its metadata makes it a \(assembled.className.lowercased()), the file says \(geomClass.name)"
-            if let difference {
-                throw ConfigError(file: file, line: spec.line, key: path, value: spec.name, problem: "disagrees with the disks: \(difference)")
+            guard assembled.className.lowercased() == geomClass.name else {
+                throw ConfigError(file: file, line: spec.line, key: path, value: spec.name,
+                                  problem: "disagrees with the disks: its metadata makes it a \(assembled.className.lowercased()), the file says \(geomClass.name)")
+            }
+            do {
+                try geomClass.reconcile(spec, with: assembled, in: topology)
+            } catch let error as StrataError {
+                throw ConfigError(file: file, line: spec.line, key: path, value: spec.name, problem: error.message)
             }
             return assembled
         }

@@ -49,6 +49,9 @@ public final class ControlServer: Sendable {
         func json<T: Encodable>(_ value: T) -> (HTTPResponseStatus, String, Data) {
             (.ok, "application/json", (try? encoder.encode(value)) ?? Data())
         }
+        if route.hasPrefix("/v1/mirror/") {
+            return mirror(route: String(route.dropFirst("/v1/mirror/".count)), method: method, body: body, encoder: encoder)
+        }
         if route.hasPrefix("/v1/nop/") {
             return nop(named: String(route.dropFirst("/v1/nop/".count)), method: method, body: body, encoder: encoder)
         }
@@ -103,6 +106,50 @@ extension ControlServer {
             return failure(.methodNotAllowed, "GET or POST")
         }
         let report = NopReport(name: nop.name, settings: nop.settings, statistics: nop.statistics)
+        return (.ok, "application/json", (try? encoder.encode(report)) ?? Data())
+    }
+}
+
+extension ControlServer {
+    /// `POST /v1/mirror/NAME/insert|remove|rebuild` with `{"component": PROVIDER}`, and
+    /// `POST /v1/mirror/NAME/forget`: change a running mirror; answers its status.
+    func mirror(route: String, method: HTTPMethod, body: Data, encoder: JSONEncoder) -> (HTTPResponseStatus, String, Data) {
+        func failure(_ status: HTTPResponseStatus, _ message: String) -> (HTTPResponseStatus, String, Data) {
+            (status, "application/json", (try? encoder.encode(["error": message])) ?? Data())
+        }
+        let parts = route.split(separator: "/").map(String.init)
+        guard parts.count == 2, ["insert", "remove", "rebuild", "forget"].contains(parts[1]) else {
+            return failure(.notFound, "mirror routes are /v1/mirror/NAME/insert, remove, rebuild and forget")
+        }
+        guard method == .POST else { return failure(.methodNotAllowed, "POST") }
+        guard let mirror = topology.geom(named: parts[0]) as? MirrorGeom else {
+            return failure(.notFound, "no mirror named \(parts[0])")
+        }
+        let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
+        let component = object["component"] as? String
+        do {
+            switch parts[1] {
+            case "forget":
+                mirror.forget(in: topology)
+            default:
+                guard let component else { return failure(.badRequest, "the body must be {\"component\": NAME}") }
+                if parts[1] == "insert" {
+                    guard let provider = topology.provider(named: component) else {
+                        return failure(.notFound, "no provider named \(component)")
+                    }
+                    try mirror.insert(provider, in: topology)
+                } else if parts[1] == "remove" {
+                    try mirror.remove(component, in: topology)
+                } else {
+                    try mirror.rebuild(component, in: topology)
+                }
+            }
+        } catch let error as StrataError {
+            return failure(.conflict, "\(error)")
+        } catch {
+            return failure(.internalServerError, "\(error)")
+        }
+        let report = StatusReport(topology).geoms.first { $0.name == mirror.name }
         return (.ok, "application/json", (try? encoder.encode(report)) ?? Data())
     }
 }

@@ -1,4 +1,5 @@
 import Strata
+import StrataClasses
 
 /// `GET /v1/topology`: every class, geom, provider and consumer (like `geom list`).
 public struct TopologyReport: Codable, Sendable, Equatable {
@@ -116,11 +117,6 @@ public struct StatsReport: Codable, Sendable, Equatable {
     }
 }
 
-/// A geom that has a state to report (a mirror: COMPLETE, DEGRADED, SYNCHRONIZING).
-public protocol StatefulGeom: AnyObject {
-    var status: StatusReport.GeomStatus { get }
-}
-
 /// `GET /v1/status`: one entry per geom that has a state.
 public struct StatusReport: Codable, Sendable, Equatable {
     public struct ComponentStatus: Codable, Sendable, Equatable {
@@ -153,6 +149,11 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var geoms: [GeomStatus]
 
     public init(_ topology: Topology) {
-        geoms = topology.geoms.compactMap { ($0 as? any StatefulGeom)?.status }
+        geoms = topology.geoms.compactMap { geom in
+            guard let mirror = geom as? MirrorGeom, !mirror.providers.isEmpty else { return nil }
+            let status = mirror.status
+            return GeomStatus(name: mirror.name, className: "mirror", state: status.state, progress: status.progress,
+                              components: status.components.map { ComponentStatus(name: $0.name, state: $0.state) })
+        }
     }
 }

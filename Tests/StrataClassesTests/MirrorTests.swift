@@ -194,7 +194,7 @@ struct MirrorTests {
         #expect(try await Self.identical(disks[0], disks[1], in: topology, size: mirror.mirrorSize), "resynchronized after the crash")
     }
 
-    @Test func aComponentThatMissedWritesIsStaleAndRebuiltWhenItReturns() async throws {
+    @Test func aComponentThatWasAbsentIsStaleAndRebuiltWhenItReturns() async throws {
         let directory = NSTemporaryDirectory() + "strata-stale-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -202,12 +202,24 @@ struct MirrorTests {
         do {
             let topology = Topology()
             let disks = try paths.enumerated().map { try FileDisk.create(in: topology, name: "s\($0)", path: $1, size: 8 << 20) }
-            let nop = try NopGeom.create(in: topology, name: "s-nop", over: disks[1].provider)
-            let mirror = try MirrorGeom.create(in: topology, name: "stale", over: [disks[0].provider, nop.providers[0]])
-            let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
-            try nop.configure(.init(writeFailPercent: 100))
+            try MirrorGeom.create(in: topology, name: "stale", over: disks.map(\.provider))
+            #expect(topology.shutdown())
+        }
+        do {
+            // s1 is away: the mirror starts degraded with s0 and takes writes s1 misses.
+            let topology = Topology()
+            topology.register(MirrorClass(wait: 0.2))
+            _ = try FileDisk.create(in: topology, name: "s0", path: paths[0])
+            topology.settle()
+            var mirror: MirrorGeom?
+            for _ in 0..<100 where mirror?.providers.isEmpty ?? true {
+                mirror = topology.geom(named: "stale") as? MirrorGeom
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let degraded = try #require(mirror)
+            #expect(degraded.status.state == "DEGRADED")
+            let device = try BlockDevice(opening: degraded.providers[0], in: topology, writable: true)
             try await device.write(Self.pattern(65536, seed: 8), at: 0)
-            #expect(mirror.status.components.last?.state == "BROKEN")
             device.close()
             #expect(topology.shutdown())
         }
@@ -218,11 +230,42 @@ struct MirrorTests {
         topology.settle()
         let mirror = try #require(topology.geom(named: "stale") as? MirrorGeom)
         #expect(try await Self.waitFor(mirror, state: "COMPLETE"), "\(mirror.status)")
-        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: false)
-        defer { device.close() }
-        #expect(try await device.read(at: 0, count: 65536) == Self.pattern(65536, seed: 8))
         let disks = try (0..<2).map { try #require(topology.provider(named: "s\($0)")) }
-        #expect(try await Self.identical(disks[0], disks[1], in: topology, size: mirror.mirrorSize))
+        #expect(try await Self.identical(disks[0], disks[1], in: topology, size: mirror.mirrorSize), "s1 caught up")
+    }
+
+    @Test func anEjectedComponentIsNotTakenBackByItself() async throws {
+        let directory = NSTemporaryDirectory() + "strata-eject-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = (0..<2).map { "\(directory)/e\($0).img" }
+        do {
+            let topology = Topology()
+            let disks = try paths.enumerated().map { try FileDisk.create(in: topology, name: "e\($0)", path: $1, size: 8 << 20) }
+            let nop = try NopGeom.create(in: topology, name: "e-nop", over: disks[1].provider)
+            let mirror = try MirrorGeom.create(in: topology, name: "ejected", over: [disks[0].provider, nop.providers[0]])
+            let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+            try nop.configure(.init(writeFailPercent: 100))
+            try await device.write(Self.pattern(65536, seed: 9), at: 0)
+            device.close()
+            #expect(topology.shutdown())
+        }
+        let topology = Topology()
+        defer { topology.shutdown() }
+        topology.register(MirrorClass(wait: 0.2))
+        for (index, path) in paths.enumerated() { _ = try FileDisk.create(in: topology, name: "e\(index)", path: path) }
+        topology.settle()
+        var mirror: MirrorGeom?
+        for _ in 0..<100 where mirror?.providers.isEmpty ?? true {
+            mirror = topology.geom(named: "ejected") as? MirrorGeom
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let running = try #require(mirror)
+        #expect(running.status.state == "DEGRADED")
+        #expect(running.status.components.map(\.name) == ["e0", "-"], "the ejected copy is never read")
+        let device = try BlockDevice(opening: running.providers[0], in: topology, writable: false)
+        defer { device.close() }
+        #expect(try await device.read(at: 0, count: 65536) == Self.pattern(65536, seed: 9))
     }
 
     @Test func metadataRoundTripsAndRejectsDamage() {

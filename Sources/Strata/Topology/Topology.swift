@@ -64,11 +64,13 @@ public final class Topology: @unchecked Sendable {
 
     // MARK: Classes and geoms
 
-    /// Adds a class; every existing provider is offered to it.
+    /// Adds a class; every existing provider is offered to it, from the top of the
+    /// stacks down (a provider stacked on another is seen before it).
     public func register(_ geomClass: any GeomClass) {
         withLock {
             classList.append(geomClass)
-            for provider in providersByName.values.sorted(by: { $0.name < $1.name }) {
+            let ordered = providersByName.values.sorted { ($0.geom.rank, $1.name) > ($1.geom.rank, $0.name) }
+            for provider in ordered {
                 post { [weak self] in self?.offer(provider, to: [geomClass]) }
             }
         }

@@ -94,6 +94,9 @@ extension MirrorGeom {
     /// Adds `provider` as a new component and rebuilds it while I/O goes on
     /// (`strata mirror insert`).
     public func insert(_ provider: Provider, in topology: Topology) throws {
+        if let other = MirrorGeom.readMetadata(of: provider, in: topology), other.mirrorID != mirrorID {
+            throw StrataError(.busy, "\(provider.name) carries the metadata of mirror \(other.name); forget it there first")
+        }
         try topology.withLock {
             guard provider.mediaSize - Int64(provider.sectorSize) >= mirrorSize else {
                 throw StrataError(.noSpace, "\(provider.name) is smaller than mirror \(name) needs")
@@ -102,8 +105,9 @@ extension MirrorGeom {
                 throw StrataError(.busy, "mirror \(name) has no broken or empty component place to insert into")
             }
             if let old = slot.consumer {
-                slot.consumer = nil
-                try? topology.access(old, read: -old.readCount, write: -old.writeCount, exclusive: -old.exclusiveCount)
+                if old.provider != nil {
+                    try? topology.access(old, read: -old.readCount, write: -old.writeCount, exclusive: -old.exclusiveCount)
+                }
                 topology.destroy(old)
             }
             let template = slots.prefix(expected).compactMap(\.metadata).first!
@@ -118,11 +122,21 @@ extension MirrorGeom {
         startRebuild()
     }
 
+    /// Lets go of a component before the mirror starts (not a member after all).
+    func release(_ slot: Slot, in topology: Topology) {
+        guard let consumer = slot.consumer else { return }
+        try? topology.access(consumer, read: -consumer.readCount, write: -consumer.writeCount, exclusive: -consumer.exclusiveCount)
+        topology.destroy(consumer)
+        slot.consumer = nil
+        slot.metadata = nil
+    }
+
     func setGenerations(genid: UInt32, syncid: UInt32) {
         updateGenerations(genid, syncid)
     }
 
-    static func readMetadata(of provider: Provider, in topology: Topology) -> MirrorMetadata? {
+    /// The mirror metadata `provider` carries, if any.
+    public static func readMetadata(of provider: Provider, in topology: Topology) -> MirrorMetadata? {
         let probe = Geom(name: "taste:mirror:\(provider.name):\(UInt32.random(in: 0...UInt32.max))", className: "TASTE")
         guard (try? topology.add(probe)) != nil else { return nil }
         defer { topology.remove(probe) }
@@ -175,6 +189,21 @@ public final class MirrorClass: GeomClass, @unchecked Sendable {
                     }
                 }
             }
+        }
+        // Membership: components of an older generation were ejected or forgotten and
+        // are not members; a newer one evicts them. Two providers with one disk id are
+        // one disk seen through a pass-through: the one stacked higher wins.
+        let attached = mirror.slots.prefix(mirror.expected).filter { $0.consumer != nil && $0.metadata != nil }
+        if let newest = attached.map({ $0.metadata! }).max(by: { $0.genid < $1.genid }), metadata.genid < newest.genid {
+            topology.emit(.notice, "\(provider.name) was ejected from mirror \(metadata.name) (older generation); not a member")
+            return nil
+        }
+        for slot in attached where slot.metadata!.genid < metadata.genid
+            || (slot.metadata!.diskID == metadata.diskID && (slot.consumer!.provider?.geom.rank ?? 0) < provider.geom.rank) {
+            mirror.release(slot, in: topology)
+        }
+        if attached.contains(where: { $0.consumer != nil && $0.metadata?.diskID == metadata.diskID }) {
+            return nil
         }
         guard let slot = mirror.slots.prefix(mirror.expected).first(where: { $0.consumer == nil }) else { return nil }
         do {

@@ -451,6 +451,10 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         return (complete ? "COMPLETE" : "DEGRADED", complete ? 1 : 0, components)
     }
 
+    func bumpGeneration() {
+        lock.withLock { genid &+= 1 }
+    }
+
     func updateGenerations(_ genid: UInt32, _ syncid: UInt32) {
         lock.withLock {
             self.genid = genid

@@ -52,8 +52,9 @@ public struct NopConfiguration: ConfigurableClass {
 /// The transform classes a topology file can name.
 public let availableClasses: [any ConfigurableClass] = [
     NopConfiguration(), ConcatConfiguration(), StripeConfiguration(), LabelConfiguration(), PartConfiguration(),
+    MirrorConfiguration(),
 ]
 
 /// The classes that reassemble geoms from on-disk metadata: register them with a
 /// topology before its disks are made.
-public let tastingClasses: [any GeomClass] = [ConcatClass(), StripeClass(), LabelClass(), PartClass()]
+public let tastingClasses: [any GeomClass] = [ConcatClass(), StripeClass(), LabelClass(), PartClass(), MirrorClass(wait: 0.5)]
