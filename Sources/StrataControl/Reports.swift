@@ -149,9 +149,11 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var geoms: [GeomStatus]
 
     public init(_ topology: Topology) {
-        geoms = topology.geoms.compactMap { geom in
-            guard let mirror = geom as? MirrorGeom, !mirror.providers.isEmpty else { return nil }
-            let status = mirror.status
+        // Under the topology lock: insert and remove change components under it.
+        geoms = topology.withLock { topology.geoms }.compactMap { geom in
+            guard let mirror = geom as? MirrorGeom else { return nil }
+            let status = topology.withLock { mirror.providers.isEmpty ? nil : mirror.status }
+            guard let status else { return nil }
             return GeomStatus(name: mirror.name, className: "mirror", state: status.state, progress: status.progress,
                               components: status.components.map { ComponentStatus(name: $0.name, state: $0.state) })
         }

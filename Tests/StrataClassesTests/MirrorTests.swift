@@ -122,35 +122,6 @@ struct MirrorTests {
         #expect(reads.contains(10) && reads.contains(0), "\(reads)")
     }
 
-    @Test func aNewComponentIsRebuiltOnlineUnderConcurrentWrites() async throws {
-        let topology = Topology()
-        defer { topology.shutdown() }
-        let size: Int64 = 24 << 20
-        let disks = try (0..<3).map { try MemoryDisk.create(in: topology, name: "rb\($0)", size: size) }
-        let nop = try NopGeom.create(in: topology, name: "rb-nop", over: disks[1].provider)
-        let mirror = try MirrorGeom.create(in: topology, name: "mr", over: [disks[0].provider, nop.providers[0]])
-        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
-        defer { device.close() }
-        for block in 0..<64 { try await device.write(Self.pattern(65536, seed: block), at: Int64(block) * 262144) }
-        try nop.configure(.init(writeFailPercent: 100))
-        try await device.write(Self.pattern(4096, seed: 99), at: 0)
-        #expect(mirror.status.state == "DEGRADED")
-        mirror.rebuildRate.store(16 << 20, ordering: .relaxed)
-        try mirror.insert(disks[2].provider, in: topology)
-        // Writes keep coming while the new copy is built, some into what is not copied yet.
-        var offsets: [Int64] = []
-        for round in 0..<40 {
-            let offset = Int64((round * 7919) % 90) * 262144 + 131072
-            try await device.write(Self.pattern(65536, seed: 1000 + round), at: offset)
-            offsets.append(offset)
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        // The new disk took the broken one's place.
-        #expect(try await Self.waitFor(mirror, state: "COMPLETE", seconds: 60), "\(mirror.status)")
-        #expect(mirror.status.components.map(\.name) == ["rb0", "rb2"])
-        #expect(try await Self.identical(disks[0].provider, disks[2].provider, in: topology, size: mirror.mirrorSize))
-    }
-
     @Test func aMirrorClosedCleanlyComesBackCompleteAndOneThatCrashedIsResynchronized() async throws {
         let directory = NSTemporaryDirectory() + "strata-mirror-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -276,4 +247,38 @@ struct MirrorTests {
         sector[30] ^= 0x40
         #expect(MirrorMetadata.decode(sector) == nil)
     }
+}
+
+/// The online rebuild against concurrent writes, also run under ThreadSanitizer.
+@Suite(.timeLimit(.minutes(3)))
+struct MirrorConcurrency {
+    @Test func aNewComponentIsRebuiltOnlineUnderConcurrentWrites() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let size: Int64 = 24 << 20
+        let disks = try (0..<3).map { try MemoryDisk.create(in: topology, name: "rb\($0)", size: size) }
+        let nop = try NopGeom.create(in: topology, name: "rb-nop", over: disks[1].provider)
+        let mirror = try MirrorGeom.create(in: topology, name: "mr", over: [disks[0].provider, nop.providers[0]])
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        for block in 0..<64 { try await device.write(MirrorTests.pattern(65536, seed: block), at: Int64(block) * 262144) }
+        try nop.configure(.init(writeFailPercent: 100))
+        try await device.write(MirrorTests.pattern(4096, seed: 99), at: 0)
+        #expect(mirror.status.state == "DEGRADED")
+        mirror.rebuildRate.store(16 << 20, ordering: .relaxed)
+        try mirror.insert(disks[2].provider, in: topology)
+        // Writes keep coming while the new copy is built, some into what is not copied yet.
+        var offsets: [Int64] = []
+        for round in 0..<40 {
+            let offset = Int64((round * 7919) % 90) * 262144 + 131072
+            try await device.write(MirrorTests.pattern(65536, seed: 1000 + round), at: offset)
+            offsets.append(offset)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        // The new disk took the broken one's place.
+        #expect(try await MirrorTests.waitFor(mirror, state: "COMPLETE", seconds: 60), "\(mirror.status)")
+        #expect(mirror.status.components.map(\.name) == ["rb0", "rb2"])
+        #expect(try await MirrorTests.identical(disks[0].provider, disks[2].provider, in: topology, size: mirror.mirrorSize))
+    }
+
 }

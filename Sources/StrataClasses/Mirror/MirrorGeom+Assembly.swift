@@ -47,6 +47,7 @@ extension MirrorGeom {
         try topology.access(consumer, read: 1, write: 1, exclusive: 1)
         slots[index].consumer = consumer
         slots[index].metadata = metadata
+        slots[index].priority = metadata.priority
     }
 
     /// Decides each present component's state from the metadata and starts serving:

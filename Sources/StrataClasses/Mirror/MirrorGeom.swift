@@ -31,7 +31,10 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         let syncOffset = Atomic<Int64>(0)
         let inFlight = Atomic<Int>(0)
         var consumer: Consumer?
+        /// Read and written only by `writeMetadata` (under its lock) and during assembly.
         var metadata: MirrorMetadata?
+        /// For `prefer`: set when the component is attached, before it is published.
+        var priority = 0
 
         init(index: Int) { self.index = index }
 
@@ -57,6 +60,8 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     private let roundRobin = Atomic<Int>(0)
     /// Metadata writes happen here, never on an I/O thread.
     private let metadataQueue: DispatchQueue
+    /// One metadata write at a time, whoever asks (ejection, rebuild, insert, access).
+    private let metadataLock = ConditionLock()
 
     // The rebuild gate: while a rebuild runs, writes register their ranges, and writes
     // that overlap the chunk being copied wait.
@@ -102,7 +107,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         case .load, .split:
             return candidates.min { $0.inFlight.load(ordering: .relaxed) < $1.inFlight.load(ordering: .relaxed) }
         case .prefer:
-            return candidates.max { ($0.metadata?.priority ?? 0) < ($1.metadata?.priority ?? 0) }
+            return candidates.max { $0.priority < $1.priority }
         case .roundRobin:
             return candidates[roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % candidates.count]
         }
@@ -317,6 +322,8 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
 
     /// Writes every live component's metadata (durably).
     func writeMetadata() {
+        metadataLock.lock()
+        defer { metadataLock.unlock() }
         let (genid, syncid, dirty) = lock.withLock { (self.genid, self.syncid, self.dirty) }
         for slot in slots.prefix(expected) {
             let state = slot.state
