@@ -103,6 +103,19 @@ extension Bio {
         return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
     }
 
+    /// Moves the offsets of a completed extents GETATTR by `delta`, in place: for a
+    /// class whose provider starts somewhere else on the one below.
+    public func shiftExtents(by delta: Int64) {
+        guard error == nil else { return }
+        for index in 0..<(Int(completed) / BioExtent.encodedSize) {
+            let record = data.slice(offset: index * BioExtent.encodedSize, count: 8)
+            var value: Int64 = 0
+            withUnsafeMutableBytes(of: &value) { record.copy(to: $0.baseAddress!) }
+            value += delta
+            withUnsafeBytes(of: value) { record.copy(from: $0.baseAddress!) }
+        }
+    }
+
     /// The extent records of a completed extents GETATTR.
     public var attributeExtents: [BioExtent] {
         guard error == nil else { return [] }

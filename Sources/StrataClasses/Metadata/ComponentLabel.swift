@@ -43,11 +43,11 @@ public struct ComponentLabel: Equatable, Sendable {
     public func encoded(sectorSize: Int) -> [UInt8] {
         var bytes: [UInt8] = []
         bytes += padded(Array(kind.rawValue.utf8), to: 16)
-        bytes += bigEndian(Self.version)
+        bytes += bigEndianBytes(Self.version)
         bytes += padded(Array(name.utf8.prefix(63)), to: 64)
-        bytes += bigEndian(id) + bigEndian(UInt32(index)) + bigEndian(UInt32(count))
-        bytes += bigEndian(UInt64(stripeSize)) + bigEndian(UInt64(dataSize))
-        bytes += bigEndian(CRC32.checksum(bytes))
+        bytes += bigEndianBytes(id) + bigEndianBytes(UInt32(index)) + bigEndianBytes(UInt32(count))
+        bytes += bigEndianBytes(UInt64(stripeSize)) + bigEndianBytes(UInt64(dataSize))
+        bytes += bigEndianBytes(CRC32.checksum(bytes))
         return bytes + [UInt8](repeating: 0, count: sectorSize - bytes.count)
     }
 
@@ -58,16 +58,16 @@ public struct ComponentLabel: Equatable, Sendable {
             return nil
         }
         let body = sector[0..<encodedLength]
-        guard CRC32.checksum(body) == integer(sector, at: encodedLength, as: UInt32.self),
-              integer(sector, at: 16, as: UInt32.self) == version else { return nil }
+        guard CRC32.checksum(body) == bigEndianInteger(sector, at: encodedLength, as: UInt32.self),
+              bigEndianInteger(sector, at: 16, as: UInt32.self) == version else { return nil }
         let nameBytes = sector[20..<84].prefix { $0 != 0 }
-        let index = Int(integer(sector, at: 92, as: UInt32.self))
-        let count = Int(integer(sector, at: 96, as: UInt32.self))
+        let index = Int(bigEndianInteger(sector, at: 92, as: UInt32.self))
+        let count = Int(bigEndianInteger(sector, at: 96, as: UInt32.self))
         guard count > 0, index < count else { return nil }
         return ComponentLabel(kind: kind, name: String(decoding: nameBytes, as: UTF8.self),
-                              id: integer(sector, at: 84, as: UInt64.self), index: index, count: count,
-                              stripeSize: Int64(integer(sector, at: 100, as: UInt64.self)),
-                              dataSize: Int64(integer(sector, at: 108, as: UInt64.self)))
+                              id: bigEndianInteger(sector, at: 84, as: UInt64.self), index: index, count: count,
+                              stripeSize: Int64(bigEndianInteger(sector, at: 100, as: UInt64.self)),
+                              dataSize: Int64(bigEndianInteger(sector, at: 108, as: UInt64.self)))
     }
 
     /// Reads the label of `provider` through a consumer of `geom` opened for the read.
@@ -98,12 +98,3 @@ private func padded(_ bytes: [UInt8], to length: Int) -> [UInt8] {
     Array(bytes.prefix(length)) + [UInt8](repeating: 0, count: max(0, length - bytes.count))
 }
 
-private func bigEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
-    withUnsafeBytes(of: value.bigEndian) { Array($0) }
-}
-
-private func integer<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, as type: T.Type) -> T {
-    var value: T = 0
-    for byte in bytes[offset..<(offset + MemoryLayout<T>.size)] { value = value << 8 | T(byte) }
-    return value
-}

@@ -161,17 +161,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
     }
 
     override open func bioDone(_ bio: consuming Bio) {
-        let shift = Int64(Int(bitPattern: UInt(bitPattern: bio.caller1)))
-        if bio.error == nil {
-            let count = Int(bio.completed) / BioExtent.encodedSize
-            for index in 0..<count {
-                let record = bio.data.slice(offset: index * BioExtent.encodedSize, count: 8)
-                var value: Int64 = 0
-                withUnsafeMutableBytes(of: &value) { record.copy(to: $0.baseAddress!) }
-                value += shift
-                withUnsafeBytes(of: value) { record.copy(from: $0.baseAddress!) }
-            }
-        }
+        bio.shiftExtents(by: Int64(Int(bitPattern: UInt(bitPattern: bio.caller1))))
         bio.finishClone()
     }
 }

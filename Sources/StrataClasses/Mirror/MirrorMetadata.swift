@@ -43,28 +43,28 @@ public struct MirrorMetadata: Equatable, Sendable {
     }
 
     public func encoded(sectorSize: Int) -> [UInt8] {
-        var bytes = Self.magic + be(Self.version)
+        var bytes = Self.magic + bigEndianBytes(Self.version)
         bytes += Array(name.utf8.prefix(63)) + [UInt8](repeating: 0, count: 64 - min(63, name.utf8.count))
-        bytes += be(mirrorID) + be(diskID) + be(UInt32(components)) + be(genid) + be(syncid)
-        bytes += be(UInt32(priority)) + be(balance.rawValue) + be(UInt32(slice)) + be(UInt64(mediaSize)) + be(UInt64(syncOffset))
-        bytes += be(flags.rawValue)
-        bytes += be(CRC32.checksum(bytes))
+        bytes += bigEndianBytes(mirrorID) + bigEndianBytes(diskID) + bigEndianBytes(UInt32(components)) + bigEndianBytes(genid) + bigEndianBytes(syncid)
+        bytes += bigEndianBytes(UInt32(priority)) + bigEndianBytes(balance.rawValue) + bigEndianBytes(UInt32(slice)) + bigEndianBytes(UInt64(mediaSize)) + bigEndianBytes(UInt64(syncOffset))
+        bytes += bigEndianBytes(flags.rawValue)
+        bytes += bigEndianBytes(CRC32.checksum(bytes))
         return bytes + [UInt8](repeating: 0, count: sectorSize - bytes.count)
     }
 
     public static func decode(_ sector: [UInt8]) -> MirrorMetadata? {
         guard sector.count >= length + 4, Array(sector[0..<16]) == magic,
-              CRC32.checksum(sector[0..<length]) == beInteger(sector, length, UInt32.self),
-              beInteger(sector, 16, UInt32.self) == version,
-              let balance = MirrorBalance(rawValue: beInteger(sector, 116, UInt32.self)) else { return nil }
+              CRC32.checksum(sector[0..<length]) == bigEndianInteger(sector, at: length, as: UInt32.self),
+              bigEndianInteger(sector, at: 16, as: UInt32.self) == version,
+              let balance = MirrorBalance(rawValue: bigEndianInteger(sector, at: 116, as: UInt32.self)) else { return nil }
         return MirrorMetadata(
             name: String(decoding: sector[20..<84].prefix { $0 != 0 }, as: UTF8.self),
-            mirrorID: beInteger(sector, 84, UInt64.self), diskID: beInteger(sector, 92, UInt64.self),
-            components: Int(beInteger(sector, 100, UInt32.self)), genid: beInteger(sector, 104, UInt32.self),
-            syncid: beInteger(sector, 108, UInt32.self), priority: Int(beInteger(sector, 112, UInt32.self)),
-            balance: balance, slice: Int(beInteger(sector, 120, UInt32.self)),
-            mediaSize: Int64(beInteger(sector, 124, UInt64.self)), syncOffset: Int64(beInteger(sector, 132, UInt64.self)),
-            flags: Flags(rawValue: beInteger(sector, 140, UInt32.self)))
+            mirrorID: bigEndianInteger(sector, at: 84, as: UInt64.self), diskID: bigEndianInteger(sector, at: 92, as: UInt64.self),
+            components: Int(bigEndianInteger(sector, at: 100, as: UInt32.self)), genid: bigEndianInteger(sector, at: 104, as: UInt32.self),
+            syncid: bigEndianInteger(sector, at: 108, as: UInt32.self), priority: Int(bigEndianInteger(sector, at: 112, as: UInt32.self)),
+            balance: balance, slice: Int(bigEndianInteger(sector, at: 120, as: UInt32.self)),
+            mediaSize: Int64(bigEndianInteger(sector, at: 124, as: UInt64.self)), syncOffset: Int64(bigEndianInteger(sector, at: 132, as: UInt64.self)),
+            flags: Flags(rawValue: bigEndianInteger(sector, at: 140, as: UInt32.self)))
     }
 
     /// Which of two components' metadata is newer: genid first, then syncid.
@@ -104,12 +104,3 @@ public enum MirrorBalance: UInt32, Sendable, CaseIterable {
     }
 }
 
-private func be<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
-    withUnsafeBytes(of: value.bigEndian) { Array($0) }
-}
-
-private func beInteger<T: FixedWidthInteger>(_ bytes: [UInt8], _ offset: Int, _ type: T.Type) -> T {
-    var value: T = 0
-    for byte in bytes[offset..<(offset + MemoryLayout<T>.size)] { value = value << 8 | T(byte) }
-    return value
-}

@@ -176,16 +176,7 @@ public final class NopGeom: Geom, @unchecked Sendable {
     }
 
     override public func bioDone(_ bio: consuming Bio) {
-        if bio.error == nil {
-            let count = Int(bio.completed) / BioExtent.encodedSize
-            for index in 0..<count {
-                let record = bio.data.slice(offset: index * BioExtent.encodedSize, count: 8)
-                var value: Int64 = 0
-                withUnsafeMutableBytes(of: &value) { record.copy(to: $0.baseAddress!) }
-                value -= offset
-                withUnsafeBytes(of: value) { record.copy(from: $0.baseAddress!) }
-            }
-        }
+        bio.shiftExtents(by: -offset)
         bio.finishClone()
     }
 

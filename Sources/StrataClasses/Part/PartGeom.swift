@@ -85,16 +85,7 @@ public final class PartGeom: Geom, @unchecked Sendable {
 
     /// Extents come back in disk coordinates: shift them into the partition's.
     override public func bioDone(_ bio: consuming Bio) {
-        let start = Int64(UInt(bitPattern: bio.caller1))
-        if bio.error == nil {
-            for index in 0..<(Int(bio.completed) / BioExtent.encodedSize) {
-                let record = bio.data.slice(offset: index * BioExtent.encodedSize, count: 8)
-                var value: Int64 = 0
-                withUnsafeMutableBytes(of: &value) { record.copy(to: $0.baseAddress!) }
-                value -= start
-                withUnsafeBytes(of: value) { record.copy(from: $0.baseAddress!) }
-            }
-        }
+        bio.shiftExtents(by: -Int64(UInt(bitPattern: bio.caller1)))
         bio.finishClone()
     }
 }
