@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataCLITests", dependencies: ["StrataConfig"], swiftSettings: strictSwift),
-        .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig"],
+        .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig", "StrataClasses"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataNBDTests", dependencies: [
             "Strata", "StrataDisks", "StrataNBD",

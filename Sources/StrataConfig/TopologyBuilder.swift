@@ -1,4 +1,6 @@
+import Foundation
 import Strata
+import StrataClasses
 import StrataDisks
 import StrataNBD
 
@@ -78,6 +80,7 @@ public enum TopologyBuilder {
         let tasting = Set(topology.classes.map(\.name))
         for geomClass in tastingClasses where !tasting.contains(geomClass.name) { topology.register(geomClass) }
         topology.settle()
+        waitForMirrorsGatheringComponents(in: topology)
         _ = try buildReady { _ in true }
         if !pending.isEmpty {
             throw unresolved(pending.map(\.element), configuration: configuration, topology: topology)
@@ -95,6 +98,17 @@ public enum TopologyBuilder {
                                      description: spec.description, isDefault: spec.isDefault))
         }
         return BuiltTopology(topology: topology, disks: disks, geoms: geoms, exports: exports)
+    }
+
+    /// A mirror missing components starts after a short wait (degraded): give it that
+    /// long before entries and exports look for its provider.
+    private static func waitForMirrorsGatheringComponents(in topology: Topology) {
+        let deadline = ContinuousClock.now + .seconds(3)
+        while ContinuousClock.now < deadline,
+              topology.geoms.contains(where: { $0 is MirrorGeom && $0.providers.isEmpty && $0.topology != nil }) {
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        topology.settle()
     }
 
     private static func makeDisk(_ spec: DiskSpec, in topology: Topology) throws -> Disk {

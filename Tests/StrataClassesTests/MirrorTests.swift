@@ -282,3 +282,84 @@ struct MirrorConcurrency {
     }
 
 }
+
+/// The mirror operations and a rebuild that resumes.
+@Suite(.timeLimit(.minutes(3)))
+struct MirrorOperationTests {
+    @Test func rebuildCopiesAComponentAgainAndForgetFreesBrokenPlaces() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<3).map { try MemoryDisk.create(in: topology, name: "op\($0)", size: 8 << 20) }
+        let nop = try NopGeom.create(in: topology, name: "op-nop", over: disks[1].provider)
+        let mirror = try MirrorGeom.create(in: topology, name: "ops", over: [disks[0].provider, nop.providers[0]])
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        try await device.write(MirrorTests.pattern(1 << 20, seed: 11), at: 0)
+        try mirror.rebuild("op-nop", in: topology)
+        #expect(try await MirrorTests.waitFor(mirror, state: "COMPLETE"), "\(mirror.status)")
+        #expect(try await MirrorTests.identical(disks[0].provider, disks[1].provider, in: topology, size: mirror.mirrorSize))
+        #expect(throws: StrataError.self) { try mirror.rebuild("nope", in: topology) }
+        try nop.configure(.init(writeFailPercent: 100))
+        try await device.write(MirrorTests.pattern(4096, seed: 12), at: 0)
+        #expect(mirror.status.components.map(\.state) == ["ACTIVE", "BROKEN"])
+        mirror.forget(in: topology)
+        #expect(mirror.status.components.map(\.state) == ["ACTIVE", "EMPTY"])
+        try mirror.insert(disks[2].provider, in: topology)
+        #expect(try await MirrorTests.waitFor(mirror, state: "COMPLETE"), "\(mirror.status)")
+        #expect(throws: StrataError.self, "the last up-to-date copy stays") {
+            try mirror.remove("op0", in: topology)
+            try mirror.remove("op2", in: topology)
+        }
+    }
+
+    @Test func aProviderOfAnotherMirrorIsRefused() throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<3).map { try MemoryDisk.create(in: topology, name: "own\($0)", size: 4 << 20) }
+        let first = try MirrorGeom.create(in: topology, name: "first", over: [disks[0].provider, disks[1].provider])
+        topology.wither(first)
+        #expect(topology.waitUntilGone(first))
+        do {
+            try MirrorGeom.create(in: topology, name: "second", over: [disks[1].provider, disks[2].provider])
+            Issue.record("a component of another mirror was taken")
+        } catch let error as StrataError {
+            #expect(error.message.contains("own1 carries the metadata of mirror first"), "\(error)")
+        }
+    }
+
+    @Test func aRebuildInterruptedByAStopResumesWhereItWas() async throws {
+        let directory = NSTemporaryDirectory() + "strata-resume-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = (0..<2).map { "\(directory)/r\($0).img" }
+        let size: Int64 = 64 << 20
+        do {
+            let topology = Topology()
+            let disks = try paths.enumerated().map { try FileDisk.create(in: topology, name: "r\($0)", path: $1, size: size) }
+            let mirror = try MirrorGeom.create(in: topology, name: "resume", over: disks.map(\.provider))
+            let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+            for block in 0..<32 { try await device.write(MirrorTests.pattern(65536, seed: block), at: Int64(block) << 21) }
+            device.close()
+            mirror.rebuildRate.store(24 << 20, ordering: .relaxed)
+            try mirror.rebuild("r1", in: topology)
+            var progress = 0.0
+            for _ in 0..<200 where progress < 0.4 {
+                try await Task.sleep(for: .milliseconds(20))
+                progress = mirror.status.progress
+            }
+            #expect(mirror.status.state == "SYNCHRONIZING" && progress >= 0.4, "\(mirror.status)")
+            #expect(topology.shutdown())
+        }
+        let topology = Topology()
+        defer { topology.shutdown() }
+        topology.register(MirrorClass())
+        for (index, path) in paths.enumerated() { _ = try FileDisk.create(in: topology, name: "r\(index)", path: path) }
+        topology.settle()
+        let mirror = try #require(topology.geom(named: "resume") as? MirrorGeom)
+        let resumedAt = mirror.status.progress
+        #expect(resumedAt >= 0.2, "resumed from the saved offset, not from the start: \(mirror.status)")
+        #expect(try await MirrorTests.waitFor(mirror, state: "COMPLETE"), "\(mirror.status)")
+        let disks = try (0..<2).map { try #require(topology.provider(named: "r\($0)")) }
+        #expect(try await MirrorTests.identical(disks[0], disks[1], in: topology, size: mirror.mirrorSize))
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import Strata
+import StrataClasses
 import StrataConfig
 import Testing
 
@@ -362,5 +363,40 @@ extension LabelledConfigurationTests {
         defer { built.topology.shutdown() }
         let sizes: [Int64?] = [built.topology.provider(named: "g0p1")?.mediaSize, built.topology.provider(named: "g0p2")?.mediaSize]
         #expect(sizes == [4 << 20, 8 << 20])
+    }
+}
+
+extension LabelledConfigurationTests {
+    @Test func aBlankComponentListedForAMirrorIsInsertedAndRebuilt() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let yaml = Self.disks + "\ngeoms:\n  - name: m0\n    class: mirror\n    consumers: [d0, d1]\nexports:\n  - name: vol\n    provider: m0\n"
+        let first = try build(yaml, in: directory)
+        #expect(first.topology.shutdown())
+        // d1 is replaced by a blank disk.
+        try FileManager.default.removeItem(atPath: directory + "/d1.img")
+        let second = try build(yaml, in: directory)
+        defer { second.topology.shutdown() }
+        let mirror = try #require(second.topology.geom(named: "m0") as? MirrorGeom)
+        let deadline = Date().addingTimeInterval(30)
+        while mirror.status.state != "COMPLETE" && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(mirror.status.state == "COMPLETE", "\(mirror.status)")
+        #expect(mirror.status.components.map(\.name) == ["d0", "d1"])
+    }
+
+    @Test func aMirrorComponentOfAnotherMirrorIsRefusedFromTheFile() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let three = Self.disks + "\n  - name: d2\n    file: d2.img\n    size: 4MiB\n"
+        let first = try build(three + "geoms:\n  - name: m0\n    class: mirror\n    consumers: [d0, d1]\n", in: directory)
+        #expect(first.topology.shutdown())
+        do {
+            let built = try build(three + "geoms:\n  - name: m1\n    class: mirror\n    consumers: [d1, d2]\n", in: directory)
+            built.topology.shutdown()
+            Issue.record("m1 took a component of m0")
+        } catch let error as ConfigError {
+            #expect(error.problem.contains("d1 is already a component of mirror m0")
+                    || error.problem.contains("carries the metadata of mirror m0"), "\(error)")
+        }
     }
 }
