@@ -25,13 +25,13 @@ let package = Package(
     targets: [
         // The request system and the topology. Imports the toolchain only.
         .target(name: "Strata", swiftSettings: strictSwift),
-        // Transform classes: nop (and, to come, concat, stripe, mirror, part, label).
+        // Transform classes: nop, concat, stripe, label, part, mirror.
         .target(name: "StrataClasses", dependencies: ["Strata"], swiftSettings: strictSwift),
         // Linux calls that need _GNU_SOURCE, for the disks.
         .target(name: "CStrataSystem"),
         // Bottom providers: memory, file, null and zero disks (POSIX).
         .target(name: "StrataDisks", dependencies: ["Strata", "CStrataSystem"], swiftSettings: strictSwift),
-        // The NBD server and client: the only target that imports SwiftNIO.
+        // The NBD server and client (SwiftNIO, like the control socket below).
         .target(name: "StrataNBD", dependencies: [
             "Strata",
             .product(name: "NIOCore", package: "swift-nio"),
