@@ -93,6 +93,10 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
         topology?.wither(self, error: .noDevice)
     }
 
+    /// Called (topology locked) when the geom begins to wither: errors from here on may
+    /// be the teardown's own.
+    open func withering() {}
+
     /// Called once the geom has withered and left the topology: release resources.
     open func destroyed() {}
 }

@@ -320,6 +320,7 @@ public final class Topology: @unchecked Sendable {
         withLock {
             guard geom.topology === self, !geom.isWithering else { return }
             geom.isWithering = true
+            geom.withering()
             emit(.info, "geom \(geom.name) withering")
             for provider in geom.providers { orphan(provider, error: error) }
             scheduleWash(geom)

@@ -74,6 +74,12 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     private var rebuilding: Int?
     /// Bytes per second a rebuild may copy (0: no limit).
     public let rebuildRate = Atomic<Int>(0)
+    /// Set when the mirror starts to wither: nothing is ejected or copied after that.
+    private let stopping = Atomic<Bool>(false)
+
+    override public func withering() {
+        stopping.store(true, ordering: .releasing)
+    }
 
     init(name: String, mirrorID: UInt64, mediaSize: Int64, balance: MirrorBalance, slice: Int, expected: Int,
          genid: UInt32, syncid: UInt32) {
@@ -277,8 +283,12 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     private func eject(_ slot: Slot, because error: BioError) {
         let was = slot.state
         guard was == .active || was == .synchronizing else { return }
+        // Errors caused by the mirror's own teardown (access closed under a rebuild)
+        // say nothing about the component. (No topology lock here: this runs in done
+        // routines, which must never wait for it.)
+        guard let topology, !stopping.load(ordering: .acquiring) else { return }
         slot.set(.broken)
-        topology?.emit(.warning, "mirror \(name): component \(slot.name) failed (\(error)); ejected, mirror degraded")
+        topology.emit(.warning, "mirror \(name): component \(slot.name) failed (\(error)); ejected, mirror degraded")
         metadataQueue.async { [self] in
             lock.withLock { genid &+= 1 }
             writeMetadata()
@@ -387,7 +397,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         let started = monotonicNow()
         var copied: Int64 = 0
         while offset < mirrorSize {
-            guard target.state == .synchronizing, topology != nil else { return false }
+            guard target.state == .synchronizing, topology != nil, !stopping.load(ordering: .acquiring) else { return false }
             let range = offset..<min(offset + MirrorGeom.chunk, mirrorSize)
             lock.withLock {
                 copying = range

@@ -63,11 +63,13 @@ final class NBDClientSession {
         case closed
     }
 
-    var phase: Phase = .greeting
+    var phase: Phase
     /// Bytes of data a successful simple reply carries, by cookie: READs only.
     var simpleReplyDataLength: [UInt64: Int] = [:]
 
-    init() {}
+    init(_ phase: Phase = .greeting) {
+        self.phase = phase
+    }
 }
 
 /// Splits a server's byte stream into whole NBD messages, in every phase of a session.

@@ -77,7 +77,8 @@ func run(_ program: String, _ arguments: [String], input: String? = nil, seconds
     let deadline = Date().addingTimeInterval(seconds)
     while process.isRunning && Date() < deadline { usleep(10_000) }
     if process.isRunning {
-        process.terminate()
+        // SIGKILL: children of test threads may inherit a mask that blocks SIGTERM.
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
     readers.wait()
