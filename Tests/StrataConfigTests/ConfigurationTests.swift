@@ -2,6 +2,7 @@ import Foundation
 import Strata
 import StrataClasses
 import StrataConfig
+import Synchronization
 import Testing
 
 @Suite struct SizeAndURLTests {
@@ -398,5 +399,32 @@ extension LabelledConfigurationTests {
             #expect(error.problem.contains("d1 is already a component of mirror m0")
                     || error.problem.contains("carries the metadata of mirror m0"), "\(error)")
         }
+    }
+}
+
+extension LabelledConfigurationTests {
+    @Test func mirrorParametersAreCheckedByName() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let base = Self.disks + "\ngeoms:\n  - name: m0\n    class: mirror\n    consumers: [d0, d1]\n"
+        for (line, message) in [
+            ("balance: fastest", "t.yaml:12: geoms[0].balance: 'fastest': must be load, prefer, round-robin or split"),
+            ("slice: 3000", "t.yaml:12: geoms[0].slice: '3000': must be a power of two from 4KiB to 1GiB"),
+            ("rebuild-rate: 4K", "t.yaml:12: geoms[0].rebuild-rate: '4K': must be at least 1MiB (per second), or 0 for no limit"),
+            ("rebuild_rate: 4M", "t.yaml:12: geoms[0].rebuild_rate: is not a key of class mirror; did you mean 'rebuild-rate'?"),
+        ] {
+            do {
+                let built = try build(base + "    \(line)\n", in: directory)
+                built.topology.shutdown()
+                Issue.record("accepted \(line)")
+            } catch let error as ConfigError {
+                #expect("\(error)" == message)
+            }
+        }
+        let built = try build(base + "    rebuild-rate: 32MiB\n    balance: split\n", in: directory)
+        defer { built.topology.shutdown() }
+        let mirror = try #require(built.topology.geom(named: "m0") as? MirrorGeom)
+        #expect(mirror.rebuildRate.load(ordering: .relaxed) == 32 << 20)
+        #expect(mirror.balance == .split)
     }
 }

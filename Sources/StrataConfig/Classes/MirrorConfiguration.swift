@@ -9,13 +9,14 @@ import StrataClasses
 ///   consumers: [d0, d1]
 ///   balance: load       # load, prefer, round-robin or split
 ///   slice: 1MiB         # for split: reads of two slices or more are split
+///   rebuild-rate: 64MiB # bytes per second a rebuild may copy (default: no limit)
 /// ```
 /// The first time, metadata is written to every component. Afterwards the mirror comes
 /// back by tasting; a blank provider added to `consumers` is inserted and rebuilt, and a
 /// provider that carries another mirror's metadata is refused.
 public struct MirrorConfiguration: ConfigurableClass {
     public let name = "mirror"
-    public let parameterKeys = ["balance", "slice"]
+    public let parameterKeys = ["balance", "slice", "rebuild-rate"]
     public init() {}
 
     public func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom {
@@ -32,11 +33,23 @@ public struct MirrorConfiguration: ConfigurableClass {
             guard size >= 4096, size <= 1 << 30, size & (size - 1) == 0 else { throw value.error("must be a power of two from 4KiB to 1GiB") }
             slice = Int(size)
         }
-        return try MirrorGeom.create(in: topology, name: spec.name, over: consumers, balance: balance, slice: slice)
+        let rate = try rebuildRate(spec)
+        let mirror = try MirrorGeom.create(in: topology, name: spec.name, over: consumers, balance: balance, slice: slice)
+        mirror.rebuildRate.store(rate, ordering: .relaxed)
+        return mirror
+    }
+
+    private func rebuildRate(_ spec: GeomSpec) throws -> Int {
+        guard let value = spec.parameters["rebuild-rate"] else { return 0 }
+        if value.text == "0" { return 0 }
+        let rate = try value.size()
+        guard rate >= 1 << 20 else { throw value.error("must be at least 1MiB (per second), or 0 for no limit") }
+        return Int(rate)
     }
 
     public func reconcile(_ spec: GeomSpec, with geom: Geom, in topology: Topology) throws {
         guard let mirror = geom as? MirrorGeom else { return }
+        mirror.rebuildRate.store(try rebuildRate(spec), ordering: .relaxed)
         // The disks say who the members are; insert, remove and forget change that at
         // run time, so the file may lag behind. Only contradictions are errors.
         let members = Set(mirror.status.components.map(\.name))
