@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),
-        .testTarget(name: "StrataCLITests", dependencies: ["StrataConfig"], swiftSettings: strictSwift),
+        .testTarget(name: "StrataCLITests", dependencies: ["StrataConfig", "StrataControl"], swiftSettings: strictSwift),
         .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig", "StrataClasses"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataNBDTests", dependencies: [

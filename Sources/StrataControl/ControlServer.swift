@@ -224,20 +224,10 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
 }
 
 /// Prometheus text exposition of the provider counters.
-enum PrometheusText {
+public enum PrometheusText {
     static func render(_ stats: StatsReport) -> String {
         var lines: [String] = []
-        func family(_ name: String, _ type: String, _ help: String, _ value: (StatsReport.ProviderEntry, String) -> Double?) {
-            lines.append("# HELP \(name) \(help)")
-            lines.append("# TYPE \(name) \(type)")
-            for provider in stats.providers {
-                for kind in ["read", "write", "delete", "flush"] {
-                    if let number = value(provider, kind) {
-                        lines.append("\(name){provider=\"\(provider.name)\",kind=\"\(kind)\"} \(number)")
-                    }
-                }
-            }
-        }
+        let kinds = ["read", "write", "delete", "flush"]
         func counters(_ provider: StatsReport.ProviderEntry, _ kind: String) -> StatsReport.Counters {
             switch kind {
             case "read": provider.read
@@ -246,20 +236,61 @@ enum PrometheusText {
             default: provider.flush
             }
         }
-        family("strata_provider_operations_total", "counter", "Requests completed by the provider.") { Double(counters($0, $1).operations) }
-        family("strata_provider_bytes_total", "counter", "Bytes completed by the provider.") { Double(counters($0, $1).bytes) }
-        family("strata_provider_errors_total", "counter", "Requests that failed.") { Double(counters($0, $1).errors) }
-        family("strata_provider_latency_seconds_total", "counter", "Time spent in requests, summed.") {
-            Double(counters($0, $1).nanoseconds) / 1e9
+        func family(_ name: String, _ type: String, _ help: String, _ value: (StatsReport.Counters) -> Double) {
+            lines.append("# HELP \(name) \(help)")
+            lines.append("# TYPE \(name) \(type)")
+            for provider in stats.providers {
+                for kind in kinds {
+                    lines.append("\(name){provider=\"\(label(provider.name))\",kind=\"\(kind)\"} \(value(counters(provider, kind)))")
+                }
+            }
         }
+        family("strata_provider_operations_total", "counter", "Requests completed by the provider.") { Double($0.operations) }
+        family("strata_provider_bytes_total", "counter", "Bytes completed by the provider.") { Double($0.bytes) }
+        family("strata_provider_errors_total", "counter", "Requests that failed.") { Double($0.errors) }
+
+        // The histogram counts timed requests only: a request refused at the provider's
+        // entry is an operation and an error but never took any time there.
+        let histogram = "strata_provider_latency_seconds"
+        lines.append("# HELP \(histogram) Time from a request reaching the provider to its completion.")
+        lines.append("# TYPE \(histogram) histogram")
+        let bounds = ProviderStatistics.latencyBucketBounds.map { String(Double($0) / 1e9) } + ["+Inf"]
+        for provider in stats.providers {
+            for kind in kinds {
+                let entry = counters(provider, kind)
+                let labels = "provider=\"\(label(provider.name))\",kind=\"\(kind)\""
+                var cumulative = 0
+                for (bound, count) in zip(bounds, entry.latencyBuckets) {
+                    cumulative += count
+                    lines.append("\(histogram)_bucket{\(labels),le=\"\(bound)\"} \(cumulative)")
+                }
+                lines.append("\(histogram)_sum{\(labels)} \(Double(entry.nanoseconds) / 1e9)")
+                lines.append("\(histogram)_count{\(labels)} \(cumulative)")
+            }
+        }
+
         lines.append("# HELP strata_provider_in_flight Requests in flight.")
         lines.append("# TYPE strata_provider_in_flight gauge")
-        for provider in stats.providers { lines.append("strata_provider_in_flight{provider=\"\(provider.name)\"} \(provider.inFlight)") }
+        for provider in stats.providers { lines.append("strata_provider_in_flight{provider=\"\(label(provider.name))\"} \(provider.inFlight)") }
         lines.append("# HELP strata_provider_busy_seconds_total Time with at least one request in flight.")
         lines.append("# TYPE strata_provider_busy_seconds_total counter")
         for provider in stats.providers {
-            lines.append("strata_provider_busy_seconds_total{provider=\"\(provider.name)\"} \(Double(provider.busyNanoseconds) / 1e9)")
+            lines.append("strata_provider_busy_seconds_total{provider=\"\(label(provider.name))\"} \(Double(provider.busyNanoseconds) / 1e9)")
         }
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// A label value as the text format wants it: backslash, double quote and newline escaped.
+    public static func label(_ value: String) -> String {
+        var escaped = ""
+        for character in value {
+            switch character {
+            case "\\": escaped += "\\\\"
+            case "\"": escaped += "\\\""
+            case "\n": escaped += "\\n"
+            default: escaped.append(character)
+            }
+        }
+        return escaped
     }
 }

@@ -84,6 +84,8 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var bytes: Int
         public var errors: Int
         public var nanoseconds: Int
+        /// Requests per latency bucket (`ProviderStatistics.latencyBucketBounds`), not cumulative.
+        public var latencyBuckets: [Int]
     }
 
     public struct ProviderEntry: Codable, Sendable, Equatable {
@@ -107,7 +109,7 @@ public struct StatsReport: Codable, Sendable, Equatable {
             latest = max(latest, snapshot.time)
             func counters(_ kind: ProviderStatistics.Kind) -> Counters {
                 Counters(operations: snapshot.operations(kind), bytes: snapshot.bytes(kind), errors: snapshot.errors(kind),
-                         nanoseconds: snapshot.nanoseconds(kind))
+                         nanoseconds: snapshot.nanoseconds(kind), latencyBuckets: snapshot.latencyBuckets(kind))
             }
             return ProviderEntry(name: provider.name, read: counters(.read), write: counters(.write),
                                  delete: counters(.delete), flush: counters(.flush), inFlight: snapshot.inFlight,

@@ -93,8 +93,78 @@ struct ControlVerbTests {
         let metrics = try runProgram("/usr/bin/env", ["curl", "-sf", "--unix-socket", control, "http://strata/metrics"])
         #expect(metrics.1.contains("# TYPE strata_provider_operations_total counter"), "\(metrics)")
         #expect(metrics.1.contains("strata_nbd_connections 0"), "\(metrics)")
+        #expect(metrics.1.contains("strata_nbd_export_connections{export=\"vol\"} 0"), "\(metrics)")
         let missing = try runProgram("/usr/bin/env", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", control, "http://strata/v1/nope"])
         #expect(missing.1 == "404")
+    }
+
+    /// A client holds a connection open after 20 writes: the export gauges count it, and
+    /// the latency histogram of every provider under it has counted the writes, its
+    /// buckets cumulative and its +Inf bucket equal to its count.
+    @Test func metricsCountExportConnectionsAndLatencies() throws {
+        let (server, socket, control) = try Self.startServer()
+        defer { _ = server.stop(); server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        let marker = server.directory + "/written"
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        client.arguments = ["-c", """
+        import nbd, time
+        h = nbd.NBD()
+        h.connect_uri("nbd+unix:///vol?socket=\(socket)")
+        for i in range(20):
+            h.pwrite(b"y" * 4096, i * 4096)
+        open("\(marker)", "w").close()
+        time.sleep(30)
+        """]
+        try client.run()
+        defer { if client.isRunning { kill(client.processIdentifier, SIGKILL); client.waitUntilExit() } }
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: marker) && Date() < deadline { usleep(20_000) }
+        #expect(FileManager.default.fileExists(atPath: marker), "the client never finished its writes")
+
+        let metrics = try runProgram("/usr/bin/env", ["curl", "-sf", "--unix-socket", control, "http://strata/metrics"]).1
+        #expect(metrics.contains("strata_nbd_connections 1"), "\(metrics)")
+        #expect(metrics.contains("strata_nbd_export_connections{export=\"vol\"} 1"), "\(metrics)")
+        #expect(metrics.contains("strata_nbd_export_in_flight{export=\"vol\"} 0"), "\(metrics)")
+        #expect(metrics.contains("# TYPE strata_provider_latency_seconds histogram"))
+
+        var series: [String: [(bound: String, count: Int)]] = [:]
+        var counts: [String: Int] = [:]
+        for line in metrics.split(separator: "\n") where line.hasPrefix("strata_provider_latency_seconds_")
+            && !line.hasPrefix("strata_provider_latency_seconds_sum") {
+            let parts = line.split(separator: " ")
+            guard parts.count == 2, let value = Int(parts[1]) else {
+                Issue.record("unparsable line \(line)"); continue
+            }
+            let name = String(parts[0])
+            if name.hasPrefix("strata_provider_latency_seconds_bucket{") {
+                let key = String(name.split(separator: ",le=").first ?? "").replacingOccurrences(of: "_bucket{", with: "{")
+                let bound = String(name.split(separator: "le=").last ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\"}"))
+                series[key + "}", default: []].append((bound, value))
+            } else if name.hasPrefix("strata_provider_latency_seconds_count") {
+                counts[name.replacingOccurrences(of: "_count{", with: "{")] = value
+            }
+        }
+        #expect(!series.isEmpty)
+        for (key, buckets) in series {
+            #expect(buckets.count == 22 && buckets.last?.bound == "+Inf", "\(key)")
+            #expect(zip(buckets, buckets.dropFirst()).allSatisfy { $0.count <= $1.count }, "\(key) is not cumulative")
+            #expect(buckets.last?.count == counts[key], "\(key): +Inf bucket and count differ")
+        }
+        let writes = counts["strata_provider_latency_seconds{provider=\"m0\",kind=\"write\"}"] ?? 0
+        #expect(writes == 20, "m0 counted \(writes) timed writes")
+
+        // When the client goes, its connection leaves the export's count.
+        kill(client.processIdentifier, SIGKILL)
+        client.waitUntilExit()
+        var after = ""
+        for _ in 0..<100 {
+            after = try runProgram("/usr/bin/env", ["curl", "-sf", "--unix-socket", control, "http://strata/metrics"]).1
+            if after.contains("strata_nbd_export_connections{export=\"vol\"} 0") { break }
+            usleep(50_000)
+        }
+        #expect(after.contains("strata_nbd_export_connections{export=\"vol\"} 0"), "\(after)")
     }
 
     @Test func aVerbWithNoServerSaysSo() throws {

@@ -254,5 +254,25 @@ extension TopologyTests {
         }
         #expect(pass.providers[0].statistics.snapshot.errors(.read) == 1, "the refused read counts where it was refused")
         #expect(disk.provider.statistics.snapshot.errors(.read) == 0)
+        // Every timed request is in exactly one latency bucket; the refused read was never timed.
+        for provider in [pass.providers[0], disk.provider] {
+            let stats = provider.statistics.snapshot
+            for kind in [ProviderStatistics.Kind.read, .write, .delete, .flush] {
+                let timed = stats.operations(kind) - (provider === disk.provider ? 0 : stats.errors(kind))
+                #expect(stats.latencyBuckets(kind).reduce(0, +) == timed, "\(provider.name) \(kind.name)")
+            }
+        }
+    }
+
+    @Test func latencyBucketsDoubleFrom1024Nanoseconds() {
+        let bounds = ProviderStatistics.latencyBucketBounds
+        #expect(bounds.count == ProviderStatistics.latencyBucketCount - 1)
+        #expect(bounds.first == 1024 && bounds.last == 1 << 30)
+        #expect(ProviderStatistics.latencyBucket(0) == 0)
+        for (index, bound) in bounds.enumerated() {
+            #expect(ProviderStatistics.latencyBucket(bound - 1) == index, "just below \(bound)")
+            #expect(ProviderStatistics.latencyBucket(bound) == index + 1, "at \(bound)")
+        }
+        #expect(ProviderStatistics.latencyBucket(UInt64.max) == ProviderStatistics.latencyBucketCount - 1)
     }
 }

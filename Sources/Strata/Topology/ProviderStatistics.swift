@@ -8,7 +8,8 @@ import Darwin
 
 /// What a provider has done, like GEOM's devstat: per kind of request, how many
 /// completed, how many bytes, how many failed and how long they took; requests in flight;
-/// and how long the provider has had at least one request in flight (busy time).
+/// and how long the provider has had at least one request in flight (busy time); and a
+/// latency histogram per kind whose buckets double from 1024 ns to 2^30 ns (about 1 s).
 ///
 /// Counters only grow; a reader takes two snapshots and divides the difference by the
 /// time between them (`strata stat` does, once a second).
@@ -47,14 +48,34 @@ public final class ProviderStatistics: @unchecked Sendable {
 
     private enum Counter: Int { case operations, bytes, errors, nanoseconds }
 
+    /// Latency buckets per kind. Bucket `k` counts requests that took less than
+    /// `1024 << k` ns and at least the bound below it; the last bucket has no upper bound.
+    /// Powers of two let the I/O path pick a bucket with one shift and a bit count.
+    public static let latencyBucketCount = 22
+    private let buckets: UnsafeMutablePointer<Atomic<Int>>
+
+    /// The upper bound of each latency bucket but the last, in nanoseconds.
+    public static var latencyBucketBounds: [UInt64] { (0..<(latencyBucketCount - 1)).map { 1024 << UInt64($0) } }
+
     init() {
         counters = .allocate(capacity: 4 * Self.kinds)
         for index in 0..<(4 * Self.kinds) { (counters + index).initialize(to: Atomic(0)) }
+        buckets = .allocate(capacity: Self.latencyBucketCount * Self.kinds)
+        for index in 0..<(Self.latencyBucketCount * Self.kinds) { (buckets + index).initialize(to: Atomic(0)) }
     }
 
     deinit {
         counters.deinitialize(count: 4 * Self.kinds)
         counters.deallocate()
+        buckets.deinitialize(count: Self.latencyBucketCount * Self.kinds)
+        buckets.deallocate()
+    }
+
+    /// The bucket a request that took `nanoseconds` falls in.
+    @inline(__always)
+    public static func latencyBucket(_ nanoseconds: UInt64) -> Int {
+        let scaled = nanoseconds >> 10
+        return Swift.min(UInt64.bitWidth - scaled.leadingZeroBitCount, latencyBucketCount - 1)
     }
 
     @inline(__always)
@@ -83,7 +104,9 @@ public final class ProviderStatistics: @unchecked Sendable {
         let kind = Kind(command).rawValue
         add(.operations, kind, 1)
         add(.bytes, kind, Int(count))
-        add(.nanoseconds, kind, Int(now &- start))
+        let elapsed = now &- start
+        add(.nanoseconds, kind, Int(truncatingIfNeeded: elapsed))
+        buckets[kind * Self.latencyBucketCount + Self.latencyBucket(elapsed)].wrappingAdd(1, ordering: .relaxed)
         if failed { add(.errors, kind, 1) }
         if inFlight.wrappingSubtract(1, ordering: .relaxed).oldValue == 1 {
             busyNanoseconds.wrappingAdd(Int(now) &- busySince.load(ordering: .relaxed), ordering: .relaxed)
@@ -109,7 +132,8 @@ public final class ProviderStatistics: @unchecked Sendable {
             errors: values(.errors),
             nanoseconds: values(.nanoseconds),
             inFlight: inFlight.load(ordering: .relaxed),
-            busyNanoseconds: busy)
+            busyNanoseconds: busy,
+            latencyBuckets: (0..<(Self.latencyBucketCount * Self.kinds)).map { buckets[$0].load(ordering: .relaxed) })
     }
 
     /// Counters at one moment, indexed by `Kind.rawValue`.
@@ -121,11 +145,17 @@ public final class ProviderStatistics: @unchecked Sendable {
         public var nanoseconds: [Int]
         public var inFlight: Int
         public var busyNanoseconds: Int
+        /// `latencyBucketCount` counts per kind, kind after kind; not cumulative.
+        public var latencyBuckets: [Int]
 
         public func operations(_ kind: Kind) -> Int { operations[kind.rawValue] }
         public func bytes(_ kind: Kind) -> Int { bytes[kind.rawValue] }
         public func errors(_ kind: Kind) -> Int { errors[kind.rawValue] }
         public func nanoseconds(_ kind: Kind) -> Int { nanoseconds[kind.rawValue] }
+        public func latencyBuckets(_ kind: Kind) -> [Int] {
+            let count = ProviderStatistics.latencyBucketCount
+            return Array(latencyBuckets[(kind.rawValue * count)..<((kind.rawValue + 1) * count)])
+        }
     }
 
     /// Nanoseconds on the monotonic clock.

@@ -298,6 +298,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
                 throw error
             }
             self.consumer = consumer
+            served.opened(consumer)
         } catch {
             logger.warning("cannot open export", metadata: ["export": "\(served.export.name)", "error": "\(error)"])
             if let option {
@@ -405,6 +406,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         if !channelClosed { close() }
         guard channelClosed, let consumer else { return }
         self.consumer = nil
+        served?.closed(consumer)
         if consumer.provider != nil {
             try? core.topology.access(consumer, read: -consumer.readCount, write: -consumer.writeCount,
                                       exclusive: -consumer.exclusiveCount)

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Strata
 
 /// A provider served under a name.
@@ -31,6 +32,10 @@ final class ServedExport: @unchecked Sendable {
     let minimumBlockSize: Int
     let preferredBlockSize: Int
     let maximumPayload: Int
+    /// The consumers of the connections in transmission on this export. Changed when a
+    /// connection opens or closes the export, read when metrics are scraped; never touched
+    /// per request.
+    private let openConsumers = NIOLockedValueBox<[ObjectIdentifier: Consumer]>([:])
 
     var size: UInt64 { UInt64(provider.mediaSize) }
 
@@ -52,6 +57,22 @@ final class ServedExport: @unchecked Sendable {
             if canDelete { flags.insert(.sendTrim) }
         }
         self.flags = flags
+    }
+
+    func opened(_ consumer: Consumer) {
+        openConsumers.withLockedValue { $0[ObjectIdentifier(consumer)] = consumer }
+    }
+
+    func closed(_ consumer: Consumer) {
+        _ = openConsumers.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(consumer)) }
+    }
+
+    /// Connections in transmission and the requests they have in flight below the export.
+    var statistics: NBDServer.ExportStatistics {
+        openConsumers.withLockedValue { consumers in
+            NBDServer.ExportStatistics(name: export.name, connections: consumers.count,
+                                       requestsInFlight: consumers.values.reduce(0) { $0 + $1.requestsInFlight })
+        }
     }
 }
 

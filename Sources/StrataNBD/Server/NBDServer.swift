@@ -153,6 +153,18 @@ public final class NBDServer: Sendable {
 
     /// Connections open now.
     public var connectionCount: Int { core.connections.count }
+
+    /// One export's load at one moment.
+    public struct ExportStatistics: Sendable, Equatable {
+        public var name: String
+        /// Connections that chose this export and are in transmission.
+        public var connections: Int
+        /// Requests those connections have submitted and not yet seen complete.
+        public var requestsInFlight: Int
+    }
+
+    /// Every export's load, in the order the exports were given.
+    public var exportStatistics: [ExportStatistics] { core.exports.map(\.statistics) }
 }
 
 /// What the connections of one server share.
