@@ -139,9 +139,8 @@ public struct ConfigurationLoader {
             }
         }
         var parameters: [String: ConfigValue] = [:]
-        for (key, value) in fields where !Self.geomKeys.contains(key) {
-            let text = try scalar(value, key: "\(path).\(key)")
-            parameters[key] = ConfigValue(text: text, file: file, line: line(value), key: "\(path).\(key)")
+        for (key, node) in fields where !Self.geomKeys.contains(key) {
+            parameters[key] = try value(node, key: "\(path).\(key)")
         }
         return GeomSpec(name: name, className: className, consumers: consumers, parameters: parameters, line: line(node))
     }
@@ -201,19 +200,17 @@ public struct ConfigurationLoader {
         return text
     }
 
+    /// A scalar as a `ConfigValue`, so it is parsed by the same rules as class parameters.
+    private func value(_ node: Node, key: String) throws -> ConfigValue {
+        ConfigValue(text: try scalar(node, key: key), file: file, line: line(node), key: key)
+    }
+
     private func size(_ node: Node, key: String) throws -> Int64 {
-        let text = try scalar(node, key: key)
-        guard let size = parseSize(text) else { throw error(node, key, text, "must be \(sizeForms)") }
-        return size
+        try value(node, key: key).size()
     }
 
     private func boolean(_ node: Node, key: String) throws -> Bool {
-        let text = try scalar(node, key: key)
-        switch text.lowercased() {
-        case "true", "yes", "on": return true
-        case "false", "no", "off": return false
-        default: throw error(node, key, text, "must be true or false")
-        }
+        try value(node, key: key).boolean()
     }
 
     private func checkKeys(_ fields: OrderedFields, allowed: [String], path: String) throws {

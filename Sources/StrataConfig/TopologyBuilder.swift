@@ -135,7 +135,7 @@ public enum TopologyBuilder {
             throw ConfigError(file: file, line: spec.line, key: "\(path).class", value: spec.className, problem: problem)
         }
         for (key, value) in spec.parameters where !geomClass.parameterKeys.contains(key) {
-            let allowed = ["name", "class", "consumers"] + geomClass.parameterKeys
+            let allowed = ConfigurationLoader.geomKeys + geomClass.parameterKeys
             var problem = "is not a key of class \(geomClass.name) (known: \(allowed.joined(separator: ", ")))"
             if let guess = nearest(key, among: allowed) { problem = "is not a key of class \(geomClass.name); did you mean '\(guess)'?" }
             throw ConfigError(file: file, line: value.line, key: value.key, value: nil, problem: problem)

@@ -5,14 +5,8 @@ import Testing
 /// socket's routes with curl.
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct ControlVerbTests {
-    static func startServer() throws -> (ServeProcess, socket: String, control: String) {
-        let directory = NSTemporaryDirectory() + "strata-ctl-\(UUID().uuidString.prefix(8))"
-        let socket = directory + "/nbd.sock"
-        let control = directory + "/control.sock"
-        let server = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: [
-            "t.yaml": """
-            listen: [unix://\(socket)]
-            control: \(control)
+    static func startServer() throws -> (server: ServeProcess, socket: String, control: String) {
+        try ServeProcess.serving("""
             disks:
               - name: m0
                 memory: 64MiB
@@ -22,9 +16,7 @@ struct ControlVerbTests {
             exports:
               - name: vol
                 provider: m0
-            """,
-        ])
-        return (server, socket, control)
+            """, prefix: "strata-ctl")
     }
 
     @Test func listShowsGeomsProvidersAndConsumersAsTextJSONAndDot() throws {

@@ -21,12 +21,7 @@ struct MirrorVerbTests {
     }
 
     @Test func aMirrorDegradesIsRepairedOnlineAndComesBackCleanAfterARestart() throws {
-        let directory = NSTemporaryDirectory() + "strata-mcli-\(UUID().uuidString.prefix(8))"
-        let socket = directory + "/nbd.sock"
-        let control = directory + "/control.sock"
-        let config = """
-        listen: [unix://\(socket)]
-        control: \(control)
+        let (server, socket, control) = try ServeProcess.serving("""
         disks:
           - name: d0
             file: d0.img
@@ -47,8 +42,7 @@ struct MirrorVerbTests {
         exports:
           - name: vol
             provider: m0
-        """
-        let server = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: ["t.yaml": config])
+        """, prefix: "strata-mcli")
         defer { server.removeDirectory() }
         #expect(server.waitForOutput("control socket"), "\(server.stderr)")
         #expect(try status(control)["state"] as? String == "COMPLETE")
@@ -72,7 +66,7 @@ struct MirrorVerbTests {
         #expect(server.stop() == 0)
 
         // Restarted from the same file, the mirror comes back by tasting, clean.
-        let again = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory)
+        let again = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: server.directory)
         #expect(again.waitForOutput("control socket"), "\(again.stderr)")
         let back = try waitForState("COMPLETE", control, seconds: 20)
         #expect(back["state"] as? String == "COMPLETE", "\(back) \(again.stderr)")

@@ -4,13 +4,7 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct NopVerbTests {
     @Test func nopConfigureChangesFailureInjectionOnARunningServer() throws {
-        let directory = NSTemporaryDirectory() + "strata-nop-\(UUID().uuidString.prefix(8))"
-        let socket = directory + "/nbd.sock"
-        let control = directory + "/control.sock"
-        let server = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: [
-            "t.yaml": """
-            listen: [unix://\(socket)]
-            control: \(control)
+        let (server, socket, control) = try ServeProcess.serving("""
             disks:
               - name: m0
                 memory: 16MiB
@@ -21,8 +15,7 @@ struct NopVerbTests {
             exports:
               - name: vol
                 provider: n0
-            """,
-        ])
+            """, prefix: "strata-nop")
         defer { _ = server.stop(); server.removeDirectory() }
         #expect(server.waitForOutput("control socket"), "\(server.stderr)")
         func write() throws -> String {

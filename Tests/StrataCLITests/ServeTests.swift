@@ -248,3 +248,16 @@ struct ServeTests {
         #expect(serveHelp.1.contains("--config") && serveHelp.1.contains("SIGTERM"), "\(serveHelp)")
     }
 }
+
+extension ServeProcess {
+    /// `strata serve --config t.yaml` in a fresh directory. The file listens on and is
+    /// controlled through sockets in that directory; `topology` is the rest of it.
+    static func serving(_ topology: String, prefix: String) throws -> (server: ServeProcess, socket: String, control: String) {
+        let directory = NSTemporaryDirectory() + "\(prefix)-\(UUID().uuidString.prefix(8))"
+        let socket = directory + "/nbd.sock"
+        let control = directory + "/control.sock"
+        let file = "listen: [unix://\(socket)]\ncontrol: \(control)\n" + topology
+        let server = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: ["t.yaml": file])
+        return (server, socket, control)
+    }
+}

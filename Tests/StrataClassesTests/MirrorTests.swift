@@ -108,6 +108,19 @@ struct MirrorTests {
         }
     }
 
+    @Test(arguments: [(2048, "slice 2048"), (3 << 12, "slice 12288"), (2 << 30, "slice 2147483648")])
+    func aSliceOutOfRangeIsRefusedByTheClassItself(slice: Int, prefix: String) throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<2).map { try MemoryDisk.create(in: topology, name: "sl\($0)", size: 1 << 20) }
+        #expect {
+            try MirrorGeom.create(in: topology, name: "ms", over: disks.map(\.provider), slice: slice)
+        } throws: { error in
+            "\(error)".contains("\(prefix) must be a power of two from 4KiB to 1GiB")
+        }
+        #expect(topology.geom(named: "ms") == nil)
+    }
+
     @Test func aPreferredComponentTakesTheReads() async throws {
         let topology = Topology()
         defer { topology.shutdown() }

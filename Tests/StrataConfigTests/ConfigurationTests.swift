@@ -239,6 +239,10 @@ import Testing
                 == "t.yaml:8: geoms[0].read-fail-percent: '101': must be a whole number from 0 to 100")
         #expect(failure(base + "    delay: 5") == "t.yaml:8: geoms[0].delay: is not a key of class nop; did you mean 'delay-ms'?")
         #expect(failure(base + "    offset: 8MiB").hasPrefix("t.yaml:8: geoms[0].offset: '8MiB': nop n0: offset 8388608 must be"))
+        // A size that does not fit past a good offset is blamed on the size line, though its
+        // message mentions the offset.
+        #expect(failure(base + "    offset: 1MiB\n    size: 4MiB")
+                .hasPrefix("t.yaml:9: geoms[0].size: '4MiB': nop n0: size 4194304 must be"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n  - name: b\n    memory: 1M\ngeoms:\n  - name: n\n    class: nop\n    consumers: [a, b]")
                 .contains("a nop consumes exactly one provider"))
     }

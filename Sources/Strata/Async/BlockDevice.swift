@@ -103,47 +103,51 @@ public final class BlockDevice: @unchecked Sendable {
 
     /// Whether DELETE frees space on the provider ("GEOM::candelete").
     public func canDelete() async throws -> Bool {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4, alignment: 4)
-        defer { buffer.deallocate() }
-        try await perform(.getattr, offset: 0, length: 0, buffer: buffer, attribute: .canDelete)
-        return buffer.load(as: Int32.self) != 0
+        try await getattr(.canDelete, capacity: 4) { $0.attributeInt32 ?? 0 } != 0
     }
 
     /// The provider's identification ("GEOM::ident").
     public func ident() async throws -> String {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
-        defer { buffer.deallocate() }
-        let completed = try await perform(.getattr, offset: 0, length: 0, buffer: buffer, attribute: .ident)
-        return String(decoding: buffer.prefix(Int(completed)).prefix { $0 != 0 }, as: UTF8.self)
+        try await getattr(.ident, capacity: 256) { $0.attributeString ?? "" }
     }
 
     /// The data, hole and zero extents of `offset ..< offset+length` (at most `limit`).
     public func extents(at offset: Int64, length: Int64, limit: Int = 1024) async throws -> [BioExtent] {
-        let size = limit * BioExtent.encodedSize
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
+        try await getattr(.extents, capacity: limit * BioExtent.encodedSize, offset: offset, length: length) { $0.attributeExtents }
+    }
+
+    /// Asks for `attribute` with an answer buffer of `capacity` bytes and reads the
+    /// answer with `decode` (one of `Bio`'s attribute readers) before the request goes.
+    private func getattr<Answer: Sendable>(_ attribute: BioAttribute, capacity: Int, offset: Int64 = 0, length: Int64 = 0,
+                                           decode: @escaping @Sendable (borrowing Bio) -> Answer) async throws -> Answer {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)
         defer { buffer.deallocate() }
-        let completed = try await perform(.getattr, offset: offset, length: length, buffer: buffer, attribute: .extents)
-        return (0..<Int(completed) / BioExtent.encodedSize).map { index in
-            let base = index * BioExtent.encodedSize
-            return BioExtent(offset: buffer.load(fromByteOffset: base, as: Int64.self),
-                             length: buffer.load(fromByteOffset: base + 8, as: Int64.self),
-                             kind: .init(rawValue: buffer.load(fromByteOffset: base + 16, as: UInt32.self)))
-        }
+        return try await submit(.getattr, offset: offset, length: length, buffer: buffer, attribute: attribute, answer: decode)
     }
 
     /// Sends one request and resumes when it completes. Returns the bytes completed.
     @discardableResult
     private func perform(_ command: BioCommand, offset: Int64, length: Int64, buffer: UnsafeMutableRawBufferPointer? = nil,
-                         flags: BioFlags = [], attribute: BioAttribute? = nil) async throws -> Int64 {
+                         flags: BioFlags = []) async throws -> Int64 {
+        try await submit(command, offset: offset, length: length, buffer: buffer, flags: flags) { $0.completed }
+    }
+
+    /// Sends one request and resumes with `answer` of the completed request.
+    private func submit<Answer: Sendable>(_ command: BioCommand, offset: Int64, length: Int64,
+                                          buffer: UnsafeMutableRawBufferPointer?, flags: BioFlags = [],
+                                          attribute: BioAttribute? = nil,
+                                          answer: @escaping @Sendable (borrowing Bio) -> Answer) async throws -> Answer {
         let consumer = self.consumer
-        let description = "\(command) at \(offset)+\(length) on \(provider.name)"
+        let providerName = provider.name
         let bufferAddress = buffer.map { UnsafeMutableRawBufferPointerBox($0) }
-        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int64, any Error>) in
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Answer, any Error>) in
             let bio = Bio.make(command, offset: offset, length: length, buffer: bufferAddress?.buffer, flags: flags,
                                attribute: attribute, from: .shared)
             bio.done = .closure { done in
-                let result: Result<Int64, any Error> = done.error.map { .failure(StrataError($0, description)) }
-                    ?? .success(done.completed)
+                // The message is made only for a failure: a success costs no string.
+                let result: Result<Answer, any Error> = done.error.map {
+                    .failure(StrataError($0, "\(command) at \(offset)+\(length) on \(providerName)"))
+                } ?? .success(answer(done))
                 done.destroy()
                 continuation.resume(with: result)
             }

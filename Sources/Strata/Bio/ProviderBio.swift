@@ -97,17 +97,13 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
     /// length, data, attribute and request flags, with this request as its parent.
     /// Its done is `.standard`. Returns nil if `set` cannot supply one without waiting.
     public func clone(using set: AnyBioSet = .shared) -> Bio? {
-        guard let child = set.allocateHeader(segments: 0, wait: false) else { return nil }
-        attachClone(child, offset: 0, length: header.pointee.length)
-        return Bio(header: child)
+        makeClone(0, header.pointee.length, set, wait: false)
     }
 
     /// `g_duplicate_bio`: like `clone(using:)` but waits for the set's reserve rather
     /// than fail.
     public func duplicate(using set: AnyBioSet = .shared) -> Bio {
-        let child = set.allocateHeader(segments: 0, wait: true)!
-        attachClone(child, offset: 0, length: header.pointee.length)
-        return Bio(header: child)
+        makeClone(0, header.pointee.length, set, wait: true)!
     }
 
     /// A clone covering `length` bytes from `relativeOffset` within this request, with
@@ -115,9 +111,7 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
     public func clone(range relativeOffset: Int64, length: Int64, using set: AnyBioSet = .shared) -> Bio? {
         precondition(relativeOffset >= 0 && length >= 0 && relativeOffset + length <= header.pointee.length,
                      "clone range \(relativeOffset)+\(length) outside \(summary)")
-        guard let child = set.allocateHeader(segments: 0, wait: false) else { return nil }
-        attachClone(child, offset: relativeOffset, length: length)
-        return Bio(header: child)
+        return makeClone(relativeOffset, length, set, wait: false)
     }
 
     /// Like `clone(range:length:using:)` but waits for the set's reserve rather than
@@ -125,7 +119,13 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
     public func duplicate(range relativeOffset: Int64, length: Int64, using set: AnyBioSet = .shared) -> Bio {
         precondition(relativeOffset >= 0 && length >= 0 && relativeOffset + length <= header.pointee.length,
                      "duplicate range \(relativeOffset)+\(length) outside \(summary)")
-        let child = set.allocateHeader(segments: 0, wait: true)!
+        return makeClone(relativeOffset, length, set, wait: true)!
+    }
+
+    /// Takes a request from `set` (waiting for its reserve when `wait`) and makes it
+    /// the clone of `length` bytes at `relativeOffset`; nil only when not waiting.
+    private func makeClone(_ relativeOffset: Int64, _ length: Int64, _ set: AnyBioSet, wait: Bool) -> Bio? {
+        guard let child = set.allocateHeader(segments: 0, wait: wait) else { return nil }
         attachClone(child, offset: relativeOffset, length: length)
         return Bio(header: child)
     }

@@ -20,10 +20,10 @@ extension Consumer {
             done.destroy()
             finished.signal()
         }
-        let description = "\(command) at \(offset)+\(length) on \(provider?.name ?? "-")"
+        let providerName = provider?.name ?? "-"
         request(bio)
         finished.wait()
-        if let error = outcome.error { throw StrataError(error, description) }
+        if let error = outcome.error { throw StrataError(error, "\(command) at \(offset)+\(length) on \(providerName)") }
         return (outcome.completed, outcome.flags)
     }
 

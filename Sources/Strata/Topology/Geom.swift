@@ -51,7 +51,6 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
             bio.deliver(.noMemory)
             return
         }
-        clone.done = .standard
         consumer.request(clone)
         bio.awaitChildren()
     }

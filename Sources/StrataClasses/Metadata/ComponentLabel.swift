@@ -72,16 +72,8 @@ public struct ComponentLabel: Equatable, Sendable {
 
     /// Reads the label of `provider` through a consumer of `geom` opened for the read.
     public static func read(from provider: Provider, through geom: Geom, in topology: Topology) -> ComponentLabel? {
-        let consumer = topology.createConsumer(for: geom)
-        defer { topology.destroy(consumer) }
-        do {
-            try topology.attach(consumer, to: provider)
-            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
-            defer { try? topology.access(consumer, read: -1, write: 0, exclusive: 0) }
-            let sector = try consumer.readSync(at: provider.mediaSize - Int64(provider.sectorSize), count: provider.sectorSize)
-            return decode(sector)
-        } catch {
-            return nil
+        try? topology.reading(provider, through: geom) { consumer in
+            decode(try consumer.readLastSector())
         }
     }
 

@@ -203,10 +203,9 @@ enum LabelledAssembly {
     /// it is the first component seen.
     static func taste(_ provider: Provider, kind: ComponentLabel.Kind, in topology: Topology,
                       make: (ComponentLabel) -> LabelledGeom) -> Geom? {
-        let probe = Geom(name: "taste:\(kind.className):\(provider.name)", className: "TASTE")
-        guard (try? topology.add(probe)) != nil else { return nil }
-        let label = ComponentLabel.read(from: provider, through: probe, in: topology)
-        topology.remove(probe)
+        let label = try? topology.probing(provider, for: kind.className) { probe in
+            ComponentLabel.decode(try probe.readLastSector())
+        }
         guard let label, label.kind == kind else { return nil }
         let geom: LabelledGeom
         if let existing = topology.geom(named: label.geomName) {

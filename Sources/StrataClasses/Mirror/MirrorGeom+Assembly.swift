@@ -12,8 +12,8 @@ extension MirrorGeom {
         guard (2...maximumComponents).contains(providers.count) else {
             throw StrataError(.invalid, "mirror \(name): \(providers.count) components; a mirror has 2 to \(maximumComponents)")
         }
-        guard slice >= 4096, slice & (slice - 1) == 0 else {
-            throw StrataError(.invalid, "slice \(slice) must be a power of two of at least 4096")
+        guard (4096...(1 << 30)).contains(slice), slice & (slice - 1) == 0 else {
+            throw StrataError(.invalid, "slice \(slice) must be a power of two from 4KiB to 1GiB")
         }
         let sector = Int64(providers.map(\.sectorSize).max()!)
         let size = (providers.map(\.mediaSize).min()! - sector) / sector * sector
@@ -138,20 +138,7 @@ extension MirrorGeom {
 
     /// The mirror metadata `provider` carries, if any.
     public static func readMetadata(of provider: Provider, in topology: Topology) -> MirrorMetadata? {
-        let probe = Geom(name: "taste:mirror:\(provider.name):\(UInt32.random(in: 0...UInt32.max))", className: "TASTE")
-        guard (try? topology.add(probe)) != nil else { return nil }
-        defer { topology.remove(probe) }
-        let consumer = topology.createConsumer(for: probe)
-        defer { topology.destroy(consumer) }
-        do {
-            try topology.attach(consumer, to: provider)
-            try topology.access(consumer, read: 1, write: 0, exclusive: 0)
-            defer { try? topology.access(consumer, read: -1, write: 0, exclusive: 0) }
-            return MirrorMetadata.decode(try consumer.readSync(at: provider.mediaSize - Int64(provider.sectorSize),
-                                                               count: provider.sectorSize))
-        } catch {
-            return nil
-        }
+        try? topology.probing(provider, for: "mirror") { probe in MirrorMetadata.decode(try probe.readLastSector()) }
     }
 }
 

@@ -374,7 +374,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         startWorkerThread { [self] in
             rebuildActive.store(true, ordering: .sequentiallyConsistent)
             // Writes that began before the flag was up are not tracked: let them finish.
-            while untrackedWrites.load(ordering: .sequentiallyConsistent) > 0 { sleepMilliseconds(1) }
+            while untrackedWrites.load(ordering: .sequentiallyConsistent) > 0 { sleepSeconds(0.001) }
             let finished = copy(into: slot)
             lock.withLock {
                 rebuilding = nil
@@ -394,7 +394,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     private func copy(into target: Slot) -> Bool {
         var sinceSave = 0
         var offset = target.syncOffset.load(ordering: .acquiring)
-        let started = monotonicNow()
+        let started = monotonicSeconds()
         var copied: Int64 = 0
         while offset < mirrorSize {
             guard target.state == .synchronizing, topology != nil, !stopping.load(ordering: .acquiring) else { return false }
@@ -429,8 +429,8 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             let rate = rebuildRate.load(ordering: .relaxed)
             if rate > 0 {
                 let due = Double(copied) / Double(rate)
-                let elapsed = monotonicNow() - started
-                if due > elapsed { sleepMilliseconds(Int((due - elapsed) * 1000)) }
+                let elapsed = monotonicSeconds() - started
+                if due > elapsed { sleepSeconds(due - elapsed) }
             }
         }
         return true
@@ -478,13 +478,4 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             self.syncid = syncid
         }
     }
-}
-
-private func sleepMilliseconds(_ milliseconds: Int) {
-    let gate = ConditionLock()
-    gate.withLock { _ = gate.wait(seconds: Double(milliseconds) / 1000) }
-}
-
-private func monotonicNow() -> Double {
-    Double(DispatchTime.now().uptimeNanoseconds) / 1e9
 }

@@ -51,17 +51,11 @@ public final class PartGeom: Geom, @unchecked Sendable {
 
     /// Reads the partition table of `provider` (nil when there is none).
     public static func readTable(of provider: Provider, in topology: Topology) throws -> PartitionTable? {
-        let probe = Geom(name: "taste:part:\(provider.name):\(UInt32.random(in: 0...UInt32.max))", className: "TASTE")
-        try topology.add(probe)
-        defer { topology.remove(probe) }
-        let consumer = topology.createConsumer(for: probe)
-        defer { topology.destroy(consumer) }
-        try topology.attach(consumer, to: provider)
-        try topology.access(consumer, read: 1, write: 0, exclusive: 0)
-        defer { try? topology.access(consumer, read: -1, write: 0, exclusive: 0) }
-        let sector = provider.sectorSize
-        return try PartitionTable.read(sectorSize: sector, sectors: provider.mediaSize / Int64(sector)) { lba, count in
-            try consumer.readSync(at: lba * Int64(sector), count: count * sector)
+        try topology.probing(provider, for: "part") { probe in
+            let sector = provider.sectorSize
+            return try PartitionTable.read(sectorSize: sector, sectors: provider.mediaSize / Int64(sector)) { lba, count in
+                try probe.readSync(at: lba * Int64(sector), count: count * sector)
+            }
         }
     }
 

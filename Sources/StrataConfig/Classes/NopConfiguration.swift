@@ -42,7 +42,7 @@ public struct NopConfiguration: ConfigurableClass {
                                       settings: settings)
         } catch let error as StrataError {
             // The nop's own message names the parameter; point at the entry.
-            let key = error.message.contains("offset") ? "offset" : "size"
+            let key = error.message.hasPrefix("nop \(spec.name): offset") ? "offset" : "size"
             if let value = spec.parameters[key] { throw value.error(error.message) }
             throw error
         }

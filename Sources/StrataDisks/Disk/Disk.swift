@@ -71,10 +71,16 @@ open class Disk: Geom, @unchecked Sendable {
         }
     }
 
-    /// Reports the extents of the range a GETATTR asks about. The default: all data.
+    /// What every byte of a disk that keeps no map reads as: data unless a subclass says
+    /// otherwise.
+    open var uniformExtentKind: BioExtent.Kind { [] }
+
+    /// Reports the extents of the range a GETATTR asks about. The default: the whole range
+    /// in one extent of `uniformExtentKind`.
     open func extents(_ bio: consuming ProviderBio) {
         let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
-        bio.deliverAttribute(extents: range.isEmpty ? [] : [BioExtent(offset: range.lowerBound, length: Int64(range.count), kind: [])])
+        let kind = uniformExtentKind
+        bio.deliverAttribute(extents: range.isEmpty ? [] : [BioExtent(offset: range.lowerBound, length: Int64(range.count), kind: kind)])
     }
 
     /// The part of the media an extents GETATTR asks about, clipped to the media.

@@ -18,8 +18,5 @@ public final class ZeroDisk: Disk, @unchecked Sendable {
     override public func delete(_ bio: consuming ProviderBio) { bio.deliverAll() }
     override public func writeZeroes(_ bio: consuming ProviderBio) { bio.deliverAll() }
 
-    override public func extents(_ bio: consuming ProviderBio) {
-        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
-        bio.deliverAttribute(extents: range.isEmpty ? [] : [BioExtent(offset: range.lowerBound, length: Int64(range.count), kind: [.zero])])
-    }
+    override public var uniformExtentKind: BioExtent.Kind { [.zero] }
 }

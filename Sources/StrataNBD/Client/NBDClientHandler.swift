@@ -309,26 +309,32 @@ final class NBDClientHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func handleChunk(_ chunk: NBDReplyChunk) {
-        guard var request = requests[chunk.cookie] else {
+        // Taken out of the table while the chunk is placed, so its buffer has one owner
+        // and is written in place; put back unless this was the last chunk.
+        guard var request = requests.removeValue(forKey: chunk.cookie) else {
             return fail(.protocolViolation("reply chunk for cookie \(chunk.cookie), which is not in flight"))
         }
+        func violation(_ text: String) {
+            requests[chunk.cookie] = request
+            fail(.protocolViolation(text))
+        }
         if let echoed = chunk.requestOffset, echoed != request.offset {
-            return fail(.protocolViolation("extended reply echoes offset \(echoed) for a request at \(request.offset)"))
+            return violation("extended reply echoes offset \(echoed) for a request at \(request.offset)")
         }
         switch chunk.content {
         case .none:
             break
         case .data(let offset, let data):
-            if let violation = deliver(data: data, zeros: 0, at: offset, into: &request) {
-                return fail(.protocolViolation(violation))
+            if let problem = deliver(data: data, zeros: 0, at: offset, into: &request) {
+                return violation(problem)
             }
         case .hole(let offset, let length):
-            if let violation = deliver(data: nil, zeros: Int(length), at: offset, into: &request) {
-                return fail(.protocolViolation(violation))
+            if let problem = deliver(data: nil, zeros: Int(length), at: offset, into: &request) {
+                return violation(problem)
             }
         case .blockStatus(let contextID, let extents):
-            if let violation = check(extents, contextID: contextID, for: request) {
-                return fail(.protocolViolation(violation))
+            if let problem = check(extents, contextID: contextID, for: request) {
+                return violation(problem)
             }
             request.extents = extents.map {
                 // `base:allocation` uses the low 32 bits; anything above is not ours to keep.
@@ -336,7 +342,7 @@ final class NBDClientHandler: ChannelInboundHandler, @unchecked Sendable {
             }
         case .error(let code, let message, let offset):
             if let offset, offset < request.offset || offset - request.offset >= max(request.length, 1) {
-                return fail(.protocolViolation("error at offset \(offset), outside the request at \(request.offset)+\(request.length)"))
+                return violation("error at offset \(offset), outside the request at \(request.offset)+\(request.length)")
             }
             noteError(code)
             if request.failure == nil {
@@ -345,7 +351,6 @@ final class NBDClientHandler: ChannelInboundHandler, @unchecked Sendable {
             }
         }
         if chunk.isDone {
-            requests[chunk.cookie] = nil
             finish(request)
             disconnectIfIdle()
         } else {

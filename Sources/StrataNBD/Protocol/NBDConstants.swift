@@ -176,8 +176,6 @@ public enum NBDLimits {
     public static let maximumPayload = 32 << 20
     /// Largest option payload kept in memory; longer ones are discarded and refused.
     public static let maximumOptionLength = 16 << 10
-    /// Longest export name or description accepted.
-    public static let maximumStringLength = 4096
     /// Extents reported in one block-status chunk at most.
     public static let maximumExtents = 1 << 16
 }

@@ -229,7 +229,7 @@ extension NBDConnectionHandler {
                 refuse(slot.header, NBDError(errno: error.errno), "\(slot.command) failed: \(error)", command: slot.command,
                        log: false)
             } else {
-                reply(to: slot, readAsZeros: flags.contains(.readAsZeros), extents: extents)
+                reply(to: consume slot, readAsZeros: flags.contains(.readAsZeros), extents: extents)
             }
         }
         updateReading()
@@ -238,7 +238,7 @@ extension NBDConnectionHandler {
 
     // MARK: Replies
 
-    private func reply(to slot: RequestSlot, readAsZeros: Bool, extents: [BioExtent]) {
+    private func reply(to slot: consuming RequestSlot, readAsZeros: Bool, extents: [BioExtent]) {
         let header = slot.header
         switch slot.command {
         case .read:
@@ -252,17 +252,19 @@ extension NBDConnectionHandler {
                 send(chunk)
                 return
             }
-            var buffer = slot.buffer!
-            buffer.moveWriterIndex(forwardBy: Int(header.length))
-            var head = context!.channel.allocator.buffer(capacity: slot.headerSpace)
+            // The slot gives up the buffer so this is its only reference: writing the
+            // header into the space reserved before the data then copies nothing.
+            var buffer = slot.buffer.take()!
+            buffer.moveWriterIndex(to: 0)
             if structuredReplies {
-                head.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .offsetData,
-                                         cookie: header.cookie, requestOffset: header.offset, length: 8 + Int(header.length))
-                head.writeInteger(header.offset)
+                buffer.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .offsetData,
+                                           cookie: header.cookie, requestOffset: header.offset, length: 8 + Int(header.length))
+                buffer.writeInteger(header.offset)
             } else {
-                head.writeNBDSimpleReply(error: 0, cookie: header.cookie)
+                buffer.writeNBDSimpleReply(error: 0, cookie: header.cookie)
             }
-            buffer.setBuffer(head, at: 0)
+            assert(buffer.writerIndex == slot.headerSpace, "the reply header fills exactly the space kept for it")
+            buffer.moveWriterIndex(forwardBy: Int(header.length))
             send(buffer)
         case .blockStatus:
             sendBlockStatus(header, extents: extents)
@@ -370,8 +372,7 @@ extension NBDConnectionHandler {
         let limits = core.limits
         if finishing || requests.count >= limits.requests || requests.bytes >= limits.bytes || !context.channel.isWritable {
             pauseReading()
-        } else if readingPaused && requests.count <= limits.requests / 2 && requests.bytes <= limits.bytes / 2 {
-            readingPaused = false
+        } else if session.paused && requests.count <= limits.requests / 2 && requests.bytes <= limits.bytes / 2 {
             session.paused = false
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             context.read()
@@ -388,8 +389,7 @@ extension NBDConnectionHandler {
     }
 
     func pauseReading() {
-        guard let context, !readingPaused, !channelClosed else { return }
-        readingPaused = true
+        guard let context, !session.paused, !channelClosed else { return }
         session.paused = true
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
     }

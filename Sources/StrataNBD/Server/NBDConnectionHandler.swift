@@ -30,7 +30,6 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     var served: ServedExport?
     var consumer: Consumer?
     var requests = RequestTable()
-    var readingPaused = false
     var processingInput = false
     var flushPending = false
     /// DISC received, the server stopping, or the client gone: no new requests.

@@ -134,25 +134,7 @@ struct NBDClientStrataServerTests {
         try await withClient(style) { client, _ in
             let count = 64
             let length = 64 << 10
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for index in 0..<count {
-                    group.addTask {
-                        try await client.write(clientTestPattern(seed: UInt64(index), length: length), offset: UInt64(index * length))
-                    }
-                }
-                try await group.waitForAll()
-            }
-            let mismatches = try await withThrowingTaskGroup(of: Int?.self) { group in
-                for index in 0..<count {
-                    group.addTask {
-                        let read = try await client.read(offset: UInt64(index * length), length: length)
-                        return read.clientTestBytes == clientTestPattern(seed: UInt64(index), length: length) ? nil : index
-                    }
-                }
-                var mismatches: [Int] = []
-                for try await mismatch in group { if let mismatch { mismatches.append(mismatch) } }
-                return mismatches
-            }
+            let mismatches = try await writeAndReadBackConcurrently(client, count: count, length: length)
             #expect(mismatches.isEmpty, "requests whose data differs: \(mismatches)")
             #expect(await client.requestsInFlight == 0)
         }

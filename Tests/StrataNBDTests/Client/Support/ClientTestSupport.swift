@@ -43,6 +43,30 @@ func clientTestPattern(seed: UInt64, length: Int) -> [UInt8] {
     }
 }
 
+/// Writes `count` patterned blocks of `length` bytes all at once, then reads them back
+/// all at once; returns the blocks whose data came back different.
+func writeAndReadBackConcurrently(_ client: NBDClient, count: Int, length: Int) async throws -> [Int] {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for index in 0..<count {
+            group.addTask {
+                try await client.write(clientTestPattern(seed: UInt64(index), length: length), offset: UInt64(index * length))
+            }
+        }
+        try await group.waitForAll()
+    }
+    return try await withThrowingTaskGroup(of: Int?.self) { group in
+        for index in 0..<count {
+            group.addTask {
+                let read = try await client.read(offset: UInt64(index * length), length: length)
+                return read.clientTestBytes == clientTestPattern(seed: UInt64(index), length: length) ? nil : index
+            }
+        }
+        var mismatches: [Int] = []
+        for try await mismatch in group { if let mismatch { mismatches.append(mismatch) } }
+        return mismatches
+    }
+}
+
 extension ByteBuffer {
     /// The readable bytes, for comparing with `#expect`.
     var clientTestBytes: [UInt8] { withUnsafeReadableBytes { Array($0) } }
