@@ -215,9 +215,16 @@ public final class Topology: @unchecked Sendable {
             // A request stays counted until its done routine has returned, which keeps
             // the issuing geom alive while that routine runs; a caller the routine woke
             // may get here first. Give those last few moments to pass.
+            // The check uses the value the wait saw: reading the count again could catch a
+            // request a misbehaving user sent just after, and trap on a detach that was
+            // legal when it was decided.
             let deadline = monotonicSeconds() + 5
-            while consumer.requestsInFlight != 0 && monotonicSeconds() < deadline { sched_yield() }
-            precondition(consumer.requestsInFlight == 0, "detach of \(consumer.name) with requests in flight")
+            var inFlight = consumer.requestsInFlight
+            while inFlight != 0 && monotonicSeconds() < deadline {
+                sched_yield()
+                inFlight = consumer.requestsInFlight
+            }
+            precondition(inFlight == 0, "detach of \(consumer.name) with requests in flight")
             guard let provider = consumer.provider else { return }
             provider.consumers.removeAll { $0 === consumer }
             consumer.provider = nil
