@@ -8,37 +8,54 @@ let strataBinary: String = {
 }()
 
 /// A running `strata serve`, in a directory of its own.
+///
+/// Its output goes to files rather than pipes with readability handlers: on Linux a
+/// handler's dispatch source outlives the pipe it watches when the object goes away,
+/// and a later test's descriptor reusing that number crashes libdispatch's event loop.
 final class ServeProcess: @unchecked Sendable {
     let process = Process()
     let directory: String
-    let output = Pipe()
-    let errors = Pipe()
-    private let collected = NSLock()
-    private var outputText = ""
-    private var errorText = ""
+    private let outputPath: String
+    private let errorPath: String
+    private let outputHandle: FileHandle
+    private let errorHandle: FileHandle
 
     init(arguments: [String], directory: String? = nil, files: [String: String] = [:]) throws {
         self.directory = directory ?? NSTemporaryDirectory() + "strata-cli-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         for (name, text) in files { try text.write(toFile: self.directory + "/" + name, atomically: true, encoding: .utf8) }
+        let logs = NSTemporaryDirectory() + "strata-serve-\(UUID().uuidString)"
+        outputPath = logs + ".out"
+        errorPath = logs + ".err"
+        guard FileManager.default.createFile(atPath: outputPath, contents: nil),
+              FileManager.default.createFile(atPath: errorPath, contents: nil),
+              let outputHandle = FileHandle(forWritingAtPath: outputPath),
+              let errorHandle = FileHandle(forWritingAtPath: errorPath) else {
+            throw CocoaError(.fileWriteUnknown)
+        }
+        self.outputHandle = outputHandle
+        self.errorHandle = errorHandle
         process.executableURL = URL(fileURLWithPath: strataBinary)
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: self.directory)
-        process.standardOutput = output
-        process.standardError = errors
-        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
-            self?.collected.withLock { self?.outputText += text }
-        }
-        errors.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
-            self?.collected.withLock { self?.errorText += text }
-        }
+        process.standardOutput = outputHandle
+        process.standardError = errorHandle
         try process.run()
     }
 
-    var stdout: String { collected.withLock { outputText } }
-    var stderr: String { collected.withLock { errorText } }
+    deinit {
+        try? outputHandle.close()
+        try? errorHandle.close()
+        try? FileManager.default.removeItem(atPath: outputPath)
+        try? FileManager.default.removeItem(atPath: errorPath)
+    }
+
+    var stdout: String { Self.contents(of: outputPath) }
+    var stderr: String { Self.contents(of: errorPath) }
+
+    private static func contents(of path: String) -> String {
+        String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
+    }
 
     /// Waits until standard output contains `text`, or the process ends, or time passes.
     func waitForOutput(_ text: String, seconds: Double = 30) -> Bool {

@@ -74,36 +74,10 @@ import Synchronization
     }
 
     /// Back to the initial state, keeping the pool and segment capacity
-    /// (`g_reset_bio`, `bio_reset`).
+    /// (`g_reset_bio`, `bio_reset`). Built from the initializer, so a field added later
+    /// is reset to its declared default without being listed here.
     @usableFromInline mutating func reset() {
-        command = .read
-        flags = []
-        consumerFlags = 0
-        providerFlags = 0
-        offset = 0
-        length = 0
-        data = .none
-        error = 0
-        done = .unset
-        driver1 = nil
-        driver2 = nil
-        caller1 = nil
-        caller2 = nil
-        attribute = nil
-        from = nil
-        to = nil
-        completed.store(0, ordering: .relaxed)
-        children = 0
-        inbed.store(0, ordering: .relaxed)
-        outstanding.store(0, ordering: .relaxed)
-        parent = nil
-        combine = .firstError
-        firstChildError.store(0, ordering: .relaxed)
-        childSuccesses.store(0, ordering: .relaxed)
-        state = .idle
-        next = nil
-        segmentsUsed = 0
-        startTime = 0
+        self = BioHeader(pool: pool, segmentCapacity: segmentCapacity)
     }
 }
 
