@@ -21,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "5.0.1"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // The request system and the topology. Imports the toolchain only.
@@ -50,6 +52,8 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ], swiftSettings: strictSwift),
         // The `strata` command.
         .executableTarget(name: "strata", dependencies: [
@@ -61,7 +65,11 @@ let package = Package(
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),
-        .testTarget(name: "StrataCLITests", dependencies: ["StrataConfig", "StrataControl"], swiftSettings: strictSwift),
+        .testTarget(name: "StrataCLITests", dependencies: [
+            "StrataConfig", "StrataControl",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ], swiftSettings: strictSwift),
         .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig", "StrataClasses"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataNBDTests", dependencies: [

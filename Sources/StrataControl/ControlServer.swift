@@ -10,14 +10,16 @@ import StrataClasses
 /// `strata` verbs. Routes are listed in docs/CONTROL.md.
 public final class ControlServer: Sendable {
     let topology: Topology
-    /// Extra Prometheus lines (the NBD server's connection gauges).
-    let extraMetrics: @Sendable () -> String
+    /// The NBD server's gauges for `/metrics`, when one serves this topology.
+    let serverGauges: @Sendable () -> StatisticsPublisher.ServerGauges?
+    let metrics = PrometheusEndpoint()
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let channel = NIOLockedBox<(any Channel)?>(nil)
 
-    public init(topology: Topology, extraMetrics: @escaping @Sendable () -> String = { "" }) {
+    public init(topology: Topology,
+                serverGauges: @escaping @Sendable () -> StatisticsPublisher.ServerGauges? = { nil }) {
         self.topology = topology
-        self.extraMetrics = extraMetrics
+        self.serverGauges = serverGauges
     }
 
     /// Listens on the Unix socket at `path` (replacing a stale socket file).
@@ -62,7 +64,7 @@ public final class ControlServer: Sendable {
         case "/v1/topology": return json(TopologyReport(topology))
         case "/v1/status": return json(StatusReport(topology))
         case "/v1/stats": return json(StatsReport(topology))
-        case "/metrics": return (.ok, "text/plain; version=0.0.4", Data((PrometheusText.render(StatsReport(topology)) + extraMetrics()).utf8))
+        case "/metrics": return (.ok, "text/plain; version=0.0.4", Data(metrics.scrape(StatsReport(topology), server: serverGauges())))
         default:
             return (.notFound, "application/json", Data(#"{"error": "no route \#(route)"}"#.utf8))
         }
@@ -220,77 +222,5 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
             self.head = nil
         }
-    }
-}
-
-/// Prometheus text exposition of the provider counters.
-public enum PrometheusText {
-    static func render(_ stats: StatsReport) -> String {
-        var lines: [String] = []
-        let kinds = ["read", "write", "delete", "flush"]
-        func counters(_ provider: StatsReport.ProviderEntry, _ kind: String) -> StatsReport.Counters {
-            switch kind {
-            case "read": provider.read
-            case "write": provider.write
-            case "delete": provider.delete
-            default: provider.flush
-            }
-        }
-        func family(_ name: String, _ type: String, _ help: String, _ value: (StatsReport.Counters) -> Double) {
-            lines.append("# HELP \(name) \(help)")
-            lines.append("# TYPE \(name) \(type)")
-            for provider in stats.providers {
-                for kind in kinds {
-                    lines.append("\(name){provider=\"\(label(provider.name))\",kind=\"\(kind)\"} \(value(counters(provider, kind)))")
-                }
-            }
-        }
-        family("strata_provider_operations_total", "counter", "Requests completed by the provider.") { Double($0.operations) }
-        family("strata_provider_bytes_total", "counter", "Bytes completed by the provider.") { Double($0.bytes) }
-        family("strata_provider_errors_total", "counter", "Requests that failed.") { Double($0.errors) }
-
-        // The histogram counts timed requests only: a request refused at the provider's
-        // entry is an operation and an error but never took any time there.
-        let histogram = "strata_provider_latency_seconds"
-        lines.append("# HELP \(histogram) Time from a request reaching the provider to its completion.")
-        lines.append("# TYPE \(histogram) histogram")
-        let bounds = ProviderStatistics.latencyBucketBounds.map { String(Double($0) / 1e9) } + ["+Inf"]
-        for provider in stats.providers {
-            for kind in kinds {
-                let entry = counters(provider, kind)
-                let labels = "provider=\"\(label(provider.name))\",kind=\"\(kind)\""
-                var cumulative = 0
-                for (bound, count) in zip(bounds, entry.latencyBuckets) {
-                    cumulative += count
-                    lines.append("\(histogram)_bucket{\(labels),le=\"\(bound)\"} \(cumulative)")
-                }
-                lines.append("\(histogram)_sum{\(labels)} \(Double(entry.nanoseconds) / 1e9)")
-                lines.append("\(histogram)_count{\(labels)} \(cumulative)")
-            }
-        }
-
-        lines.append("# HELP strata_provider_in_flight Requests in flight.")
-        lines.append("# TYPE strata_provider_in_flight gauge")
-        for provider in stats.providers { lines.append("strata_provider_in_flight{provider=\"\(label(provider.name))\"} \(provider.inFlight)") }
-        lines.append("# HELP strata_provider_busy_seconds_total Time with at least one request in flight.")
-        lines.append("# TYPE strata_provider_busy_seconds_total counter")
-        for provider in stats.providers {
-            lines.append("strata_provider_busy_seconds_total{provider=\"\(label(provider.name))\"} \(Double(provider.busyNanoseconds) / 1e9)")
-        }
-        return lines.joined(separator: "\n") + "\n"
-    }
-
-    /// A label value as the text format wants it: backslash, double quote and newline escaped.
-    public static func label(_ value: String) -> String {
-        var escaped = ""
-        for character in value {
-            switch character {
-            case "\\": escaped += "\\\\"
-            case "\"": escaped += "\\\""
-            case "\n": escaped += "\\n"
-            default: escaped.append(character)
-            }
-        }
-        return escaped
     }
 }

@@ -71,7 +71,7 @@ struct Serve: AsyncParsableCommand {
         }
 
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"))
-        let control = ControlServer(topology: topology) { Self.nbdMetrics(server) }
+        let control = ControlServer(topology: topology) { Self.serverGauges(server) }
         do {
             try await control.start(path: configuration.control)
         } catch {
@@ -136,18 +136,12 @@ struct Serve: AsyncParsableCommand {
 
     /// The NBD server's part of `/metrics`: open connections, and per export the
     /// connections in transmission and their requests in flight.
-    static func nbdMetrics(_ server: NBDServer) -> String {
-        let exports = server.exportStatistics
-        var lines = ["# HELP strata_nbd_connections Open NBD connections, in negotiation or transmission.",
-                     "# TYPE strata_nbd_connections gauge",
-                     "strata_nbd_connections \(server.connectionCount)",
-                     "# HELP strata_nbd_export_connections Connections in transmission on the export.",
-                     "# TYPE strata_nbd_export_connections gauge"]
-        lines += exports.map { "strata_nbd_export_connections{export=\"\(PrometheusText.label($0.name))\"} \($0.connections)" }
-        lines += ["# HELP strata_nbd_export_in_flight Requests from the export's connections not yet completed.",
-                  "# TYPE strata_nbd_export_in_flight gauge"]
-        lines += exports.map { "strata_nbd_export_in_flight{export=\"\(PrometheusText.label($0.name))\"} \($0.requestsInFlight)" }
-        return lines.joined(separator: "\n") + "\n"
+    static func serverGauges(_ server: NBDServer) -> StatisticsPublisher.ServerGauges {
+        StatisticsPublisher.ServerGauges(
+            connections: server.connectionCount,
+            exports: server.exportStatistics.map {
+                .init(name: $0.name, connections: $0.connections, requestsInFlight: $0.requestsInFlight)
+            })
     }
 }
 
