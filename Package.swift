@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "StrataDisks", targets: ["StrataDisks"]),
         .library(name: "StrataNBD", targets: ["StrataNBD"]),
         .library(name: "StrataClasses", targets: ["StrataClasses"]),
+        .library(name: "StrataConfig", targets: ["StrataConfig"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -1,0 +1,226 @@
+import Benchmark
+import NIOCore
+import Strata
+import StrataConfig
+import StrataNBD
+
+// Each benchmark runs 1000 operations per iteration (`scalingFactor: .kilo`), so the
+// figures are per operation, and the malloc count of an iteration (counted between
+// startMeasurement and stopMeasurement) is that of 1000 operations in steady state.
+// `scripts/check` holds every benchmark to its checked-in count (Thresholds/): zero.
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.throughput, .wallClock, .instructions, .mallocCountTotal],
+        scalingFactor: .kilo,
+        maxDuration: .seconds(3),
+        maxIterations: 10_000
+    )
+
+    // Everything a benchmark uses is made here, once: each closure runs once per
+    // iteration and measures only the operations it drives.
+    let set = BioSet<NoPad>(name: "bench", reserve: 64)
+    Benchmark("RequestAllocateFree") { benchmark in
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let bio = set.alloc()
+            bio.destroy()
+        }
+        benchmark.stopMeasurement()
+    }
+
+    let oneLayer = try! Stack("""
+        disks:
+          - {name: z, null: 1GiB}
+        geoms:
+          - {name: n1, class: nop, consumers: [z]}
+        """)
+    let threeLayers = try! Stack("""
+        disks:
+          - {name: z, null: 1GiB}
+        geoms:
+          - {name: n1, class: nop, consumers: [z]}
+          - {name: n2, class: nop, consumers: [n1]}
+          - {name: n3, class: nop, consumers: [n2]}
+        """)
+    let stripeStack = try! Stack("""
+        disks:
+          - {name: m0, memory: 64MiB}
+          - {name: m1, memory: 64MiB}
+        geoms:
+          - {name: s0, class: stripe, consumers: [m0, m1], stripe-size: 64KiB}
+          - {name: n0, class: nop, consumers: [s0]}
+        """, fill: "n0")
+    let nopNull = Driver(oneLayer, "n1", depth: 1, blockSize: 4096)
+    let nopNopNopNull = Driver(threeLayers, "n3", depth: 1, blockSize: 4096)
+    let nopStripeMemory = Driver(stripeStack, "n0", depth: 32, blockSize: 4096)
+
+    // One pass-through layer: nop clones the request, the null disk delivers the clone,
+    // g_std_done folds it into the parent and delivers that.
+    Benchmark("CloneDeliver.Read4K.NopNull") { benchmark in
+        benchmark.startMeasurement()
+        nopNull.run(benchmark.scaledIterations.count)
+        benchmark.stopMeasurement()
+    }
+
+    Benchmark("Read4K.NopNopNopNull.QD1") { benchmark in
+        benchmark.startMeasurement()
+        nopNopNopNull.run(benchmark.scaledIterations.count)
+        benchmark.stopMeasurement()
+    }
+
+    Benchmark("RandRead4K.NopStripeMemory.QD32") { benchmark in
+        benchmark.startMeasurement()
+        nopStripeMemory.run(benchmark.scaledIterations.count)
+        benchmark.stopMeasurement()
+    }
+
+    // 1000 requests as a client sends them: reads, and writes with 4 KiB payloads.
+    var wire = ByteBufferAllocator().buffer(capacity: 1000 * (28 + 2048))
+    for index in 0..<1000 {
+        let write = index % 2 == 1
+        wire.writeInteger(NBDMagic.request)
+        wire.writeInteger(UInt16(0))
+        wire.writeInteger(write ? NBDCommand.write.rawValue : NBDCommand.read.rawValue)
+        wire.writeInteger(UInt64(index))
+        wire.writeInteger(UInt64(index) * 4096)
+        wire.writeInteger(UInt32(4096))
+        if write { wire.writeRepeatingByte(0x5A, count: 4096) }
+    }
+    let requests = wire
+    Benchmark("NBD.RequestDecoder") { benchmark in
+        let session = NBDSessionPhase(.transmission(extendedHeaders: false))
+        var decoder = NBDServerDecoder(session: session)
+        benchmark.startMeasurement()
+        var input = requests
+        var decoded = 0
+        while let message = try decoder.decode(buffer: &input) {
+            blackHole(message)
+            decoded += 1
+        }
+        benchmark.stopMeasurement()
+        precondition(decoded == benchmark.scaledIterations.count, "decoded \(decoded) of 1000 requests")
+    }
+
+    Benchmark("NBD.ReplyEncoder") { benchmark in
+        var out = ByteBufferAllocator().buffer(capacity: 64 * 1024)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            out.clear()
+            out.writeNBDSimpleReply(error: 0, cookie: 7)
+            out.writeNBDChunkHeader(extended: false, flags: 0, type: .offsetData, cookie: 8, requestOffset: 0, length: 4104)
+            out.writeInteger(UInt64(4096))
+            blackHole(out.readableBytes)
+        }
+        benchmark.stopMeasurement()
+    }
+}
+
+/// A topology built from YAML, its top provider written once so that reads find data
+/// (through the stack: writing the disks themselves would overwrite the classes' labels).
+final class Stack: @unchecked Sendable {
+    let built: BuiltTopology
+    private var devices: [String: BlockDevice] = [:]
+
+    init(_ yaml: String, fill top: String? = nil) throws {
+        built = try TopologyBuilder.build(ConfigurationLoader.parse(yaml, file: "bench.yaml", baseDirectory: "/tmp"))
+        if let top { Driver(self, top, depth: 32, blockSize: 65536).fill() }
+    }
+
+    /// A consumer of provider `name` with read and write access, opened once.
+    func open(_ name: String) -> Consumer {
+        if let device = devices[name] { return device.consumerForBenchmark }
+        let device = try! BlockDevice(opening: built.topology.provider(named: name)!, in: built.topology, writable: true)
+        devices[name] = device
+        return device.consumerForBenchmark
+    }
+}
+
+/// Keeps `depth` 4 KiB requests in flight, each re-issued from its own completion,
+/// until a count is reached. Null and memory disks complete in the caller's thread, so
+/// `run` returns with every request done.
+final class Driver: BioDoneHandler, @unchecked Sendable {
+    /// Keeps the topology alive as long as requests may be issued into it.
+    let stack: Stack
+    let consumer: Consumer
+    let depth: Int
+    let blockSize: Int
+    let blocks: UInt64
+    private let buffers: UnsafeMutableRawBufferPointer
+    private var idle: [UnmanagedBio] = []
+    private var random: UInt64 = 0x9E37_79B9_7F4A_7C15
+    private var remaining = 0
+    private var nextBlock: UInt64 = 0
+    private var command = BioCommand.read
+
+    /// Drives provider `name` of `stack`.
+    init(_ stack: Stack, _ name: String, depth: Int, blockSize: Int) {
+        self.stack = stack
+        consumer = stack.open(name)
+        self.depth = depth
+        self.blockSize = blockSize
+        blocks = UInt64(consumer.provider!.mediaSize) / UInt64(blockSize)
+        buffers = .allocate(byteCount: depth * blockSize, alignment: 4096)
+        buffers.initializeMemory(as: UInt8.self, repeating: 0xA5)
+        idle.reserveCapacity(depth)
+        for slot in 0..<depth {
+            let bio = AnyBioSet.shared.alloc(segments: 1)
+            bio.caller1 = UnsafeMutableRawPointer(bitPattern: slot + 1)
+            idle.append(bio.unmanaged())
+        }
+    }
+
+    deinit {
+        for bio in idle { bio.takeBio().destroy() }
+        buffers.deallocate()
+    }
+
+    /// Writes every block once, so reads find data rather than holes.
+    func fill() {
+        command = .write
+        let saved = random
+        run(Int(blocks))
+        random = saved
+        command = .read
+    }
+
+    /// Completes `count` requests.
+    func run(_ count: Int) {
+        remaining = count
+        let starting = min(depth, count)
+        remaining -= starting
+        for _ in 0..<starting { issue(idle.removeLast().takeBio()) }
+        precondition(idle.count == depth, "a disk completed a request on another thread")
+    }
+
+    private func issue(_ bio: consuming Bio) {
+        let slot = Int(bitPattern: bio.caller1) - 1
+        let block: UInt64
+        if command == .write {
+            block = nextBlock % blocks
+            nextBlock += 1
+        } else {
+            random ^= random << 13
+            random ^= random >> 7
+            random ^= random << 17
+            block = random % blocks
+        }
+        bio.reset()
+        bio.caller1 = UnsafeMutableRawPointer(bitPattern: slot + 1)
+        bio.command = command
+        bio.offset = Int64(block) * Int64(blockSize)
+        bio.length = Int64(blockSize)
+        bio.setData(UnsafeMutableRawBufferPointer(rebasing: buffers[(slot * blockSize)..<((slot + 1) * blockSize)]))
+        bio.done = .handler(self)
+        consumer.request(bio)
+    }
+
+    func bioDone(_ bio: consuming Bio) {
+        precondition(bio.error == nil, "\(bio.command) failed")
+        if remaining > 0 {
+            remaining -= 1
+            issue(bio)
+        } else {
+            idle.append(bio.unmanaged())
+        }
+    }
+}
