@@ -130,40 +130,64 @@ struct Bench: ParsableCommand {
     }
 }
 
+/// What a driver issues.
+enum BenchPattern {
+    case read, write, randomRead, randomWrite, randomMix
+
+    init(_ name: String) {
+        switch name {
+        case "read": self = .read
+        case "write": self = .write
+        case "randread": self = .randomRead
+        case "randwrite": self = .randomWrite
+        default: self = .randomMix
+        }
+    }
+
+    var isRandom: Bool { self != .read && self != .write }
+}
+
 /// One thread's load: `depth` requests kept in flight until the deadline, each
-/// re-issued from its own completion with no allocation.
+/// re-issued from its own completion. Per request it allocates nothing and takes no
+/// lock: each slot has its own random state (a slot has one request in flight at a
+/// time), the sequential position and the counters are atomics, and the deadline is
+/// looked at every 64 completions.
 final class BenchDriver: BioDoneHandler, @unchecked Sendable {
     let consumer: Consumer
-    let pattern: String
+    let pattern: BenchPattern
     let blockSize: Int
     let depth: Int
     let blocks: Int64
     let deadline: Double
-    private var random: UInt64
-    private var sequential: Int64
+    private let slots: UnsafeMutablePointer<UInt64>
+    private let sequential: Atomic<Int64>
     private let buffers: UnsafeMutableRawBufferPointer
     private let inFlight = Atomic<Int>(0)
     private let completed = Atomic<Int>(0)
     private let failed = Atomic<Int>(0)
+    private let expired = Atomic<Bool>(false)
     private let drained = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
-    private(set) var latencies = LatencyHistogram()
+    let latencies = LatencyHistogram()
 
     init(consumer: Consumer, pattern: String, blockSize: Int, depth: Int, mediaSize: Int64, seed: UInt64, deadline: Double,
          start: Int64) {
         self.consumer = consumer
-        self.pattern = pattern
+        self.pattern = BenchPattern(pattern)
         self.blockSize = blockSize
         self.depth = depth
         self.blocks = mediaSize / Int64(blockSize)
         self.deadline = deadline
-        self.random = seed
-        self.sequential = start / Int64(blockSize)
+        slots = .allocate(capacity: depth)
+        for slot in 0..<depth { (slots + slot).initialize(to: seed &+ UInt64(slot) &* 0x2545_F491_4F6C_DD1D | 1) }
+        sequential = Atomic(start / Int64(blockSize))
         buffers = .allocate(byteCount: blockSize * depth, alignment: 4096)
         buffers.initializeMemory(as: UInt8.self, repeating: 0xA5)
     }
 
-    deinit { buffers.deallocate() }
+    deinit {
+        slots.deallocate()
+        buffers.deallocate()
+    }
 
     var completedCount: Int { completed.load(ordering: .relaxed) }
     var failureCount: Int { failed.load(ordering: .relaxed) }
@@ -175,20 +199,21 @@ final class BenchDriver: BioDoneHandler, @unchecked Sendable {
     }
 
     private func issue(slot: Int, bio: consuming Bio) {
-        let random = pattern.hasPrefix("rand")
         let block: Int64
-        lock.lock()
-        if random {
-            self.random ^= self.random << 13
-            self.random ^= self.random >> 7
-            self.random ^= self.random << 17
-            block = Int64(self.random % UInt64(blocks))
-        } else {
-            block = sequential % blocks
-            sequential += 1
+        var read: Bool
+        switch pattern {
+        case .read, .write:
+            block = sequential.wrappingAdd(1, ordering: .relaxed).oldValue % blocks
+            read = pattern == .read
+        case .randomRead, .randomWrite, .randomMix:
+            var random = slots[slot]
+            random ^= random << 13
+            random ^= random >> 7
+            random ^= random << 17
+            slots[slot] = random
+            block = Int64(random % UInt64(blocks))
+            read = pattern == .randomRead || (pattern == .randomMix && random & 1 == 0)
         }
-        let read = pattern == "read" || pattern == "randread" || (pattern == "randrw" && self.random & 1 == 0)
-        lock.unlock()
         bio.reset()
         bio.command = read ? .read : .write
         bio.offset = block * Int64(blockSize)
@@ -206,11 +231,10 @@ final class BenchDriver: BioDoneHandler, @unchecked Sendable {
         let started = UInt64(UInt(bitPattern: bio.caller2))
         let slot = Int(bitPattern: bio.caller1) - 1
         if bio.error != nil { failed.wrappingAdd(1, ordering: .relaxed) }
-        completed.wrappingAdd(1, ordering: .relaxed)
-        lock.lock()
+        let count = completed.wrappingAdd(1, ordering: .relaxed).newValue
         latencies.record(now &- started)
-        lock.unlock()
-        if ProcessInfo.processInfo.systemUptime < deadline {
+        if count % 64 == 0 && monotonicSeconds() >= deadline { expired.store(true, ordering: .relaxed) }
+        if !expired.load(ordering: .relaxed) {
             issue(slot: slot, bio: bio)
         } else {
             bio.destroy()
@@ -219,16 +243,31 @@ final class BenchDriver: BioDoneHandler, @unchecked Sendable {
     }
 }
 
-/// Latencies in log-linear buckets: 64 per power of two (under 1.6% error).
-struct LatencyHistogram {
-    private var counts = [UInt64](repeating: 0, count: 64 * 64)
-    private(set) var maximum: UInt64 = 0
-    private(set) var total: UInt64 = 0
+/// Latencies in log-linear buckets: 64 per power of two (under 1.6% error). Recorded
+/// with relaxed atomic adds, since completions may arrive on several threads.
+final class LatencyHistogram: @unchecked Sendable {
+    static let bucketCount = 64 * 64
+    private let counts: UnsafeMutablePointer<Atomic<UInt64>>
+    private let maximumStorage = Atomic<UInt64>(0)
 
-    mutating func record(_ nanoseconds: UInt64) {
-        counts[Self.bucket(nanoseconds)] += 1
-        maximum = max(maximum, nanoseconds)
-        total += 1
+    init() {
+        counts = .allocate(capacity: Self.bucketCount)
+        for index in 0..<Self.bucketCount { (counts + index).initialize(to: Atomic(0)) }
+    }
+
+    deinit {
+        counts.deinitialize(count: Self.bucketCount)
+        counts.deallocate()
+    }
+
+    func record(_ nanoseconds: UInt64) {
+        counts[Self.bucket(nanoseconds)].wrappingAdd(1, ordering: .relaxed)
+        var seen = maximumStorage.load(ordering: .relaxed)
+        while nanoseconds > seen {
+            let (exchanged, current) = maximumStorage.compareExchange(expected: seen, desired: nanoseconds, ordering: .relaxed)
+            if exchanged { break }
+            seen = current
+        }
     }
 
     static func bucket(_ value: UInt64) -> Int {
@@ -243,24 +282,31 @@ struct LatencyHistogram {
         return (UInt64(64 + bucket % 64)) << (power - 6)
     }
 
-    func percentile(_ percent: Double) -> UInt64 {
-        guard total > 0 else { return 0 }
-        let rank = UInt64((Double(total) * percent / 100).rounded(.up))
-        var seen: UInt64 = 0
-        for (index, count) in counts.enumerated() where count > 0 {
-            seen += count
-            if seen >= rank { return min(Self.lowerBound(index), maximum) }
+    /// The counts of all of `histograms`, with the largest maximum.
+    struct Summary {
+        var counts = [UInt64](repeating: 0, count: LatencyHistogram.bucketCount)
+        var maximum: UInt64 = 0
+        var total: UInt64 { counts.reduce(0, +) }
+
+        func percentile(_ percent: Double) -> UInt64 {
+            let total = self.total
+            guard total > 0 else { return 0 }
+            let rank = UInt64((Double(total) * percent / 100).rounded(.up))
+            var seen: UInt64 = 0
+            for (index, count) in counts.enumerated() where count > 0 {
+                seen += count
+                if seen >= rank { return min(LatencyHistogram.lowerBound(index), maximum) }
+            }
+            return maximum
         }
-        return maximum
     }
 
-    static func merged(_ all: [LatencyHistogram]) -> LatencyHistogram {
-        var result = LatencyHistogram()
+    static func merged(_ all: [LatencyHistogram]) -> Summary {
+        var summary = Summary()
         for histogram in all {
-            for index in histogram.counts.indices { result.counts[index] += histogram.counts[index] }
-            result.maximum = max(result.maximum, histogram.maximum)
-            result.total += histogram.total
+            for index in 0..<bucketCount { summary.counts[index] += histogram.counts[index].load(ordering: .relaxed) }
+            summary.maximum = max(summary.maximum, histogram.maximumStorage.load(ordering: .relaxed))
         }
-        return result
+        return summary
     }
 }

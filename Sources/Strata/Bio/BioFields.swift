@@ -28,9 +28,9 @@ extension BioFields where Self: ~Copyable {
     /// `bio_attribute`: the attribute a GETATTR asks for.
     @inlinable public var attribute: BioAttribute? { storage.header.pointee.attribute }
     /// `bio_from`: the consumer the request was issued on.
-    @inlinable public var from: Consumer? { storage.header.pointee.from }
+    @inlinable public var from: Consumer? { storage.header.pointee.from?.takeUnretainedValue() }
     /// `bio_to`: the provider the request was sent to.
-    @inlinable public var to: Provider? { storage.header.pointee.to }
+    @inlinable public var to: Provider? { storage.header.pointee.to?.takeUnretainedValue() }
     /// `bio_children`: clones made of this request.
     @inlinable public var children: Int { Int(storage.header.pointee.children) }
     /// `bio_inbed`: clones that have completed.
@@ -52,7 +52,7 @@ extension BioFields where Self: ~Copyable {
         let header = storage.header
         var line = "\(header.pointee.command) offset=\(header.pointee.offset) length=\(header.pointee.length)"
         if let attribute = header.pointee.attribute { line += " attribute=\(attribute.name)" }
-        line += " provider=\(header.pointee.to?.name ?? "-")"
+        line += " provider=\(header.pointee.to?.takeUnretainedValue().name ?? "-")"
         let flags = header.pointee.flags
         if !flags.isEmpty { line += " flags=\(flags)" }
         let error = header.pointee.error

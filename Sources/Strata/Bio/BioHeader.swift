@@ -30,8 +30,10 @@ import Synchronization
     @usableFromInline var caller1: UnsafeMutableRawPointer? = nil
     @usableFromInline var caller2: UnsafeMutableRawPointer? = nil
     @usableFromInline var attribute: BioAttribute? = nil
-    @usableFromInline unowned(unsafe) var from: Consumer? = nil
-    @usableFromInline unowned(unsafe) var to: Provider? = nil
+    /// The consumer and provider of the request's current hop, unretained: the
+    /// consumer stays attached, and the provider alive, while the request is in flight.
+    @usableFromInline var from: Unmanaged<Consumer>? = nil
+    @usableFromInline var to: Unmanaged<Provider>? = nil
     /// Bytes completed; children add to it concurrently, so it is atomic.
     @usableFromInline let completed = Atomic<Int64>(0)
     /// Clones made of this request. Set by the provider that owns it before any clone

@@ -20,7 +20,7 @@ enum IOPath {
     static func request(_ header: UnsafeMutablePointer<BioHeader>, on consumer: Consumer) {
         precondition(header.pointee.state == .idle, "request submitted while in flight: \(BioStorage(header).summary)")
         precondition(header.pointee.done.isSet, "request has no done routine: \(BioStorage(header).summary)")
-        header.pointee.from = consumer
+        header.pointee.from = Unmanaged.passUnretained(consumer)
         header.pointee.state = .inFlight
         header.pointee.flags.subtract(.statusFlags)
         header.pointee.error = 0
@@ -28,23 +28,39 @@ enum IOPath {
         // Counted before anything is read from the consumer, so that a consumer being
         // torn down never sees zero while a request that read its state is on its way.
         consumer.inFlight.wrappingAdd(1, ordering: .sequentiallyConsistent)
-        guard let provider = consumer.provider else {
+        guard let target = consumer.providerReference else {
             // Detached (its geom withered away under a user still holding it).
             header.pointee.to = nil
             deliver(header, error: ENXIO)
             return
         }
-        header.pointee.to = provider
-        switch check(header, consumer: consumer, provider: provider) {
-        case .start:
-            header.pointee.startTime = provider.statistics.started()
-            dispatch(header)
-        case .completeEmpty:
-            deliver(header, error: 0)
-        case .fail(let error):
-            provider.statistics.refused(header.pointee.command)
-            deliver(header, error: error)
+        header.pointee.to = target
+        target._withUnsafeGuaranteedRef { provider in
+            switch check(header, consumer: consumer, provider: provider) {
+            case .start:
+                header.pointee.startTime = provider.statistics.started(at: ProviderStatistics.now())
+                dispatch(header)
+            case .completeEmpty:
+                deliver(header, error: 0)
+            case .fail(let error):
+                provider.statistics.refused(header.pointee.command)
+                deliver(header, error: error)
+            }
         }
+    }
+
+    /// The time a request is delivered. Deliveries that follow one another on this
+    /// thread within a submission or completion run, with no `start` routine run
+    /// between them (a clone folded into its parent, that parent into its own), share
+    /// one reading, as Linux's plug shares one for a batch; a start routine may do the
+    /// disk's work, so running one invalidates the reading (see `ThreadState.clock`).
+    @inline(__always)
+    static func deliveryClock() -> UInt64 {
+        let thread = ThreadState.current
+        if thread.pointee.clock != 0 { return thread.pointee.clock }
+        let now = ProviderStatistics.now()
+        if thread.pointee.submitting || thread.pointee.delivering { thread.pointee.clock = now }
+        return now
     }
 
     enum CheckResult { case start, completeEmpty, fail(Int32) }
@@ -96,6 +112,7 @@ enum IOPath {
             return
         }
         thread.pointee.submitting = true
+        thread.pointee.clock = 0
         var direct = onWorker
         var next: UnsafeMutablePointer<BioHeader>? = header
         while let bio = next {
@@ -109,7 +126,8 @@ enum IOPath {
             // What this start submitted runs next: requests to other (lower) providers
             // first, then those to the same provider, then what was already waiting.
             var submitted = thread.pointee.fresh
-            var ordered = submitted.extract { $0.pointee.to !== target }
+            let targetAddress = target.toOpaque()
+            var ordered = submitted.extract { $0.pointee.to?.toOpaque() != targetAddress }
             ordered.append(contentsOf: submitted)
             ordered.append(contentsOf: thread.pointee.rest)
             thread.pointee.rest = BioList()
@@ -117,15 +135,18 @@ enum IOPath {
             next = thread.pointee.fresh.popFirst()
         }
         thread.pointee.submitting = false
+        thread.pointee.clock = 0
     }
 
     @inline(__always)
-    static func startOne(_ header: UnsafeMutablePointer<BioHeader>, on provider: Provider, direct: Bool) {
-        let geom = provider.geom
-        if !direct && geom.dispatchMode == .queued {
-            IOWorkers.shared.down.enqueue(header)
-        } else {
-            geom.start(ProviderBio(header: header))
+    static func startOne(_ header: UnsafeMutablePointer<BioHeader>, on provider: Unmanaged<Provider>, direct: Bool) {
+        ThreadState.current.pointee.clock = 0
+        provider._withUnsafeGuaranteedRef { $0.geomReference }._withUnsafeGuaranteedRef { geom in
+            if !direct && geom.dispatchMode == .queued {
+                IOWorkers.shared.down.enqueue(header)
+            } else {
+                geom.start(ProviderBio(header: header))
+            }
         }
     }
 
@@ -155,10 +176,14 @@ enum IOPath {
         let start = header.pointee.startTime
         if start != 0, let provider = header.pointee.to {
             header.pointee.startTime = 0
-            provider.statistics.finished(header.pointee.command, bytes: header.pointee.completed.load(ordering: .relaxed),
-                                         failed: error != 0, start: start)
+            let now = deliveryClock()
+            provider._withUnsafeGuaranteedRef {
+                $0.statistics.finished(header.pointee.command, bytes: header.pointee.completed.load(ordering: .relaxed),
+                                       failed: error != 0, start: start, now: now)
+            }
         }
-        if let consumer = header.pointee.from, consumer.geom.dispatchMode == .queued {
+        if let consumer = header.pointee.from,
+           consumer._withUnsafeGuaranteedRef({ $0.geomReference })._withUnsafeGuaranteedRef({ $0.dispatchMode }) == .queued {
             IOWorkers.shared.up.enqueue(header)
             return
         }
@@ -173,11 +198,13 @@ enum IOPath {
             return
         }
         thread.pointee.delivering = true
+        if !thread.pointee.submitting { thread.pointee.clock = 0 }
         runDone(header)
         while let next = thread.pointee.completions.popFirst() {
             runDone(next)
         }
         thread.pointee.delivering = false
+        thread.pointee.clock = 0
     }
 
     static func runDone(_ header: UnsafeMutablePointer<BioHeader>) {
@@ -194,7 +221,7 @@ enum IOPath {
         case .unset:
             preconditionFailure("request has no done routine: \(BioStorage(header).summary)")
         }
-        consumer.inFlight.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+        consumer._withUnsafeGuaranteedRef { $0.inFlight.wrappingSubtract(1, ordering: .sequentiallyConsistent) }
     }
 
     /// `g_std_done`: folds a completed clone into its parent with the parent's combine

@@ -20,6 +20,9 @@ import Darwin
     /// A done routine is running on this thread: new completions are queued.
     @usableFromInline var delivering = false
     @usableFromInline var completions = BioList()
+    /// The delivery time shared by the deliveries of a run since the last `start`
+    /// routine ran here, or 0 (`IOPath.deliveryClock`).
+    @usableFromInline var clock: UInt64 = 0
     /// One cache per pool, indexed by pool id; grown when a new pool is first used.
     @usableFromInline var caches: UnsafeMutablePointer<LocalCache>? = nil
     @usableFromInline var cacheSlots = 0

@@ -4,19 +4,25 @@ import Synchronization
 /// requests.
 public final class Consumer: @unchecked Sendable, CustomStringConvertible {
     /// The geom this consumer belongs to. Held unowned: the geom owns its consumers.
-    public unowned(unsafe) let geom: Geom
+    public var geom: Geom { geomReference.takeUnretainedValue() }
+    /// The I/O path reads the geom through this, without reference counting.
+    let geomReference: Unmanaged<Geom>
     /// The provider attached to, or nil. Unowned: a provider outlives its consumers.
     /// Atomic because the I/O path reads it while the event thread may detach.
     public internal(set) var provider: Provider? {
-        get {
-            providerStorage.load(ordering: .acquiring).map { Unmanaged<Provider>.fromOpaque($0).takeUnretainedValue() }
-        }
+        get { providerReference?.takeUnretainedValue() }
         set {
             providerStorage.store(newValue.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) },
                                   ordering: .releasing)
         }
     }
     private let providerStorage = Atomic<UnsafeRawPointer?>(nil)
+
+    /// The attached provider for the I/O path, which uses it without reference counting.
+    @inline(__always)
+    var providerReference: Unmanaged<Provider>? {
+        providerStorage.load(ordering: .acquiring).map { Unmanaged<Provider>.fromOpaque($0) }
+    }
 
     let readStorage = Atomic<Int>(0)
     let writeStorage = Atomic<Int>(0)
@@ -28,7 +34,7 @@ public final class Consumer: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var isSpoiled = false
 
     init(geom: Geom) {
-        self.geom = geom
+        self.geomReference = Unmanaged.passUnretained(geom)
     }
 
     public var name: String { "\(geom.name)→\(provider?.name ?? "-")" }

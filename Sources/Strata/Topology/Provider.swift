@@ -5,7 +5,9 @@ import Synchronization
 public final class Provider: @unchecked Sendable, CustomStringConvertible {
     public let name: String
     /// The geom that serves this provider. Held unowned: the geom owns its providers.
-    public unowned(unsafe) let geom: Geom
+    public var geom: Geom { geomReference.takeUnretainedValue() }
+    /// The I/O path calls the geom through this, without reference counting.
+    let geomReference: Unmanaged<Geom>
     public let sectorSize: Int
     /// Bytes per stripe below, or 0 (a hint for aligning I/O).
     public internal(set) var stripeSize: Int64
@@ -30,7 +32,7 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
 
     init(name: String, geom: Geom, mediaSize: Int64, sectorSize: Int, stripeSize: Int64, stripeOffset: Int64) {
         self.name = name
-        self.geom = geom
+        self.geomReference = Unmanaged.passUnretained(geom)
         self.mediaSizeStorage = Atomic(mediaSize)
         self.sectorSize = sectorSize
         self.stripeSize = stripeSize

@@ -87,24 +87,24 @@ public final class ProviderStatistics: @unchecked Sendable {
         (0..<Self.kinds).map { counters[counter.rawValue * Self.kinds + $0].load(ordering: .relaxed) }
     }
 
-    /// A request passed the entry checks and goes to the provider. Returns its start time.
+    /// A request passed the entry checks at `now` and goes to the provider. Returns
+    /// its start time.
     @inline(__always)
-    func started() -> UInt64 {
-        let now = ProviderStatistics.now()
+    func started(at now: UInt64) -> UInt64 {
         if inFlight.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
             busySince.store(Int(now), ordering: .relaxed)
         }
         return now
     }
 
-    /// A request that `started()` at `start` was delivered.
+    /// A request that `started(at:)` at `start` was delivered at `now`.
     @inline(__always)
-    func finished(_ command: BioCommand, bytes count: Int64, failed: Bool, start: UInt64) {
-        let now = ProviderStatistics.now()
+    func finished(_ command: BioCommand, bytes count: Int64, failed: Bool, start: UInt64, now: UInt64) {
         let kind = Kind(command).rawValue
         add(.operations, kind, 1)
         add(.bytes, kind, Int(count))
-        let elapsed = now &- start
+        // A shared reading may precede a start read later in another run by a hair.
+        let elapsed = now > start ? now - start : 0
         add(.nanoseconds, kind, Int(truncatingIfNeeded: elapsed))
         buckets[kind * Self.latencyBucketCount + Self.latencyBucket(elapsed)].wrappingAdd(1, ordering: .relaxed)
         if failed { add(.errors, kind, 1) }
