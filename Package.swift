@@ -49,7 +49,7 @@ let package = Package(
         ], swiftSettings: strictSwift),
         // The control endpoint (HTTP/JSON on a Unix socket) and its client.
         .target(name: "StrataControl", dependencies: [
-            "Strata", "StrataClasses",
+            "Strata", "StrataClasses", "StrataNBD",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -67,7 +67,7 @@ let package = Package(
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataCLITests", dependencies: [
-            "StrataConfig", "StrataControl",
+            "StrataConfig", "StrataControl", "StrataNBD",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ], swiftSettings: strictSwift),

@@ -96,6 +96,11 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var flush: Counters
         public var inFlight: Int
         public var busyNanoseconds: Int
+
+        /// The counters with the name of their kind, in a fixed order.
+        public var countersByKind: [(kind: String, counters: Counters)] {
+            [("read", read), ("write", write), ("delete", delete), ("flush", flush)]
+        }
     }
 
     /// Monotonic nanoseconds when the counters were read.

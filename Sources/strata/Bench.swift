@@ -38,7 +38,7 @@ struct Bench: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard ["read", "write", "randread", "randwrite", "randrw"].contains(rw) else {
+        guard BenchPattern(rawValue: rw) != nil else {
             throw ValidationError("--rw '\(rw)' is not read, write, randread, randwrite or randrw")
         }
         guard let size = parseSize(bs), size <= 32 << 20 else { throw ValidationError("--bs '\(bs)' is not a size up to 32M") }
@@ -76,13 +76,14 @@ struct Bench: ParsableCommand {
         guard blockSize % target.sectorSize == 0, Int64(blockSize) <= target.mediaSize else {
             throw FailureExit(message: "--bs \(bs) must be a multiple of \(target.name)'s \(target.sectorSize)-byte sectors and fit in it")
         }
-        let writes = rw.contains("write") || rw == "randrw"
+        let pattern = BenchPattern(rawValue: rw)!
+        let writes = pattern != .read && pattern != .randomRead
         let device = try BlockDevice(opening: target, in: topology, writable: writes)
         defer { device.close() }
 
         let deadline = ProcessInfo.processInfo.systemUptime + seconds
         let drivers = (0..<threads).map { index in
-            BenchDriver(consumer: device.consumerForBenchmark, pattern: rw, blockSize: blockSize, depth: iodepth,
+            BenchDriver(consumer: device.consumerForBenchmark, pattern: pattern, blockSize: blockSize, depth: iodepth,
                         mediaSize: target.mediaSize, seed: UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15, deadline: deadline,
                         start: Int64(index) * (target.mediaSize / Int64(threads)) / Int64(blockSize) * Int64(blockSize))
         }
@@ -131,20 +132,9 @@ struct Bench: ParsableCommand {
 }
 
 /// What a driver issues.
-enum BenchPattern {
-    case read, write, randomRead, randomWrite, randomMix
-
-    init(_ name: String) {
-        switch name {
-        case "read": self = .read
-        case "write": self = .write
-        case "randread": self = .randomRead
-        case "randwrite": self = .randomWrite
-        default: self = .randomMix
-        }
-    }
-
-    var isRandom: Bool { self != .read && self != .write }
+enum BenchPattern: String {
+    case read, write
+    case randomRead = "randread", randomWrite = "randwrite", randomMix = "randrw"
 }
 
 /// One thread's load: `depth` requests kept in flight until the deadline, each
@@ -169,10 +159,10 @@ final class BenchDriver: BioDoneHandler, @unchecked Sendable {
     private let drained = DispatchSemaphore(value: 0)
     let latencies = LatencyHistogram()
 
-    init(consumer: Consumer, pattern: String, blockSize: Int, depth: Int, mediaSize: Int64, seed: UInt64, deadline: Double,
+    init(consumer: Consumer, pattern: BenchPattern, blockSize: Int, depth: Int, mediaSize: Int64, seed: UInt64, deadline: Double,
          start: Int64) {
         self.consumer = consumer
-        self.pattern = BenchPattern(pattern)
+        self.pattern = pattern
         self.blockSize = blockSize
         self.depth = depth
         self.blocks = mediaSize / Int64(blockSize)

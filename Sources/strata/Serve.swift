@@ -71,7 +71,7 @@ struct Serve: AsyncParsableCommand {
         }
 
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"))
-        let control = ControlServer(topology: topology) { Self.serverGauges(server) }
+        let control = ControlServer(topology: topology) { StatisticsPublisher.ServerGauges(server) }
         do {
             try await control.start(path: configuration.control)
         } catch {
@@ -132,16 +132,6 @@ struct Serve: AsyncParsableCommand {
         lines.append("  control socket \(configuration.control)")
         // Written in one piece and unbuffered, so a script reading it sees it at once.
         FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
-    }
-
-    /// The NBD server's part of `/metrics`: open connections, and per export the
-    /// connections in transmission and their requests in flight.
-    static func serverGauges(_ server: NBDServer) -> StatisticsPublisher.ServerGauges {
-        StatisticsPublisher.ServerGauges(
-            connections: server.connectionCount,
-            exports: server.exportStatistics.map {
-                .init(name: $0.name, connections: $0.connections, requestsInFlight: $0.requestsInFlight)
-            })
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Prometheus
 import StrataControl
+import StrataNBD
 import Testing
 
 /// The publisher carries the core's totals into swift-metrics: each series holds the

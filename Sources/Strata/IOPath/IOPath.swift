@@ -55,8 +55,7 @@ enum IOPath {
     /// one reading, as Linux's plug shares one for a batch; a start routine may do the
     /// disk's work, so running one invalidates the reading (see `ThreadState.clock`).
     @inline(__always)
-    static func deliveryClock() -> UInt64 {
-        let thread = ThreadState.current
+    static func deliveryClock(_ thread: UnsafeMutablePointer<ThreadState>) -> UInt64 {
         if thread.pointee.clock != 0 { return thread.pointee.clock }
         let now = ProviderStatistics.now()
         if thread.pointee.submitting || thread.pointee.delivering { thread.pointee.clock = now }
@@ -121,6 +120,8 @@ enum IOPath {
             // requests from either.
             thread.pointee.rest = thread.pointee.fresh
             thread.pointee.fresh = BioList()
+            // The start routine may do the disk's work: deliveries after it read the clock anew.
+            thread.pointee.clock = 0
             startOne(bio, on: target, direct: direct)
             direct = false
             // What this start submitted runs next: requests to other (lower) providers
@@ -140,12 +141,13 @@ enum IOPath {
 
     @inline(__always)
     static func startOne(_ header: UnsafeMutablePointer<BioHeader>, on provider: Unmanaged<Provider>, direct: Bool) {
-        ThreadState.current.pointee.clock = 0
-        provider._withUnsafeGuaranteedRef { $0.geomReference }._withUnsafeGuaranteedRef { geom in
-            if !direct && geom.dispatchMode == .queued {
-                IOWorkers.shared.down.enqueue(header)
-            } else {
-                geom.start(ProviderBio(header: header))
+        provider._withUnsafeGuaranteedRef { provider in
+            provider.withGeom { geom in
+                if !direct && geom.dispatchMode == .queued {
+                    IOWorkers.shared.down.enqueue(header)
+                } else {
+                    geom.start(ProviderBio(header: header))
+                }
             }
         }
     }
@@ -176,14 +178,14 @@ enum IOPath {
         let start = header.pointee.startTime
         if start != 0, let provider = header.pointee.to {
             header.pointee.startTime = 0
-            let now = deliveryClock()
+            let now = deliveryClock(ThreadState.current)
             provider._withUnsafeGuaranteedRef {
                 $0.statistics.finished(header.pointee.command, bytes: header.pointee.completed.load(ordering: .relaxed),
                                        failed: error != 0, start: start, now: now)
             }
         }
         if let consumer = header.pointee.from,
-           consumer._withUnsafeGuaranteedRef({ $0.geomReference })._withUnsafeGuaranteedRef({ $0.dispatchMode }) == .queued {
+           consumer._withUnsafeGuaranteedRef({ $0.withGeom(\.dispatchMode) }) == .queued {
             IOWorkers.shared.up.enqueue(header)
             return
         }

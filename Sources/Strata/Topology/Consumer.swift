@@ -5,8 +5,13 @@ import Synchronization
 public final class Consumer: @unchecked Sendable, CustomStringConvertible {
     /// The geom this consumer belongs to. Held unowned: the geom owns its consumers.
     public var geom: Geom { geomReference.takeUnretainedValue() }
-    /// The I/O path reads the geom through this, without reference counting.
     let geomReference: Unmanaged<Geom>
+
+    /// Runs `body` with the geom, without reference counting (for the I/O path).
+    @inline(__always)
+    func withGeom<Result>(_ body: (Geom) -> Result) -> Result {
+        geomReference._withUnsafeGuaranteedRef(body)
+    }
     /// The provider attached to, or nil. Unowned: a provider outlives its consumers.
     /// Atomic because the I/O path reads it while the event thread may detach.
     public internal(set) var provider: Provider? {

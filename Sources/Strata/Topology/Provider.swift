@@ -6,8 +6,13 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
     public let name: String
     /// The geom that serves this provider. Held unowned: the geom owns its providers.
     public var geom: Geom { geomReference.takeUnretainedValue() }
-    /// The I/O path calls the geom through this, without reference counting.
     let geomReference: Unmanaged<Geom>
+
+    /// Runs `body` with the geom, without reference counting (for the I/O path).
+    @inline(__always)
+    func withGeom<Result>(_ body: (Geom) -> Result) -> Result {
+        geomReference._withUnsafeGuaranteedRef(body)
+    }
     public let sectorSize: Int
     /// Bytes per stripe below, or 0 (a hint for aligning I/O).
     public internal(set) var stripeSize: Int64

@@ -19,8 +19,7 @@ public enum PrometheusText {
                      "# TYPE \(latencyFamily) histogram"]
         let bounds = ProviderStatistics.latencyBucketBounds.map { String(Double($0) / 1e9) } + ["+Inf"]
         for provider in stats.providers {
-            for (kind, counters) in [("read", provider.read), ("write", provider.write),
-                                     ("delete", provider.delete), ("flush", provider.flush)] {
+            for (kind, counters) in provider.countersByKind {
                 let labels = "provider=\"\(label(provider.name))\",kind=\"\(kind)\""
                 var cumulative = 0
                 for (bound, count) in zip(bounds, counters.latencyBuckets) {

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Strata
+import StrataNBD
 import Synchronization
 
 /// Publishes a running topology's counters through swift-metrics, so that they reach
@@ -19,22 +20,17 @@ public final class StatisticsPublisher: Sendable {
     /// What the NBD server adds: its open connections, and per export the connections in
     /// transmission and their requests in flight.
     public struct ServerGauges: Sendable, Equatable {
-        public struct Export: Sendable, Equatable {
-            public var name: String
-            public var connections: Int
-            public var requestsInFlight: Int
-            public init(name: String, connections: Int, requestsInFlight: Int) {
-                self.name = name
-                self.connections = connections
-                self.requestsInFlight = requestsInFlight
-            }
-        }
-
         public var connections: Int
-        public var exports: [Export]
-        public init(connections: Int, exports: [Export]) {
+        public var exports: [NBDServer.ExportStatistics]
+
+        public init(connections: Int, exports: [NBDServer.ExportStatistics]) {
             self.connections = connections
             self.exports = exports
+        }
+
+        /// What `server` has open now.
+        public init(_ server: NBDServer) {
+            self.init(connections: server.connectionCount, exports: server.exportStatistics)
         }
     }
 
@@ -100,8 +96,7 @@ public final class StatisticsPublisher: Sendable {
     static func readings(_ stats: StatsReport, server: ServerGauges?) -> [SeriesKey: Reading] {
         var readings: [SeriesKey: Reading] = [:]
         for provider in stats.providers {
-            for (kind, counters) in [("read", provider.read), ("write", provider.write),
-                                     ("delete", provider.delete), ("flush", provider.flush)] {
+            for (kind, counters) in provider.countersByKind {
                 let labels = [("provider", provider.name), ("kind", kind)]
                 readings[SeriesKey("strata_provider_operations_total", labels)] = .total(counters.operations)
                 readings[SeriesKey("strata_provider_bytes_total", labels)] = .total(counters.bytes)

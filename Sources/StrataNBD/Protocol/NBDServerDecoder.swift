@@ -96,7 +96,7 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
             return decodeOption(&buffer)
         case .transmission(let extended):
             if session.paused { return nil }
-            return extended ? decodeExtendedRequest(&buffer) : decodeCompactRequest(&buffer)
+            return decodeRequest(&buffer, extended: extended)
         case .closed:
             buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
             return nil
@@ -121,43 +121,34 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         return .option(code: code, data: buffer.readSlice(length: Int(length))!)
     }
 
-    private mutating func decodeCompactRequest(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
-        guard buffer.readableBytes >= 28 else { return nil }
+    /// A request header, compact (28 bytes, 32-bit length) or extended (32 bytes,
+    /// 64-bit length), and its payload.
+    private mutating func decodeRequest(_ buffer: inout ByteBuffer, extended: Bool) -> NBDClientMessage? {
+        let headerSize = extended ? 32 : 28
+        guard buffer.readableBytes >= headerSize else { return nil }
         let start = buffer.readerIndex
         let magic: UInt32 = buffer.getInteger(at: start)!
-        guard magic == NBDMagic.request else {
-            return .protocolViolation("request magic 0x\(String(magic, radix: 16)) is not NBD_REQUEST_MAGIC")
+        guard magic == (extended ? NBDMagic.extendedRequest : NBDMagic.request) else {
+            let expected = extended ? "NBD_EXTENDED_REQUEST_MAGIC" : "NBD_REQUEST_MAGIC"
+            return .protocolViolation("request magic 0x\(String(magic, radix: 16)) is not \(expected)")
         }
         let header = NBDRequestHeader(
             flags: NBDCommandFlags(rawValue: buffer.getInteger(at: start + 4)!),
             type: buffer.getInteger(at: start + 6)!,
             cookie: buffer.getInteger(at: start + 8)!,
             offset: buffer.getInteger(at: start + 16)!,
-            length: UInt64(buffer.getInteger(at: start + 24, as: UInt32.self)!))
-        // In compact headers only WRITE carries a payload, of `length` bytes.
-        let payload = header.type == NBDCommand.write.rawValue ? header.length : 0
-        return take(header, headerSize: 28, payload: payload, from: &buffer)
-    }
-
-    private mutating func decodeExtendedRequest(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
-        guard buffer.readableBytes >= 32 else { return nil }
-        let start = buffer.readerIndex
-        let magic: UInt32 = buffer.getInteger(at: start)!
-        guard magic == NBDMagic.extendedRequest else {
-            return .protocolViolation("request magic 0x\(String(magic, radix: 16)) is not NBD_EXTENDED_REQUEST_MAGIC")
+            length: extended ? buffer.getInteger(at: start + 24)! : UInt64(buffer.getInteger(at: start + 24, as: UInt32.self)!))
+        guard extended else {
+            // In compact headers only WRITE carries a payload, of `length` bytes.
+            let payload = header.type == NBDCommand.write.rawValue ? header.length : 0
+            return take(header, headerSize: headerSize, payload: payload, from: &buffer)
         }
-        let header = NBDRequestHeader(
-            flags: NBDCommandFlags(rawValue: buffer.getInteger(at: start + 4)!),
-            type: buffer.getInteger(at: start + 6)!,
-            cookie: buffer.getInteger(at: start + 8)!,
-            offset: buffer.getInteger(at: start + 16)!,
-            length: buffer.getInteger(at: start + 24)!)
         let payload = header.flags.contains(.payloadLength) ? header.length : 0
         if payload > UInt64(NBDLimits.maximumPayload) {
             // The extension asks for a hard disconnect here rather than reading it all.
             return .protocolViolation("payload of \(payload) bytes is over the \(NBDLimits.maximumPayload)-byte maximum")
         }
-        return take(header, headerSize: 32, payload: payload, from: &buffer)
+        return take(header, headerSize: headerSize, payload: payload, from: &buffer)
     }
 
     private mutating func take(_ header: NBDRequestHeader, headerSize: Int, payload: UInt64,

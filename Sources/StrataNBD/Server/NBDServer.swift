@@ -161,6 +161,12 @@ public final class NBDServer: Sendable {
         public var connections: Int
         /// Requests those connections have submitted and not yet seen complete.
         public var requestsInFlight: Int
+
+        public init(name: String, connections: Int, requestsInFlight: Int) {
+            self.name = name
+            self.connections = connections
+            self.requestsInFlight = requestsInFlight
+        }
     }
 
     /// Every export's load, in the order the exports were given.
