@@ -96,8 +96,15 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
     /// `g_clone_bio`: a new request from `set` that copies the command, offset,
     /// length, data, attribute and request flags, with this request as its parent.
     /// Its done is `.standard`. Returns nil if `set` cannot supply one without waiting.
-    public func clone(using set: AnyBioSet = .shared) -> Bio? {
+    public func clone(using set: AnyBioSet) -> Bio? {
         makeClone(0, header.pointee.length, set, wait: false)
+    }
+
+    /// `clone(using:)` from the shared set. Its own function, not a default argument:
+    /// a default argument hands over a retained reference, and this is every
+    /// transform's per-request path.
+    public func clone() -> Bio? {
+        makeClone(0, header.pointee.length, AnyBioSet.shared, wait: false)
     }
 
     /// `g_duplicate_bio`: like `clone(using:)` but waits for the set's reserve rather

@@ -43,7 +43,7 @@ enum IOPath {
             case .completeEmpty:
                 deliver(header, error: 0)
             case .fail(let error):
-                provider.statistics.refused(header.pointee.command)
+                provider.statistics.refused(header.pointee.command, slot: ThreadState.current.pointee.statisticsSlot)
                 deliver(header, error: error)
             }
         }
@@ -178,10 +178,11 @@ enum IOPath {
         let start = header.pointee.startTime
         if start != 0, let provider = header.pointee.to {
             header.pointee.startTime = 0
-            let now = deliveryClock(ThreadState.current)
+            let thread = ThreadState.current
+            let now = deliveryClock(thread)
             provider._withUnsafeGuaranteedRef {
                 $0.statistics.finished(header.pointee.command, bytes: header.pointee.completed.load(ordering: .relaxed),
-                                       failed: error != 0, start: start, now: now)
+                                       failed: error != 0, start: start, now: now, slot: thread.pointee.statisticsSlot)
             }
         }
         if let consumer = header.pointee.from,

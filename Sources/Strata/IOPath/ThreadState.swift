@@ -26,6 +26,8 @@ import Darwin
     /// One cache per pool, indexed by pool id; grown when a new pool is first used.
     @usableFromInline var caches: UnsafeMutablePointer<LocalCache>? = nil
     @usableFromInline var cacheSlots = 0
+    /// The shard of provider statistics this thread counts in (`StatisticsSlots`).
+    @usableFromInline var statisticsSlot = StatisticsSlots.shared
 
     /// This thread's state, made on first use.
     @inlinable @inline(__always)
@@ -39,6 +41,7 @@ import Darwin
     @usableFromInline static func makeCurrent() -> UnsafeMutablePointer<ThreadState> {
         let state = UnsafeMutablePointer<ThreadState>.allocate(capacity: 1)
         state.initialize(to: ThreadState())
+        state.pointee.statisticsSlot = StatisticsSlots.claim()
         pthread_setspecific(threadStateKey, state)
         return state
     }
@@ -73,6 +76,7 @@ import Darwin
             }
             caches.deallocate()
         }
+        StatisticsSlots.release(state.pointee.statisticsSlot)
         state.deinitialize(count: 1)
         state.deallocate()
     }

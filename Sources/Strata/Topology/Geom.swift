@@ -25,7 +25,13 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
     /// created and loses them only after its providers are gone. A class that changes its
     /// consumers while serving (a mirror inserting a component) keeps its own table.
     public internal(set) var providers: [Provider] = []
-    public internal(set) var consumers: [Consumer] = []
+    public internal(set) var consumers: [Consumer] = [] {
+        didSet { firstConsumer = consumers.first.map { Unmanaged.passUnretained($0) } }
+    }
+    /// `consumers.first` held without a reference count, so that passing a request down
+    /// (`requestOnFirstConsumer`) costs no retain and release; it lives as long as the
+    /// array holds it.
+    private var firstConsumer: Unmanaged<Consumer>?
     /// One more than the highest rank of the geoms below; bottom geoms have rank 1.
     public internal(set) var rank = 1
     /// Set when the geom has begun to go away.
@@ -43,7 +49,7 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
     /// arrives here has passed `Consumer.request`'s checks: access, orphaning, alignment
     /// and range. The default passes it to the first consumer.
     open func start(_ bio: consuming ProviderBio) {
-        guard let consumer = consumers.first else {
+        guard !consumers.isEmpty else {
             bio.deliver(.noDevice)
             return
         }
@@ -51,8 +57,17 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
             bio.deliver(.noMemory)
             return
         }
-        consumer.request(clone)
+        requestOnFirstConsumer(clone)
         bio.awaitChildren()
+    }
+
+    /// Sends `bio` to the first consumer (`g_io_request(bp, LIST_FIRST(&gp->consumer))`),
+    /// the way a class with one consumer below passes each request on. Only from
+    /// `start` or a done routine: the geom has its consumer while it serves.
+    public final func requestOnFirstConsumer(_ bio: consuming Bio) {
+        guard let firstConsumer else { preconditionFailure("\(self) has no consumer to pass a request to") }
+        let header = bio.release()
+        firstConsumer._withUnsafeGuaranteedRef { IOPath.request(header, on: $0) }
     }
 
     /// Completion of a request this geom issued with `.handler(self)` as its done.

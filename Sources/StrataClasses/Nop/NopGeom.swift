@@ -171,7 +171,7 @@ public final class NopGeom: Geom, @unchecked Sendable {
             // Extents come back in the coordinates of the provider below.
             clone.done = .handler(self)
         }
-        consumers[0].request(clone)
+        requestOnFirstConsumer(clone)
         bio.awaitChildren()
     }
 

@@ -73,7 +73,7 @@ public final class PartGeom: Geom, @unchecked Sendable {
             clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(start))
             clone.done = .handler(self)
         }
-        consumers[0].request(clone)
+        requestOnFirstConsumer(clone)
         bio.awaitChildren()
     }
 

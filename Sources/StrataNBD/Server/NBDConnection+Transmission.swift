@@ -37,10 +37,19 @@ struct RequestTable {
         return slots.count - 1
     }
 
-    subscript(index: Int) -> RequestSlot {
-        get { slots[index]! }
-        set { slots[index] = newValue }
+    /// Marks the request in `index` as flushing and returns true if it is a TRIM or
+    /// WRITE_ZEROES with FUA whose flush has not been sent yet. Reads the slot in place:
+    /// a copy would retain its buffer, once per request.
+    mutating func beginFlushForFUA(_ index: Int) -> Bool {
+        let command = slots[index]!.command
+        guard slots[index]!.header.flags.contains(.fua), command == .trim || command == .writeZeroes,
+              !slots[index]!.flushing else { return false }
+        slots[index]!.flushing = true
+        return true
     }
+
+    /// The command of the request in `index`.
+    func command(_ index: Int) -> NBDCommand { slots[index]!.command }
 
     mutating func remove(_ index: Int) -> RequestSlot {
         let slot = slots[index]!
@@ -136,6 +145,20 @@ extension NBDConnectionHandler {
     private func issue(_ header: NBDRequestHeader, command: NBDCommand, payload: ByteBuffer?, served: ServedExport,
                        consumer: Consumer) {
         let bio = AnyBioSet.shared.alloc(segments: 1)
+        // The slot goes straight into the table, which then holds the only reference
+        // to its buffer: a memory disk completes inside `request`, and the reply
+        // writes its header in place (a second reference would copy the whole buffer).
+        let index = requests.insert(prepare(bio, header, command: command, payload: payload, served: served))
+        bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
+        bio.done = .handler(self)
+        updateReading()
+        consumer.request(bio)
+    }
+
+    /// Fills in the request for an NBD command and returns what the connection keeps
+    /// about it until completion.
+    private func prepare(_ bio: borrowing Bio, _ header: NBDRequestHeader, command: NBDCommand, payload: ByteBuffer?,
+                         served: ServedExport) -> RequestSlot {
         bio.offset = Int64(header.offset)
         bio.length = Int64(header.length)
         var slot = RequestSlot(header: header, command: command)
@@ -185,11 +208,7 @@ extension NBDConnectionHandler {
         case .cache, .disconnect:
             preconditionFailure("\(command) is answered without a request")
         }
-        let index = requests.insert(slot)
-        bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
-        bio.done = .handler(self)
-        updateReading()
-        consumer.request(bio)
+        return slot
     }
 
     // MARK: Completion
@@ -207,12 +226,8 @@ extension NBDConnectionHandler {
         let index = Int(bitPattern: bio.caller1) - 1
         let error = bio.error
         let flags = bio.flags
-        var slot = requests[index]
-        let durable = slot.header.flags.contains(.fua) && (slot.command == .trim || slot.command == .writeZeroes)
-        if error == nil && durable && !slot.flushing, let consumer {
+        if error == nil, let consumer, requests.beginFlushForFUA(index) {
             // FUA on TRIM and WRITE_ZEROES: acknowledged means durable, so flush first.
-            slot.flushing = true
-            requests[index] = slot
             bio.reset()
             bio.command = .flush
             bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
@@ -220,9 +235,9 @@ extension NBDConnectionHandler {
             consumer.request(bio)
             return
         }
-        let extents = slot.command == .blockStatus && error == nil ? bio.attributeExtents : []
+        let extents = requests.command(index) == .blockStatus && error == nil ? bio.attributeExtents : []
         bio.destroy()
-        slot = requests.remove(index)
+        let slot = requests.remove(index)
         slot.answer?.deallocate()
         if !channelClosed {
             if let error {
