@@ -44,7 +44,7 @@ let package = Package(
         ], swiftSettings: strictSwift),
         // The topology file: YAML in, a checked configuration and a built topology out.
         .target(name: "StrataConfig", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD", "StrataClasses",
+            "Strata", "StrataDisks", "StrataNBD",
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: strictSwift),
         // The control endpoint (HTTP/JSON on a Unix socket) and its client.
@@ -71,10 +71,10 @@ let package = Package(
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ], swiftSettings: strictSwift),
-        .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig", "StrataClasses"],
+        .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig", "StrataClasses", "StrataNBD"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataNBDTests", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD",
+            "Strata", "StrataDisks", "StrataNBD", "StrataClasses",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,3 +1,5 @@
+import StrataNBD
+
 /// A topology file, checked: what to build, what to export, where to listen.
 public struct Configuration: Sendable, Equatable {
     public var file: String
@@ -8,6 +10,8 @@ public struct Configuration: Sendable, Equatable {
     public var disks: [DiskSpec]
     public var geoms: [GeomSpec]
     public var exports: [ExportSpec]
+    /// What the NBD server takes in before it stops reading (backpressure and memory).
+    public var limits: NBDServer.Limits
 
     public static let defaultListen = [ListenURL.tcp(host: "127.0.0.1", port: 10809)]
 }

@@ -1,4 +1,5 @@
 import Foundation
+import StrataNBD
 import Yams
 
 /// Reads a topology file into a checked `Configuration`.
@@ -36,7 +37,8 @@ public struct ConfigurationLoader {
         return try loader.configuration(from: root)
     }
 
-    static let topKeys = ["listen", "control", "disks", "geoms", "exports"]
+    static let topKeys = ["listen", "control", "limits", "disks", "geoms", "exports"]
+    static let limitKeys = ["requests", "connection-bytes", "server-bytes"]
     static let diskKeys = ["name", "file", "memory", "null", "zero", "size", "sector-size"]
     static let geomKeys = ["name", "class", "consumers"]
     static let exportKeys = ["name", "provider", "read-only", "description", "default"]
@@ -57,6 +59,8 @@ public struct ConfigurationLoader {
         }
         var control = absolute("strata-data/control.sock")
         if let node = top["control"] { control = absolute(try scalar(node, key: "control")) }
+
+        let limits = try top["limits"].map { try self.limits($0) } ?? NBDServer.Limits()
 
         var names: [String: String] = [:]
         func claim(_ name: String, _ node: Node, _ key: String, as kind: String) throws {
@@ -92,7 +96,28 @@ public struct ConfigurationLoader {
         if defaults.count > 1, let second = top["exports"]?.array()[exports.firstIndex { $0 == defaults[1] }!] {
             throw error(second, "exports.default", "true", "only one export can be the default (\(defaults[0].name) is)")
         }
-        return Configuration(file: file, listen: listen, control: control, disks: disks, geoms: geoms, exports: exports)
+        return Configuration(file: file, listen: listen, control: control, disks: disks, geoms: geoms, exports: exports,
+                             limits: limits)
+    }
+
+    private func limits(_ node: Node) throws -> NBDServer.Limits {
+        let fields = try mapping(node, key: "limits")
+        try checkKeys(fields, allowed: Self.limitKeys, path: "limits")
+        var limits = NBDServer.Limits()
+        if let requests = fields["requests"] {
+            limits.requests = try value(requests, key: "limits.requests").integer(in: 1...65536)
+        }
+        // Below one maximum request (32 MiB) a connection could never take in a large one.
+        let smallest: Int64 = 32 << 20
+        for (key, keyPath) in [("connection-bytes", \NBDServer.Limits.bytes), ("server-bytes", \.serverBytes)] {
+            guard let field = fields[key] else { continue }
+            let bytes = try size(field, key: "limits.\(key)")
+            guard bytes >= smallest else {
+                throw error(field, "limits.\(key)", try scalar(field, key: "limits.\(key)"), "must be at least 32MiB")
+            }
+            limits[keyPath: keyPath] = Int(bytes)
+        }
+        return limits
     }
 
     private func disk(_ node: Node, path: String) throws -> DiskSpec {

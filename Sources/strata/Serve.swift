@@ -70,7 +70,8 @@ struct Serve: AsyncParsableCommand {
             logger.warning("listening on \(url), which is not loopback: NBD has no authentication")
         }
 
-        let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"))
+        let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"),
+                                  limits: configuration.limits)
         let control = ControlServer(topology: topology) { StatisticsPublisher.ServerGauges(server) }
         do {
             try await control.start(path: configuration.control)

@@ -2,6 +2,7 @@ import Foundation
 import Strata
 import StrataClasses
 import StrataConfig
+import StrataNBD
 import Synchronization
 import Testing
 
@@ -85,6 +86,16 @@ import Testing
         #expect(configuration.listen == Configuration.defaultListen)
         #expect(configuration.control == "/etc/strata/strata-data/control.sock")
         #expect(configuration.disks.isEmpty && configuration.exports.isEmpty)
+    }
+
+    @Test func serverLimitsAreReadAndCheckedAtTheirKeys() throws {
+        #expect(try load("").limits == NBDServer.Limits())
+        let limits = try load("limits:\n  requests: 64\n  connection-bytes: 64MiB\n  server-bytes: 1GiB").limits
+        #expect(limits == NBDServer.Limits(requests: 64, bytes: 64 << 20, serverBytes: 1 << 30))
+        #expect(failure("limits:\n  server-bytes: 1MiB") == "strata.yaml:2: limits.server-bytes: '1MiB': must be at least 32MiB")
+        #expect(failure("limits:\n  requests: 0").hasPrefix("strata.yaml:2: limits.requests: '0': must be"))
+        #expect(failure("limits:\n  server_bytes: 1GiB")
+                == "strata.yaml:2: limits.server_bytes: is not a known key; did you mean 'server-bytes'?")
     }
 
     @Test func anUnknownKeyNamesTheNearestKnownOne() {

@@ -1,12 +1,13 @@
 import Foundation
 import Glibc
 import Strata
+import StrataClasses
 import StrataDisks
 import StrataNBD
 import Testing
 
 /// A client on a Unix socket that sends whatever a test says, raw.
-final class RawClient {
+final class RawClient: Sendable {
     let descriptor: Int32
 
     init(path: String) throws {
@@ -58,6 +59,20 @@ final class RawClient {
             got += n
         }
         return Array(bytes.prefix(got))
+    }
+
+    /// Reads option replies (20-byte header, then its payload) until the ACK that ends
+    /// a successful GO; false if the server answered otherwise or hung up.
+    func receiveOptionRepliesUntilAck() -> Bool {
+        while true {
+            let header = receive(20)
+            guard header.count == 20 else { return false }
+            let type = header[12..<16].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            let length = Int(header[16..<20].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+            guard receive(length).count == length else { return false }
+            if type == NBDOptionReply.ack.rawValue { return true }
+            if type & 0x8000_0000 != 0 { return false }
+        }
     }
 
     /// Whether the server has closed this connection (reads end of stream).
@@ -163,5 +178,46 @@ struct HostileClientTests {
         #expect(accepted < 4096, "the server stopped reading requests")
         #expect(grown < 400 << 20, "resident memory grew by \(grown >> 20) MiB")
         #expect(try stillServes(fixture), "other clients are served meanwhile")
+    }
+
+    /// Four clients each send 24 writes of 1 MiB to an export that holds every request
+    /// for a second: the server takes in about its 32 MiB budget across them, not the
+    /// 96 MiB announced, and serves the rest as the first ones complete.
+    @Test func theServerBudgetBoundsPayloadTakenInAcrossConnections() async throws {
+        let budget = 32 << 20
+        let fixture = try await ServerFixture(limits: NBDServer.Limits(serverBytes: budget)) { topology, _ in
+            let memory = try MemoryDisk.create(in: topology, name: "budget-md", size: 64 << 20)
+            _ = try NopGeom.create(in: topology, name: "held", over: memory.provider,
+                                   settings: NopGeom.Settings(delayMilliseconds: 1000))
+            return [NBDExport(name: "held", provider: "held", isDefault: true)]
+        }
+        defer { Task { await fixture.stop() } }
+        let payload = [UInt8](repeating: 0x5a, count: 1 << 20)
+        let clients = try (0..<4).map { _ in try RawClient(path: fixture.socket) }
+        for (index, client) in clients.enumerated() {
+            _ = client.receive(18)
+            client.send(handshake(export: "held"))
+            #expect(client.receiveOptionRepliesUntilAck())
+            let writes = (0..<24).map { write in
+                requestBytes(.write, cookie: UInt64(write), offset: UInt64(index * 16 + write % 16) << 20, length: 1 << 20) + payload
+            }
+            // Sent from threads of their own: a stopped connection blocks its sender.
+            let bytes = writes.flatMap { $0 }
+            startWorkerThread { client.send(bytes, seconds: 30) }
+        }
+        var highest = 0
+        let deadline = ContinuousClock.now + .milliseconds(900)
+        while ContinuousClock.now < deadline {
+            highest = max(highest, fixture.server.payloadBytesInFlight)
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        // Each connection may take one request past the budget before it sees it spent.
+        #expect(highest <= budget + 4 << 20, "\(highest >> 20) MiB in flight")
+        #expect(highest >= budget, "the budget was reached: \(highest >> 20) MiB in flight")
+        // Every write is answered in the end: 96 replies of 16 bytes each.
+        for client in clients {
+            #expect(client.receive(24 * 16).count == 24 * 16)
+        }
+        #expect(fixture.server.payloadBytesInFlight == 0)
     }
 }

@@ -51,6 +51,9 @@ struct RequestTable {
     /// The command of the request in `index`.
     func command(_ index: Int) -> NBDCommand { slots[index]!.command }
 
+    /// The payload bytes the request in `index` counts against the limits.
+    func bytes(of index: Int) -> Int { slots[index]!.bytes }
+
     mutating func remove(_ index: Int) -> RequestSlot {
         let slot = slots[index]!
         slots[index] = nil
@@ -149,6 +152,7 @@ extension NBDConnectionHandler {
         // to its buffer: a memory disk completes inside `request`, and the reply
         // writes its header in place (a second reference would copy the whole buffer).
         let index = requests.insert(prepare(bio, header, command: command, payload: payload, served: served))
+        core.charge(requests.bytes(of: index))
         bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
         bio.done = .handler(self)
         updateReading()
@@ -238,6 +242,7 @@ extension NBDConnectionHandler {
         let extents = requests.command(index) == .blockStatus && error == nil ? bio.attributeExtents : []
         bio.destroy()
         let slot = requests.remove(index)
+        core.refund(slot.bytes)
         slot.answer?.deallocate()
         if !channelClosed {
             if let error {
@@ -387,7 +392,16 @@ extension NBDConnectionHandler {
         let limits = core.limits
         if finishing || requests.count >= limits.requests || requests.bytes >= limits.bytes || !context.channel.isWritable {
             pauseReading()
+        } else if core.budgetSpent {
+            pauseReading()
+            core.starve(self)
         } else if session.paused && requests.count <= limits.requests / 2 && requests.bytes <= limits.bytes / 2 {
+            // Its own requests allow it; the server's budget must be back to half too,
+            // or the connection waits to be woken when it is.
+            guard core.budgetRecovered else {
+                core.starve(self)
+                return
+            }
             session.paused = false
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             context.read()

@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 import NIOPosix
 import Strata
 
@@ -27,15 +28,20 @@ public enum NBDListenAddress: Sendable, Equatable, CustomStringConvertible {
 /// the kernel's nbd-client) over TCP and Unix sockets.
 public final class NBDServer: Sendable {
     /// Per-connection limits on requests in flight (backpressure).
-    public struct Limits: Sendable {
+    public struct Limits: Sendable, Equatable {
         /// Requests in flight on one connection before the server stops reading it.
         public var requests: Int
         /// Payload bytes (read or written) in flight on one connection before it stops.
         public var bytes: Int
+        /// Payload bytes in flight over all connections before every connection stops
+        /// being read: what bounds the server's memory when many clients flood it at
+        /// once, each within its own limits.
+        public var serverBytes: Int
 
-        public init(requests: Int = 256, bytes: Int = 128 << 20) {
+        public init(requests: Int = 256, bytes: Int = 128 << 20, serverBytes: Int = 512 << 20) {
             self.requests = requests
             self.bytes = bytes
+            self.serverBytes = serverBytes
         }
     }
 
@@ -154,6 +160,10 @@ public final class NBDServer: Sendable {
     /// Connections open now.
     public var connectionCount: Int { core.connections.count }
 
+    /// Payload bytes of requests taken in and not yet answered, over all connections
+    /// (held against `Limits.serverBytes`).
+    public var payloadBytesInFlight: Int { core.payloadBytesInFlight }
+
     /// One export's load at one moment.
     public struct ExportStatistics: Sendable, Equatable {
         public var name: String
@@ -180,6 +190,12 @@ final class NBDServerCore: Sendable {
     let logger: Logger
     let limits: NBDServer.Limits
     private let state = NIOLockedValueBox<(connections: [ObjectIdentifier: NBDConnectionHandler], stopping: Bool)>(([:], false))
+    /// Payload bytes in flight over all connections (`Limits.serverBytes`).
+    private let bytesInFlight = Atomic<Int>(0)
+    /// Connections that stopped reading because the server's budget was spent; woken
+    /// when it falls to half, since with nothing of their own in flight no completion
+    /// of theirs would.
+    private let starved = NIOLockedValueBox<[ObjectIdentifier: NBDConnectionHandler]>([:])
 
     init(topology: Topology, exports: [ServedExport], logger: Logger, limits: NBDServer.Limits) {
         self.topology = topology
@@ -212,5 +228,45 @@ final class NBDServerCore: Sendable {
 
     func unregister(_ connection: NBDConnectionHandler) {
         _ = state.withLockedValue { $0.connections.removeValue(forKey: ObjectIdentifier(connection)) }
+        _ = starved.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(connection)) }
+    }
+
+    // MARK: The server's byte budget
+
+    var payloadBytesInFlight: Int { bytesInFlight.load(ordering: .relaxed) }
+
+    /// Whether the payload bytes in flight over all connections have reached the budget.
+    var budgetSpent: Bool { bytesInFlight.load(ordering: .relaxed) >= limits.serverBytes }
+
+    /// Whether the bytes in flight are at or below half the budget, where stopped
+    /// connections start again.
+    var budgetRecovered: Bool { bytesInFlight.load(ordering: .relaxed) <= limits.serverBytes / 2 }
+
+    /// A request of `count` payload bytes was taken in.
+    func charge(_ count: Int) {
+        bytesInFlight.wrappingAdd(count, ordering: .relaxed)
+    }
+
+    /// A request of `count` payload bytes was answered; wakes the starved connections
+    /// when this brings the total down to half the budget.
+    func refund(_ count: Int) {
+        let left = bytesInFlight.wrappingSubtract(count, ordering: .relaxed).newValue
+        guard count > 0, left <= limits.serverBytes / 2, left + count > limits.serverBytes / 2 else { return }
+        let waking = starved.withLockedValue { waiting in
+            defer { waiting.removeAll() }
+            return Array(waiting.values)
+        }
+        for connection in waking {
+            connection.eventLoop.execute { connection.updateReading() }
+        }
+    }
+
+    /// `connection` stopped reading because the budget is spent.
+    func starve(_ connection: NBDConnectionHandler) {
+        starved.withLockedValue { $0[ObjectIdentifier(connection)] = connection }
+        // The last completion may have come between the check and the registration.
+        if budgetRecovered, starved.withLockedValue({ $0.removeValue(forKey: ObjectIdentifier(connection)) }) != nil {
+            connection.eventLoop.execute { connection.updateReading() }
+        }
     }
 }
