@@ -252,6 +252,37 @@ struct MirrorTests {
         #expect(try await device.read(at: 0, count: 65536) == Self.pattern(65536, seed: 9))
     }
 
+    /// The ejection of a copy that failed a write is on the surviving copy's disk
+    /// before the write is acknowledged: a crash right after the acknowledgement must
+    /// not find the stale copy still in sync.
+    @Test func aFailedCopyIsRecordedAsEjectedBeforeTheWriteIsAcknowledged() async throws {
+        let directory = NSTemporaryDirectory() + "strata-eject-ack-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<2).map { try FileDisk.create(in: topology, name: "k\($0)", path: "\(directory)/k\($0).img", size: 8 << 20) }
+        let nop = try NopGeom.create(in: topology, name: "k-nop", over: disks[1].provider)
+        let mirror = try MirrorGeom.create(in: topology, name: "eject-ack", over: [disks[0].provider, nop.providers[0]])
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        func genid(_ index: Int) throws -> UInt32? {
+            let file = try #require(FileHandle(forReadingAtPath: "\(directory)/k\(index).img"))
+            defer { try? file.close() }
+            try file.seek(toOffset: UInt64((8 << 20) - 512))
+            return MirrorMetadata.decode(Array(try file.read(upToCount: 512) ?? Data()))?.genid
+        }
+        let before = try #require(try genid(0))
+        try nop.configure(.init(writeFailPercent: 100))
+        for round in 0..<20 {
+            try await device.write(Self.pattern(4096, seed: round), at: Int64(round) * 4096)
+            // Read straight after the acknowledgement, with nothing else waited for.
+            let after = try #require(try genid(0))
+            #expect(after > before, "round \(round): the surviving copy's metadata still has genid \(after)")
+            #expect(try genid(1) == before, "the failed copy keeps the old generation")
+        }
+    }
+
     @Test func metadataRoundTripsAndRejectsDamage() {
         let metadata = MirrorMetadata(name: "m", mirrorID: 1, diskID: 2, components: 2, genid: 3, syncid: 4, priority: 5,
                                       balance: .split, slice: 65536, mediaSize: 1 << 20, syncOffset: 4096, flags: [.dirty, .synchronizing])

@@ -38,7 +38,22 @@ public final class Topology: @unchecked Sendable {
     /// The geoms, in the order they were added.
     public var geoms: [Geom] { withLock { geomList } }
 
-    deinit { events.stop() }
+    deinit {
+        events.stop()
+        // The I/O path holds consumers unretained, and counts a request until its done
+        // routine has returned. A user the routine woke may drop the last reference to
+        // the topology in those last moments: wait for them to pass, as `detach` does,
+        // rather than free a consumer under the thread still returning from it. One
+        // still busy after that (the topology dropped inside its own done routine) is
+        // kept rather than freed.
+        let deadline = monotonicSeconds() + 1
+        for geom in geomList {
+            for consumer in geom.consumers where consumer.requestsInFlight != 0 {
+                while consumer.requestsInFlight != 0 && monotonicSeconds() < deadline { sched_yield() }
+                if consumer.requestsInFlight != 0 { _ = Unmanaged.passRetained(consumer) }
+            }
+        }
+    }
 
     /// Runs `body` with the topology locked (`g_topology_lock`).
     public func withLock<T>(_ body: () throws -> T) rethrows -> T {

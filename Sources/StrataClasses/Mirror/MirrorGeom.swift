@@ -272,10 +272,19 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             bio.finishClone()
             return
         }
-        // A copy that did not take the write must never be read again: eject it before
-        // the write is acknowledged (the parent completes after this returns).
-        if bio.command != .flush || error != .notSupported { eject(slot, because: error) }
-        bio.finishClone()
+        guard bio.command != .flush || error != .notSupported else {
+            bio.finishClone()
+            return
+        }
+        // A copy that did not take the write must never be read again, even after a
+        // crash: the write is acknowledged only once the other components' metadata
+        // records the ejection, as md holds writes until its superblock marks a failed
+        // disk. The metadata queue is serial, so this runs after the ejection's write
+        // (or an earlier one for the same component). Acknowledging first would leave
+        // a window in which a restart finds the stale copy in sync and reads from it.
+        eject(slot, because: error)
+        let held = bio.unmanaged()
+        metadataQueue.async { held.takeBio().finishClone() }
     }
 
     /// Marks a component BROKEN if it was in use, and records the ejection in the others'

@@ -41,7 +41,9 @@ public final class MemoryDisk: Disk, @unchecked Sendable {
         super.init(name: name, className: "MEMORY", ident: "memory:\(name)", canDelete: true)
     }
 
-    override public func destroyed() {
+    // Freed with the disk, not when it leaves the topology (`destroyed`): a topology
+    // dropped without `shutdown` frees its geoms without withering them.
+    deinit {
         munmap(base, mappedBytes)
         written.deinitialize(count: wordCount)
         written.deallocate()
