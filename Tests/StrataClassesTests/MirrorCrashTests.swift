@@ -322,4 +322,36 @@ struct MirrorCrashTests {
         let problems = try await Self.recover(state, of: run, using: Scratch(mirrorSize: run.mirrorSize)).problems
         #expect(problems.isEmpty, "\(state): \(problems.joined(separator: "; "))")
     }
+
+    @Test func everyCrashPointOfASmallMirrorComesBackConsistentWithEveryDurableWrite() async throws {
+        let run = Run(mirrorSize: 3 << 20)
+        defer { run.topology.shutdown() }
+        try await run.start()
+        try await run.replaceWhileClosed()
+        try await run.rebuildWithWriters("d2")
+        run.finish()
+        #expect(run.wroteBelowTheCopy, "the last writes were meant to land below the copy during the rebuild")
+        let states = try run.log.crashStates(at: 0...run.log.count, subsetsPerPoint: 6, seed: 20261121)
+        let findings = try await Self.recover(states, of: run)
+        #expect(findings.failures.isEmpty, "\(findings.failures.joined(separator: "\n"))")
+        #expect(findings.states >= 300, "\(findings.states) crash states at \(run.log.count + 1) points")
+    }
+
+    /// 20 chunks: a rebuild saves its offset after 16, so a cut can find a component
+    /// whose metadata says it is rebuilt that far.
+    @Test func crashPointsOfRebuildsThatSavedTheirOffsetComeBackConsistent() async throws {
+        let run = Run(mirrorSize: 20 << 20)
+        defer { run.topology.shutdown() }
+        try await run.start()
+        try await run.replaceWhileClosed()
+        try await run.rebuildWithWriters("d2")
+        run.finish()
+        #expect(run.wroteBelowTheCopy, "the last writes were meant to land below the saved offset during the rebuild")
+        let sample = run.log.crashPoints(sampling: 25, seed: 17, within: run.milestones.rebuilding)
+        let states = try run.log.crashStates(at: sample, subsetsPerPoint: 3, seed: 20261122)
+        let findings = try await Self.recover(states, of: run)
+        #expect(findings.failures.isEmpty, "\(findings.failures.joined(separator: "\n"))")
+        #expect(findings.cutAfterASavedOffset > 0, "some states cut a rebuild after it saved its offset")
+        #expect(findings.states >= 50, "\(findings.states) crash states at \(sample.count) points")
+    }
 }
