@@ -247,6 +247,31 @@ import Testing
         #expect(try issuer.attributeString(.ident) == "powercut:img")
     }
 
+    @Test func crashImagesAreWrittenAsSparseFilesWithAListOfTheStates() throws {
+        let fixture = try Fixture(disks: 2, size: 4 << 20)
+        try fixture.issuers[0].write(pattern(count: 8192, at: 1 << 20, seed: 1), at: 1 << 20)
+        try fixture.issuers[0].flush()
+        try fixture.issuers[1].write(pattern(count: 4096, at: 0, seed: 2), at: 0)
+        let states = try fixture.log.crashStates(at: [fixture.log.count], subsetsPerPoint: 2, seed: 1)
+        let directory = try TemporaryDirectory("strata-powercut")
+        defer { directory.remove() }
+        let folders = try fixture.log.writeCrashImages(states, to: directory.file("out"))
+        #expect(folders == [directory.file("out/00001"), directory.file("out/00002")])
+        for (folder, state) in zip(folders, states) {
+            let images = try fixture.log.crashImages(for: state)
+            for disk in ["pc0", "pc1"] {
+                let path = folder + "/" + disk + ".img"
+                #expect(readFile(path) == images[disk], "\(path) holds the image of \(state)")
+                let blocks = try #require(fileStatus(path)).st_blocks
+                #expect(blocks * 512 <= 64 << 10, "\(path): pages of zeros are holes (\(blocks) blocks)")
+            }
+        }
+        let manifest = String(decoding: readFile(directory.file("out/states.txt")) ?? [], as: UTF8.self)
+        #expect(manifest == "00001 \(states[0])\n00002 \(states[1])\n")
+        #expect(states.map(\.subset) == [CrashSubset(whole: [2]), .none])
+        #expect(fixture.log.dataBytes == 8192 + 4096)
+    }
+
     @Test func aCrashStateDescribesItself() {
         let state = CrashState(point: 17, subset: CrashSubset(whole: [15, 12], torn: [16: [0..<3, 5..<6]]))
         #expect(state.description == "crash at 17; kept #12 #15; torn #16[0..<3,5..<6]")

@@ -32,6 +32,7 @@ public final class PowerCutLog: @unchecked Sendable {
     /// Each disk's FLUSH entries, in order: finding the last one before a point is a
     /// binary search, not a walk through the log.
     private var flushes: [String: [Int]] = [:]
+    private var loggedBytes = 0
 
     public init() {}
 
@@ -44,6 +45,9 @@ public final class PowerCutLog: @unchecked Sendable {
 
     /// The names of the disks recording here, in the order they joined.
     public var disks: [String] { lock.withLock { order } }
+
+    /// The bytes of written data the log holds (its memory, near enough).
+    public var dataBytes: Int { lock.withLock { loggedBytes } }
 
     // MARK: Recording (for PowerCutDisk)
 
@@ -72,6 +76,7 @@ public final class PowerCutLog: @unchecked Sendable {
         lock.withLock {
             let data = change()
             if operation == .flush { flushes[disk, default: []].append(recorded.count) }
+            loggedBytes += data.count
             recorded.append(PowerCutEntry(sequence: recorded.count, disk: disk, operation: operation, offset: offset,
                                           length: length, fua: fua, data: data))
         }
