@@ -139,8 +139,8 @@ struct MirrorCrashTests {
         /// the copy is past `copiedBeforeWrites` (where a large mirror saves its offset).
         func rebuildWithWriters(_ component: String) async throws {
             try open()
-            // 50 ms a chunk: time to write below the copy before it ends.
-            mirror.rebuildRate.store(MirrorCrashTests.chunk * 20, ordering: .relaxed)
+            // 100 ms a chunk: time to write below the copy before it ends, even on a busy machine.
+            mirror.rebuildRate.store(MirrorCrashTests.chunk * 10, ordering: .relaxed)
             let rebuildAt = log.count
             try mirror.rebuild(component, in: topology)
             try await write(at(12), 65536)
