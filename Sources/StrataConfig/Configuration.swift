@@ -71,6 +71,9 @@ public struct DiskSpec: Sendable, Equatable {
         case memory(size: Int64)
         case null(size: Int64)
         case zero(size: Int64)
+        /// A memory disk that logs every change for crash tests; all the power-cut
+        /// disks of one file record into one log.
+        case powercut(size: Int64)
     }
 
     public var name: String

@@ -39,7 +39,8 @@ public struct ConfigurationLoader {
 
     static let topKeys = ["listen", "control", "limits", "disks", "geoms", "exports"]
     static let limitKeys = ["requests", "connection-bytes", "server-bytes"]
-    static let diskKeys = ["name", "file", "memory", "null", "zero", "size", "sector-size"]
+    static let diskKinds = ["file", "memory", "null", "zero", "powercut"]
+    static let diskKeys = ["name"] + diskKinds + ["size", "sector-size"]
     static let geomKeys = ["name", "class", "consumers"]
     static let exportKeys = ["name", "provider", "read-only", "description", "default"]
 
@@ -124,10 +125,11 @@ public struct ConfigurationLoader {
         let fields = try mapping(node, key: path)
         try checkKeys(fields, allowed: Self.diskKeys, path: path)
         let name = try required(fields, "name", path: path, in: node)
-        let kinds = ["file", "memory", "null", "zero"].filter { fields[$0] != nil }
+        let kinds = Self.diskKinds.filter { fields[$0] != nil }
+        let choices = Self.diskKinds.dropLast().joined(separator: ", ") + " or " + Self.diskKinds.last!
         guard kinds.count == 1 else {
-            throw error(node, path, nil, kinds.isEmpty ? "needs one of file, memory, null or zero"
-                        : "has \(kinds.joined(separator: " and ")); a disk is exactly one of file, memory, null or zero")
+            throw error(node, path, nil, kinds.isEmpty ? "needs one of \(choices)"
+                        : "has \(kinds.joined(separator: " and ")); a disk is exactly one of \(choices)")
         }
         var sectorSize = 512
         if let sector = fields["sector-size"] {
@@ -148,7 +150,12 @@ public struct ConfigurationLoader {
                 throw error(fields["size"]!, "\(path).size", nil, "is for file disks; write the size as \(kinds[0]): SIZE")
             }
             let size = try self.size(fields[kinds[0]]!, key: "\(path).\(kinds[0])")
-            backing = kinds[0] == "memory" ? .memory(size: size) : kinds[0] == "null" ? .null(size: size) : .zero(size: size)
+            switch kinds[0] {
+            case "memory": backing = .memory(size: size)
+            case "null": backing = .null(size: size)
+            case "zero": backing = .zero(size: size)
+            default: backing = .powercut(size: size)
+            }
         }
         return DiskSpec(name: name, backing: backing, sectorSize: sectorSize, line: line(node))
     }

@@ -49,9 +49,11 @@ public enum TopologyBuilder {
                              topology: Topology = Topology()) throws -> BuiltTopology {
         let file = configuration.file
         var disks: [Disk] = []
+        // One log for every power-cut disk: a crash point cuts all of them at once.
+        let powerCutLog = PowerCutLog()
         for (index, spec) in configuration.disks.enumerated() {
             do {
-                disks.append(try makeDisk(spec, in: topology))
+                disks.append(try makeDisk(spec, in: topology, powerCutLog: powerCutLog))
             } catch let error as StrataError {
                 let key = "disks[\(index)]"
                 throw ConfigError(file: file, line: spec.line, key: key, value: spec.name, problem: error.description)
@@ -111,7 +113,7 @@ public enum TopologyBuilder {
         topology.settle()
     }
 
-    private static func makeDisk(_ spec: DiskSpec, in topology: Topology) throws -> Disk {
+    private static func makeDisk(_ spec: DiskSpec, in topology: Topology, powerCutLog: PowerCutLog) throws -> Disk {
         switch spec.backing {
         case .file(let path, let size):
             return try FileDisk.create(in: topology, name: spec.name, path: path, size: size, sectorSize: spec.sectorSize)
@@ -121,6 +123,8 @@ public enum TopologyBuilder {
             return try NullDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
         case .zero(let size):
             return try ZeroDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
+        case .powercut(let size):
+            return try PowerCutDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize, log: powerCutLog)
         }
     }
 

@@ -54,6 +54,9 @@ public final class ControlServer: Sendable {
         if route.hasPrefix("/v1/mirror/") {
             return mirror(route: String(route.dropFirst("/v1/mirror/".count)), method: method, body: body, encoder: encoder)
         }
+        if route.hasPrefix("/v1/powercut/") {
+            return powerCut(route: String(route.dropFirst("/v1/powercut/".count)), method: method, body: body, encoder: encoder)
+        }
         if route.hasPrefix("/v1/nop/") {
             return nop(named: String(route.dropFirst("/v1/nop/".count)), method: method, body: body, encoder: encoder)
         }

@@ -9,6 +9,6 @@ struct StrataCommand: AsyncParsableCommand {
         Start with `strata serve`: with no topology file it serves a 1 GiB sparse file disk
         as export disk0 on nbd://127.0.0.1:10809. Then: nbdinfo nbd://127.0.0.1:10809
         """,
-        subcommands: [Serve.self, List.self, Status.self, Stat.self, Bench.self, Nop.self, Mirror.self],
+        subcommands: [Serve.self, List.self, Status.self, Stat.self, Bench.self, Nop.self, Mirror.self, PowerCut.self],
         defaultSubcommand: nil)
 }

@@ -166,23 +166,24 @@ import Testing
         let sectors = disk.provider.mediaSize / 512
         let read: (Int64, Int) throws -> [UInt8] = { try consumer.readSync(at: $0 * 512, count: $1 * 512) }
         let write: (Int64, [UInt8]) throws -> Void = { try consumer.writeSync($1, at: $0 * 512) }
-        try GPTWriter.create(sectorSize: 512, sectors: sectors, write: write)
+        let flush: () throws -> Void = { try consumer.performSync(.flush, offset: 0, length: 0) }
+        try GPTWriter.create(sectorSize: 512, sectors: sectors, write: write, flush: flush)
         let root = try GPTWriter.add(type: .linuxData, name: "root", size: 10 << 20, sectorSize: 512, sectors: sectors,
-                                     read: read, write: write)
-        _ = try GPTWriter.add(type: .efiSystem, name: "esp", size: 4 << 20, sectorSize: 512, sectors: sectors, read: read, write: write)
+                                     read: read, write: write, flush: flush)
+        _ = try GPTWriter.add(type: .efiSystem, name: "esp", size: 4 << 20, sectorSize: 512, sectors: sectors, read: read,
+                              write: write, flush: flush)
         try topology.access(consumer, read: 0, write: 0, exclusive: 0)
-        try consumer.performSync(.flush, offset: 0, length: 0)
         var partitions = try image.sfdiskPartitions()
         #expect(partitions.count == 2)
         #expect(partitions.first?["name"] as? String == "root")
         #expect(partitions.first?["start"] as? Int == Int(root.firstLBA) && root.firstLBA == 2048)
         #expect((partitions.last?["type"] as? String)?.uppercased() == GUID.efiSystem.description)
-        try GPTWriter.delete(number: 1, sectorSize: 512, sectors: sectors, read: read, write: write)
-        try consumer.performSync(.flush, offset: 0, length: 0)
+        try GPTWriter.delete(number: 1, sectorSize: 512, sectors: sectors, read: read, write: write, flush: flush)
         partitions = try image.sfdiskPartitions()
         #expect(partitions.map { $0["name"] as? String } == ["esp"])
         #expect(throws: StrataError.self) {
-            _ = try GPTWriter.add(type: .linuxData, name: "huge", size: 1 << 30, sectorSize: 512, sectors: sectors, read: read, write: write)
+            _ = try GPTWriter.add(type: .linuxData, name: "huge", size: 1 << 30, sectorSize: 512, sectors: sectors, read: read,
+                                  write: write, flush: flush)
         }
     }
 

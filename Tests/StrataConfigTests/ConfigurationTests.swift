@@ -2,6 +2,7 @@ import Foundation
 import Strata
 import StrataClasses
 import StrataConfig
+import StrataDisks
 import StrataNBD
 import Synchronization
 import Testing
@@ -117,7 +118,7 @@ import Testing
     }
 
     @Test func aDiskIsExactlyOneKind() {
-        #expect(failure("disks:\n  - name: a\n    size: 1M").contains("needs one of file, memory, null or zero"))
+        #expect(failure("disks:\n  - name: a\n    size: 1M").contains("needs one of file, memory, null, zero or powercut"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    null: 1M").contains("has memory and null"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    size: 2M").contains("is for file disks"))
     }
@@ -184,6 +185,23 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: directory + "/d0.img"), "the file is created next to the config")
         #expect(built.exports.map(\.name) == ["vol", "fast"] && built.exports[1].readOnly)
         built.topology.shutdown()
+    }
+
+    @Test func powerCutDisksOfOneFileRecordIntoOneLog() throws {
+        let built = try build("""
+        disks:
+          - name: p0
+            powercut: 4MiB
+          - name: p1
+            powercut: 4MiB
+            sector-size: 4096
+        """)
+        defer { built.topology.shutdown() }
+        let disks = built.disks.compactMap { $0 as? PowerCutDisk }
+        #expect(disks.map(\.name) == ["p0", "p1"] && disks[1].provider.sectorSize == 4096)
+        #expect(disks[0].log === disks[1].log && disks[0].log.disks == ["p0", "p1"])
+        #expect(try ConfigurationLoader.parse("disks:\n  - name: p\n    powercut: 1M", file: "t.yaml", baseDirectory: "/")
+                    .disks[0].backing == .powercut(size: 1 << 20))
     }
 
     @Test func anExportOfAMissingProviderNamesTheNearestOne() {

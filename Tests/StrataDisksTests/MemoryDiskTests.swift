@@ -91,6 +91,24 @@ import Testing
         ])
     }
 
+    @Test func aDiskMadeFromContentsReadsThemAndKeepsPagesOfZerosAsHoles() throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        // Data in the second page and in the partial last page; the rest zeros.
+        let contents = zeros(4096) + pattern(count: 4096, at: 4096, seed: 3) + zeros(8192) + pattern(count: 512, at: 16384, seed: 4)
+        let disk = try MemoryDisk.create(in: topology, name: "mc0", contents: contents)
+        #expect(disk.provider.mediaSize == 16896)
+        let issuer = try Issuer(on: disk.provider, in: topology)
+        #expect(try issuer.bytes(at: 0, count: contents.count) == contents)
+        #expect(try issuer.extents(at: 0, length: 16896) == [
+            BioExtent(offset: 0, length: 4096, kind: [.hole, .zero]),
+            BioExtent(offset: 4096, length: 4096, kind: []),
+            BioExtent(offset: 8192, length: 8192, kind: [.hole, .zero]),
+            BioExtent(offset: 16384, length: 512, kind: []),
+        ])
+        #expect(throws: StrataError.self) { try MemoryDisk.create(in: topology, name: "empty", contents: []) }
+    }
+
     @Test func deleteOfWholePagesMakesThemHolesThatReadAsZeros() throws {
         let fixture = try Fixture()
         let issuer = fixture.issuer

@@ -157,6 +157,22 @@ import Testing
         #expect(tastedAfter == tastedBefore + 1, "the provider is offered again when the writer closes")
     }
 
+    @Test func aSpoilNoticeForAConsumerWashedAwayMeanwhileIsDropped() throws {
+        // A closed device's consumer stays attached, without access, until the washer
+        // takes its geom away, and the next writer spoils it. When the washer gets there
+        // before the notice does, the geom is gone and must not be told.
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disk = try MemoryDisk.create(in: topology, name: "respoil-md", size: 1 << 20)
+        for _ in 0..<2000 {
+            let device = try BlockDevice(opening: disk.provider, in: topology, writable: true)
+            device.close()
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while topology.geoms.count > 1 && ContinuousClock.now < deadline { topology.settle() }
+        #expect(topology.geoms.map(\.name) == ["respoil-md"], "every closed device was washed away")
+    }
+
     @Test func attributesPassThroughTheStackToTheDisk() throws {
         let topology = Topology()
         let disk = try MemoryDisk.create(in: topology, name: "attr-md", size: 1 << 20)

@@ -309,7 +309,10 @@ public final class Topology: @unchecked Sendable {
         for consumer in provider.consumers where consumer !== writer && !consumer.holdsAccess && !consumer.isSpoiled {
             consumer.isSpoiled = true
             provider.needsRetaste = true
-            post { consumer.geom.spoiled(consumer) }
+            // The washer may take the consumer, and its geom, away before the notice runs
+            // (a closed user's consumer waits for it without access): only a consumer
+            // still attached is told.
+            post { if consumer.provider === provider { consumer.geom.spoiled(consumer) } }
         }
     }
 

@@ -52,12 +52,14 @@ extension MirrorGeom {
 
     /// Decides each present component's state from the metadata and starts serving:
     /// stale copies (older genid or syncid) and interrupted rebuilds are synchronized;
-    /// if the mirror was not closed cleanly, every copy but one is resynchronized.
+    /// if the mirror was not closed cleanly, every copy but one is resynchronized, and
+    /// an interrupted rebuild starts again from the beginning.
     func launch(in topology: Topology) throws {
         let present = slots.prefix(expected).filter { $0.consumer != nil && $0.metadata != nil }
         guard let newest = present.map({ $0.metadata! }).max(by: { $0.isOlder(than: $1) }) else {
             throw StrataError(.noDevice, "mirror \(name): no component present")
         }
+        let dirty = present.contains { !$0.metadata!.isOlder(than: newest) && $0.metadata!.flags.contains(.dirty) }
         var sources: [Slot] = []
         for slot in present {
             let metadata = slot.metadata!
@@ -65,6 +67,13 @@ extension MirrorGeom {
                 slot.syncOffset.store(0, ordering: .releasing)
                 slot.set(.synchronizing)
                 topology.emit(.notice, "mirror \(name): \(slot.name) is stale; rebuilding it")
+            } else if metadata.flags.contains(.synchronizing) && dirty {
+                // Writes below the saved offset went to this copy too, and those in flight
+                // at the crash may have reached the source and not this copy: the offset
+                // no longer says where the copies agree.
+                slot.syncOffset.store(0, ordering: .releasing)
+                slot.set(.synchronizing)
+                topology.emit(.notice, "mirror \(name) was not closed cleanly; rebuilding \(slot.name) from the start")
             } else if metadata.flags.contains(.synchronizing) {
                 slot.syncOffset.store(metadata.syncOffset, ordering: .releasing)
                 slot.set(.synchronizing)

@@ -433,6 +433,9 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             sinceSave += 1
             if sinceSave >= 16 {
                 sinceSave = 0
+                // The copies were plain writes: the saved offset must not reach the media
+                // before they do, or a power cut resumes past copies that were lost.
+                guard flushCopies(to: target) else { return false }
                 metadataQueue.sync { writeMetadata() }
             }
             let rate = rebuildRate.load(ordering: .relaxed)
@@ -442,7 +445,22 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
                 if due > elapsed { sleepSeconds(due - elapsed) }
             }
         }
-        return true
+        // The component is marked up to date next: its last copies must be durable first.
+        return flushCopies(to: target)
+    }
+
+    /// Makes the copies written to `target` durable; a target that fails is ejected.
+    private func flushCopies(to target: Slot) -> Bool {
+        do {
+            try target.consumer!.performSync(.flush, offset: 0, length: 0)
+            return true
+        } catch let error as StrataError where error.code == .notSupported {
+            // Nothing to flush: the component has no volatile cache.
+            return true
+        } catch {
+            eject(target, because: (error as? StrataError)?.code ?? .io)
+            return false
+        }
     }
 
     /// Reads a chunk from a live component, ejecting any that fails.

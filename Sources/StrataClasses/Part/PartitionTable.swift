@@ -164,6 +164,11 @@ struct GPTHeader {
 
 /// Writing GPTs: a new table, and partitions added or deleted, both copies and their
 /// checksums kept right.
+///
+/// `write(lba, bytes)` writes sectors; `flush()` makes what was written durable (a
+/// FLUSH of the disk). The copies are rewritten one at a time, the first made durable
+/// before the second is touched, so a power cut at any moment leaves the disk reading as
+/// the old table or the new one; the new one is durable when a call returns.
 public enum GPTWriter {
     static let entryCount = 128
     static let entrySize = 128
@@ -174,18 +179,21 @@ public enum GPTWriter {
         return (entrySectors, 2 + entrySectors, sectors - 2 - entrySectors)
     }
 
-    /// Writes a protective MBR and an empty GPT (both copies).
+    /// Writes an empty GPT (both copies) and a protective MBR.
     public static func create(sectorSize: Int, sectors: Int64, diskGUID: GUID = .random(),
-                              write: (Int64, [UInt8]) throws -> Void) throws {
+                              write: (Int64, [UInt8]) throws -> Void, flush: () throws -> Void) throws {
+        try store([], diskGUID: diskGUID, sectorSize: sectorSize, sectors: sectors, write: write, flush: flush)
+        // The MBR last: until it says GPT, the disk reads as it did before.
         try write(0, protectiveMBR(sectorSize: sectorSize, sectors: sectors))
-        try store([], diskGUID: diskGUID, sectorSize: sectorSize, sectors: sectors, write: write)
+        try flush()
     }
 
     /// Adds a partition in the first free space of `size` bytes (aligned to 1 MiB, as
     /// sfdisk does) and returns it.
     /// - Throws: `StrataError` when there is no GPT, no free entry or no room.
     public static func add(type: GUID, name: String, size: Int64, sectorSize: Int, sectors: Int64,
-                           read: (Int64, Int) throws -> [UInt8], write: (Int64, [UInt8]) throws -> Void) throws -> Partition {
+                           read: (Int64, Int) throws -> [UInt8], write: (Int64, [UInt8]) throws -> Void,
+                           flush: () throws -> Void) throws -> Partition {
         guard let table = try PartitionTable.read(sectorSize: sectorSize, sectors: sectors, read: read), table.scheme == .gpt else {
             throw StrataError(.invalid, "the disk has no GPT to add a partition to")
         }
@@ -206,13 +214,13 @@ public enum GPTWriter {
         let partition = Partition(number: number, firstLBA: start, lastLBA: start + count - 1, type: type, unique: .random(),
                                   name: name, mbrType: nil)
         try store(table.partitions + [partition], diskGUID: table.diskGUID ?? .random(), sectorSize: sectorSize,
-                  sectors: sectors, write: write)
+                  sectors: sectors, write: write, flush: flush)
         return partition
     }
 
     /// Deletes partition `number`.
     public static func delete(number: Int, sectorSize: Int, sectors: Int64, read: (Int64, Int) throws -> [UInt8],
-                              write: (Int64, [UInt8]) throws -> Void) throws {
+                              write: (Int64, [UInt8]) throws -> Void, flush: () throws -> Void) throws {
         guard let table = try PartitionTable.read(sectorSize: sectorSize, sectors: sectors, read: read), table.scheme == .gpt else {
             throw StrataError(.invalid, "the disk has no GPT")
         }
@@ -220,12 +228,12 @@ public enum GPTWriter {
             throw StrataError(.invalid, "there is no partition \(number)")
         }
         try store(table.partitions.filter { $0.number != number }, diskGUID: table.diskGUID ?? .random(), sectorSize: sectorSize,
-                  sectors: sectors, write: write)
+                  sectors: sectors, write: write, flush: flush)
     }
 
-    /// Writes both entry arrays and both headers for `partitions`.
+    /// Writes both entry arrays and both headers for `partitions`, durably.
     static func store(_ partitions: [Partition], diskGUID: GUID, sectorSize: Int, sectors: Int64,
-                      write: (Int64, [UInt8]) throws -> Void) throws {
+                      write: (Int64, [UInt8]) throws -> Void, flush: () throws -> Void) throws {
         let layout = layout(sectorSize: sectorSize, sectors: sectors)
         var entries = [UInt8](repeating: 0, count: Int(layout.entrySectors) * sectorSize)
         for partition in partitions {
@@ -250,10 +258,15 @@ public enum GPTWriter {
             bytes.replaceSubrange(16..<20, with: le(CRC32.checksum(bytes)))
             return bytes + [UInt8](repeating: 0, count: sectorSize - bytes.count)
         }
+        // A copy caught half-written fails its checksums and the reader takes the other,
+        // so the other must be whole: the primary is made durable before the backup is
+        // touched. (Both entry arrays first, then both headers, could leave neither.)
         try write(2, entries)
-        try write(backupEntries, entries)
         try write(1, header(current: 1, backup: lastLBA, entriesAt: 2))
+        try flush()
+        try write(backupEntries, entries)
         try write(lastLBA, header(current: lastLBA, backup: 1, entriesAt: backupEntries))
+        try flush()
     }
 
     static func protectiveMBR(sectorSize: Int, sectors: Int64) -> [UInt8] {

@@ -26,6 +26,24 @@ public final class MemoryDisk: Disk, @unchecked Sendable {
         return disk
     }
 
+    /// Adds a memory disk holding `contents` (as many bytes as it has) to `topology`.
+    /// Pages of zeros stay holes, as if never written.
+    public static func create(in topology: Topology, name: String, contents: [UInt8], sectorSize: Int = 512) throws -> MemoryDisk {
+        try create(in: topology, name: name, size: Int64(contents.count), sectorSize: sectorSize) { disk in
+            contents.withUnsafeBytes { disk.load($0, at: 0) }
+        }
+    }
+
+    /// Adds a memory disk whose media `fill` writes (with `load` and `punch`) before the
+    /// provider exists, so no taster can see it half-filled.
+    static func create(in topology: Topology, name: String, size: Int64, sectorSize: Int,
+                       fill: (MemoryDisk) -> Void) throws -> MemoryDisk {
+        let disk = try MemoryDisk(name: name, size: size)
+        fill(disk)
+        try disk.install(in: topology, mediaSize: size, sectorSize: sectorSize)
+        return disk
+    }
+
     private init(name: String, size: Int64) throws {
         guard size > 0 else { throw StrataError(.invalid, "memory disk \(name): size \(size) is not positive") }
         let pages = (Int(size) + MemoryDisk.pageSize - 1) / MemoryDisk.pageSize
@@ -47,6 +65,27 @@ public final class MemoryDisk: Disk, @unchecked Sendable {
         munmap(base, mappedBytes)
         written.deinitialize(count: wordCount)
         written.deallocate()
+    }
+
+    private static let zeroPage = [UInt8](repeating: 0, count: pageSize)
+
+    /// Copies `bytes` to `offset` of the media, page by page; a page of zeros that lands
+    /// on a hole is skipped, so it stays a hole and costs no memory.
+    func load(_ bytes: UnsafeRawBufferPointer, at offset: Int) {
+        let page = MemoryDisk.pageSize
+        MemoryDisk.zeroPage.withUnsafeBytes { zero in
+            var done = 0
+            while done < bytes.count {
+                let at = offset + done
+                let count = min(page - at % page, bytes.count - done)
+                let source = bytes.baseAddress! + done
+                if isWritten(page: at / page) || memcmp(source, zero.baseAddress!, count) != 0 {
+                    (base + at).copyMemory(from: source, byteCount: count)
+                    markWritten(pages(of: Int64(at), Int64(count)))
+                }
+                done += count
+            }
+        }
     }
 
     // MARK: Page bitmap
@@ -110,7 +149,7 @@ public final class MemoryDisk: Disk, @unchecked Sendable {
 
     /// Makes the range read as zeros: whole pages go back to the kernel and become
     /// holes; the partial pages at either end are zeroed in place.
-    private func punch(offset: Int, length: Int) {
+    func punch(offset: Int, length: Int) {
         let page = MemoryDisk.pageSize
         let end = offset + length
         let firstWhole = (offset + page - 1) / page * page

@@ -1,0 +1,56 @@
+import Foundation
+import Testing
+
+/// A power-cut disk from a topology file, written over NBD, and its crash images taken
+/// out with `strata powercut`.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct PowerCutVerbTests {
+    @Test func crashImagesOfADiskServedOverNBDAreWrittenForUsersToCheck() throws {
+        let (server, socket, control) = try ServeProcess.serving("""
+            disks:
+              - name: pc0
+                powercut: 4MiB
+            exports:
+              - name: vol
+                provider: pc0
+            """, prefix: "strata-pcut")
+        defer { _ = server.stop(); server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        // Flushed, then not: a write of 'a' that must survive, one of 'b' that may not.
+        let client = try runProgram("/usr/bin/python3", ["-c", """
+            import nbd
+            h = nbd.NBD()
+            h.connect_uri("nbd+unix:///vol?socket=\(socket)")
+            h.pwrite(b"a" * 65536, 0)
+            h.flush()
+            h.pwrite(b"b" * 65536, 1048576)
+            print("ok")
+            """])
+        #expect(client.1.contains("ok"), "\(client)")
+
+        let show = try runProgram(strataBinary, ["powercut", "show", "pc0", "--control", control])
+        let log = try JSONSerialization.jsonObject(with: Data(show.1.utf8)) as? [String: Any]
+        let entries = try #require(log?["entries"] as? Int, "\(show)")
+        #expect(entries >= 3 && log?["disks"] as? [String] == ["pc0"] && log?["dataBytes"] as? Int == 131072, "\(show)")
+
+        let out = server.directory + "/crash"
+        let images = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", out, "--from", "\(entries)",
+                                                   "--subsets", "2", "--control", control])
+        #expect(images.0 == 0 && images.1.contains("\"states\" : 2"), "\(images)")
+        let states = String(decoding: FileManager.default.contents(atPath: out + "/states.txt") ?? Data(), as: UTF8.self)
+        #expect(states.hasPrefix("00001 crash at \(entries)"), "\(states)")
+        let everything = try #require(FileManager.default.contents(atPath: out + "/00001/pc0.img"))
+        let nothing = try #require(FileManager.default.contents(atPath: out + "/00002/pc0.img"))
+        #expect(everything.count == 4 << 20 && nothing.count == 4 << 20)
+        for image in [everything, nothing] {
+            #expect(image.prefix(65536).allSatisfy { $0 == UInt8(ascii: "a") }, "the flushed write is on every image")
+        }
+        #expect(everything[1048576..<(1048576 + 65536)].allSatisfy { $0 == UInt8(ascii: "b") }, "kept")
+        #expect(nothing[1048576..<(1048576 + 65536)].allSatisfy { $0 == 0 }, "lost")
+
+        let bad = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", out, "--subsets", "0", "--control", control])
+        #expect(bad.0 == 1 && bad.2.contains("subsets must be a whole number from 1 to 64"), "\(bad)")
+        let missing = try runProgram(strataBinary, ["powercut", "show", "nope", "--control", control])
+        #expect(missing.0 == 1 && missing.2.contains("no power-cut disk named nope"), "\(missing)")
+    }
+}
