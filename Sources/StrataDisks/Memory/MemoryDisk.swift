@@ -21,9 +21,7 @@ public final class MemoryDisk: Disk, @unchecked Sendable {
 
     /// Adds a memory disk of `size` bytes to `topology`.
     public static func create(in topology: Topology, name: String, size: Int64, sectorSize: Int = 512) throws -> MemoryDisk {
-        let disk = try MemoryDisk(name: name, size: size)
-        try disk.install(in: topology, mediaSize: size, sectorSize: sectorSize)
-        return disk
+        try create(in: topology, name: name, size: size, sectorSize: sectorSize) { _ in }
     }
 
     /// Adds a memory disk holding `contents` (as many bytes as it has) to `topology`.
