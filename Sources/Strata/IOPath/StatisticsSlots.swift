@@ -1,5 +1,3 @@
-import Synchronization
-
 /// Which shard of every provider's statistics a thread owns (`ProviderStatistics`).
 ///
 /// A thread claims a slot when its thread state is made and gives it back when it
@@ -14,16 +12,19 @@ enum StatisticsSlots {
     /// The shard of threads without a slot of their own.
     static let shared = 0
 
-    private static let free = Mutex<[Int]>(Array((1..<shardCount).reversed()))
+    // A pthread lock, not Synchronization's Mutex: ThreadSanitizer does not see the
+    // futex that Mutex uses on Linux, and reports the list as raced.
+    private static let lock = ConditionLock()
+    nonisolated(unsafe) private static var free = Array((1..<shardCount).reversed())
 
     /// A slot for the calling thread: the lowest free one, or `shared`.
     static func claim() -> Int {
-        free.withLock { $0.popLast() ?? shared }
+        lock.withLock { free.popLast() ?? shared }
     }
 
     /// Gives back a thread's slot when it exits.
     static func release(_ slot: Int) {
         guard slot != shared else { return }
-        free.withLock { $0.append(slot) }
+        lock.withLock { free.append(slot) }
     }
 }
