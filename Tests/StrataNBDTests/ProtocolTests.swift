@@ -230,6 +230,23 @@ import Testing
         #expect(parseReplies(try writable.received()).map(\.error) == [NBDError.noSpace.rawValue, NBDError.noSpace.rawValue])
     }
 
+    /// Found by the server fuzz target: a FLUSH's offset was never checked, and one of
+    /// 2^63 or more trapped converting to Int64.
+    @Test(arguments: [false, true])
+    func aFlushWithAnOffsetOrLengthIsInvalid(extended: Bool) throws {
+        let server = try EmbeddedServer()
+        try server.open(extended: extended)
+        try server.request(.flush, cookie: 1, offset: 1 << 63, length: 0, extended: extended)
+        try server.request(.flush, cookie: 2, offset: 0, length: extended ? UInt64.max : 4096, extended: extended)
+        try server.request(.flush, cookie: 3, offset: 0, length: 0, extended: extended)
+        let replies = parseReplies(try server.received())
+        #expect(replies.map(\.cookie) == [1, 2, 3])
+        // An extended reply's error is the first four bytes of its ERROR chunk (NONE has none).
+        let errors = replies.map { $0.kind == "simple" ? $0.error : $0.payload.prefix(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
+        #expect(errors == [NBDError.invalid.rawValue, NBDError.invalid.rawValue, 0])
+        #expect(server.isOpen)
+    }
+
     @Test func anOversizedWritePayloadIsConsumedAndRefused() throws {
         let server = try EmbeddedServer()
         try server.open()
