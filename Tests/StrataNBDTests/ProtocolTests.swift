@@ -148,6 +148,20 @@ import Testing
         #expect(try server.optionReplies().map(\.type) == [NBDOptionReply.errorInvalid.rawValue])
     }
 
+    /// Found by the server fuzz target's reply checker: error messages were cut at 200
+    /// bytes wherever that fell, so a long name of multi-byte characters quoted in one
+    /// left half a character at the end, which is not UTF-8.
+    @Test func anErrorMessageIsCutBetweenCharacters() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        try server.sendOption(NBDOption.info.rawValue, EmbeddedServer.goData(String(repeating: "é", count: 150), infos: []))
+        let replies = try server.optionReplies()
+        #expect(replies.map(\.type) == [NBDOptionReply.errorUnknown.rawValue])
+        let message = Array(replies[0].data.readableBytesView)
+        #expect(message.count <= 200 && message.count >= 190)
+        #expect(String(validating: message, as: UTF8.self) != nil, "\(message.suffix(4)) ends inside a character")
+    }
+
     @Test func exportNameAnswersWithSizeAndFlagsOrHangsUp() throws {
         let known = try EmbeddedServer()
         try known.greet(clientFlags: NBDHandshakeFlags.clientFixedNewstyle)
@@ -228,6 +242,23 @@ import Testing
         try writable.request(.write, cookie: 7, offset: (1 << 20) - 512, length: 1024, payload: block + block)
         try writable.request(.writeZeroes, cookie: 8, offset: 1 << 20, length: 512)
         #expect(parseReplies(try writable.received()).map(\.error) == [NBDError.noSpace.rawValue, NBDError.noSpace.rawValue])
+    }
+
+    /// Found by the server fuzz target: a FLUSH's offset was never checked, and one of
+    /// 2^63 or more trapped converting to Int64.
+    @Test(arguments: [false, true])
+    func aFlushWithAnOffsetOrLengthIsInvalid(extended: Bool) throws {
+        let server = try EmbeddedServer()
+        try server.open(extended: extended)
+        try server.request(.flush, cookie: 1, offset: 1 << 63, length: 0, extended: extended)
+        try server.request(.flush, cookie: 2, offset: 0, length: extended ? UInt64.max : 4096, extended: extended)
+        try server.request(.flush, cookie: 3, offset: 0, length: 0, extended: extended)
+        let replies = parseReplies(try server.received())
+        #expect(replies.map(\.cookie) == [1, 2, 3])
+        // An extended reply's error is the first four bytes of its ERROR chunk (NONE has none).
+        let errors = replies.map { $0.kind == "simple" ? $0.error : $0.payload.prefix(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
+        #expect(errors == [NBDError.invalid.rawValue, NBDError.invalid.rawValue, 0])
+        #expect(server.isOpen)
     }
 
     @Test func anOversizedWritePayloadIsConsumedAndRefused() throws {
@@ -333,5 +364,32 @@ import Testing
         try server.request(.flush, cookie: 3, offset: 0, length: 0)
         #expect(parseReplies(try server.received()).map(\.cookie) == [1], "nothing after DISC is answered")
         #expect(!server.isOpen)
+    }
+}
+
+@Suite struct ConnectionLifetimeTests {
+    /// Found by the fuzz targets under LeakSanitizer: the handler kept its context, and
+    /// the context keeps its handler, so every closed connection leaked both, with the
+    /// pipeline and whatever input the decoder still held.
+    @Test(arguments: [false, true])
+    func aClosedConnectionLetsGoOfItsHandler(clientHangsUp: Bool) throws {
+        weak var handler: NBDConnectionHandler?
+        do {
+            let server = try EmbeddedServer()
+            handler = try server.channel.pipeline.syncOperations.handler(type: NBDConnectionHandler.self)
+            try server.open()
+            // A WRITE whose payload is still arriving: the decoder holds its first bytes.
+            try server.request(.write, cookie: 1, offset: 0, length: 4096, payload: [UInt8](repeating: 1, count: 100))
+            if clientHangsUp {
+                try server.channel.close().wait()
+            } else {
+                try server.send { $0.writeRepeatingByte(0x5a, count: 4096 - 100 + 28) }
+                #expect(!server.isOpen, "the bad request magic after the payload drops the connection")
+            }
+            #expect(handler != nil)
+            // The pipeline lets go of its handlers on the loop's next turn, as a real loop would.
+            server.channel.embeddedEventLoop.run()
+        }
+        #expect(handler == nil)
     }
 }

@@ -122,7 +122,14 @@ extension NBDConnectionHandler {
             return (.invalid, "DF needs structured replies")
         }
         let changes = command == .write || command == .trim || command == .writeZeroes
-        if command != .flush {
+        if command == .flush {
+            // The spec reserves a FLUSH's offset and length: both must be zero. Checking
+            // them also means every request that reaches `prepare` has a range that fits
+            // the export, so its offset and length convert to Int64 without a trap.
+            if header.offset != 0 || header.length != 0 {
+                return (.invalid, "FLUSH at \(header.offset)+\(header.length): offset and length must be zero")
+            }
+        } else {
             let block = UInt64(served.minimumBlockSize)
             if header.length == 0 { return (.invalid, "\(command) of no bytes") }
             if header.offset % block != 0 || header.length % block != 0 {
@@ -360,7 +367,7 @@ extension NBDConnectionHandler {
         guard let context else { return }
         var reply = context.channel.allocator.buffer(capacity: 64)
         if structuredReplies {
-            let message = Array(reason.utf8.prefix(200))
+            let message = reason.nbdMessageBytes
             reply.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .error,
                                       cookie: header.cookie, requestOffset: header.offset, length: 6 + message.count)
             reply.writeInteger(error.rawValue)

@@ -54,6 +54,14 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         self.context = context
     }
 
+    /// The context holds this handler, so holding the context past removal would keep
+    /// both alive, with the pipeline and any buffered input, once per connection.
+    /// Removal comes after `channelInactive`: every later use of `context` (a request
+    /// completing on a disk's worker) finds the channel closed first.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         peer = context.channel.remoteAddress.map { "\($0)" } ?? "local peer"
         logger[metadataKey: "peer"] = "\(peer)"
@@ -337,7 +345,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             close()
             return
         }
-        let bytes = Array(message.utf8.prefix(200))
+        let bytes = message.nbdMessageBytes
         sendOptionReply(option, type) { $0.writeBytes(bytes) }
     }
 
