@@ -160,6 +160,7 @@ extension NBDConnectionHandler {
         // writes its header in place (a second reference would copy the whole buffer).
         let index = requests.insert(prepare(bio, header, command: command, payload: payload, served: served))
         core.charge(requests.bytes(of: index))
+        if requests.count == 1 { heldWhileBusy = self }
         bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
         bio.done = .handler(self)
         updateReading()
@@ -250,6 +251,11 @@ extension NBDConnectionHandler {
         bio.destroy()
         let slot = requests.remove(index)
         core.refund(slot.bytes)
+        if requests.count == 0, let hold = heldWhileBusy {
+            // Let go once this completion has unwound: the I/O path returns through it.
+            heldWhileBusy = nil
+            eventLoop.execute { _ = hold }
+        }
         slot.answer?.deallocate()
         if !channelClosed {
             if let error {

@@ -30,6 +30,10 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     var served: ServedExport?
     var consumer: Consumer?
     var requests = RequestTable()
+    /// The handler itself while it has requests in flight. Requests hold their done
+    /// handler unowned, and a closed connection's pipeline lets go of its handler, so
+    /// something must keep it until the last request is answered.
+    var heldWhileBusy: NBDConnectionHandler?
     var processingInput = false
     var flushPending = false
     /// DISC received, the server stopping, or the client gone: no new requests.
