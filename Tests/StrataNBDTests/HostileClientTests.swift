@@ -220,4 +220,33 @@ struct HostileClientTests {
         }
         #expect(fixture.server.payloadBytesInFlight == 0)
     }
+
+    /// A client that hangs up with a request held in a slow provider: the connection's
+    /// handler outlives its pipeline until the request completes (requests hold their
+    /// done handler unowned), and the server goes on serving.
+    @Test func aClientHangingUpWithARequestInFlightLeavesItToComplete() async throws {
+        let fixture = try await ServerFixture { topology, _ in
+            let memory = try MemoryDisk.create(in: topology, name: "hangup-md", size: 8 << 20)
+            _ = try NopGeom.create(in: topology, name: "hangup", over: memory.provider,
+                                   settings: NopGeom.Settings(delayMilliseconds: 300))
+            return [NBDExport(name: "hangup", provider: "hangup", isDefault: true)]
+        }
+        defer { Task { await fixture.stop() } }
+        for round in 0..<4 {
+            let client = try RawClient(path: fixture.socket)
+            _ = client.receive(18)
+            client.send(handshake(export: "hangup"))
+            #expect(client.receiveOptionRepliesUntilAck())
+            client.send(requestBytes(.write, cookie: UInt64(round), offset: 0, length: 4096)
+                        + [UInt8](repeating: 1, count: 4096))
+            try await Task.sleep(for: .milliseconds(50))
+            // The client goes away (its descriptor closes) with the write still held.
+        }
+        try await Task.sleep(for: .milliseconds(600))
+        let info = try run("nbdinfo", ["--size", fixture.uri(export: "hangup")])
+        #expect(info.output.contains("8388608"), "the server still answers: \(info)")
+        let deadline = ContinuousClock.now + .seconds(5)
+        while fixture.server.connectionCount > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(fixture.server.connectionCount == 0)
+    }
 }
