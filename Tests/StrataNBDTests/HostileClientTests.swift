@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import Strata
 import StrataDisks
-import StrataNBD
+@testable import StrataNBD
 import Testing
 
 /// A client on a Unix socket that sends whatever a test says, raw.
@@ -139,6 +139,41 @@ struct HostileClientTests {
         let deadline = ContinuousClock.now + .seconds(5)
         while fixture.server.connectionCount > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         #expect(fixture.server.connectionCount == 0, "every cut-off connection was let go")
+    }
+
+    /// A request's done routine names its connection's handler unowned. Once a closed
+    /// connection let go of its handler (ConnectionLifetimeTests), a client that hung up
+    /// with a request in flight on a disk completing on its own thread (a file disk's
+    /// worker, here a slow disk) left that request to call a freed handler; found by the
+    /// whole suite crashing in the done routine. The handler now stays for it.
+    @Test func aRequestInFlightKeepsItsHandlerAfterTheClientHangsUp() async throws {
+        let fixture = try await ServerFixture { topology, _ in
+            _ = try SlowDisk.install(in: topology, name: "slow2", delay: .milliseconds(800))
+            return [NBDExport(name: "slow", provider: "slow2")]
+        }
+        defer { Task { await fixture.stop() } }
+        weak var handler: NBDConnectionHandler?
+        do {
+            let client = try RawClient(path: fixture.socket)
+            _ = client.receive(18)
+            client.send(handshake(export: "slow"))
+            _ = client.receive((20 + 12) + (20 + 14) + 20)  // INFO_EXPORT, INFO_BLOCK_SIZE, ACK
+            client.send(requestBytes(.read, cookie: 1, offset: 0, length: 4096))
+            handler = fixture.server.core.connections.first
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        // The client has hung up; its channel closes while the read is still at the disk.
+        let deadline = ContinuousClock.now + .seconds(2)
+        while fixture.server.connectionCount > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(fixture.server.connectionCount == 0)
+        guard handler != nil else {
+            Issue.record("the handler was freed with a request in flight")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(handler == nil, "the last completion lets the handler go")
+        #expect(fixture.server.exportStatistics.first?.connections == 0, "and gives its consumer back")
     }
 
     @Test func aClientThatStopsReadingIsThrottledAndMemoryStaysBounded() async throws {

@@ -349,3 +349,30 @@ import Testing
         #expect(!server.isOpen)
     }
 }
+
+@Suite struct ConnectionLifetimeTests {
+    /// Found by the fuzz targets under LeakSanitizer: the handler kept its context, and
+    /// the context keeps its handler, so every closed connection leaked both, with the
+    /// pipeline and whatever input the decoder still held.
+    @Test(arguments: [false, true])
+    func aClosedConnectionLetsGoOfItsHandler(clientHangsUp: Bool) throws {
+        weak var handler: NBDConnectionHandler?
+        do {
+            let server = try EmbeddedServer()
+            handler = try server.channel.pipeline.syncOperations.handler(type: NBDConnectionHandler.self)
+            try server.open()
+            // A WRITE whose payload is still arriving: the decoder holds its first bytes.
+            try server.request(.write, cookie: 1, offset: 0, length: 4096, payload: [UInt8](repeating: 1, count: 100))
+            if clientHangsUp {
+                try server.channel.close().wait()
+            } else {
+                try server.send { $0.writeRepeatingByte(0x5a, count: 4096 - 100 + 28) }
+                #expect(!server.isOpen, "the bad request magic after the payload drops the connection")
+            }
+            #expect(handler != nil)
+            // The pipeline lets go of its handlers on the loop's next turn, as a real loop would.
+            server.channel.embeddedEventLoop.run()
+        }
+        #expect(handler == nil)
+    }
+}

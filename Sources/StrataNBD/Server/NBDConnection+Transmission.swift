@@ -256,6 +256,12 @@ extension NBDConnectionHandler {
         }
         updateReading()
         releaseIfIdle()
+        // The last request of a connection whose pipeline has let go: this may drop the
+        // last reference to the handler, so it comes last and the handler lives to the end.
+        if requests.count == 0, let kept = keptForRequests {
+            keptForRequests = nil
+            withExtendedLifetime(kept) {}
+        }
     }
 
     // MARK: Replies

@@ -40,6 +40,11 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// Input arrived since the last shutdown check.
     var inputSinceCheck = false
     var channelClosed = false
+    /// This handler, once the pipeline has let go of it with requests still in flight:
+    /// their done routine names it unowned (no reference counting per request), so a
+    /// client that hangs up mid-request must not free it under them. Cleared by the
+    /// last completion.
+    var keptForRequests: NBDConnectionHandler?
 
     init(core: NBDServerCore, eventLoop: any EventLoop) {
         self.core = core
@@ -52,6 +57,15 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+    }
+
+    /// The context holds this handler, so holding the context past removal would keep
+    /// both alive, with the pipeline and any buffered input, once per connection.
+    /// Removal comes after `channelInactive`: every later use of `context` (a request
+    /// completing on a disk's worker) finds the channel closed first.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        if requests.count > 0 { keptForRequests = self }
     }
 
     func channelActive(context: ChannelHandlerContext) {
