@@ -148,6 +148,20 @@ import Testing
         #expect(try server.optionReplies().map(\.type) == [NBDOptionReply.errorInvalid.rawValue])
     }
 
+    /// Found by the server fuzz target's reply checker: error messages were cut at 200
+    /// bytes wherever that fell, so a long name of multi-byte characters quoted in one
+    /// left half a character at the end, which is not UTF-8.
+    @Test func anErrorMessageIsCutBetweenCharacters() throws {
+        let server = try EmbeddedServer()
+        try server.greet()
+        try server.sendOption(NBDOption.info.rawValue, EmbeddedServer.goData(String(repeating: "é", count: 150), infos: []))
+        let replies = try server.optionReplies()
+        #expect(replies.map(\.type) == [NBDOptionReply.errorUnknown.rawValue])
+        let message = Array(replies[0].data.readableBytesView)
+        #expect(message.count <= 200 && message.count >= 190)
+        #expect(String(validating: message, as: UTF8.self) != nil, "\(message.suffix(4)) ends inside a character")
+    }
+
     @Test func exportNameAnswersWithSizeAndFlagsOrHangsUp() throws {
         let known = try EmbeddedServer()
         try known.greet(clientFlags: NBDHandshakeFlags.clientFixedNewstyle)

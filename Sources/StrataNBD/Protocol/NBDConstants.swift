@@ -178,4 +178,6 @@ public enum NBDLimits {
     public static let maximumOptionLength = 16 << 10
     /// Extents reported in one block-status chunk at most.
     public static let maximumExtents = 1 << 16
+    /// Bytes of an error message at most (qemu hangs up on non-data payloads over 1000).
+    public static let maximumMessage = 200
 }

@@ -48,3 +48,17 @@ extension ByteBuffer {
     /// Bytes of a chunk header.
     public static func nbdChunkHeaderSize(extended: Bool) -> Int { extended ? 32 : 20 }
 }
+
+extension String {
+    /// The UTF-8 bytes of an error message, cut to `NBDLimits.maximumMessage` bytes at a
+    /// character boundary: NBD strings must be UTF-8, and messages quote what clients
+    /// sent (an export name may fill them with multi-byte characters).
+    var nbdMessageBytes: [UInt8] {
+        let bytes = Array(utf8)
+        guard bytes.count > NBDLimits.maximumMessage else { return bytes }
+        var end = NBDLimits.maximumMessage
+        // Back up over continuation bytes (10xxxxxx) to the start of the cut character.
+        while end > 0 && bytes[end] & 0xc0 == 0x80 { end -= 1 }
+        return Array(bytes[..<end])
+    }
+}

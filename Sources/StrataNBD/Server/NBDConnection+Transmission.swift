@@ -368,7 +368,7 @@ extension NBDConnectionHandler {
         guard let context else { return }
         var reply = context.channel.allocator.buffer(capacity: 64)
         if structuredReplies {
-            let message = Array(reason.utf8.prefix(200))
+            let message = reason.nbdMessageBytes
             reply.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .error,
                                       cookie: header.cookie, requestOffset: header.offset, length: 6 + message.count)
             reply.writeInteger(error.rawValue)

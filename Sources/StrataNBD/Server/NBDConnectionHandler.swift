@@ -351,7 +351,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             close()
             return
         }
-        let bytes = Array(message.utf8.prefix(200))
+        let bytes = message.nbdMessageBytes
         sendOptionReply(option, type) { $0.writeBytes(bytes) }
     }
 
