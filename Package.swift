@@ -56,6 +56,17 @@ let package = Package(
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ], swiftSettings: strictSwift),
+        // Fuzz targets of the NBD server and client decoders (docs/NBD.md, "Fuzzing").
+        .target(name: "StrataFuzz", dependencies: [
+            "Strata", "StrataDisks", "StrataNBD",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strictSwift + [.enableExperimentalFeature("Extern")]),  // @_extern(c) for libFuzzer's driver
+        // libFuzzer binaries when built with -sanitize=fuzzer and -DSTRATA_LIBFUZZER
+        // (scripts/check); input replayers in a plain build.
+        .executableTarget(name: "strata-fuzz-server", dependencies: ["StrataFuzz"], swiftSettings: strictSwift),
+        .executableTarget(name: "strata-fuzz-client", dependencies: ["StrataFuzz"], swiftSettings: strictSwift),
         // The `strata` command.
         .executableTarget(name: "strata", dependencies: [
             "Strata", "StrataDisks", "StrataNBD", "StrataConfig", "StrataControl", "StrataClasses",
@@ -74,7 +85,7 @@ let package = Package(
         .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig", "StrataClasses", "StrataNBD"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataNBDTests", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD", "StrataClasses",
+            "Strata", "StrataDisks", "StrataNBD", "StrataClasses", "StrataFuzz",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,7 +1,7 @@
 import NIOCore
 
 /// What the client reads from a server, one whole message at a time.
-enum NBDServerMessage: Equatable, Sendable {
+package enum NBDServerMessage: Equatable, Sendable {
     /// The newstyle greeting: NBDMAGIC, IHAVEOPT and the handshake flags.
     case greeting(handshakeFlags: UInt16)
     /// One reply to an option; an option may have several, the last an ACK or an error.
@@ -17,8 +17,8 @@ enum NBDServerMessage: Equatable, Sendable {
 }
 
 /// One chunk of a structured or extended reply, its payload already taken apart.
-struct NBDReplyChunk: Equatable, Sendable {
-    enum Content: Equatable, Sendable {
+package struct NBDReplyChunk: Equatable, Sendable {
+    package enum Content: Equatable, Sendable {
         /// NBD_REPLY_TYPE_NONE: nothing more to say (always with DONE).
         case none
         /// NBD_REPLY_TYPE_OFFSET_DATA: `data` is the export's contents at `offset`.
@@ -31,20 +31,20 @@ struct NBDReplyChunk: Equatable, Sendable {
         case error(code: UInt32, message: String, offset: UInt64?)
     }
 
-    var flags: UInt16
-    var cookie: UInt64
+    package var flags: UInt16
+    package var cookie: UInt64
     /// The request's offset, echoed in extended headers only.
-    var requestOffset: UInt64?
-    var content: Content
+    package var requestOffset: UInt64?
+    package var content: Content
 
-    var isDone: Bool { flags & NBDReplyFlags.done != 0 }
+    package var isDone: Bool { flags & NBDReplyFlags.done != 0 }
 }
 
 /// One block-status descriptor, as it travels (the status of `base:allocation` fits in
 /// 32 bits; extended descriptors carry 64, whose top half must be zero for it).
-struct NBDBlockExtent: Equatable, Sendable {
-    var length: UInt64
-    var status: UInt64
+package struct NBDBlockExtent: Equatable, Sendable {
+    package var length: UInt64
+    package var status: UInt64
 }
 
 /// What the handler and the decoder share about the session: which messages to expect
@@ -52,8 +52,8 @@ struct NBDBlockExtent: Equatable, Sendable {
 /// data, and nothing in the reply itself says how long it is).
 ///
 /// Only touched on the channel's event loop.
-final class NBDClientSession {
-    enum Phase: Equatable, Sendable {
+package final class NBDClientSession {
+    package enum Phase: Equatable, Sendable {
         case greeting
         case options
         /// After NBD_OPT_EXPORT_NAME: size, flags, and 124 zeros unless NO_ZEROES.
@@ -63,11 +63,11 @@ final class NBDClientSession {
         case closed
     }
 
-    var phase: Phase
+    package var phase: Phase
     /// Bytes of data a successful simple reply carries, by cookie: READs only.
-    var simpleReplyDataLength: [UInt64: Int] = [:]
+    package var simpleReplyDataLength: [UInt64: Int] = [:]
 
-    init(_ phase: Phase = .greeting) {
+    package init(_ phase: Phase = .greeting) {
         self.phase = phase
     }
 }
@@ -77,9 +77,10 @@ final class NBDClientSession {
 /// The decoder checks framing only (magic numbers, the lengths each chunk type must
 /// have, which header style was negotiated); whether a reply fits its request is the
 /// handler's business. Anything malformed becomes `.protocolViolation`, after which the
-/// decoder reads nothing more.
-struct NBDClientDecoder: NIOSingleStepByteToMessageDecoder {
-    typealias InboundOut = NBDServerMessage
+/// decoder reads nothing more. Visible to the package so that the fuzz targets
+/// (`StrataFuzz`) judge the server's replies by the same rules the client applies.
+package struct NBDClientDecoder: NIOSingleStepByteToMessageDecoder {
+    package typealias InboundOut = NBDServerMessage
 
     /// The old-style greeting's second magic number; this client speaks newstyle only.
     static let oldstyleMagic: UInt64 = 0x0042_0281_8612_53
@@ -92,17 +93,17 @@ struct NBDClientDecoder: NIOSingleStepByteToMessageDecoder {
 
     private let session: NBDClientSession
 
-    init(session: NBDClientSession) {
+    package init(session: NBDClientSession) {
         self.session = session
     }
 
-    mutating func decode(buffer: inout ByteBuffer) throws -> NBDServerMessage? {
+    package mutating func decode(buffer: inout ByteBuffer) throws -> NBDServerMessage? {
         let message = decodeNext(&buffer)
         if case .protocolViolation = message { session.phase = .closed }
         return message
     }
 
-    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDServerMessage? {
+    package mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDServerMessage? {
         try decode(buffer: &buffer)
     }
 

@@ -130,6 +130,13 @@ public final class NBDServer: Sendable {
         return bootstrap
     }
 
+    /// A handler for one more connection, the same one `start` puts in each accepted
+    /// channel's pipeline. Visible to the package so that the fuzz targets (`StrataFuzz`)
+    /// serve hostile bytes through the real thing over an `EmbeddedChannel`.
+    package func connectionHandler(on eventLoop: any EventLoop) -> any ChannelHandler {
+        NBDConnectionHandler(core: core, eventLoop: eventLoop)
+    }
+
     /// Stops: no new connections; every connection finishes and answers the requests it
     /// has in flight, then closes. Waits up to `seconds` for them.
     public func stop(seconds: Double = 10) async {
