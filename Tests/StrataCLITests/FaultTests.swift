@@ -52,6 +52,7 @@ struct FaultTests {
             iodepth=16
             verify=crc32c
             verify_fatal=1
+            verify_state_save=0
             do_verify=1
             [writes-then-verify]
             """

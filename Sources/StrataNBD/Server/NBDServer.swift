@@ -27,7 +27,8 @@ public enum NBDListenAddress: Sendable, Equatable, CustomStringConvertible {
 /// An NBD server: exports providers of a topology to NBD clients (qemu, libnbd, fio,
 /// the kernel's nbd-client) over TCP and Unix sockets.
 public final class NBDServer: Sendable {
-    /// Per-connection limits on requests in flight (backpressure).
+    /// What the server takes in before it stops reading (backpressure): per connection,
+    /// and payload over all connections.
     public struct Limits: Sendable, Equatable {
         /// Requests in flight on one connection before the server stops reading it.
         public var requests: Int
