@@ -175,7 +175,12 @@ struct HostileClientTests {
             _ = client.receive((20 + 12) + (20 + 14) + 20)  // INFO_EXPORT, INFO_BLOCK_SIZE, ACK
             client.send(requestBytes(.read, cookie: 1, offset: 0, length: 4096))
             handler = fixture.server.core.connections.first
-            try await Task.sleep(for: .milliseconds(100))
+            // Hang up only once the read is at the disk (a loaded machine may take a while).
+            let issued = ContinuousClock.now + .seconds(5)
+            while fixture.server.exportStatistics.first?.requestsInFlight != 1 && ContinuousClock.now < issued {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(fixture.server.exportStatistics.first?.requestsInFlight == 1, "the read reached the disk")
         }
         // The client has hung up; its channel closes while the read is still at the disk.
         let deadline = ContinuousClock.now + .seconds(2)
