@@ -163,7 +163,7 @@ struct HostileClientTests {
     /// whole suite crashing in the done routine. The handler now stays for it.
     @Test func aRequestInFlightKeepsItsHandlerAfterTheClientHangsUp() async throws {
         let fixture = try await ServerFixture { topology, _ in
-            _ = try SlowDisk.install(in: topology, name: "slow2", delay: .milliseconds(800))
+            _ = try SlowDisk.install(in: topology, name: "slow2", delay: .seconds(4))
             return [NBDExport(name: "slow", provider: "slow2")]
         }
         defer { Task { await fixture.stop() } }
@@ -191,7 +191,9 @@ struct HostileClientTests {
             Issue.record("the handler was freed with a request in flight")
             return
         }
-        try await Task.sleep(for: .milliseconds(1200))
+        // The disk holds the read 4 s, long past the hang-up even on a loaded machine.
+        let released = ContinuousClock.now + .seconds(8)
+        while handler != nil && ContinuousClock.now < released { try await Task.sleep(for: .milliseconds(20)) }
         #expect(handler == nil, "the last completion lets the handler go")
         #expect(fixture.server.exportStatistics.first?.connections == 0, "and gives its consumer back")
     }
