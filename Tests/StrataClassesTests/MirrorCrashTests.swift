@@ -146,12 +146,20 @@ struct MirrorCrashTests {
             try await write(at(12), 65536)
             try await write(at(0) + 65536, 8192)
             try await flush()
-            let copied = Double(min(MirrorCrashTests.savedOffset, mirrorSize - MirrorCrashTests.chunk)) / Double(mirrorSize)
+            // Wait for the metadata that saves the offset, not for the copy's progress: the
+            // rebuild flushes its copies before saving, and a slow machine (AddressSanitizer)
+            // can be between the two when the writes below arrive.
             let deadline = ContinuousClock.now + .seconds(30)
             var pastTheCopy = false
+            var seen = rebuildAt
             while !pastTheCopy && ContinuousClock.now < deadline {
-                let status = mirror.status
-                pastTheCopy = status.state != "SYNCHRONIZING" || status.progress >= copied
+                let entries = log.entries
+                pastTheCopy = mirror.status.state != "SYNCHRONIZING" || entries[seen...].contains { entry in
+                    guard entry.disk == component, entry.operation == .write,
+                          let metadata = MirrorMetadata.decode(entry.data) else { return false }
+                    return metadata.flags.contains(.synchronizing) && metadata.syncOffset >= Int64(MirrorCrashTests.savedOffset)
+                }
+                seen = entries.count
                 if !pastTheCopy { usleep(500) }
             }
             firstBelowTheCopy = record.writes.count
