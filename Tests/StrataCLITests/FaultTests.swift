@@ -3,7 +3,8 @@ import Testing
 
 /// Failing components under real load through `strata serve`: a mirror absorbs read
 /// and write failures and delays under fio with verification, is rebuilt and ends with
-/// identical copies; a stripe or concat that loses a component fails its requests
+/// identical copies; a component whose image file is deleted mid-run is recreated and
+/// rebuilt on restart; a stripe or concat that loses a component fails its requests
 /// cleanly while the server goes on serving everything else.
 @Suite(.serialized, .timeLimit(.minutes(5)))
 struct FaultTests {
@@ -154,5 +155,69 @@ struct FaultTests {
             return seconds > 1
         }
         #expect(slow.isEmpty, "slow answers: \(slow)")
+    }
+    /// A component's image file is deleted while fio writes through the mirror. The
+    /// open descriptor keeps the deleted file working, as a loop device would, so
+    /// nothing fails and nothing is lost; on restart the topology file recreates the
+    /// missing image, the mirror rebuilds it from the survivor, and the copies match.
+    @Test func aComponentWhoseFileIsDeletedMidRunIsRebuiltOnRestart() throws {
+        let size = 16 << 20
+        let (server, socket, control) = try ServeProcess.serving("""
+            disks:
+              - {name: d0, file: d0.img, size: 16MiB}
+              - {name: d1, file: d1.img, size: 16MiB}
+            geoms:
+              - {name: m0, class: mirror, consumers: [d0, d1]}
+            exports:
+              - {name: vol, provider: m0}
+            """, prefix: "strata-unlink")
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        // 4,096 writes at 2,000 a second: the deletion lands about a quarter of the way in.
+        let job = """
+            [global]
+            ioengine=nbd
+            uri=nbd+unix:///vol?socket=\(socket)
+            rw=randwrite
+            bs=4k
+            size=16m
+            iodepth=8
+            rate_iops=2000
+            verify=crc32c
+            verify_fatal=1
+            verify_state_save=0
+            do_verify=1
+            [writes-then-verify]
+            """
+        let jobFile = server.directory + "/verify.fio"
+        try job.write(toFile: jobFile, atomically: true, encoding: .utf8)
+        let fio = Process()
+        fio.executableURL = URL(fileURLWithPath: "/usr/bin/fio")
+        fio.arguments = ["--output-format=terse", jobFile]
+        let fioErrors = Pipe()
+        fio.standardOutput = FileHandle.nullDevice
+        fio.standardError = fioErrors
+        try fio.run()
+        usleep(500_000)
+        #expect(fio.isRunning, "fio finished before the file was deleted")
+        try FileManager.default.removeItem(atPath: server.directory + "/d1.img")
+        let errors = String(decoding: fioErrors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        fio.waitUntilExit()
+        #expect(fio.terminationStatus == 0 && !errors.contains("verify"), "fio: \(errors)")
+        #expect(try mirrorStatus(control, "m0")["state"] as? String == "COMPLETE")
+        #expect(server.stop() == 0)
+
+        let restarted = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: server.directory)
+        defer { if restarted.process.isRunning { _ = restarted.stop() } }
+        #expect(restarted.waitForOutput("control socket"), "\(restarted.stderr)")
+        let deadline = Date().addingTimeInterval(60)
+        while try mirrorStatus(control, "m0")["state"] as? String != "COMPLETE" && Date() < deadline { usleep(100_000) }
+        #expect(restarted.stderr.contains("inserted d1 from the topology file; rebuilding it"), "\(restarted.stderr)")
+        #expect(try mirrorStatus(control, "m0")["state"] as? String == "COMPLETE")
+        let reread = try runProgram("/usr/bin/fio", ["--output-format=terse", "--rw=randread", "--verify_only", "--rate_iops=0", jobFile])
+        #expect(reread.0 == 0 && !reread.2.contains("verify"), "\(reread.1) \(reread.2)")
+        #expect(restarted.stop() == 0)
+        let copies = try (0..<2).map { try Data(contentsOf: URL(fileURLWithPath: "\(server.directory)/d\($0).img")).prefix(size - 512) }
+        #expect(copies[0] == copies[1], "the recreated copy differs from the survivor")
     }
 }
