@@ -163,6 +163,7 @@ struct RealClientTests {
         iodepth=32
         verify=crc32c
         verify_fatal=1
+        verify_state_save=0
         do_verify=1
         [write-and-verify]
         rw=randwrite
