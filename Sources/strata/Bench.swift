@@ -34,6 +34,11 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "Threads issuing requests.")
     var threads: Int = 1
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Write the whole provider first (destroys its contents).",
+        discussion: "Sparse disks answer reads of never-written ranges without copying; filling makes reads move data."))
+    var fill = false
+
     @Flag(name: .long, help: #"Print only {"iops", "mibps", "latency_us": {"p50", "p99", "p999", "max"}}."#)
     var json = false
 
@@ -78,8 +83,9 @@ struct Bench: ParsableCommand {
         }
         let pattern = BenchPattern(rawValue: rw)!
         let writes = pattern != .read && pattern != .randomRead
-        let device = try BlockDevice(opening: target, in: topology, writable: writes)
+        let device = try BlockDevice(opening: target, in: topology, writable: writes || fill)
         defer { device.close() }
+        if fill { try Self.fill(device.consumerForBenchmark, size: target.mediaSize) }
 
         let deadline = ProcessInfo.processInfo.systemUptime + seconds
         let drivers = (0..<threads).map { index in
@@ -128,6 +134,23 @@ struct Bench: ParsableCommand {
             if failures > 0 { print("  \(failures) requests failed") }
         }
         if failures > 0 { throw ExitCode(2) }
+    }
+}
+
+extension Bench {
+    /// Writes every byte of the provider (1 MiB at a time, a nonzero pattern) and waits.
+    static func fill(_ consumer: Consumer, size: Int64) throws {
+        let chunk = 1 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0xA5)
+        var offset: Int64 = 0
+        while offset < size {
+            let length = min(Int64(chunk), size - offset)
+            try consumer.performSync(.write, offset: offset, length: length,
+                                     buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(length)]))
+            offset += length
+        }
     }
 }
 
@@ -211,13 +234,13 @@ final class BenchDriver: BioDoneHandler, @unchecked Sendable {
         bio.flags = read ? .zeroHint : []
         bio.setData(UnsafeMutableRawBufferPointer(rebasing: buffers[(slot * blockSize)..<((slot + 1) * blockSize)]))
         bio.caller1 = UnsafeMutableRawPointer(bitPattern: slot + 1)
-        bio.caller2 = UnsafeMutableRawPointer(bitPattern: UInt(DispatchTime.now().uptimeNanoseconds))
+        bio.caller2 = UnsafeMutableRawPointer(bitPattern: UInt(IOClock.nanoseconds()))
         bio.done = .handler(self)
         consumer.request(bio)
     }
 
     func bioDone(_ bio: consuming Bio) {
-        let now = DispatchTime.now().uptimeNanoseconds
+        let now = IOClock.nanoseconds()
         let started = UInt64(UInt(bitPattern: bio.caller2))
         let slot = Int(bitPattern: bio.caller1) - 1
         if bio.error != nil { failed.wrappingAdd(1, ordering: .relaxed) }

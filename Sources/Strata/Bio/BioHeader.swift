@@ -56,8 +56,10 @@ import Synchronization
     @usableFromInline var state: BioState = .idle
     /// Link for the per-thread submission and completion lists and worker queues.
     @usableFromInline var next: UnsafeMutablePointer<BioHeader>? = nil
-    /// The pool this request returns to, or nil for a plainly allocated request.
-    @usableFromInline unowned(unsafe) let pool: BioPool?
+    /// The pool this request returns to, or nil for a plainly allocated request. Held
+    /// unmanaged: pools live for the life of the process (their registry holds them),
+    /// and freeing a request then costs no reference counting.
+    @usableFromInline let pool: Unmanaged<BioPool>?
     /// Segment slots that follow the header in the same allocation.
     @usableFromInline let segmentCapacity: Int32
     @usableFromInline var segmentsUsed: Int32 = 0
@@ -65,9 +67,14 @@ import Synchronization
     /// provider's statistics count it at delivery.
     @usableFromInline var startTime: UInt64 = 0
 
-    @usableFromInline init(pool: BioPool?, segmentCapacity: Int32) {
+    @usableFromInline init(pool: Unmanaged<BioPool>?, segmentCapacity: Int32) {
         self.pool = pool
         self.segmentCapacity = segmentCapacity
+    }
+
+    /// Whether this request came from `pool`.
+    func isFrom(_ pool: BioPool) -> Bool {
+        self.pool?.toOpaque() == Unmanaged.passUnretained(pool).toOpaque()
     }
 
     /// The segment slots of this request (`bi_inline_vecs`).

@@ -166,8 +166,13 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
         child.pointee.flags = header.pointee.flags.intersection(.requestFlags)
         child.pointee.parent = header
         child.pointee.done = .standard
-        // The first clone also takes the provider's own hold on the request.
-        header.pointee.outstanding.wrappingAdd(header.pointee.children == 0 ? 2 : 1, ordering: .relaxed)
+        // The first clone also takes the provider's own hold on the request. Before it,
+        // no clone exists to complete concurrently, so a plain store does.
+        if header.pointee.children == 0 {
+            header.pointee.outstanding.store(2, ordering: .relaxed)
+        } else {
+            header.pointee.outstanding.wrappingAdd(1, ordering: .relaxed)
+        }
         header.pointee.children += 1
     }
 }

@@ -115,7 +115,7 @@ import Synchronization
             if element == nil { return nil }
         }
         let header = element!.bindMemory(to: BioHeader.self, capacity: 1)
-        header.initialize(to: BioHeader(pool: self, segmentCapacity: Int32(segments)))
+        header.initialize(to: BioHeader(pool: Unmanaged.passUnretained(self), segmentCapacity: Int32(segments)))
         if let padTemplate {
             (element! + padOffset).copyMemory(from: padTemplate, byteCount: padSize)
         }

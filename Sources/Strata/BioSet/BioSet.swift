@@ -8,10 +8,13 @@
 public class AnyBioSet: @unchecked Sendable {
     /// Nil for the unpooled set.
     let pool: BioPool?
+    /// `pool` again, for the allocation path to use without reference counting.
+    private let poolReference: Unmanaged<BioPool>?
     let unpooledSegments: Int
 
     init(pool: BioPool?, unpooledSegments: Int = 0) {
         self.pool = pool
+        self.poolReference = pool.map { Unmanaged.passUnretained($0) }
         self.unpooledSegments = unpooledSegments
     }
 
@@ -42,7 +45,9 @@ public class AnyBioSet: @unchecked Sendable {
 
     @inline(__always)
     func allocateHeader(segments: Int, wait: Bool) -> UnsafeMutablePointer<BioHeader>? {
-        if let pool { return pool.allocate(segments: segments, wait: wait) }
+        if let poolReference {
+            return poolReference._withUnsafeGuaranteedRef { $0.allocate(segments: segments, wait: wait) }
+        }
         return BioAllocator.allocatePlain(segments: segments)
     }
 
@@ -116,7 +121,7 @@ public final class BioSet<Pad: BitwiseCopyable>: AnyBioSet, @unchecked Sendable 
 
     func pad(header: UnsafeMutablePointer<BioHeader>) -> UnsafeMutablePointer<Pad> {
         let pool = self.pool!
-        precondition(header.pointee.pool === pool, "request was not allocated from bio set \(pool.name)")
+        precondition(header.pointee.isFrom(pool), "request was not allocated from bio set \(pool.name)")
         return (UnsafeMutableRawPointer(header) + pool.padOffset).assumingMemoryBound(to: Pad.self)
     }
 }
@@ -155,7 +160,7 @@ enum BioAllocator {
     @inline(__always)
     static func free(_ header: UnsafeMutablePointer<BioHeader>) {
         if let pool = header.pointee.pool {
-            pool.free(header)
+            pool._withUnsafeGuaranteedRef { $0.free(header) }
         } else {
             header.deinitialize(count: 1)
             UnsafeMutableRawPointer(header).deallocate()

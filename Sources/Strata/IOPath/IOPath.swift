@@ -38,7 +38,7 @@ enum IOPath {
         target._withUnsafeGuaranteedRef { provider in
             switch check(header, consumer: consumer, provider: provider) {
             case .start:
-                header.pointee.startTime = provider.statistics.started(at: ProviderStatistics.now())
+                header.pointee.startTime = provider.statistics.started(at: entryClock(ThreadState.current))
                 dispatch(header)
             case .completeEmpty:
                 deliver(header, error: 0)
@@ -49,11 +49,25 @@ enum IOPath {
         }
     }
 
+    /// The time a request enters a provider. Requests entering providers on this thread
+    /// share one reading, as Linux's plug shares one for a batch, until a `start` routine
+    /// that may do work runs (a geom whose start only passes requests on does not end
+    /// it): a request passed down through a nop and a stripe is timed in from the one
+    /// reading taken as it entered the nop. A reading taken here always goes on into
+    /// `dispatch`, which drops it when its run ends (see `ThreadState.clock`).
+    @inline(__always)
+    static func entryClock(_ thread: UnsafeMutablePointer<ThreadState>) -> UInt64 {
+        if thread.pointee.clock != 0 { return thread.pointee.clock }
+        let now = ProviderStatistics.now()
+        thread.pointee.clock = now
+        return now
+    }
+
     /// The time a request is delivered. Deliveries that follow one another on this
-    /// thread within a submission or completion run, with no `start` routine run
+    /// thread within a submission or completion run, with no working `start` routine run
     /// between them (a clone folded into its parent, that parent into its own), share
-    /// one reading, as Linux's plug shares one for a batch; a start routine may do the
-    /// disk's work, so running one invalidates the reading (see `ThreadState.clock`).
+    /// one reading; a start routine may do the disk's work, so running one invalidates
+    /// the reading (see `ThreadState.clock`).
     @inline(__always)
     static func deliveryClock(_ thread: UnsafeMutablePointer<ThreadState>) -> UInt64 {
         if thread.pointee.clock != 0 { return thread.pointee.clock }
@@ -111,7 +125,6 @@ enum IOPath {
             return
         }
         thread.pointee.submitting = true
-        thread.pointee.clock = 0
         var direct = onWorker
         var next: UnsafeMutablePointer<BioHeader>? = header
         while let bio = next {
@@ -120,9 +133,7 @@ enum IOPath {
             // requests from either.
             thread.pointee.rest = thread.pointee.fresh
             thread.pointee.fresh = BioList()
-            // The start routine may do the disk's work: deliveries after it read the clock anew.
-            thread.pointee.clock = 0
-            startOne(bio, on: target, direct: direct)
+            startOne(bio, on: target, direct: direct, thread: thread)
             direct = false
             // What this start submitted runs next: requests to other (lower) providers
             // first, then those to the same provider, then what was already waiting.
@@ -140,12 +151,16 @@ enum IOPath {
     }
 
     @inline(__always)
-    static func startOne(_ header: UnsafeMutablePointer<BioHeader>, on provider: Unmanaged<Provider>, direct: Bool) {
+    static func startOne(_ header: UnsafeMutablePointer<BioHeader>, on provider: Unmanaged<Provider>, direct: Bool,
+                         thread: UnsafeMutablePointer<ThreadState>) {
         provider._withUnsafeGuaranteedRef { provider in
             provider.withGeom { geom in
                 if !direct && geom.dispatchMode == .queued {
                     IOWorkers.shared.down.enqueue(header)
                 } else {
+                    // This start may do the disk's work: what enters or is delivered
+                    // from here on reads the clock anew.
+                    if !geom.startOnlyPassesOn { thread.pointee.clock = 0 }
                     geom.start(ProviderBio(header: header))
                 }
             }
@@ -156,8 +171,8 @@ enum IOPath {
     static func rescuePending(of pool: BioPool) {
         let thread = ThreadState.current
         guard thread.pointee.submitting else { return }
-        var punted = thread.pointee.fresh.extract { $0.pointee.pool === pool }
-        punted.append(contentsOf: thread.pointee.rest.extract { $0.pointee.pool === pool })
+        var punted = thread.pointee.fresh.extract { $0.pointee.isFrom(pool) }
+        punted.append(contentsOf: thread.pointee.rest.extract { $0.pointee.isFrom(pool) })
         if !punted.isEmpty { pool.rescuer.punt(punted) }
     }
 
@@ -207,7 +222,9 @@ enum IOPath {
             runDone(next)
         }
         thread.pointee.delivering = false
-        thread.pointee.clock = 0
+        // Inside a submission run the reading stays for the requests the done routines
+        // submitted; the run drops it before any start that may work.
+        if !thread.pointee.submitting { thread.pointee.clock = 0 }
     }
 
     static func runDone(_ header: UnsafeMutablePointer<BioHeader>) {
@@ -236,6 +253,10 @@ enum IOPath {
         }
         let error = child.pointee.error
         let completed = child.pointee.completed.load(ordering: .relaxed)
+        if parent.pointee.children == 1 && parent.pointee.outstanding.load(ordering: .acquiring) == 1 {
+            finishOnlyClone(child, of: parent, error: error, completed: completed)
+            return
+        }
         if error != 0 {
             _ = parent.pointee.firstChildError.compareExchange(expected: 0, desired: error, ordering: .relaxed)
         } else {
@@ -263,6 +284,33 @@ enum IOPath {
         BioAllocator.free(child)
         parent.pointee.inbed.wrappingAdd(1, ordering: .relaxed)
         releaseHold(on: parent)
+    }
+
+    /// `standardDone` for the only clone of a parent whose provider has let go of it
+    /// (`awaitChildren` done, so no clone can be added): nothing else can touch the
+    /// parent, so it is folded in with plain loads and stores rather than the four
+    /// locked instructions of the general case. This is every request a pass-through
+    /// class (nop, part, a stripe's request within one stripe) passes on. With one
+    /// child, both combine rules give the child's error.
+    @inline(__always)
+    static func finishOnlyClone(_ child: UnsafeMutablePointer<BioHeader>, of parent: UnsafeMutablePointer<BioHeader>,
+                                error: Int32, completed: Int64) {
+        let before = parent.pointee.completed.load(ordering: .relaxed)
+        switch parent.pointee.combine {
+        case .firstError: parent.pointee.completed.store(before &+ completed, ordering: .relaxed)
+        case .anySuccess: parent.pointee.completed.store(max(before, completed), ordering: .relaxed)
+        }
+        if child.pointee.flags.contains(.readAsZeros) {
+            if child.pointee.length == parent.pointee.length {
+                parent.pointee.flags.insert(.readAsZeros)
+            } else {
+                child.pointee.data.zero()
+            }
+        }
+        BioAllocator.free(child)
+        parent.pointee.inbed.store(1, ordering: .relaxed)
+        parent.pointee.outstanding.store(0, ordering: .relaxed)
+        deliver(parent, error: error)
     }
 
     /// Drops one hold on a parent (a clone folded in, or the provider's own hold given

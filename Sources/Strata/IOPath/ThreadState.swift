@@ -20,8 +20,9 @@ import Darwin
     /// A done routine is running on this thread: new completions are queued.
     @usableFromInline var delivering = false
     @usableFromInline var completions = BioList()
-    /// The delivery time shared by the deliveries of a run since the last `start`
-    /// routine ran here, or 0 (`IOPath.deliveryClock`).
+    /// The clock reading shared by the entries and deliveries of a submission or
+    /// completion run since the last `start` routine that may work ran here, or 0
+    /// (`IOPath.entryClock`, `IOPath.deliveryClock`). Nonzero only during a run.
     @usableFromInline var clock: UInt64 = 0
     /// One cache per pool, indexed by pool id; grown when a new pool is first used.
     @usableFromInline var caches: UnsafeMutablePointer<LocalCache>? = nil

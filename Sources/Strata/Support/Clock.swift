@@ -18,3 +18,14 @@ public func sleepSeconds(_ seconds: Double) {
     while nanosleep(&request, &remaining) != 0 { request = remaining }
 }
 
+
+/// The I/O path's clock, for issuers and classes that time requests: nanoseconds on the
+/// monotonic clock. Within a submission or completion run on this thread it answers the
+/// run's shared reading (see `IOPath.entryClock`), so timing a request in a done routine
+/// costs no clock reading of its own, as Linux's `blk_time_get_ns` answers from the plug.
+/// Outside a run it reads the clock.
+public enum IOClock {
+    public static func nanoseconds() -> UInt64 {
+        IOPath.deliveryClock(ThreadState.current)
+    }
+}

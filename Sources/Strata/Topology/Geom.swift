@@ -18,6 +18,11 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
     public let name: String
     public let className: String
     public let dispatchMode: DispatchMode
+    /// The class's `start` only passes requests on (maps, clones, splits or refuses them)
+    /// and does no work of its own that takes time. A clock reading taken as a request
+    /// entered it then serves the requests it passes on as well (`IOPath.entryClock`);
+    /// any other `start` may do the disk's work, so the reading is taken anew after it.
+    public let startOnlyPassesOn: Bool
     /// The topology this geom belongs to (set by `Topology.add`).
     public internal(set) weak var topology: Topology?
     /// The geom's providers and consumers. They change under the topology lock, and
@@ -37,10 +42,11 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
     /// Set when the geom has begun to go away.
     public internal(set) var isWithering = false
 
-    public init(name: String, className: String, dispatch: DispatchMode = .direct) {
+    public init(name: String, className: String, dispatch: DispatchMode = .direct, startOnlyPassesOn: Bool = false) {
         self.name = name
         self.className = className
         self.dispatchMode = dispatch
+        self.startOnlyPassesOn = startOnlyPassesOn
     }
 
     public var description: String { "\(className)/\(name)" }

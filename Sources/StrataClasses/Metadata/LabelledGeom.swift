@@ -24,7 +24,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
         self.stripeSize = stripeSize
         components = Array(repeating: nil, count: count)
         dataSizes = Array(repeating: 0, count: count)
-        super.init(name: name, className: className)
+        super.init(name: name, className: className, startOnlyPassesOn: true)
     }
 
     /// Bytes the geom's provider offers, once every component is present.

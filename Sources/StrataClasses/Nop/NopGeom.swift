@@ -67,7 +67,7 @@ public final class NopGeom: Geom, @unchecked Sendable {
         errorCode = Atomic(settings.error)
         delayMilliseconds = Atomic(settings.delayMilliseconds)
         remainingBeforeFailing = Atomic(settings.countUntilFail > 0 ? settings.countUntilFail : -1)
-        super.init(name: name, className: "NOP")
+        super.init(name: name, className: "NOP", startOnlyPassesOn: true)
     }
 
     /// Makes a nop over `below`: its provider, named `name`, covers `size` bytes (default:

@@ -10,7 +10,7 @@ public final class PartGeom: Geom, @unchecked Sendable {
 
     init(disk: String, table: PartitionTable) {
         self.table = table
-        super.init(name: "part/\(disk)", className: "PART")
+        super.init(name: "part/\(disk)", className: "PART", startOnlyPassesOn: true)
     }
 
     /// Reads the table of `provider` and makes its partitions' providers.
