@@ -1,3 +1,4 @@
+import Dispatch
 import Strata
 import StrataDisks
 import Synchronization
@@ -103,6 +104,64 @@ import Testing
         }
         let seen = geom.seen.load(ordering: .relaxed)
         #expect(seen == 10)
+    }
+
+    /// The only clone of a request is folded in without locked instructions once its
+    /// provider has let go (`awaitChildren` first), and with them when it completes
+    /// first: either way the parent is delivered once with the clone's error and bytes.
+    @Test(arguments: [(false, nil), (false, BioError.io), (true, nil), (true, BioError.noSpace)] as [(Bool, BioError?)])
+    func anOnlyCloneDeliversItsParentOnceWhicheverFinishesFirst(cloneFirst: Bool, error: BioError?) throws {
+        /// Passes each request on from another thread, as a nop with a delay does. There
+        /// the clone starts at once, not after `start` returns.
+        final class HandingOnGeom: Geom, @unchecked Sendable {
+            override func start(_ bio: consuming ProviderBio) {
+                let request = bio.unmanaged()
+                DispatchQueue.global().async { [self] in
+                    let bio = request.takeProviderBio()
+                    requestOnFirstConsumer(bio.clone()!)
+                    bio.awaitChildren()
+                }
+            }
+        }
+        let topology = Topology()
+        let name = "hand-on-\(cloneFirst)-\(error?.name ?? "ok")"
+        let bottom = try ProbeGeom.install(in: topology, name: name + "-bottom") { bio in
+            bio.completed = 1024
+            if cloneFirst {
+                // Completes inside the request, before the provider's awaitChildren.
+                bio.deliver(error)
+                return
+            }
+            let request = bio.unmanaged()
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) {
+                request.takeProviderBio().deliver(error)
+            }
+        }
+        let geom = HandingOnGeom(name: name, className: "HANDON")
+        try topology.add(geom)
+        try topology.attach(topology.createConsumer(for: geom), to: bottom.providers[0])
+        try topology.access(geom.consumers[0], read: 1, write: 1, exclusive: 0)
+        try topology.createProvider(for: geom, name: name, mediaSize: 1 << 20, sectorSize: 512, announce: false)
+        let issuer = try TestIssuer(on: geom.providers[0], in: topology)
+        let deliveries = Atomic<Int>(0)
+        let result = ProbeRecord()
+        let finished = Gate()
+        let buffer = PatternBuffer(count: 4096)
+        let bio = AnyBioSet.shared.alloc()
+        bio.command = .read
+        bio.length = 4096
+        bio.setData(buffer.bytes)
+        bio.done = .closure { done in
+            deliveries.wrappingAdd(1, ordering: .relaxed)
+            result.text = "\(done.error?.name ?? "ok") \(done.completed) \(done.children)/\(done.inbed)"
+            done.destroy()
+            finished.open()
+        }
+        issuer.consumer.request(bio)
+        #expect(finished.wait(seconds: 10))
+        sleepBriefly(milliseconds: 20)
+        #expect(result.text == "\(error?.name ?? "ok") 1024 1/1")
+        #expect(deliveries.load(ordering: .relaxed) == 1)
     }
 
     @Test func childrenCompletingOnManyThreadsDeliverEachParentOnce() throws {

@@ -48,3 +48,89 @@ import Testing
         }
     }
 }
+
+/// One clock reading serves a request through the geoms that only pass it on; a start
+/// that may work (a disk's) is timed from readings of its own.
+@Suite struct StatisticsClockSharingTests {
+    /// A geom whose start waits `delay` before passing the request on, declaring (or
+    /// not) that its start only passes requests on.
+    final class WaitingGeom: Geom, @unchecked Sendable {
+        let delay: Int
+        init(name: String, delay: Int, onlyPassesOn: Bool) {
+            self.delay = delay
+            super.init(name: name, className: "WAIT", startOnlyPassesOn: onlyPassesOn)
+        }
+        override func start(_ bio: consuming ProviderBio) {
+            if delay > 0 { sleepBriefly(milliseconds: delay) }
+            requestOnFirstConsumer(bio.clone()!)
+            bio.awaitChildren()
+        }
+    }
+
+    /// Milliseconds of reads, per provider, after one read through `waitMs` of waiting in
+    /// a geom over a disk that works `diskMs` inside its start.
+    func readTimes(waitMs: Int, diskMs: Int, onlyPassesOn: Bool) throws -> (geom: Double, disk: Double) {
+        let topology = Topology()
+        let name = "clock-\(waitMs)-\(diskMs)-\(onlyPassesOn)"
+        let disk = try ProbeGeom.install(in: topology, name: name + "-disk") { bio in
+            if diskMs > 0 { sleepBriefly(milliseconds: diskMs) }
+            bio.deliverAll()
+        }
+        let geom = WaitingGeom(name: name, delay: waitMs, onlyPassesOn: onlyPassesOn)
+        try topology.add(geom)
+        try topology.attach(topology.createConsumer(for: geom), to: disk.providers[0])
+        try topology.access(geom.consumers[0], read: 1, write: 1, exclusive: 0)
+        try topology.createProvider(for: geom, name: name, mediaSize: 1 << 20, sectorSize: 512, announce: false)
+        let issuer = try TestIssuer(on: geom.providers[0], in: topology)
+        let buffer = PatternBuffer(count: 4096)
+        #expect(issuer.consumer.outcome(.read, offset: 0, length: 4096, buffer: buffer.bytes).error == nil)
+        let milliseconds = { (provider: Provider) in Double(provider.statistics.snapshot.nanoseconds(.read)) / 1e6 }
+        return (milliseconds(geom.providers[0]), milliseconds(disk.providers[0]))
+    }
+
+    @Test func aDiskWorkingInsideItsStartIsTimedFromItsOwnReadings() throws {
+        // Under a pass-through geom the reading taken at entry is shared with the disk's
+        // entry, but not with its delivery: the disk's own 20 ms count.
+        let times = try readTimes(waitMs: 0, diskMs: 20, onlyPassesOn: true)
+        #expect(times.disk >= 19 && times.geom >= 19, "\(times)")
+    }
+
+    @Test func theRequestsAPassThroughGeomPassesOnShareTheReadingItEnteredWith() throws {
+        // Declared to only pass requests on, a geom's wait is not read anew: the disk's
+        // request is timed from the geom's entry. Not declared, the disk's is not.
+        let shared = try readTimes(waitMs: 20, diskMs: 0, onlyPassesOn: true)
+        #expect(shared.disk >= 19 && shared.geom >= 19, "\(shared)")
+        let apart = try readTimes(waitMs: 20, diskMs: 0, onlyPassesOn: false)
+        #expect(apart.disk < 10 && apart.geom >= 19, "\(apart)")
+    }
+
+    @Test func theIOClockAnswersTheRunsReadingInsideADoneRoutine() throws {
+        let topology = Topology()
+        let disk = try ProbeGeom.install(in: topology, name: "ioclock-disk") { bio in bio.deliverAll() }
+        let issuer = try TestIssuer(on: disk.providers[0], in: topology)
+        let seen = ProbeRecord()
+        let finished = Gate()
+        let buffer = PatternBuffer(count: 4096)
+        let before = IOClock.nanoseconds()
+        let bio = AnyBioSet.shared.alloc()
+        bio.command = .read
+        bio.length = 4096
+        bio.setData(buffer.bytes)
+        bio.done = .closure { done in
+            // Two answers in one done routine are the same shared reading.
+            let first = IOClock.nanoseconds()
+            sleepBriefly(milliseconds: 5)
+            let second = IOClock.nanoseconds()
+            seen.text = first == second && first >= before ? "shared" : "\(before) \(first) \(second)"
+            done.destroy()
+            finished.open()
+        }
+        issuer.consumer.request(bio)
+        #expect(finished.wait(seconds: 10))
+        #expect(seen.text == "shared")
+        // Outside a run it reads the clock.
+        let outside = IOClock.nanoseconds()
+        sleepBriefly(milliseconds: 2)
+        #expect(IOClock.nanoseconds() >= outside + 1_000_000)
+    }
+}
