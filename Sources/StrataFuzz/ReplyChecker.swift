@@ -11,11 +11,12 @@ struct ExportFacts: Sendable {
 /// Reads each write of the server as a client would, and throws at the first thing no
 /// client should have to accept.
 ///
-/// The server writes one whole message at a time (the greeting, one option reply, the
-/// EXPORT_NAME reply, one simple reply or one chunk per request), so each write must
-/// decode to exactly one message with nothing left over. Framing is judged by the
-/// project's own client decoder; what the payloads say is judged here, against the spec
-/// and the checklist in the NBD reference.
+/// The server writes whole messages: the greeting, an option reply, the EXPORT_NAME
+/// reply, a READ's reply with its data, or a batch of replies without data (successes,
+/// errors, hole chunks) gathered while a batch of requests was served. So each write
+/// must decode to one or more whole messages with nothing left over. Framing is judged
+/// by the project's own client decoder; what the payloads say is judged here, against
+/// the spec and the checklist in the NBD reference.
 struct ReplyChecker {
     private var view = ClientView()
     private let exports: [ExportFacts]
@@ -32,31 +33,35 @@ struct ReplyChecker {
     mutating func check(_ write: ByteBuffer) throws(FuzzFailure) {
         // `flushThen` writes an empty buffer to learn when everything before it is out.
         guard write.readableBytes > 0 else { return }
-        if view.phase == .closed {
-            throw FuzzFailure("the server wrote \(write.readableBytes) bytes after the session ended")
-        }
-        prepare(for: write)
         var bytes = write
-        let message: NBDServerMessage?
-        do {
-            message = try view.decoder.decode(buffer: &bytes)
-        } catch {
-            throw FuzzFailure("the client decoder threw \(error)")
+        while bytes.readableBytes > 0 {
+            if view.phase == .closed {
+                throw FuzzFailure("the server wrote \(bytes.readableBytes) bytes after the session ended")
+            }
+            prepare(for: bytes)
+            let message: NBDServerMessage?
+            do {
+                message = try view.decoder.decode(buffer: &bytes)
+            } catch {
+                throw FuzzFailure("the client decoder threw \(error)")
+            }
+            guard let message else {
+                throw FuzzFailure("\(bytes.readableBytes) bytes of a write of \(write.readableBytes) in phase \(view.phase) "
+                    + "are not a whole message")
+            }
+            try judge(message)
+            view.follow(message)
         }
-        guard let message else {
-            throw FuzzFailure("a write of \(write.readableBytes) bytes in phase \(view.phase) is not a whole message")
-        }
-        guard bytes.readableBytes == 0 else {
-            throw FuzzFailure("\(bytes.readableBytes) bytes follow \(message) in one write")
-        }
-        try judge(message)
-        view.follow(message)
     }
 
     /// Tells the decoder what only the client knows: that it sent EXPORT_NAME (a write
     /// that is not an option reply during the handshake can only answer it), and how much
-    /// data a successful simple reply carries (the rest of its write: the server sends
-    /// a READ's header and data as one write).
+    /// data a successful simple reply carries. The server sends a READ's header and data
+    /// as one write of their own, and batches only replies without data; without
+    /// structured replies those are 16 bytes each, so a write of whole 16-byte simple
+    /// replies is a batch, and anything else starting with a successful simple reply is
+    /// a READ's (its data would have to hold the reply magic every 16 bytes to pass for
+    /// a batch).
     private func prepare(for write: ByteBuffer) {
         let start = write.readerIndex
         if view.phase == .options, write.getInteger(at: start, as: UInt64.self) != NBDMagic.optionReply {
@@ -66,8 +71,15 @@ struct ReplyChecker {
         if case .transmission(_, extendedHeaders: false) = view.phase, write.readableBytes > 16,
            write.getInteger(at: start, as: UInt32.self) == NBDMagic.simpleReply,
            write.getInteger(at: start + 4, as: UInt32.self) == 0,
-           let cookie = write.getInteger(at: start + 8, as: UInt64.self) {
+           let cookie = write.getInteger(at: start + 8, as: UInt64.self), !Self.isBatchOfSimpleReplies(write) {
             view.session.simpleReplyDataLength[cookie] = write.readableBytes - 16
+        }
+    }
+
+    private static func isBatchOfSimpleReplies(_ bytes: ByteBuffer) -> Bool {
+        guard bytes.readableBytes % 16 == 0 else { return false }
+        return stride(from: bytes.readerIndex, to: bytes.writerIndex, by: 16).allSatisfy {
+            bytes.getInteger(at: $0, as: UInt32.self) == NBDMagic.simpleReply
         }
     }
 

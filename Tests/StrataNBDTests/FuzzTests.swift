@@ -117,12 +117,33 @@ import Testing
         }
     }
 
-    @Test func twoMessagesInOneWriteAreRefused() throws {
-        var checker = try Self.negotiating()
-        var write = Self.optionReply(.list, .ack)
-        var second = Self.optionReply(.list, .ack)
-        write.writeBuffer(&second)
-        #expect(Self.refuses(&checker, write))
+    /// A checker in transmission with simple replies, after GO.
+    static func transmitting() throws -> ReplyChecker {
+        var checker = try negotiating()
+        var info = ByteBuffer()
+        info.writeInteger(NBDInfo.export.rawValue)
+        info.writeInteger(UInt64(1 << 20))
+        info.writeInteger(UInt16(1))
+        try checker.check(optionReply(.go, .info, Array(info.readableBytesView)))
+        try checker.check(optionReply(.go, .ack))
+        return checker
+    }
+
+    @Test func aBatchOfRepliesIsAcceptedAndAMessageCutShortIsRefused() throws {
+        var checker = try Self.transmitting()
+        var batch = ByteBuffer()
+        for cookie: UInt64 in 1...3 { batch.writeNBDSimpleReply(error: 0, cookie: cookie) }
+        batch.writeNBDSimpleReply(error: NBDError.io.rawValue, cookie: 4)
+        #expect(!Self.refuses(&checker, batch))
+        // A READ's reply: header and data in one write of their own.
+        var read = ByteBuffer()
+        read.writeNBDSimpleReply(error: 0, cookie: 5)
+        read.writeBytes([UInt8](repeating: 0xA5, count: 512))
+        #expect(!Self.refuses(&checker, read))
+        var cut = ByteBuffer()
+        cut.writeNBDSimpleReply(error: NBDError.io.rawValue, cookie: 6)
+        cut.writeBytes([0x67, 0x44, 0x66])
+        #expect(Self.refuses(&checker, cut))
     }
 
     @Test func anErrorMessageCutInsideACharacterIsRefused() throws {

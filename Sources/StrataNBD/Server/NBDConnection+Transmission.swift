@@ -54,9 +54,9 @@ struct RequestTable {
     /// The payload bytes the request in `index` counts against the limits.
     func bytes(of index: Int) -> Int { slots[index]!.bytes }
 
+    /// Takes the slot out (moved, not copied: a copy would retain its buffer).
     mutating func remove(_ index: Int) -> RequestSlot {
-        let slot = slots[index]!
-        slots[index] = nil
+        let slot = slots[index].take()!
         free.append(index)
         count -= 1
         bytes -= slot.bytes
@@ -160,7 +160,7 @@ extension NBDConnectionHandler {
         // writes its header in place (a second reference would copy the whole buffer).
         let index = requests.insert(prepare(bio, header, command: command, payload: payload, served: served))
         core.charge(requests.bytes(of: index))
-        if requests.count == 1 { heldWhileBusy = self }
+        if heldUntilClosed == nil { heldUntilClosed = self }
         bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
         bio.done = .handler(self)
         updateReading()
@@ -251,11 +251,7 @@ extension NBDConnectionHandler {
         bio.destroy()
         let slot = requests.remove(index)
         core.refund(slot.bytes)
-        if requests.count == 0, let hold = heldWhileBusy {
-            // Let go once this completion has unwound: the I/O path returns through it.
-            heldWhileBusy = nil
-            eventLoop.execute { _ = hold }
-        }
+        if requests.count == 0 && channelClosed { releaseHold() }
         slot.answer?.deallocate()
         if !channelClosed {
             if let error {
@@ -277,12 +273,13 @@ extension NBDConnectionHandler {
         case .read:
             if readAsZeros {
                 // Only with structured replies and without DF does a read ask for this.
-                var chunk = context!.channel.allocator.buffer(capacity: 44)
-                chunk.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .offsetHole,
-                                          cookie: header.cookie, requestOffset: header.offset, length: 12)
-                chunk.writeInteger(header.offset)
-                chunk.writeInteger(UInt32(header.length))
-                send(chunk)
+                let extended = extendedHeaders
+                sendSmall { chunk in
+                    chunk.writeNBDChunkHeader(extended: extended, flags: NBDReplyFlags.done, type: .offsetHole,
+                                              cookie: header.cookie, requestOffset: header.offset, length: 12)
+                    chunk.writeInteger(header.offset)
+                    chunk.writeInteger(UInt32(header.length))
+                }
                 return
             }
             // The slot gives up the buffer so this is its only reference: writing the
@@ -352,14 +349,15 @@ extension NBDConnectionHandler {
     }
 
     private func sendSuccess(_ header: NBDRequestHeader) {
-        var reply = context!.channel.allocator.buffer(capacity: 32)
-        if extendedHeaders {
-            reply.writeNBDChunkHeader(extended: true, flags: NBDReplyFlags.done, type: .none, cookie: header.cookie,
-                                      requestOffset: header.offset, length: 0)
-        } else {
-            reply.writeNBDSimpleReply(error: 0, cookie: header.cookie)
+        let extended = extendedHeaders
+        sendSmall { reply in
+            if extended {
+                reply.writeNBDChunkHeader(extended: true, flags: NBDReplyFlags.done, type: .none, cookie: header.cookie,
+                                          requestOffset: header.offset, length: 0)
+            } else {
+                reply.writeNBDSimpleReply(error: 0, cookie: header.cookie)
+            }
         }
-        send(reply)
     }
 
     /// Answers a request with an error: an error chunk with a short message when
@@ -370,19 +368,19 @@ extension NBDConnectionHandler {
         if log {
             logger.notice("request refused", metadata: ["cookie": "\(header.cookie)", "reason": "\(reason)"])
         }
-        guard let context else { return }
-        var reply = context.channel.allocator.buffer(capacity: 64)
-        if structuredReplies {
-            let message = reason.nbdMessageBytes
-            reply.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .error,
-                                      cookie: header.cookie, requestOffset: header.offset, length: 6 + message.count)
-            reply.writeInteger(error.rawValue)
-            reply.writeInteger(UInt16(message.count))
-            reply.writeBytes(message)
-        } else {
-            reply.writeNBDSimpleReply(error: error.rawValue, cookie: header.cookie)
+        let (structured, extended) = (structuredReplies, extendedHeaders)
+        sendSmall { reply in
+            if structured {
+                let message = reason.nbdMessageBytes
+                reply.writeNBDChunkHeader(extended: extended, flags: NBDReplyFlags.done, type: .error,
+                                          cookie: header.cookie, requestOffset: header.offset, length: 6 + message.count)
+                reply.writeInteger(error.rawValue)
+                reply.writeInteger(UInt16(message.count))
+                reply.writeBytes(message)
+            } else {
+                reply.writeNBDSimpleReply(error: error.rawValue, cookie: header.cookie)
+            }
         }
-        send(reply)
     }
 
     private func send(_ buffer: ByteBuffer) {
@@ -391,7 +389,20 @@ extension NBDConnectionHandler {
         if processingInput {
             flushPending = true
         } else {
-            context.flush()
+            flushReplies()
+        }
+    }
+
+    /// Adds a small reply to the batch (`replyBatch`), flushed with the input being
+    /// processed, or at once when a completion arrives outside it.
+    private func sendSmall(_ write: (inout ByteBuffer) -> Void) {
+        guard let context, !channelClosed else { return }
+        if replyBatch == nil { replyBatch = context.channel.allocator.buffer(capacity: 2048) }
+        write(&replyBatch!)
+        if processingInput {
+            flushPending = true
+        } else {
+            flushReplies()
         }
     }
 
@@ -422,10 +433,7 @@ extension NBDConnectionHandler {
             // processed the loop under way picks them up itself.
             if !processingInput {
                 process(context.channel.allocator.buffer(capacity: 0))
-                if flushPending {
-                    flushPending = false
-                    context.flush()
-                }
+                if flushPending { flushReplies() }
             }
         }
     }

@@ -30,12 +30,20 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     var served: ServedExport?
     var consumer: Consumer?
     var requests = RequestTable()
-    /// The handler itself while it has requests in flight. Requests hold their done
-    /// handler unowned, and a closed connection's pipeline lets go of its handler, so
-    /// something must keep it until the last request is answered.
-    var heldWhileBusy: NBDConnectionHandler?
+    /// The handler itself, from its first request until the channel has closed with
+    /// nothing in flight. Requests hold their done handler unowned, and a closed
+    /// connection's pipeline lets go of its handler, so something must keep it until the
+    /// last request is answered. Held for the whole connection, not per request: taking
+    /// and dropping it as the count of requests went through zero cost a retain and a
+    /// task on the event loop per request at low queue depths.
+    var heldUntilClosed: NBDConnectionHandler?
     var processingInput = false
     var flushPending = false
+    /// Small transmission replies (successes, errors, hole chunks) gathered while input
+    /// is processed and written as one buffer when the batch is flushed: one allocation
+    /// and one pipeline write per batch rather than per reply. Replies of different
+    /// requests may go in any order, so a READ's data written meanwhile may pass them.
+    var replyBatch: ByteBuffer?
     /// DISC received, the server stopping, or the client gone: no new requests.
     var finishing = false
     /// The server is stopping: requests still arriving get ESHUTDOWN, and the connection
@@ -95,11 +103,24 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if flushPending {
-            flushPending = false
-            context.flush()
-        }
+        if flushPending { flushReplies() }
         context.fireChannelReadComplete()
+    }
+
+    /// Writes the gathered small replies and flushes everything written.
+    func flushReplies() {
+        guard let context else { return }
+        flushPending = false
+        if let batch = replyBatch.take() { context.write(wrapOutboundOut(batch), promise: nil) }
+        context.flush()
+    }
+
+    /// Lets go of the handler's hold on itself once the I/O path has unwound: a
+    /// completion may be what brought the count to zero.
+    func releaseHold() {
+        guard let hold = heldUntilClosed else { return }
+        heldUntilClosed = nil
+        eventLoop.execute { _ = hold }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -112,6 +133,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         finishing = true
         session.phase = .closed
         releaseIfIdle()
+        if requests.count == 0 { releaseHold() }
         core.unregister(self)
         context.fireChannelInactive()
     }
@@ -337,7 +359,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         reply.writeNBDOptionReply(option: option, type: type, length: body.readableBytes)
         reply.writeBuffer(&body)
         context.write(wrapOutboundOut(reply), promise: nil)
-        if !processingInput { context.flush() } else { flushPending = true }
+        if !processingInput { flushReplies() } else { flushPending = true }
     }
 
     /// Refuses an option with an error reply carrying a short message, logged once.
@@ -367,6 +389,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     func flushThen(_ body: @escaping @Sendable (any Channel) -> Void) {
         guard let context else { return }
         let channel = context.channel
+        if let batch = replyBatch.take() { context.write(wrapOutboundOut(batch), promise: nil) }
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
             body(channel)
         }
@@ -374,8 +397,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
 
     func close() {
         guard let context, !channelClosed else { return }
-        flushPending = false
-        context.flush()
+        flushReplies()
         context.close(promise: nil)
     }
 
