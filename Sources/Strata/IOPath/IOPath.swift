@@ -253,7 +253,9 @@ enum IOPath {
         }
         let error = child.pointee.error
         let completed = child.pointee.completed.load(ordering: .relaxed)
-        if parent.pointee.children == 1 && parent.pointee.outstanding.load(ordering: .acquiring) == 1 {
+        // The acquiring load first: seeing 1 means the provider has let go (its release
+        // orders its writes to `children` before this read of it).
+        if parent.pointee.outstanding.load(ordering: .acquiring) == 1 && parent.pointee.children == 1 {
             finishOnlyClone(child, of: parent, error: error, completed: completed)
             return
         }
