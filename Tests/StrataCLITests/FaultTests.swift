@@ -23,6 +23,36 @@ struct FaultTests {
         (status["components"] as? [[String: Any]] ?? []).map { "\($0["name"]!):\($0["state"]!)" }
     }
 
+    /// Polls the mirror's status until it is COMPLETE or `seconds` pass; returns the last.
+    func waitForComplete(_ control: String, _ name: String, seconds: Double = 60) throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(seconds)
+        var status = try mirrorStatus(control, name)
+        while status["state"] as? String != "COMPLETE" && Date() < deadline {
+            usleep(100_000)
+            status = try mirrorStatus(control, name)
+        }
+        return status
+    }
+
+    /// Writes, in `directory`, a fio job that fills 16 MiB of export `vol` with 4 KiB
+    /// random writes checked by crc32c, then verifies them; returns its path.
+    func writeVerifyJob(in directory: String, socket: String, options: [String]) throws -> String {
+        let job = ([
+            "[global]", "ioengine=nbd", "uri=nbd+unix:///vol?socket=\(socket)", "rw=randwrite", "bs=4k", "size=16m",
+            "verify=crc32c", "verify_fatal=1", "verify_state_save=0", "do_verify=1",
+        ] + options + ["[writes-then-verify]"]).joined(separator: "\n")
+        let path = directory + "/verify.fio"
+        try job.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Whether images d0.img ... of `directory` hold the same bytes outside their last
+    /// (metadata) sector.
+    func copiesMatch(in directory: String, count: Int, size: Int) throws -> Bool {
+        let copies = try (0..<count).map { try Data(contentsOf: URL(fileURLWithPath: "\(directory)/d\($0).img")).prefix(size - 512) }
+        return copies.allSatisfy { $0 == copies[0] }
+    }
+
     /// fio writes and verifies (crc32c) through NBD while one component fails a third
     /// of its reads and writes and another holds every request 2 ms.
     @Test func aMirrorUnderFioWithFailingAndSlowComponentsLosesNothingAndIsRebuilt() throws {
@@ -43,22 +73,7 @@ struct FaultTests {
         #expect(server.waitForOutput("control socket"), "\(server.stderr)")
         try nop(control, "n0", ["--read-fail-percent", "30", "--write-fail-percent", "30"])
         try nop(control, "n1", ["--delay-ms", "2"])
-        let job = """
-            [global]
-            ioengine=nbd
-            uri=nbd+unix:///vol?socket=\(socket)
-            rw=randwrite
-            bs=4k
-            size=16m
-            iodepth=16
-            verify=crc32c
-            verify_fatal=1
-            verify_state_save=0
-            do_verify=1
-            [writes-then-verify]
-            """
-        let jobFile = server.directory + "/verify.fio"
-        try job.write(toFile: jobFile, atomically: true, encoding: .utf8)
+        let jobFile = try writeVerifyJob(in: server.directory, socket: socket, options: ["iodepth=16"])
         let fio = try runProgram("/usr/bin/fio", ["--output-format=terse", jobFile])
         #expect(fio.0 == 0, "fio: \(fio.1) \(fio.2)")
         #expect(!fio.2.contains("verify"), "verify errors: \(fio.2)")
@@ -71,12 +86,7 @@ struct FaultTests {
         try nop(control, "n1", ["--delay-ms", "0"])
         let rebuild = try runProgram(strataBinary, ["mirror", "rebuild", "m0", "n0", "--control", control])
         #expect(rebuild.0 == 0, "\(rebuild)")
-        let deadline = Date().addingTimeInterval(60)
-        var status = try mirrorStatus(control, "m0")
-        while status["state"] as? String != "COMPLETE" && Date() < deadline {
-            usleep(100_000)
-            status = try mirrorStatus(control, "m0")
-        }
+        let status = try waitForComplete(control, "m0")
         #expect(status["state"] as? String == "COMPLETE", "\(status)")
         // fio's verify pass again, reading only, through whichever copies the mirror picks.
         let reread = try runProgram("/usr/bin/fio", ["--output-format=terse", "--rw=randread", "--verify_only", jobFile])
@@ -84,11 +94,7 @@ struct FaultTests {
         #expect(server.stop() == 0)
 
         // Every copy holds the same bytes outside its metadata sector.
-        let copies = try (0..<3).map { index -> Data in
-            let data = try Data(contentsOf: URL(fileURLWithPath: "\(server.directory)/d\(index).img"))
-            return data.prefix(size - 512)
-        }
-        #expect(copies[0] == copies[1] && copies[1] == copies[2], "the rebuilt copies differ")
+        #expect(try copiesMatch(in: server.directory, count: 3, size: size), "the rebuilt copies differ")
     }
 
     /// A stripe and a concat each lose a component to EIO: their requests fail at once
@@ -174,23 +180,7 @@ struct FaultTests {
         defer { server.removeDirectory() }
         #expect(server.waitForOutput("control socket"), "\(server.stderr)")
         // 4,096 writes at 2,000 a second: the deletion lands about a quarter of the way in.
-        let job = """
-            [global]
-            ioengine=nbd
-            uri=nbd+unix:///vol?socket=\(socket)
-            rw=randwrite
-            bs=4k
-            size=16m
-            iodepth=8
-            rate_iops=2000
-            verify=crc32c
-            verify_fatal=1
-            verify_state_save=0
-            do_verify=1
-            [writes-then-verify]
-            """
-        let jobFile = server.directory + "/verify.fio"
-        try job.write(toFile: jobFile, atomically: true, encoding: .utf8)
+        let jobFile = try writeVerifyJob(in: server.directory, socket: socket, options: ["iodepth=8", "rate_iops=2000"])
         let fio = Process()
         fio.executableURL = URL(fileURLWithPath: "/usr/bin/fio")
         fio.arguments = ["--output-format=terse", jobFile]
@@ -210,14 +200,12 @@ struct FaultTests {
         let restarted = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: server.directory)
         defer { if restarted.process.isRunning { _ = restarted.stop() } }
         #expect(restarted.waitForOutput("control socket"), "\(restarted.stderr)")
-        let deadline = Date().addingTimeInterval(60)
-        while try mirrorStatus(control, "m0")["state"] as? String != "COMPLETE" && Date() < deadline { usleep(100_000) }
+        let status = try waitForComplete(control, "m0")
         #expect(restarted.stderr.contains("inserted d1 from the topology file; rebuilding it"), "\(restarted.stderr)")
-        #expect(try mirrorStatus(control, "m0")["state"] as? String == "COMPLETE")
+        #expect(status["state"] as? String == "COMPLETE", "\(status)")
         let reread = try runProgram("/usr/bin/fio", ["--output-format=terse", "--rw=randread", "--verify_only", "--rate_iops=0", jobFile])
         #expect(reread.0 == 0 && !reread.2.contains("verify"), "\(reread.1) \(reread.2)")
         #expect(restarted.stop() == 0)
-        let copies = try (0..<2).map { try Data(contentsOf: URL(fileURLWithPath: "\(server.directory)/d\($0).img")).prefix(size - 512) }
-        #expect(copies[0] == copies[1], "the recreated copy differs from the survivor")
+        #expect(try copiesMatch(in: server.directory, count: 2, size: size), "the recreated copy differs from the survivor")
     }
 }

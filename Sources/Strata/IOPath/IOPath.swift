@@ -276,13 +276,7 @@ enum IOPath {
                 current = seen
             }
         }
-        if child.pointee.flags.contains(.readAsZeros) {
-            if child.pointee.length == parent.pointee.length && parent.pointee.children == 1 {
-                parent.pointee.flags.insert(.readAsZeros)
-            } else {
-                child.pointee.data.zero()
-            }
-        }
+        foldReadAsZeros(child, into: parent)
         BioAllocator.free(child)
         parent.pointee.inbed.wrappingAdd(1, ordering: .relaxed)
         releaseHold(on: parent)
@@ -302,17 +296,23 @@ enum IOPath {
         case .firstError: parent.pointee.completed.store(before &+ completed, ordering: .relaxed)
         case .anySuccess: parent.pointee.completed.store(max(before, completed), ordering: .relaxed)
         }
-        if child.pointee.flags.contains(.readAsZeros) {
-            if child.pointee.length == parent.pointee.length {
-                parent.pointee.flags.insert(.readAsZeros)
-            } else {
-                child.pointee.data.zero()
-            }
-        }
+        foldReadAsZeros(child, into: parent)
         BioAllocator.free(child)
         parent.pointee.inbed.store(1, ordering: .relaxed)
         parent.pointee.outstanding.store(0, ordering: .relaxed)
         deliver(parent, error: error)
+    }
+
+    /// A clone read as zeros without touching its buffer: the parent reads as zeros too
+    /// when the clone was all of it; otherwise the clone's part is zeroed now.
+    @inline(__always)
+    static func foldReadAsZeros(_ child: UnsafeMutablePointer<BioHeader>, into parent: UnsafeMutablePointer<BioHeader>) {
+        guard child.pointee.flags.contains(.readAsZeros) else { return }
+        if child.pointee.length == parent.pointee.length && parent.pointee.children == 1 {
+            parent.pointee.flags.insert(.readAsZeros)
+        } else {
+            child.pointee.data.zero()
+        }
     }
 
     /// Drops one hold on a parent (a clone folded in, or the provider's own hold given

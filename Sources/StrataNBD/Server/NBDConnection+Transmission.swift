@@ -386,11 +386,7 @@ extension NBDConnectionHandler {
     private func send(_ buffer: ByteBuffer) {
         guard let context, !channelClosed else { return }
         context.write(wrapOutboundOut(buffer), promise: nil)
-        if processingInput {
-            flushPending = true
-        } else {
-            flushReplies()
-        }
+        flushAfterInput()
     }
 
     /// Adds a small reply to the batch (`replyBatch`), flushed with the input being
@@ -399,11 +395,7 @@ extension NBDConnectionHandler {
         guard let context, !channelClosed else { return }
         if replyBatch == nil { replyBatch = context.channel.allocator.buffer(capacity: 2048) }
         write(&replyBatch!)
-        if processingInput {
-            flushPending = true
-        } else {
-            flushReplies()
-        }
+        flushAfterInput()
     }
 
     // MARK: Backpressure

@@ -115,6 +115,15 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         context.flush()
     }
 
+    /// Flushes once the input being processed is handled, or now outside it.
+    func flushAfterInput() {
+        if processingInput {
+            flushPending = true
+        } else {
+            flushReplies()
+        }
+    }
+
     /// Lets go of the handler's hold on itself once the I/O path has unwound: a
     /// completion may be what brought the count to zero.
     func releaseHold() {
@@ -359,7 +368,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         reply.writeNBDOptionReply(option: option, type: type, length: body.readableBytes)
         reply.writeBuffer(&body)
         context.write(wrapOutboundOut(reply), promise: nil)
-        if !processingInput { flushReplies() } else { flushPending = true }
+        flushAfterInput()
     }
 
     /// Refuses an option with an error reply carrying a short message, logged once.
