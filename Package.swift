@@ -27,7 +27,9 @@ let package = Package(
     ],
     targets: [
         // The request system and the topology. Imports the toolchain only.
-        .target(name: "Strata", swiftSettings: strictSwift),
+        .target(name: "Strata", dependencies: ["CStrataThreadState"], swiftSettings: strictSwift),
+        // The I/O path's per-thread state pointer, a C thread-local (part of Strata).
+        .target(name: "CStrataThreadState"),
         // Transform classes: nop, concat, stripe, label, part, mirror.
         .target(name: "StrataClasses", dependencies: ["Strata"], swiftSettings: strictSwift),
         // Linux calls that need _GNU_SOURCE, for the disks.

@@ -120,6 +120,32 @@ import Testing
                                                      bytesRead: 4608, bytesWritten: 4096, failures: 0))
     }
 
+    @Test func statisticsFromManyThreadsAddUpExactly() async throws {
+        // Each thread counts in its own copy; the totals are the sum over them.
+        let (topology, _, nop, device) = try Self.stack()
+        defer { device.close(); topology.shutdown() }
+        let tasks = 8
+        let perTask = 200
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<tasks {
+                group.addTask {
+                    for index in 0..<perTask {
+                        let offset = Int64((task * perTask + index) % 1024) * 4096
+                        if index % 2 == 0 {
+                            _ = try await device.read(at: offset, count: 4096)
+                        } else {
+                            try await device.write(Self.pattern(512, seed: UInt8(task)), at: offset)
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let half = tasks * perTask / 2
+        #expect(nop.statistics == NopGeom.Statistics(reads: half, writes: half, bytesRead: half * 4096,
+                                                     bytesWritten: half * 512))
+    }
+
     @Test(arguments: [
         (NopGeom.Settings(readFailPercent: 101), "read-fail-percent 101 must be from 0 to 100"),
         (NopGeom.Settings(writeFailPercent: -1), "write-fail-percent -1 must be from 0 to 100"),

@@ -1,3 +1,4 @@
+import Dispatch
 import Strata
 import StrataDisks
 import Synchronization
@@ -132,5 +133,134 @@ import Testing
         let outside = IOClock.nanoseconds()
         sleepBriefly(milliseconds: 2)
         #expect(IOClock.nanoseconds() >= outside + 1_000_000)
+    }
+}
+
+/// Requests in flight are counted per thread: begun on one thread and ended on another,
+/// they still add up, and a consumer's count includes a request until its done routine
+/// has returned. Busy time, accounted once per quantum, counts a request held for a long
+/// time whole and idle time not at all.
+@Suite struct InFlightConcurrency {
+    /// Requests a disk holds until the test lets them go.
+    final class HeldRequests: @unchecked Sendable {
+        private let lock = ConditionLock()
+        private var requests: [UnmanagedBio] = []
+
+        func hold(_ bio: consuming ProviderBio) {
+            let request = bio.unmanaged()
+            lock.withLock { requests.append(request) }
+        }
+
+        var count: Int { lock.withLock { requests.count } }
+
+        func takeAll() -> [UnmanagedBio] {
+            lock.withLock {
+                defer { requests = [] }
+                return requests
+            }
+        }
+
+        /// Waits until `count` requests are held; false after 10 s.
+        func wait(for count: Int) -> Bool {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while self.count < count && ContinuousClock.now < deadline { sleepBriefly(milliseconds: 1) }
+            return self.count >= count
+        }
+    }
+
+    /// Sends a read on `consumer` without waiting; `onDone` runs in its done routine.
+    func sendRead(on consumer: Consumer, buffer: PatternBuffer, onDone: @escaping @Sendable () -> Void) {
+        let bio = AnyBioSet.shared.alloc()
+        bio.command = .read
+        bio.length = Int64(buffer.bytes.count)
+        bio.setData(buffer.bytes)
+        bio.done = .closure { done in
+            onDone()
+            done.destroy()
+        }
+        consumer.request(bio)
+    }
+
+    @Test func requestsBegunOnSomeThreadsAndEndedOnOthersAreCountedUntilTheirDoneRoutinesReturn() throws {
+        let topology = Topology()
+        let held = HeldRequests()
+        let disk = try ProbeGeom.install(in: topology, name: "inflight-disk") { bio in held.hold(bio) }
+        let pass = try PassThroughGeom.stack(on: disk.providers[0], in: topology, name: "inflight-pass")
+        let user = try TestIssuer(on: pass.providers[0], in: topology)
+        let buffer = PatternBuffer(count: 4096)
+        let threads = 4
+        let perThread = 16
+        let total = threads * perThread
+        let countsSeenInDone = CompletionLedger(capacity: total)
+        let issued = Gate()
+        let issuers = Atomic<Int>(0)
+        for thread in 0..<threads {
+            startWorkerThread {
+                for index in 0..<perThread {
+                    let id = thread * perThread + index
+                    sendRead(on: user.consumer, buffer: buffer) {
+                        // Its own request still counts while its done routine runs.
+                        countsSeenInDone.record(id, error: user.consumer.requestsInFlight >= 1 ? nil : .io)
+                    }
+                }
+                if issuers.wrappingAdd(1, ordering: .relaxed).newValue == threads { issued.open() }
+            }
+        }
+        #expect(issued.wait(seconds: 10))
+        #expect(held.wait(for: total))
+        #expect(user.consumer.requestsInFlight == total)
+        #expect(pass.consumers[0].requestsInFlight == total)
+        #expect(pass.providers[0].statistics.snapshot.inFlight == total)
+        #expect(disk.providers[0].statistics.snapshot.inFlight == total)
+
+        // Ended on threads other than those that began them.
+        let requests = held.takeAll()
+        DispatchQueue.concurrentPerform(iterations: requests.count) { index in
+            requests[index].takeProviderBio().deliverAll()
+        }
+        #expect(countsSeenInDone.anomalies(issued: total).isEmpty)
+        #expect(countsSeenInDone.errors.load(ordering: .relaxed) == 0, "a done routine saw its own request uncounted")
+        let deadline = ContinuousClock.now + .seconds(10)
+        while user.consumer.requestsInFlight != 0 && ContinuousClock.now < deadline { sched_yield() }
+        #expect(user.consumer.requestsInFlight == 0)
+        #expect(pass.consumers[0].requestsInFlight == 0)
+        #expect(pass.providers[0].statistics.snapshot.inFlight == 0)
+        #expect(disk.providers[0].statistics.snapshot.inFlight == 0)
+    }
+
+    @Test func aHeldRequestCountsWholeInBusyTimeAndIdleTimeNotAtAll() throws {
+        let topology = Topology()
+        let held = HeldRequests()
+        let holdNext = Atomic<Bool>(true)
+        let disk = try ProbeGeom.install(in: topology, name: "busy-disk") { bio in
+            if holdNext.exchange(false, ordering: .relaxed) {
+                held.hold(bio)
+            } else {
+                bio.deliverAll()
+            }
+        }
+        let user = try TestIssuer(on: disk.providers[0], in: topology)
+        let buffer = PatternBuffer(count: 4096)
+        let statistics = disk.providers[0].statistics
+        let milliseconds = { Double(statistics.snapshot.busyNanoseconds) / 1e6 }
+
+        let finished = Gate()
+        sendRead(on: user.consumer, buffer: buffer) { finished.open() }
+        #expect(held.wait(for: 1))
+        sleepBriefly(milliseconds: 30)
+        // Busy while it is held, before it finishes.
+        #expect(statistics.snapshot.inFlight == 1)
+        #expect(milliseconds() >= 29)
+        let request = held.takeAll()[0]
+        DispatchQueue.global().async { request.takeProviderBio().deliverAll() }
+        #expect(finished.wait(seconds: 10))
+        let afterHeld = milliseconds()
+        #expect(afterHeld >= 30)
+
+        // Idle for 50 ms, then a quick read: the idle time is not busy time.
+        sleepBriefly(milliseconds: 50)
+        #expect(user.consumer.outcome(.read, offset: 0, length: 4096, buffer: buffer.bytes).error == nil)
+        let afterIdle = milliseconds()
+        #expect(afterIdle >= afterHeld && afterIdle - afterHeld < 10, "\(afterHeld) ms, then \(afterIdle) ms")
     }
 }

@@ -5,6 +5,14 @@ public protocol BioDoneHandler: AnyObject, Sendable {
     func bioDone(_ bio: consuming Bio)
 }
 
+extension BioDoneHandler {
+    /// Calls `bioDone` on `object`, which is of this type, without retaining it.
+    @inline(__always)
+    static func runBioDone(on object: Unmanaged<AnyObject>, _ header: UnsafeMutablePointer<BioHeader>) {
+        object._withUnsafeGuaranteedRef { unsafeDowncast($0, to: Self.self).bioDone(Bio(header: header)) }
+    }
+}
+
 /// What runs when a request is delivered (`bio_done`).
 public struct BioDone: @unchecked Sendable {
     @usableFromInline enum Kind {
@@ -14,8 +22,23 @@ public struct BioDone: @unchecked Sendable {
         case closure(@Sendable (consuming Bio) -> Void)
     }
 
+    /// The handler as an unretained object and its dynamic type. Calling through an
+    /// `unowned(unsafe)` existential retains and releases the handler around every
+    /// call; opening the type and using the object as a guaranteed reference does not.
     @usableFromInline struct UnownedHandler {
-        @usableFromInline unowned(unsafe) let target: any BioDoneHandler
+        @usableFromInline let object: Unmanaged<AnyObject>
+        @usableFromInline let type: any BioDoneHandler.Type
+
+        init(_ handler: any BioDoneHandler) {
+            object = Unmanaged.passUnretained(handler)
+            type = Swift.type(of: handler)
+        }
+
+        /// Runs the handler's `bioDone` for the request in `header`.
+        @inline(__always)
+        func run(_ header: UnsafeMutablePointer<BioHeader>) {
+            type.runBioDone(on: object, header)
+        }
     }
 
     @usableFromInline let kind: Kind
@@ -29,7 +52,7 @@ public struct BioDone: @unchecked Sendable {
     /// Call `handler.bioDone(_:)`. The handler is not retained: this costs no reference
     /// counting per request, and the handler must outlive the request.
     public static func handler(_ handler: any BioDoneHandler) -> BioDone {
-        BioDone(kind: .handler(UnownedHandler(target: handler)))
+        BioDone(kind: .handler(UnownedHandler(handler)))
     }
 
     /// Call a closure (convenient; costs an allocation when the closure captures).

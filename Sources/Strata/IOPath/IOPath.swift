@@ -25,9 +25,11 @@ enum IOPath {
         header.pointee.flags.subtract(.statusFlags)
         header.pointee.error = 0
         header.pointee.completed.store(0, ordering: .relaxed)
-        // Counted before anything is read from the consumer, so that a consumer being
-        // torn down never sees zero while a request that read its state is on its way.
-        consumer.inFlight.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        // Counted before anything is read from the consumer; the count falls only after
+        // the done routine has returned, so a consumer whose count reads zero has no
+        // request of its users still using it.
+        let thread = ThreadState.current
+        consumer.inFlight.begin(slot: thread.pointee.statisticsSlot)
         guard let target = consumer.providerReference else {
             // Detached (its geom withered away under a user still holding it).
             header.pointee.to = nil
@@ -38,12 +40,13 @@ enum IOPath {
         target._withUnsafeGuaranteedRef { provider in
             switch check(header, consumer: consumer, provider: provider) {
             case .start:
-                header.pointee.startTime = provider.statistics.started(at: entryClock(ThreadState.current))
+                header.pointee.startTime = provider.statistics.started(at: entryClock(thread),
+                                                                       slot: thread.pointee.statisticsSlot)
                 dispatch(header)
             case .completeEmpty:
                 deliver(header, error: 0)
             case .fail(let error):
-                provider.statistics.refused(header.pointee.command, slot: ThreadState.current.pointee.statisticsSlot)
+                provider.statistics.refused(header.pointee.command, slot: thread.pointee.statisticsSlot)
                 deliver(header, error: error)
             }
         }
@@ -217,9 +220,9 @@ enum IOPath {
         }
         thread.pointee.delivering = true
         if !thread.pointee.submitting { thread.pointee.clock = 0 }
-        runDone(header)
+        runDone(header, thread: thread)
         while let next = thread.pointee.completions.popFirst() {
-            runDone(next)
+            runDone(next, thread: thread)
         }
         thread.pointee.delivering = false
         // Inside a submission run the reading stays for the requests the done routines
@@ -227,7 +230,7 @@ enum IOPath {
         if !thread.pointee.submitting { thread.pointee.clock = 0 }
     }
 
-    static func runDone(_ header: UnsafeMutablePointer<BioHeader>) {
+    static func runDone(_ header: UnsafeMutablePointer<BioHeader>, thread: UnsafeMutablePointer<ThreadState>) {
         // The consumer stays attached while it has requests in flight; it is released
         // only after the done routine has finished with the request.
         let consumer = header.pointee.from!
@@ -235,13 +238,13 @@ enum IOPath {
         case .standard:
             standardDone(header)
         case .handler(let handler):
-            handler.target.bioDone(Bio(header: header))
+            handler.run(header)
         case .closure(let body):
             body(Bio(header: header))
         case .unset:
             preconditionFailure("request has no done routine: \(BioStorage(header).summary)")
         }
-        consumer._withUnsafeGuaranteedRef { $0.inFlight.wrappingSubtract(1, ordering: .sequentiallyConsistent) }
+        consumer._withUnsafeGuaranteedRef { $0.inFlight.end(slot: thread.pointee.statisticsSlot) }
     }
 
     /// `g_std_done`: folds a completed clone into its parent with the parent's combine

@@ -4,13 +4,13 @@
 /// exits, so a shard has one writer at a time; the counts a shard holds stay when its
 /// owner changes (they are totals). When every slot is taken, a thread counts in the
 /// shared shard 0, atomically.
-enum StatisticsSlots {
+@usableFromInline enum StatisticsSlots {
     /// Shards per provider: the shared one and 31 owned. Threads doing I/O are a few
     /// per core (event loops, workers, rescuers); more than 31 at once only costs the
     /// extra ones an atomic add.
     static let shardCount = 32
     /// The shard of threads without a slot of their own.
-    static let shared = 0
+    @inlinable static var shared: Int { 0 }
 
     // A pthread lock, not Synchronization's Mutex: ThreadSanitizer does not see the
     // futex that Mutex uses on Linux, and reports the list as raced.

@@ -1,3 +1,5 @@
+import CStrataThreadState
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -8,8 +10,9 @@ import Darwin
 /// into iteration (`current->bio_list`), the completion list that does the same
 /// upward, and its LIFO caches in front of each bio pool.
 ///
-/// It is a plain struct in memory of its own, reached through a pthread key, so the
-/// hot path pays neither reference counting nor exclusivity checks to use it.
+/// It is a plain struct in memory of its own, reached through a C thread-local, so the
+/// hot path pays neither reference counting, exclusivity checks nor a call to find it.
+/// A pthread key with a destructor gives it back when the thread exits.
 @usableFromInline struct ThreadState {
     /// A `start` routine is running on this thread: new submissions are queued.
     @usableFromInline var submitting = false
@@ -33,7 +36,7 @@ import Darwin
     /// This thread's state, made on first use.
     @inlinable @inline(__always)
     static var current: UnsafeMutablePointer<ThreadState> {
-        if let raw = pthread_getspecific(threadStateKey) {
+        if let raw = strata_thread_state() {
             return raw.assumingMemoryBound(to: ThreadState.self)
         }
         return makeCurrent()
@@ -43,6 +46,8 @@ import Darwin
         let state = UnsafeMutablePointer<ThreadState>.allocate(capacity: 1)
         state.initialize(to: ThreadState())
         state.pointee.statisticsSlot = StatisticsSlots.claim()
+        strata_set_thread_state(state)
+        // Only for the destructor: the key's value is never read.
         pthread_setspecific(threadStateKey, state)
         return state
     }
@@ -78,6 +83,7 @@ import Darwin
             caches.deallocate()
         }
         StatisticsSlots.release(state.pointee.statisticsSlot)
+        strata_set_thread_state(nil)
         state.deinitialize(count: 1)
         state.deallocate()
     }
@@ -89,7 +95,8 @@ import Darwin
     @usableFromInline var count = 0
 }
 
-@usableFromInline let threadStateKey: pthread_key_t = {
+/// The key whose destructor gives a thread's state back when the thread exits.
+let threadStateKey: pthread_key_t = {
     var key = pthread_key_t()
     let result = pthread_key_create(&key) { raw in
         guard let raw else { return }

@@ -33,8 +33,9 @@ public final class Consumer: @unchecked Sendable, CustomStringConvertible {
     let writeStorage = Atomic<Int>(0)
     let exclusiveStorage = Atomic<Int>(0)
     private let orphanedStorage = Atomic<Bool>(false)
-    /// Requests issued on this consumer and not yet through their done routine.
-    let inFlight = Atomic<Int>(0)
+    /// Requests issued on this consumer and not yet through their done routine, counted
+    /// per thread.
+    let inFlight = InFlightCount()
     /// The provider got a writer while this consumer held no access.
     public internal(set) var isSpoiled = false
 
@@ -55,7 +56,8 @@ public final class Consumer: @unchecked Sendable, CustomStringConvertible {
     func markOrphaned() { orphanedStorage.store(true, ordering: .sequentiallyConsistent) }
 
     /// Requests in flight on this consumer.
-    public var requestsInFlight: Int { inFlight.load(ordering: .relaxed) }
+    /// Zero means every request issued on it so far has returned from its done routine.
+    public var requestsInFlight: Int { inFlight.current }
 
     /// `g_io_request`: sends `bio` to the attached provider. The request is checked
     /// here, once: access held for its command (EPERM), consumer orphaned (ENXIO),

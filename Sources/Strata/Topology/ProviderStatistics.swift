@@ -14,12 +14,18 @@ import Darwin
 /// Counters only grow; a reader takes two snapshots and divides the difference by the
 /// time between them (`strata stat` does, once a second).
 ///
-/// The counters are kept per thread, like Linux's per-CPU disk statistics: each thread
-/// doing I/O owns a shard (`StatisticsSlots`) and adds to it with a plain load and store,
-/// so counting a request takes no locked instruction and no cache line moves between
-/// threads. A reader sums the shards. Threads beyond the owned shards share shard 0 and
-/// add to it atomically. Requests in flight and busy time stay single atomics: busy time
-/// needs to see the provider's total go from and to zero.
+/// The counters are kept per thread, like Linux's per-CPU disk statistics
+/// (`PerThreadCounters`): counting a request takes no locked instruction and no cache
+/// line moves between threads. Requests in flight are counted per thread the same way
+/// (`InFlightCount`).
+///
+/// Busy time is accounted as Linux accounts `io_ticks`: a shared stamp marks the time up
+/// to which it is accounted, and a request starting or finishing moves the stamp only
+/// once it is `busyQuantum` old, adding the part of the time since the stamp that the
+/// provider was busy. Most requests only read the stamp, so threads sharing a provider
+/// write its line once per quantum, not per request. The figure is exact to about a
+/// quantum per busy period: an idle provider gains none, and a request held for a long
+/// time counts the whole of it.
 public final class ProviderStatistics: @unchecked Sendable {
     /// The kinds of request counted apart.
     public enum Kind: Int, CaseIterable, Sendable {
@@ -57,28 +63,18 @@ public final class ProviderStatistics: @unchecked Sendable {
     /// The upper bound of each latency bucket but the last, in nanoseconds.
     public static var latencyBucketBounds: [UInt64] { (0..<(latencyBucketCount - 1)).map { 1024 << UInt64($0) } }
 
-    /// One shard: four counters per kind (operations, bytes, errors, nanoseconds), then
-    /// the latency buckets kind after kind; padded to whole cache lines so that two
-    /// threads never write the same line.
+    /// The counters: four per kind (operations, bytes, errors, nanoseconds), then the
+    /// latency buckets kind after kind.
     private static let bucketsBase = 4 * kinds
-    private static let shardFields = bucketsBase + latencyBucketCount * kinds
-    private static let shardStride = (shardFields + 7) / 8 * 8
-    private let shards: UnsafeMutablePointer<Atomic<Int>>
-    private let inFlight = Atomic<Int>(0)
-    private let busySince = Atomic<Int>(0)
+    private let counters = PerThreadCounters(count: bucketsBase + latencyBucketCount * kinds)
+    private let inFlight = InFlightCount()
+    /// The time up to which busy time is accounted (`bd_stamp`).
+    private let busyStamp = Atomic<Int>(0)
     private let busyNanoseconds = Atomic<Int>(0)
+    /// How old the stamp gets before a request moves it: 2^16 ns, about 66 µs.
+    static let busyQuantum = 1 << 16
 
-    init() {
-        let total = StatisticsSlots.shardCount * Self.shardStride
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: total * MemoryLayout<Atomic<Int>>.stride, alignment: 64)
-        shards = raw.bindMemory(to: Atomic<Int>.self, capacity: total)
-        for index in 0..<total { (shards + index).initialize(to: Atomic(0)) }
-    }
-
-    deinit {
-        shards.deinitialize(count: StatisticsSlots.shardCount * Self.shardStride)
-        UnsafeMutableRawPointer(shards).deallocate()
-    }
+    init() {}
 
     /// The bucket a request that took `nanoseconds` falls in.
     @inline(__always)
@@ -87,42 +83,44 @@ public final class ProviderStatistics: @unchecked Sendable {
         return Swift.min(UInt64.bitWidth - scaled.leadingZeroBitCount, latencyBucketCount - 1)
     }
 
-    /// Adds to field `field` of shard `slot`: a plain load and store when the calling
-    /// thread owns the shard, an atomic add on the shared shard 0.
-    @inline(__always)
-    private func add(_ field: Int, _ amount: Int, slot: Int) {
-        let counter = shards + (slot &* Self.shardStride &+ field)
-        if slot == StatisticsSlots.shared {
-            counter.pointee.wrappingAdd(amount, ordering: .relaxed)
-        } else {
-            counter.pointee.store(counter.pointee.load(ordering: .relaxed) &+ amount, ordering: .relaxed)
-        }
-    }
-
     @inline(__always)
     private static func field(_ counter: Counter, _ kind: Int) -> Int { counter.rawValue &* kinds &+ kind }
 
-    /// Field `field` summed over the shards.
-    private func total(_ field: Int) -> Int {
-        var sum = 0
-        for slot in 0..<StatisticsSlots.shardCount {
-            sum &+= shards[slot * Self.shardStride + field].load(ordering: .relaxed)
-        }
-        return sum
-    }
-
     private func values(_ counter: Counter) -> [Int] {
-        (0..<Self.kinds).map { total(Self.field(counter, $0)) }
+        (0..<Self.kinds).map { counters.total(Self.field(counter, $0)) }
     }
 
-    /// A request passed the entry checks at `now` and goes to the provider. Returns
-    /// its start time.
+    /// A request passed the entry checks at `now` on the thread owning `slot` and goes
+    /// to the provider. Returns its start time.
     @inline(__always)
-    func started(at now: UInt64) -> UInt64 {
-        if inFlight.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
-            busySince.store(Int(now), ordering: .relaxed)
-        }
+    func started(at now: UInt64, slot: Int) -> UInt64 {
+        accountBusyTime(now: Int(truncatingIfNeeded: now), finishing: false)
+        inFlight.begin(slot: slot)
         return now
+    }
+
+    /// Moves the busy stamp to `now` if it is a quantum old; `finishing` tells a request
+    /// finishing now from one starting.
+    @inline(__always)
+    private func accountBusyTime(now: Int, finishing: Bool) {
+        let stamp = busyStamp.load(ordering: .relaxed)
+        if now &- stamp >= Self.busyQuantum { moveBusyStamp(from: stamp, to: now, finishing: finishing) }
+    }
+
+    /// Once per quantum: the thread that moves the stamp adds the time since it that the
+    /// provider was busy. A request finishing now, or others in flight, mean busy up to
+    /// now; otherwise busy up to the latest end, idle since.
+    @inline(never)
+    private func moveBusyStamp(from stamp: Int, to now: Int, finishing: Bool) {
+        guard busyStamp.compareExchange(expected: stamp, desired: now, ordering: .relaxed).exchanged else { return }
+        let busy = busyUntil(now: now, finishing: finishing) &- stamp
+        if busy > 0 { busyNanoseconds.wrappingAdd(busy, ordering: .relaxed) }
+    }
+
+    /// The end of the provider's latest busy time before `now`.
+    private func busyUntil(now: Int, finishing: Bool) -> Int {
+        if finishing || inFlight.current > 0 { return now }
+        return min(inFlight.latestEnd, now)
     }
 
     /// A request that `started(at:)` at `start` was delivered at `now`, counted in the
@@ -130,39 +128,42 @@ public final class ProviderStatistics: @unchecked Sendable {
     @inline(__always)
     func finished(_ command: BioCommand, bytes count: Int64, failed: Bool, start: UInt64, now: UInt64, slot: Int) {
         let kind = Kind(command).rawValue
-        add(Self.field(.operations, kind), 1, slot: slot)
-        add(Self.field(.bytes, kind), Int(count), slot: slot)
+        counters.add(Self.field(.operations, kind), 1, slot: slot)
+        counters.add(Self.field(.bytes, kind), Int(count), slot: slot)
         // A shared reading may precede a start read later in another run by a hair.
         let elapsed = now > start ? now - start : 0
-        add(Self.field(.nanoseconds, kind), Int(truncatingIfNeeded: elapsed), slot: slot)
-        add(Self.bucketsBase &+ kind &* Self.latencyBucketCount &+ Self.latencyBucket(elapsed), 1, slot: slot)
-        if failed { add(Self.field(.errors, kind), 1, slot: slot) }
-        if inFlight.wrappingSubtract(1, ordering: .relaxed).oldValue == 1 {
-            busyNanoseconds.wrappingAdd(Int(now) &- busySince.load(ordering: .relaxed), ordering: .relaxed)
-        }
+        counters.add(Self.field(.nanoseconds, kind), Int(truncatingIfNeeded: elapsed), slot: slot)
+        counters.add(Self.bucketsBase &+ kind &* Self.latencyBucketCount &+ Self.latencyBucket(elapsed), 1, slot: slot)
+        if failed { counters.add(Self.field(.errors, kind), 1, slot: slot) }
+        accountBusyTime(now: Int(truncatingIfNeeded: now), finishing: true)
+        inFlight.end(slot: slot, at: Int(truncatingIfNeeded: now))
     }
 
     /// A request refused by the entry checks: counted as a failed operation of its kind.
     func refused(_ command: BioCommand, slot: Int) {
         let kind = Kind(command).rawValue
-        add(Self.field(.operations, kind), 1, slot: slot)
-        add(Self.field(.errors, kind), 1, slot: slot)
+        counters.add(Self.field(.operations, kind), 1, slot: slot)
+        counters.add(Self.field(.errors, kind), 1, slot: slot)
     }
 
     /// The counters now.
     public var snapshot: Snapshot {
         let now = ProviderStatistics.now()
-        var busy = busyNanoseconds.load(ordering: .relaxed)
-        if inFlight.load(ordering: .relaxed) > 0 { busy += Int(now) - busySince.load(ordering: .relaxed) }
+        let requestsInFlight = inFlight.current
+        // The busy time accounted, and that since the stamp, which the next request to
+        // move the stamp will account (a stamp from a reading shared by a run on another
+        // thread may be a hair ahead of this reading).
+        let pending = busyUntil(now: Int(now), finishing: false) - busyStamp.load(ordering: .relaxed)
+        let busy = busyNanoseconds.load(ordering: .relaxed) + max(0, pending)
         return Snapshot(
             time: now,
             operations: values(.operations),
             bytes: values(.bytes),
             errors: values(.errors),
             nanoseconds: values(.nanoseconds),
-            inFlight: inFlight.load(ordering: .relaxed),
+            inFlight: requestsInFlight,
             busyNanoseconds: busy,
-            latencyBuckets: (0..<(Self.latencyBucketCount * Self.kinds)).map { total(Self.bucketsBase + $0) })
+            latencyBuckets: (0..<(Self.latencyBucketCount * Self.kinds)).map { counters.total(Self.bucketsBase + $0) })
     }
 
     /// Counters at one moment, indexed by `Kind.rawValue`.

@@ -1,0 +1,3 @@
+#include "strata_thread_state.h"
+
+__thread void *strata_thread_state_pointer = 0;
