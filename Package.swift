@@ -71,7 +71,7 @@ let package = Package(
         .executableTarget(name: "strata-fuzz-client", dependencies: ["StrataFuzz"], swiftSettings: strictSwift),
         // The `strata` command.
         .executableTarget(name: "strata", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD", "StrataConfig", "StrataControl", "StrataClasses",
+            "Strata", "StrataDisks", "CStrataSystem", "StrataNBD", "StrataConfig", "StrataControl", "StrataClasses",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <malloc.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -33,4 +34,8 @@ int strata_block_discard(int fd, uint64_t offset, uint64_t length) {
 int strata_block_zeroout(int fd, uint64_t offset, uint64_t length) {
     uint64_t range[2] = { offset, length };
     return ioctl(fd, BLKZEROOUT, range);
+}
+
+int strata_malloc_thresholds(int mmap_threshold, int trim_threshold) {
+    return mallopt(M_MMAP_THRESHOLD, mmap_threshold) && mallopt(M_TRIM_THRESHOLD, trim_threshold);
 }

@@ -1,5 +1,5 @@
-// Linux calls that Swift's Glibc module leaves out because they need _GNU_SOURCE.
-// Each returns what the call returns and leaves errno as the call set it.
+// Linux calls that Swift's Glibc module leaves out, most because they need
+// _GNU_SOURCE. Each returns what the call returns and leaves errno as the call set it.
 #ifndef STRATA_SYSTEM_H
 #define STRATA_SYSTEM_H
 
@@ -21,5 +21,10 @@ int strata_block_size(int fd, uint64_t *bytes);
 int strata_block_sector_size(int fd, int *bytes);
 int strata_block_discard(int fd, uint64_t offset, uint64_t length);
 int strata_block_zeroout(int fd, uint64_t offset, uint64_t length);
+
+/// mallopt(M_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD): fixed thresholds, so that
+/// allocations below `mmap_threshold` come from the heap and freed memory below
+/// `trim_threshold` at its top stays there. Returns 0 if either call failed.
+int strata_malloc_thresholds(int mmap_threshold, int trim_threshold);
 
 #endif

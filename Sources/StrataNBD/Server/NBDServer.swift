@@ -112,6 +112,10 @@ public final class NBDServer: Sendable {
         return bound
     }
 
+    /// The send buffer asked for on Unix-socket connections; the kernel caps it at
+    /// `net.core.wmem_max`.
+    static let unixSendBuffer: SocketOptionValue = 4 << 20
+
     private func bootstrap(tcp: Bool) -> ServerBootstrap {
         let core = self.core
         var bootstrap = ServerBootstrap(group: group)
@@ -127,6 +131,11 @@ public final class NBDServer: Sendable {
             }
         if tcp {
             bootstrap = bootstrap.childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        } else {
+            // A Unix socket's send buffer (208 KiB by default) holds a fifth of a 1 MiB
+            // read's reply: the event loop wrote it in pieces, each after a wait for
+            // room. TCP sizes its own buffers, and setting one would stop that.
+            bootstrap = bootstrap.childChannelOption(ChannelOptions.socketOption(.so_sndbuf), value: Self.unixSendBuffer)
         }
         return bootstrap
     }
