@@ -1,4 +1,3 @@
-import Dispatch
 import NIOCore
 import Strata
 
@@ -165,20 +164,20 @@ extension NBDConnectionHandler {
         bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
         bio.done = .handler(self)
         updateReading()
-        if command == .read && header.length >= Self.offloadedReadLength {
+        if command == .read && header.length >= Self.offloadedReadLength, let largeReadQueue {
             // The disk's copy of a large read (a memory disk's memcpy) costs as much as
             // the kernel's copy of the reply into the socket. Sent from another thread,
             // the disk's copy of one read overlaps the socket write of the one before,
             // where on the event loop both copies would take turns on one core. The hop
             // costs microseconds against the copies' hundreds.
             let request = bio.unmanaged()
-            DispatchQueue.global().async { consumer.request(request.takeBio()) }
+            largeReadQueue.async { consumer.request(request.takeBio()) }
             return
         }
         consumer.request(bio)
     }
 
-    /// Reads at least this long are sent to the provider from another thread.
+    /// Reads at least this long are sent to the provider from `largeReadQueue`.
     static let offloadedReadLength: UInt64 = 256 << 10
 
     /// Fills in the request for an NBD command and returns what the connection keeps

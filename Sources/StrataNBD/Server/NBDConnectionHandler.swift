@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import NIOCore
 import Strata
@@ -13,6 +14,9 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
 
     let core: NBDServerCore
     let eventLoop: any EventLoop
+    /// Where large reads are sent to the provider from (`offloadedReadLength`), or nil
+    /// to send every request from the event loop.
+    let largeReadQueue: DispatchQueue?
     let session = NBDSessionPhase()
     private var processor: NIOSingleStepByteToMessageProcessor<NBDServerDecoder>
     var context: ChannelHandlerContext?
@@ -53,9 +57,10 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     var inputSinceCheck = false
     var channelClosed = false
 
-    init(core: NBDServerCore, eventLoop: any EventLoop) {
+    init(core: NBDServerCore, eventLoop: any EventLoop, largeReadQueue: DispatchQueue? = nil) {
         self.core = core
         self.eventLoop = eventLoop
+        self.largeReadQueue = largeReadQueue
         self.logger = core.logger
         processor = NIOSingleStepByteToMessageProcessor(NBDServerDecoder(session: session))
     }

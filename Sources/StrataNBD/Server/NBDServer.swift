@@ -1,9 +1,9 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 import NIOPosix
 import Strata
+import Synchronization
 
 /// Where the server listens.
 public enum NBDListenAddress: Sendable, Equatable, CustomStringConvertible {
@@ -126,7 +126,8 @@ public final class NBDServer: Sendable {
                 minimum: 4096, initial: 65536, maximum: 1 << 20))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NBDConnectionHandler(core: core, eventLoop: channel.eventLoop))
+                    try channel.pipeline.syncOperations.addHandler(NBDConnectionHandler(
+                        core: core, eventLoop: channel.eventLoop, largeReadQueue: .global()))
                 }
             }
         if tcp {
@@ -140,9 +141,11 @@ public final class NBDServer: Sendable {
         return bootstrap
     }
 
-    /// A handler for one more connection, the same one `start` puts in each accepted
-    /// channel's pipeline. Visible to the package so that the fuzz targets (`StrataFuzz`)
-    /// serve hostile bytes through the real thing over an `EmbeddedChannel`.
+    /// A handler for one more connection, the one `start` puts in each accepted
+    /// channel's pipeline but that it sends every request from the event loop, large
+    /// reads too: an `EmbeddedEventLoop` runs only on the thread that drives it. Visible
+    /// to the package so that the fuzz targets (`StrataFuzz`) serve hostile bytes
+    /// through the real thing over an `EmbeddedChannel`.
     package func connectionHandler(on eventLoop: any EventLoop) -> any ChannelHandler {
         NBDConnectionHandler(core: core, eventLoop: eventLoop)
     }
