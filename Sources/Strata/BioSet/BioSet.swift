@@ -6,17 +6,19 @@
 /// at most one un-submitted request from the set at a time (the manual page's rule).
 /// `AnyBioSet.unpooled` allocates plainly, like a NULL `bs`.
 public class AnyBioSet: @unchecked Sendable {
-    /// Nil for the unpooled set.
-    let pool: BioPool?
-    /// `pool` again, for the allocation path to use without reference counting.
+    /// The pool, unmanaged so that the allocation path costs no reference counting
+    /// (the pools' registry keeps every pool for the life of the process); nil for the
+    /// unpooled set.
     private let poolReference: Unmanaged<BioPool>?
     let unpooledSegments: Int
 
     init(pool: BioPool?, unpooledSegments: Int = 0) {
-        self.pool = pool
         self.poolReference = pool.map { Unmanaged.passUnretained($0) }
         self.unpooledSegments = unpooledSegments
     }
+
+    /// The pool behind this set, or nil for the unpooled set.
+    var pool: BioPool? { poolReference?.takeUnretainedValue() }
 
     /// The set clones come from unless a class names its own: no front pad, four
     /// segment slots, a reserve of 256.

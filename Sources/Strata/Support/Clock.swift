@@ -18,7 +18,6 @@ public func sleepSeconds(_ seconds: Double) {
     while nanosleep(&request, &remaining) != 0 { request = remaining }
 }
 
-
 /// The I/O path's clock, for issuers and classes that time requests: nanoseconds on the
 /// monotonic clock. Within a submission or completion run on this thread it answers the
 /// run's shared reading (see `IOPath.entryClock`), so timing a request in a done routine

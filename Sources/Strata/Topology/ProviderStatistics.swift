@@ -74,8 +74,6 @@ public final class ProviderStatistics: @unchecked Sendable {
     /// How old the stamp gets before a request moves it: 2^16 ns, about 66 µs.
     static let busyQuantum = 1 << 16
 
-    init() {}
-
     /// The bucket a request that took `nanoseconds` falls in.
     @inline(__always)
     public static func latencyBucket(_ nanoseconds: UInt64) -> Int {

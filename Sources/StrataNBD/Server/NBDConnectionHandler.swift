@@ -116,8 +116,13 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     func flushReplies() {
         guard let context else { return }
         flushPending = false
-        if let batch = replyBatch.take() { context.write(wrapOutboundOut(batch), promise: nil) }
+        writeReplyBatch(on: context)
         context.flush()
+    }
+
+    /// Writes the gathered small replies, if any, without flushing.
+    private func writeReplyBatch(on context: ChannelHandlerContext) {
+        if let batch = replyBatch.take() { context.write(wrapOutboundOut(batch), promise: nil) }
     }
 
     /// Flushes once the input being processed is handled, or now outside it.
@@ -403,7 +408,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     func flushThen(_ body: @escaping @Sendable (any Channel) -> Void) {
         guard let context else { return }
         let channel = context.channel
-        if let batch = replyBatch.take() { context.write(wrapOutboundOut(batch), promise: nil) }
+        writeReplyBatch(on: context)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
             body(channel)
         }
