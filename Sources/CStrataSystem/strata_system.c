@@ -6,6 +6,7 @@
 #include <linux/fs.h>
 #include <malloc.h>
 #include <sys/ioctl.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 int strata_punch_hole(int fd, int64_t offset, int64_t length) {
@@ -38,4 +39,9 @@ int strata_block_zeroout(int fd, uint64_t offset, uint64_t length) {
 
 int strata_malloc_thresholds(int mmap_threshold, int trim_threshold) {
     return mallopt(M_MMAP_THRESHOLD, mmap_threshold) && mallopt(M_TRIM_THRESHOLD, trim_threshold);
+}
+
+int64_t strata_file_system_type(int fd) {
+    struct statfs status;
+    return fstatfs(fd, &status) == 0 ? (int64_t)status.f_type : -1;
 }

@@ -1,3 +1,4 @@
+import StrataDisks
 import StrataNBD
 
 /// A topology file, checked: what to build, what to export, where to listen.
@@ -66,8 +67,9 @@ public enum ListenURL: Sendable, Equatable, CustomStringConvertible {
 /// A bottom provider.
 public struct DiskSpec: Sendable, Equatable {
     public enum Backing: Sendable, Equatable {
-        /// A file or block device (path made absolute); the size creates it if missing.
-        case file(path: String, size: Int64?)
+        /// A file or block device (path made absolute); the size creates it if missing;
+        /// the engine does its reads, writes and flushes.
+        case file(path: String, size: Int64?, engine: FileDisk.Engine = .automatic)
         case memory(size: Int64)
         case null(size: Int64)
         case zero(size: Int64)

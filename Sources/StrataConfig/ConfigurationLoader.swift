@@ -1,4 +1,5 @@
 import Foundation
+import StrataDisks
 import StrataNBD
 import Yams
 
@@ -40,7 +41,7 @@ public struct ConfigurationLoader {
     static let topKeys = ["listen", "control", "limits", "disks", "geoms", "exports"]
     static let limitKeys = ["requests", "connection-bytes", "server-bytes"]
     static let diskKinds = ["file", "memory", "null", "zero", "powercut"]
-    static let diskKeys = ["name"] + diskKinds + ["size", "sector-size"]
+    static let diskKeys = ["name"] + diskKinds + ["size", "sector-size", "io"]
     static let geomKeys = ["name", "class", "consumers"]
     static let exportKeys = ["name", "provider", "read-only", "description", "default"]
 
@@ -144,10 +145,21 @@ public struct ConfigurationLoader {
         case "file":
             let file = try scalar(fields["file"]!, key: "\(path).file")
             let size = try fields["size"].map { try self.size($0, key: "\(path).size") }
-            backing = .file(path: absolute(file), size: size)
+            var engine = FileDisk.Engine.automatic
+            if let io = fields["io"] {
+                let text = try scalar(io, key: "\(path).io")
+                guard let chosen = FileDisk.Engine(rawValue: text) else {
+                    throw error(io, "\(path).io", text, "must be automatic, inline, uring or threads")
+                }
+                engine = chosen
+            }
+            backing = .file(path: absolute(file), size: size, engine: engine)
         default:
             if fields["size"] != nil {
                 throw error(fields["size"]!, "\(path).size", nil, "is for file disks; write the size as \(kinds[0]): SIZE")
+            }
+            if fields["io"] != nil {
+                throw error(fields["io"]!, "\(path).io", nil, "is for file disks")
             }
             let size = try self.size(fields[kinds[0]]!, key: "\(path).\(kinds[0])")
             switch kinds[0] {

@@ -115,8 +115,9 @@ public enum TopologyBuilder {
 
     private static func makeDisk(_ spec: DiskSpec, in topology: Topology, powerCutLog: PowerCutLog) throws -> Disk {
         switch spec.backing {
-        case .file(let path, let size):
-            return try FileDisk.create(in: topology, name: spec.name, path: path, size: size, sectorSize: spec.sectorSize)
+        case .file(let path, let size, let engine):
+            return try FileDisk.create(in: topology, name: spec.name, path: path, size: size, sectorSize: spec.sectorSize,
+                                       engine: engine)
         case .memory(let size):
             return try MemoryDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
         case .null(let size):

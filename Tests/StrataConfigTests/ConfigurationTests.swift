@@ -123,6 +123,17 @@ import Testing
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    size: 2M").contains("is for file disks"))
     }
 
+    @Test func aFileDiskChoosesItsIOEngine() throws {
+        let chosen = try load("disks:\n  - name: a\n    file: /a.img\n    io: threads\n  - name: b\n    file: /b.img\n    io: uring")
+        #expect(chosen.disks.map(\.backing) == [.file(path: "/a.img", size: nil, engine: .threads),
+                                                .file(path: "/b.img", size: nil, engine: .uring)])
+        #expect(try load("disks:\n  - name: a\n    file: /a.img").disks[0].backing
+                == .file(path: "/a.img", size: nil, engine: .automatic))
+        #expect(failure("disks:\n  - name: a\n    file: /a.img\n    io: aio")
+                == "strata.yaml:4: disks[0].io: 'aio': must be automatic, inline, uring or threads")
+        #expect(failure("disks:\n  - name: a\n    memory: 1M\n    io: uring") == "strata.yaml:4: disks[0].io: is for file disks")
+    }
+
     @Test func namesAreRequiredAndUsedOnce() {
         #expect(failure("disks:\n  - memory: 1M") == "strata.yaml:2: disks[0].name: is missing")
         #expect(failure("disks:\n  - name: a\n    memory: 1M\ngeoms:\n  - name: a\n    class: nop\n    consumers: [a]")

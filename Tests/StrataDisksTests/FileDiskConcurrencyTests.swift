@@ -33,10 +33,11 @@ import Testing
         consumer.request(bio)
     }
 
-    @Test func fourThreadsWritingRandomBlocksOfTheirOwnQuartersReadBackExactly() throws {
+    @Test(arguments: FileDisk.Engine.runnable)
+    func fourThreadsWritingRandomBlocksOfTheirOwnQuartersReadBackExactly(engine: FileDisk.Engine) throws {
         let fixture = try FileDiskFixture()
         defer { fixture.tearDown() }
-        let (_, issuer) = try fixture.open(size: Self.diskSize, workers: 4)
+        let (_, issuer) = try fixture.open(size: Self.diskSize, engine: engine, workers: 4)
         let consumer = issuer.consumer
 
         let quarter = Self.diskSize / Int64(Self.threads)
@@ -135,10 +136,11 @@ import Testing
         #expect(wrong == 0, "\(wrong) blocks differ from what the threads wrote")
     }
 
-    @Test func mixedCommandsFromManyThreadsEachCompleteExactlyOnce() throws {
+    @Test(arguments: FileDisk.Engine.runnable)
+    func mixedCommandsFromManyThreadsEachCompleteExactlyOnce(engine: FileDisk.Engine) throws {
         let fixture = try FileDiskFixture()
         defer { fixture.tearDown() }
-        let (_, issuer) = try fixture.open(size: Self.diskSize, workers: 3)
+        let (_, issuer) = try fixture.open(size: Self.diskSize, engine: engine, workers: 3)
         let consumer = issuer.consumer
         let perThread = 120
         let ledger = CompletionLedger(capacity: Self.threads * perThread)

@@ -7,22 +7,24 @@ import Testing
 
 /// A topology, a temporary directory, and (once opened) a file disk with an issuer.
 final class FileDiskFixture {
-    let topology = Topology()
+    let topology: Topology
     let directory: TemporaryDirectory
     private(set) var disk: FileDisk?
     private(set) var issuer: Issuer?
     private var serial = 0
 
-    init() throws {
+    /// - Parameter log: receives the topology's messages (the disk's errors among them).
+    init(log: (@Sendable (LogLevel, String) -> Void)? = nil) throws {
+        topology = Topology(log: log)
         directory = try TemporaryDirectory("strata-filedisk")
     }
 
     /// Opens (or creates) `name` in the directory as a file disk, with an issuer on it.
     @discardableResult
-    func open(_ name: String = "disk.img", size: Int64? = nil, sectorSize: Int = 512, workers: Int = 4)
-        throws -> (disk: FileDisk, issuer: Issuer) {
+    func open(_ name: String = "disk.img", size: Int64? = nil, sectorSize: Int = 512, engine: FileDisk.Engine = .automatic,
+              workers: Int = 4) throws -> (disk: FileDisk, issuer: Issuer) {
         let disk = try FileDisk.create(in: topology, name: "fd0", path: directory.file(name), size: size,
-                                       sectorSize: sectorSize, workers: workers)
+                                       sectorSize: sectorSize, engine: engine, workers: workers)
         serial += 1
         let issuer = try Issuer(on: disk.provider, in: topology, name: "t-issuer-\(serial)")
         self.disk = disk
@@ -161,13 +163,14 @@ final class FileDiskFixture {
 
     // MARK: Data
 
-    @Test func dataWrittenSurvivesWitheringAndReopening() throws {
+    @Test(arguments: FileDisk.Engine.runnable)
+    func dataWrittenSurvivesWitheringAndReopening(engine: FileDisk.Engine) throws {
         let fixture = try FileDiskFixture()
         defer { fixture.tearDown() }
         let size: Int64 = 4 << 20
         let writes: [(offset: Int64, count: Int)] = [(0, 4096), (512, 1024), (65536 + 512, 12288), (3 << 20, 1 << 20)]
         do {
-            let (_, issuer) = try fixture.open(size: size)
+            let (_, issuer) = try fixture.open(size: size, engine: engine)
             for (index, item) in writes.enumerated() {
                 try issuer.write(pattern(count: item.count, at: item.offset, seed: UInt8(index + 1)), at: item.offset)
             }
@@ -184,16 +187,17 @@ final class FileDiskFixture {
         let onFile = try #require(readFile(fixture.directory.file("disk.img")))
         #expect(firstMismatch(onFile, expected) == nil)
 
-        let (disk, issuer) = try fixture.open()
+        let (disk, issuer) = try fixture.open(engine: engine)
         #expect(disk.provider.mediaSize == size)
         let back = try issuer.bytes(at: 0, count: Int(size))
         #expect(firstMismatch(back, expected) == nil)
     }
 
-    @Test func fuaWritePreflushWriteAndFlushSucceed() throws {
+    @Test(arguments: FileDisk.Engine.runnable)
+    func fuaWritePreflushWriteAndFlushSucceed(engine: FileDisk.Engine) throws {
         let fixture = try FileDiskFixture()
         defer { fixture.tearDown() }
-        let (_, issuer) = try fixture.open(size: 1 << 20)
+        let (_, issuer) = try fixture.open(size: 1 << 20, engine: engine)
         #expect(try issuer.write(pattern(count: 8192, at: 4096), at: 4096, flags: .fua) == 8192)
         #expect(try issuer.write(pattern(count: 4096, at: 65536), at: 65536, flags: [.preflush, .fua]) == 4096)
         #expect(try issuer.write(pattern(count: 512, at: 0), at: 0, flags: .preflush) == 512)
@@ -319,11 +323,12 @@ final class FileDiskFixture {
         #expect(limited == [BioExtent(offset: 0, length: 1 << 20, kind: [.hole, .zero])])
     }
 
-    @Test func dataAndExtentsAtTheEndOfTheFile() throws {
+    @Test(arguments: FileDisk.Engine.runnable)
+    func dataAndExtentsAtTheEndOfTheFile(engine: FileDisk.Engine) throws {
         let fixture = try FileDiskFixture()
         defer { fixture.tearDown() }
         let size: Int64 = 4 << 20
-        let (disk, issuer) = try fixture.open(size: size)
+        let (disk, issuer) = try fixture.open(size: size, engine: engine)
         try issuer.write(pattern(count: 4096, at: size - 4096, seed: 3), at: size - 4096)
         #expect(try issuer.bytes(at: size - 4096, count: 4096) == pattern(count: 4096, at: size - 4096, seed: 3))
         #expect(fileSize(disk.path) == size, "writing the last block keeps the size")
@@ -351,11 +356,12 @@ final class FileDiskFixture {
         #expect(errorCode { _ = try issuer.read(at: size + 512, count: 512) } == .io)
     }
 
-    @Test func fileWhoseSizeIsNotAMultipleOfTheSectorEndsAtTheLastWholeSector() throws {
+    @Test(arguments: FileDisk.Engine.runnable)
+    func fileWhoseSizeIsNotAMultipleOfTheSectorEndsAtTheLastWholeSector(engine: FileDisk.Engine) throws {
         let fixture = try FileDiskFixture()
         defer { fixture.tearDown() }
         let size: Int64 = (1 << 20) + 1000
-        let (disk, issuer) = try fixture.open(size: size)
+        let (disk, issuer) = try fixture.open(size: size, engine: engine)
         let media: Int64 = (1 << 20) + 512
         #expect(disk.provider.mediaSize == media)
         #expect(fileSize(disk.path) == size)
@@ -367,17 +373,18 @@ final class FileDiskFixture {
 
         // Reopened without a size, the same file gives the same media.
         fixture.closeDisk()
-        let (again, reissuer) = try fixture.open()
+        let (again, reissuer) = try fixture.open(engine: engine)
         #expect(again.provider.mediaSize == media)
         #expect(try reissuer.bytes(at: media - 512, count: 512) == pattern(count: 512, at: media - 512))
     }
 
     // MARK: Sector size
 
-    @Test func fourKilobyteSectorsWorkAndMisalignedRequestsGetEINVAL() throws {
+    @Test(arguments: FileDisk.Engine.runnable)
+    func fourKilobyteSectorsWorkAndMisalignedRequestsGetEINVAL(engine: FileDisk.Engine) throws {
         let fixture = try FileDiskFixture()
         defer { fixture.tearDown() }
-        let (disk, issuer) = try fixture.open(size: (1 << 20) + 2048, sectorSize: 4096)
+        let (disk, issuer) = try fixture.open(size: (1 << 20) + 2048, sectorSize: 4096, engine: engine)
         #expect(disk.provider.sectorSize == 4096)
         #expect(disk.provider.mediaSize == 1 << 20)
         try issuer.write(pattern(count: 16384, at: 8192), at: 8192)

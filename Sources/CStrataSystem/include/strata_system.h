@@ -7,6 +7,8 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "strata_uring.h"
+
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate a range; it then reads as zeros.
 int strata_punch_hole(int fd, int64_t offset, int64_t length);
 /// fallocate(ZERO_RANGE | KEEP_SIZE): zero a range and keep it allocated.
@@ -21,6 +23,9 @@ int strata_block_size(int fd, uint64_t *bytes);
 int strata_block_sector_size(int fd, int *bytes);
 int strata_block_discard(int fd, uint64_t offset, uint64_t length);
 int strata_block_zeroout(int fd, uint64_t offset, uint64_t length);
+
+/// fstatfs(fd).f_type: the file system's magic number (TMPFS_MAGIC, ...), or -1.
+int64_t strata_file_system_type(int fd);
 
 /// mallopt(M_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD): fixed thresholds, so that
 /// allocations below `mmap_threshold` come from the heap and freed memory below

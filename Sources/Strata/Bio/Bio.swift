@@ -139,4 +139,13 @@ public struct Bio: ~Copyable, BioFields, @unchecked Sendable {
     public func takeBio() -> Bio { Bio(header: header) }
     /// The provider's handle back, for a request that arrived in `start` and was queued.
     public func takeProviderBio() -> ProviderBio { ProviderBio(header: header) }
+
+    /// The reference as a plain pointer, for an interface that carries one word per
+    /// operation (io_uring's user data).
+    public var opaque: UnsafeMutableRawPointer { UnsafeMutableRawPointer(header) }
+    /// The reference `opaque` gave; nil for a null pointer.
+    public init?(opaque: UnsafeMutableRawPointer?) {
+        guard let opaque else { return nil }
+        header = opaque.assumingMemoryBound(to: BioHeader.self)
+    }
 }

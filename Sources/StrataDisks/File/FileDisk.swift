@@ -6,16 +6,22 @@ import Strata
 
 /// A disk backed by a regular file or a block device.
 ///
-/// Requests are served by a few worker threads with pread and pwrite, so no caller's
-/// thread blocks on the file system. FLUSH is fdatasync; FUA writes use
-/// pwritev2(RWF_DSYNC); DELETE punches a hole; WRITE_ZEROES punches a hole or zeroes
-/// the range in place (NO_HOLE) without writing zeros where the file system can.
-/// Failures are reported once through the topology's log with the path and errno, and
-/// delivered as that errno.
+/// How the I/O is done is the disk's `engine` (see `Engine`): a file in memory (tmpfs)
+/// is read and written on the caller's thread, as a memory disk copies; elsewhere
+/// READ, WRITE and FLUSH go through io_uring (`FileRing`), whose submitter takes what
+/// the page cache answered at once, and the other commands, or everything where the
+/// kernel refuses io_uring, go to a few worker threads, so no caller's thread blocks on
+/// a device. FLUSH is fdatasync; FUA writes use RWF_DSYNC; DELETE punches a hole;
+/// WRITE_ZEROES punches a hole or zeroes the range in place (NO_HOLE) without writing
+/// zeros where the file system can. Failures are reported once through the topology's
+/// log with the path and errno, and delivered as that errno.
 public final class FileDisk: Disk, @unchecked Sendable {
     public let path: String
     public let isBlockDevice: Bool
+    /// How the I/O is done: `.inline`, `.uring` or `.threads`, never `.automatic`.
+    public let engine: Engine
     private let descriptor: Int32
+    private let ring: FileRing?
     private let lock = ConditionLock()
     private var queue = BioQueue()
     private var stopping = false
@@ -31,26 +37,81 @@ public final class FileDisk: Disk, @unchecked Sendable {
     ///   - size: the size to create a missing file with (sparse). For an existing file,
     ///     nil takes its size; a different size is an error.
     ///   - sectorSize: 512 or 4096 (any power of two from 512 to 65536).
-    ///   - workers: threads doing the I/O.
-    /// - Throws: `StrataError` naming the path and the failing call.
+    ///   - engine: how the I/O is done; `.automatic` chooses `.inline` for a file in
+    ///     memory (tmpfs, ramfs), else `.uring` where the kernel allows it, else `.threads`.
+    ///   - workers: threads doing the I/O that io_uring does not (all of it with `.threads`).
+    /// - Throws: `StrataError` naming the path and the failing call; with `.uring`, also
+    ///   when the kernel refuses io_uring.
     public static func create(in topology: Topology, name: String, path: String, size: Int64? = nil,
-                              sectorSize: Int = 512, workers: Int = 4) throws -> FileDisk {
+                              sectorSize: Int = 512, engine: Engine = .automatic, workers: Int = 4) throws -> FileDisk {
         try Disk.validate(sectorSize: sectorSize, for: name)
         let opened = try FileDisk.open(path: path, size: size, sectorSize: sectorSize)
+        var chosen = engine
+        var ring: FileRing?
+        var refusal: BioError?
+        if engine == .automatic && !opened.isBlockDevice && FileDisk.isInMemory(opened.descriptor) {
+            chosen = .inline
+        } else if engine == .automatic || engine == .uring {
+            do throws(BioError) {
+                ring = try FileRing(descriptor: opened.descriptor)
+                chosen = .uring
+            } catch {
+                if engine == .uring {
+                    close(opened.descriptor)
+                    throw StrataError(error, "io_uring for file disk \(path)")
+                }
+                refusal = error
+                chosen = .threads
+            }
+        }
         let disk = FileDisk(name: name, path: path, descriptor: opened.descriptor, isBlockDevice: opened.isBlockDevice,
-                            workers: workers)
+                            engine: chosen, ring: ring, workers: chosen == .inline ? 0 : max(workers, 1))
         try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize)
+        if let refusal {
+            topology.emit(.notice, "file disk \(name): io_uring unavailable (\(refusal)); using \(max(workers, 1)) threads")
+        }
         return disk
     }
 
-    private init(name: String, path: String, descriptor: Int32, isBlockDevice: Bool, workers: Int) {
+    /// How a file disk does its I/O.
+    public enum Engine: String, Sendable, CaseIterable {
+        /// `.inline` for a file in memory, else `.uring` where the kernel allows it, else
+        /// `.threads`.
+        case automatic
+        /// Every call on the caller's thread, as a memory disk copies: for files whose
+        /// reads and writes never wait for a device (tmpfs, ramfs), where a hop to
+        /// another thread would cost more than the copy.
+        case inline
+        /// READ, WRITE and FLUSH through io_uring (by the raw system calls); the other
+        /// commands on worker threads. Creating the disk fails where the kernel refuses it.
+        case uring
+        /// Worker threads calling pread, pwrite and fdatasync.
+        case threads
+    }
+
+    /// Whether `descriptor` is a file whose pages are the medium itself (tmpfs, ramfs).
+    private static func isInMemory(_ descriptor: Int32) -> Bool {
+        let tmpfs: Int64 = 0x0102_1994, ramfs: Int64 = 0x8584_58f6
+        let type = strata_file_system_type(descriptor)
+        return type == tmpfs || type == ramfs
+    }
+
+    /// Whether this kernel lets the process set up an io_uring (it may have none, or a
+    /// seccomp filter or `kernel.io_uring_disabled` may forbid it).
+    public static let isUringAvailable: Bool = FileRing.isAvailable
+
+    private init(name: String, path: String, descriptor: Int32, isBlockDevice: Bool, engine: Engine, ring: FileRing?,
+                 workers: Int) {
         self.path = path
         self.descriptor = descriptor
         self.isBlockDevice = isBlockDevice
+        self.engine = engine
+        self.ring = ring
         self.zeros = .allocate(byteCount: FileDisk.zeroChunk, alignment: 4096)
         zeros.initializeMemory(as: UInt8.self, repeating: 0, count: FileDisk.zeroChunk)
         super.init(name: name, className: "FILE", ident: path, canDelete: true)
-        runningWorkers = max(workers, 1)
+        ring?.failed = { [unowned self] bio, failure, call in finish(bio, failure: failure, call: call) }
+        runningWorkers = workers
         for _ in 0..<runningWorkers {
             startWorkerThread { [self] in work() }
         }
@@ -118,6 +179,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
     }
 
     override public func destroyed() {
+        ring?.stop()
         lock.withLock {
             stopping = true
             lock.broadcast()
@@ -134,6 +196,14 @@ public final class FileDisk: Disk, @unchecked Sendable {
     // MARK: Queueing
 
     override public func start(_ bio: consuming ProviderBio) {
+        if engine == .inline {
+            super.start(bio)
+            return
+        }
+        if let ring, bio.command == .read || bio.command == .write || bio.command == .flush {
+            ring.submit(bio)
+            return
+        }
         lock.lock()
         queue.append(bio)
         lock.signal()

@@ -332,3 +332,9 @@ struct SeededGenerator: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+extension FileDisk.Engine {
+    /// The engines this kernel runs: inline and threads always, io_uring where it can
+    /// be set up.
+    static let runnable: [FileDisk.Engine] = (FileDisk.isUringAvailable ? [.uring] : []) + [.threads, .inline]
+}

@@ -1,0 +1,226 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CStrataSystem
+import Strata
+
+/// A file disk's reads, writes and flushes through io_uring.
+///
+/// Whoever calls `submit` queues the request in the ring, enters the kernel and takes
+/// what has already completed, all under one lock, then delivers outside it. A read the
+/// page cache holds completes inside that system call, so it costs the caller one
+/// `io_uring_enter` and no thread hop. What the kernel finishes later is taken by the
+/// reaper thread, which sleeps in the kernel only while something is outstanding.
+///
+/// A request's progress lives in the request itself: `completed` counts the bytes
+/// moved (a short transfer or a multi-segment buffer continues from there) and a
+/// provider flag notes that a PREFLUSH write's flush is done.
+final class FileRing: @unchecked Sendable {
+    /// Submission entries; the completion ring is twice as large, and no more than this
+    /// many operations are ever outstanding, so completions cannot overflow.
+    static let entries: UInt32 = 256
+    /// The most one operation moves (the kernel takes 32-bit lengths).
+    static let largestTransfer = 1 << 30
+    /// Provider flag: this PREFLUSH write's fdatasync has completed.
+    static let preflushDone: UInt32 = 1 << 0
+    /// User data of the no-op that wakes the reaper to stop.
+    static let wakeUp: UInt64 = 0
+
+    private let descriptor: Int32
+    private let ring: UnsafeMutablePointer<strata_uring>
+    /// Delivers a failed request with its errno and the call that failed (the disk logs
+    /// it with its path). Set once, before the first request.
+    var failed: (consuming ProviderBio, Int32, String) -> Void = { bio, failure, _ in bio.deliver(BioError(errno: failure)) }
+    private let lock = ConditionLock()
+    // Under `lock`:
+    private var outstanding = 0
+    private var waiting = BioQueue()
+    private var reaperParked = false
+    private var stopping = false
+    private var reaperRunning = true
+
+    /// Sets up the ring and starts its reaper; throws the errno where the kernel has no
+    /// io_uring or forbids it.
+    init(descriptor: Int32) throws(BioError) {
+        self.descriptor = descriptor
+        ring = .allocate(capacity: 1)
+        let result = strata_uring_open(ring, FileRing.entries)
+        guard result == 0 else {
+            ring.deallocate()
+            throw BioError(errno: -result)
+        }
+        startWorkerThread { [self] in reap() }
+    }
+
+    /// Whether a ring can be set up here.
+    static var isAvailable: Bool {
+        var probe = strata_uring()
+        guard strata_uring_open(&probe, 1) == 0 else { return false }
+        strata_uring_close(&probe)
+        return true
+    }
+
+    /// Waits for every outstanding operation, stops the reaper and closes the ring.
+    func stop() {
+        lock.withLock {
+            stopping = true
+            outstanding += 1
+            _ = strata_uring_queue_nop(ring, FileRing.wakeUp)
+            _ = strata_uring_submit(ring)
+            lock.broadcast()
+            while reaperRunning { lock.wait() }
+        }
+        strata_uring_close(ring)
+        ring.deallocate()
+    }
+
+    /// Starts a READ, WRITE or FLUSH.
+    func submit(_ bio: consuming ProviderBio) {
+        bio.completed = 0
+        bio.providerFlags &= ~FileRing.preflushDone
+        var next = BioQueue()
+        next.append(bio)
+        drive(&next)
+    }
+
+    // MARK: Driving the ring
+
+    /// Queues `next` (and what waited for room), submits, and delivers or continues
+    /// whatever has completed, until nothing completed is left to take.
+    private func drive(_ next: inout BioQueue) {
+        withUnsafeTemporaryAllocation(of: strata_uring_completion.self, capacity: 32) { completions in
+            while true {
+                let taken: Int = lock.withLock {
+                    while let bio = next.popFirst() { waiting.append(bio) }
+                    while outstanding < Int(FileRing.entries), let bio = waiting.popFirst() {
+                        queue(bio)
+                    }
+                    let submitted = strata_uring_submit(ring)
+                    precondition(submitted >= 0, "io_uring_enter failed: \(BioError(errno: -submitted))")
+                    let taken = Int(strata_uring_reap(ring, completions.baseAddress!, UInt32(completions.count)))
+                    outstanding -= taken
+                    // Something is left to the kernel: make sure the reaper is waiting for it.
+                    if outstanding > 0 && reaperParked { lock.broadcast() }
+                    return taken
+                }
+                if taken == 0 { return }
+                for index in 0..<taken {
+                    complete(completions[index], continuing: &next)
+                }
+            }
+        }
+    }
+
+    /// Queues the next operation of `bio` (under `lock`; the ring has room).
+    private func queue(_ bio: consuming ProviderBio) {
+        outstanding += 1
+        let queued: Int32
+        if FileRing.isSyncing(bio) {
+            queued = strata_uring_queue_fdatasync(ring, descriptor, FileRing.userData(bio.unmanaged()))
+        } else {
+            let piece = bio.data.contiguous(at: Int(bio.completed))
+            let write: Int32 = bio.command == .write ? 1 : 0
+            let dsync: Int32 = bio.flags.contains(.fua) ? 1 : 0
+            let offset = UInt64(bio.offset + bio.completed)
+            queued = strata_uring_queue_rw(ring, write, descriptor, piece.baseAddress,
+                                           UInt32(min(piece.count, FileRing.largestTransfer)), offset, dsync,
+                                           FileRing.userData(bio.unmanaged()))
+        }
+        precondition(queued == 0, "io_uring submission ring full with \(outstanding) outstanding")
+    }
+
+    /// Whether the next operation of `bio` is an fdatasync: a FLUSH, or a PREFLUSH
+    /// write whose flush has not completed.
+    private static func isSyncing(_ bio: borrowing ProviderBio) -> Bool {
+        bio.command == .flush || (bio.flags.contains(.preflush) && bio.providerFlags & FileRing.preflushDone == 0)
+    }
+
+    private static func userData(_ request: UnmanagedBio) -> UInt64 {
+        UInt64(UInt(bitPattern: request.opaque))
+    }
+
+    /// Takes one completion: delivers its request, or puts its next operation in `next`.
+    private func complete(_ completion: strata_uring_completion, continuing next: inout BioQueue) {
+        guard completion.user_data != FileRing.wakeUp,
+              let request = UnmanagedBio(opaque: UnsafeMutableRawPointer(bitPattern: UInt(completion.user_data))) else {
+            return
+        }
+        let bio = request.takeProviderBio()
+        let result = completion.result
+        if result == -EINTR || result == -EAGAIN {
+            next.append(bio)
+            return
+        }
+        if FileRing.isSyncing(bio) {
+            guard result >= 0 else {
+                failed(bio, -result, "fdatasync")
+                return
+            }
+            if bio.command == .flush {
+                bio.deliverAll()
+            } else {
+                bio.providerFlags |= FileRing.preflushDone
+                next.append(bio)
+            }
+            return
+        }
+        let call = bio.command == .write ? "pwrite" : "pread"
+        guard result > 0 else {
+            if result == 0 && bio.command == .read {
+                // The file shrank under us: past its end reads as zeros.
+                bio.data.slice(offset: Int(bio.completed), count: Int(bio.length - bio.completed)).zero()
+                bio.deliverAll()
+            } else {
+                // A write that moves nothing would never finish: report it as an I/O error.
+                failed(bio, result == 0 ? EIO : -result, call)
+            }
+            return
+        }
+        bio.completed += Int64(result)
+        if bio.completed < bio.length {
+            next.append(bio)
+        } else {
+            bio.deliverAll()
+        }
+    }
+
+    // MARK: The reaper
+
+    /// Waits in the kernel while operations are outstanding and takes their completions.
+    private func reap() {
+        var nothing = BioQueue()
+        while true {
+            let stop: Bool = lock.withLock {
+                while outstanding == 0 && !stopping {
+                    reaperParked = true
+                    lock.wait()
+                    reaperParked = false
+                }
+                return stopping && outstanding == 0
+            }
+            if stop { break }
+            let woken = strata_uring_wait(ring)
+            precondition(woken == 0 || woken == -EINTR, "io_uring_enter (wait) failed: \(BioError(errno: -woken))")
+            drive(&nothing)
+        }
+        lock.withLock {
+            reaperRunning = false
+            lock.broadcast()
+        }
+    }
+}
+
+extension BioData {
+    /// The contiguous bytes from `position` to the end of the segment holding it.
+    func contiguous(at position: Int) -> UnsafeMutableRawBufferPointer {
+        var start = 0
+        var found = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        forEachSegment { piece in
+            if found.baseAddress == nil && position < start + piece.count {
+                found = UnsafeMutableRawBufferPointer(rebasing: piece[(position - start)...])
+            }
+            start += piece.count
+        }
+        return found
+    }
+}
