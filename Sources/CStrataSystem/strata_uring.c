@@ -23,6 +23,7 @@ static int enter(int fd, unsigned submit, unsigned wait_for, unsigned flags) {
 
 int strata_uring_open(struct strata_uring *ring, unsigned entries) {
     memset(ring, 0, sizeof *ring);
+    ring->fd = -1;
     struct io_uring_params params;
     memset(&params, 0, sizeof params);
     long fd = syscall(__NR_io_uring_setup, entries, &params);
@@ -83,8 +84,9 @@ void strata_uring_close(struct strata_uring *ring) {
     if (ring->submission_entries_memory) munmap(ring->submission_entries_memory, ring->submission_entries_bytes);
     if (ring->completion_memory) munmap(ring->completion_memory, ring->completion_bytes);
     if (ring->ring_memory) munmap(ring->ring_memory, ring->ring_bytes);
-    if (ring->fd > 0) close(ring->fd);
+    if (ring->fd >= 0) close(ring->fd);
     memset(ring, 0, sizeof *ring);
+    ring->fd = -1;
 }
 
 /// The next free submission entry, zeroed, or NULL when the ring is full.

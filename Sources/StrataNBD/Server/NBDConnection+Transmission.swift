@@ -241,10 +241,25 @@ extension NBDConnectionHandler {
     func bioDone(_ bio: consuming Bio) {
         if eventLoop.inEventLoop {
             complete(bio)
-        } else {
-            let request = bio.unmanaged()
-            eventLoop.execute { self.complete(request.takeBio()) }
+            return
         }
+        let request = bio.unmanaged()
+        let first = completedElsewhere.withLockedValue { waiting in
+            waiting.append(request)
+            return waiting.count == 1
+        }
+        if first { eventLoop.execute { self.answerCompletedElsewhere() } }
+    }
+
+    /// Answers every request that completed on another thread since the last drain, and
+    /// flushes the replies once.
+    private func answerCompletedElsewhere() {
+        completedElsewhere.withLockedValue { swap(&$0, &drained) }
+        answeringDrained = true
+        for request in drained { complete(request.takeBio()) }
+        answeringDrained = false
+        drained.removeAll(keepingCapacity: true)
+        if flushPending { flushReplies() }
     }
 
     private func complete(_ bio: consuming Bio) {

@@ -1,13 +1,15 @@
 import Dispatch
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Strata
 
 /// One client connection: the handshake, then requests mapped onto bio requests sent to
 /// the export's provider, replies written as requests complete, in any order.
 ///
-/// Everything here runs on the channel's event loop, except `bioDone`, which hops to it
-/// when a request completes on another thread (a file disk's worker).
+/// Everything here runs on the channel's event loop, except `bioDone`, which hands a
+/// request that completed on another thread (a file disk's worker or io_uring reaper, a
+/// large read's queue) to it, in batches.
 final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -42,6 +44,15 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// task on the event loop per request at low queue depths.
     var heldUntilClosed: NBDConnectionHandler?
     var processingInput = false
+    /// Requests that completed on other threads, waiting for the event loop. The first
+    /// one in schedules a drain, which answers all that came in by then and flushes once:
+    /// one task and one socket write per batch rather than per request.
+    let completedElsewhere = NIOLockedValueBox<[UnmanagedBio]>([])
+    /// The drain's own array, swapped with `completedElsewhere`'s so that neither
+    /// allocates once both have grown (event loop only).
+    var drained: [UnmanagedBio] = []
+    /// Answering `drained`: replies are flushed once at its end.
+    var answeringDrained = false
     var flushPending = false
     /// Small transmission replies (successes, errors, hole chunks) gathered while input
     /// is processed and written as one buffer when the batch is flushed: one allocation
@@ -125,9 +136,10 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         if let batch = replyBatch.take() { context.write(wrapOutboundOut(batch), promise: nil) }
     }
 
-    /// Flushes once the input being processed is handled, or now outside it.
+    /// Flushes once the input being processed (or the batch of completions being
+    /// answered) is handled, or now outside either.
     func flushAfterInput() {
-        if processingInput {
+        if processingInput || answeringDrained {
             flushPending = true
         } else {
             flushReplies()
