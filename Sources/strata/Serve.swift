@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import Logging
 import Strata
+import StrataDisks
 import StrataConfig
 import StrataControl
 import StrataNBD
@@ -130,6 +131,10 @@ struct Serve: AsyncParsableCommand {
                 attributes.append("default")
             }
             lines.append("  export \(export.name): \(attributes.joined(separator: ", "))")
+        }
+        // How each file disk does its I/O: chosen at open (docs/classes/file.md).
+        for case let disk as FileDisk in built.disks {
+            lines.append("  file disk \(disk.name): \(disk.path), io \(disk.engine.rawValue)")
         }
         for address in bound { lines.append("  listening on \(address)") }
         lines.append("  control socket \(configuration.control)")

@@ -127,6 +127,9 @@ struct ServeTests {
         defer { first.removeDirectory() }
         #expect(first.waitForOutput("control socket"), "stdout: \(first.stdout)\nstderr: \(first.stderr)")
         #expect(first.stdout.contains("export disk0: 1 GiB, provider disk0, read-write, default"), "\(first.stdout)")
+        let engineLine = first.stdout.split(separator: "\n").first { $0.hasPrefix("  file disk disk0: ") }
+        #expect(engineLine.map { line in ["inline", "uring", "threads"].contains { line.hasSuffix("/disk0.img, io \($0)") } } == true,
+                "\(first.stdout)")
         let port = try #require(first.tcpPort)
         let write = try runProgram("/usr/bin/python3", ["-c", """
         import nbd
