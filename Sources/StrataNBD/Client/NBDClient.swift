@@ -20,18 +20,8 @@ import NIOPosix
 /// awaits it leaves it to finish. Call `disconnect()` when done; a client dropped
 /// without it disconnects on its own.
 public final class NBDClient: Sendable {
-    /// Where the server listens.
-    public enum Address: Sendable, Hashable, CustomStringConvertible {
-        case tcp(host: String, port: Int)
-        case unix(path: String)
-
-        public var description: String {
-            switch self {
-            case .tcp(let host, let port): "tcp://\(host):\(port)"
-            case .unix(let path): "unix://\(path)"
-            }
-        }
-    }
+    /// Where the server listens: the address type the server binds.
+    public typealias Address = NBDListenAddress
 
     /// How to connect.
     public struct Configuration: Sendable {

@@ -5,25 +5,6 @@ import NIOPosix
 import Strata
 import Synchronization
 
-/// Where the server listens.
-public enum NBDListenAddress: Sendable, Equatable, CustomStringConvertible {
-    case tcp(host: String, port: Int)
-    case unix(path: String)
-
-    public var description: String {
-        switch self {
-        case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
-        case .unix(let path): "unix://\(path)"
-        }
-    }
-
-    /// The TCP port, if this is a TCP address.
-    public var port: Int? {
-        if case .tcp(_, let port) = self { return port }
-        return nil
-    }
-}
-
 /// An NBD server: exports providers of a topology to NBD clients (qemu, libnbd, fio,
 /// the kernel's nbd-client) over TCP and Unix sockets.
 public final class NBDServer: Sendable {
