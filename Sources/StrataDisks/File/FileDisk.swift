@@ -21,7 +21,8 @@ public final class FileDisk: Disk, @unchecked Sendable {
     /// How the I/O is done: `.inline`, `.uring` or `.threads`, never `.automatic`.
     public let engine: Engine
     private let descriptor: Int32
-    private let ring: FileRing?
+    /// The io_uring engine, when `engine` is `.uring`.
+    let ring: FileRing?
     private let lock = ConditionLock()
     private var queue = BioQueue()
     private var stopping = false

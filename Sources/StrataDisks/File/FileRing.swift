@@ -38,6 +38,7 @@ final class FileRing: @unchecked Sendable {
     private var reaperParked = false
     private var stopping = false
     private var reaperRunning = true
+    private var mostWaitingSeen = 0
 
     /// Sets up the ring and starts its reaper; throws the errno where the kernel has no
     /// io_uring or forbids it.
@@ -51,6 +52,9 @@ final class FileRing: @unchecked Sendable {
         }
         startWorkerThread { [self] in reap() }
     }
+
+    /// The most requests that have waited at once for room in the ring.
+    var mostWaiting: Int { lock.withLock { mostWaitingSeen } }
 
     /// Whether a ring can be set up here.
     static var isAvailable: Bool {
@@ -95,6 +99,7 @@ final class FileRing: @unchecked Sendable {
                     while outstanding < Int(FileRing.entries), let bio = waiting.popFirst() {
                         queue(bio)
                     }
+                    mostWaitingSeen = max(mostWaitingSeen, waiting.count)
                     let submitted = strata_uring_submit(ring)
                     precondition(submitted >= 0, "io_uring_enter failed: \(BioError(errno: -submitted))")
                     let taken = Int(strata_uring_reap(ring, completions.baseAddress!, UInt32(completions.count)))
