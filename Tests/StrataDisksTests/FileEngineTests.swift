@@ -7,15 +7,21 @@ import Strata
 import Synchronization
 import Testing
 
-/// What the two ways of doing a file disk's I/O (io_uring, threads) must both get right,
+/// What every way of doing a file disk's I/O (io_uring, threads, inline) must get right,
 /// and how the choice between them is made.
 @Suite struct FileEngineTests {
     @Test func automaticTakesUringWhereTheKernelAllowsItAndSaysSoWhenItFallsBack() throws {
         let notices = FailureLog()
         let fixture = try FileDiskFixture(log: { _, message in notices.add(message) })
         defer { fixture.tearDown() }
+        let directory = open(fixture.directory.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let inMemory = FileDisk.isInMemory(directory)
+        close(directory)
         let (chosen, _) = try fixture.open(size: 1 << 20, engine: .automatic)
-        if FileDisk.isUringAvailable {
+        if inMemory {
+            // A temporary directory on tmpfs: served inline, whatever the kernel allows.
+            #expect(chosen.engine == .inline)
+        } else if FileDisk.isUringAvailable {
             #expect(chosen.engine == .uring)
             #expect(notices.all.isEmpty)
         } else {

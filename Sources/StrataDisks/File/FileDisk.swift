@@ -91,7 +91,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
     }
 
     /// Whether `descriptor` is a file whose pages are the medium itself (tmpfs, ramfs).
-    private static func isInMemory(_ descriptor: Int32) -> Bool {
+    static func isInMemory(_ descriptor: Int32) -> Bool {
         let tmpfs: Int64 = 0x0102_1994, ramfs: Int64 = 0x8584_58f6
         let type = strata_file_system_type(descriptor)
         return type == tmpfs || type == ramfs
