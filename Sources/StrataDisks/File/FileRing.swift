@@ -39,6 +39,7 @@ final class FileRing: @unchecked Sendable {
     private var stopping = false
     private var reaperRunning = true
     private var mostWaitingSeen = 0
+    private var completionsHeld = false
 
     /// Sets up the ring and starts its reaper; throws the errno where the kernel has no
     /// io_uring or forbids it.
@@ -55,6 +56,22 @@ final class FileRing: @unchecked Sendable {
 
     /// The most requests that have waited at once for room in the ring.
     var mostWaiting: Int { lock.withLock { mostWaitingSeen } }
+
+    /// While true, completions stay in the kernel's ring, untaken, so that a test can
+    /// fill the ring and see what waits for room. Setting it back takes them all.
+    var holdingCompletions: Bool {
+        get { lock.withLock { completionsHeld } }
+        set {
+            lock.withLock {
+                completionsHeld = newValue
+                lock.broadcast()
+            }
+            if !newValue {
+                var nothing = BioQueue()
+                drive(&nothing)
+            }
+        }
+    }
 
     /// Whether a ring can be set up here.
     static var isAvailable: Bool {
@@ -102,7 +119,7 @@ final class FileRing: @unchecked Sendable {
                     mostWaitingSeen = max(mostWaitingSeen, waiting.count)
                     let submitted = strata_uring_submit(ring)
                     precondition(submitted >= 0, "io_uring_enter failed: \(BioError(errno: -submitted))")
-                    let taken = Int(strata_uring_reap(ring, completions.baseAddress!, UInt32(completions.count)))
+                    let taken = completionsHeld ? 0 : Int(strata_uring_reap(ring, completions.baseAddress!, UInt32(completions.count)))
                     outstanding -= taken
                     // Something is left to the kernel: make sure the reaper is waiting for it.
                     if outstanding > 0 && reaperParked { lock.broadcast() }
@@ -196,7 +213,7 @@ final class FileRing: @unchecked Sendable {
         var nothing = BioQueue()
         while true {
             let stop: Bool = lock.withLock {
-                while outstanding == 0 && !stopping {
+                while (outstanding == 0 || completionsHeld) && !stopping {
                     reaperParked = true
                     lock.wait()
                     reaperParked = false
