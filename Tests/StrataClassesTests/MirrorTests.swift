@@ -389,7 +389,10 @@ struct MirrorOperationTests {
             try mirror.rebuild("r1", in: topology)
             var progress = 0.0
             for _ in 0..<1000 where progress < 0.3 {
-                try await Task.sleep(for: .milliseconds(10))
+                // A blocking sleep keeps this test's own thread: a task sleep waits for a
+                // free thread of the shared pool, which tests blocked on fio or qemu-img
+                // can hold for seconds, long enough to miss the whole 8 s rebuild.
+                usleep(10_000)
                 progress = mirror.status.progress
             }
             #expect(mirror.status.state == "SYNCHRONIZING" && progress >= 0.3, "\(mirror.status)")
