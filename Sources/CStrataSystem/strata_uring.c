@@ -36,7 +36,6 @@ int strata_uring_open(struct strata_uring *ring, unsigned entries) {
         return -ENOSYS;
     }
     ring->submission_entries = params.sq_entries;
-    ring->completion_entries = params.cq_entries;
 
     uint64_t submission_bytes = params.sq_off.array + params.sq_entries * sizeof(unsigned);
     uint64_t completion_bytes = params.cq_off.cqes + params.cq_entries * sizeof(struct io_uring_cqe);

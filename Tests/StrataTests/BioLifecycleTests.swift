@@ -188,6 +188,24 @@ import Testing
         #expect(back == expected)
     }
 
+    @Test func theFirstSegmentOfASliceStartsAtItsOffsetAndEndsWithItsPiece() {
+        let pieces = [PatternBuffer(count: 1024, seed: 1), PatternBuffer(count: 0, seed: 2), PatternBuffer(count: 2560, seed: 3)]
+        let bio = AnyBioSet.shared.alloc(segments: 3)
+        for piece in pieces { bio.appendSegment(piece.bytes) }
+        let data = bio.data
+        let first = pieces[0].bytes.baseAddress!, third = pieces[2].bytes.baseAddress!
+        #expect(data.firstSegment.baseAddress == first && data.firstSegment.count == 1024)
+        let inFirst = data.slice(offset: 1000, count: 100).firstSegment
+        #expect(inFirst.baseAddress == first + 1000 && inFirst.count == 24)
+        // At the end of the first piece: the empty second piece is passed over.
+        let atBoundary = data.slice(offset: 1024, count: 2560).firstSegment
+        #expect(atBoundary.baseAddress == third && atBoundary.count == 2560)
+        let inThird = data.slice(offset: 1536, count: 512).firstSegment
+        #expect(inThird.baseAddress == third + 512 && inThird.count == 512)
+        #expect(BioData.none.firstSegment.count == 0)
+        bio.destroy()
+    }
+
     @Test func appendingMoreSegmentsThanAllocatedStopsTheProcess() async {
         await #expect(processExitsWith: .failure) {
             let bio = AnyBioSet.shared.alloc(segments: 1)

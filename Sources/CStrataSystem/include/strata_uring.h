@@ -12,7 +12,6 @@
 struct strata_uring {
     int fd;
     unsigned submission_entries;
-    unsigned completion_entries;
     // Submission ring: the kernel consumes from head; we produce at tail.
     unsigned *submission_head;
     unsigned *submission_tail;
@@ -25,7 +24,7 @@ struct strata_uring {
     unsigned *completion_head;
     unsigned *completion_tail;
     unsigned completion_mask;
-    void *completions;                // struct io_uring_cqe[completion_entries]
+    void *completions;                // struct io_uring_cqe[], completion_mask + 1 of them
     // The mappings, for strata_uring_close.
     void *ring_memory;
     uint64_t ring_bytes;

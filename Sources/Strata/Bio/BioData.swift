@@ -63,6 +63,20 @@
         return BioData(segments: segments + index, segmentCount: segmentCount - index, headOffset: skip, count: count)
     }
 
+    /// The view's first non-empty contiguous piece (the whole view when it is one
+    /// segment); empty for an empty view. With `slice`, the piece from any position on.
+    public var firstSegment: UnsafeMutableRawBufferPointer {
+        guard count > 0, let segments else { return UnsafeMutableRawBufferPointer(start: nil, count: 0) }
+        var skip = headOffset
+        var index = 0
+        while index < segmentCount - 1 && segments[index].count - skip <= 0 {
+            skip = 0
+            index += 1
+        }
+        let segment = segments[index]
+        return UnsafeMutableRawBufferPointer(start: segment.base + skip, count: min(segment.count - skip, count))
+    }
+
     /// Calls `body` with each contiguous piece of the view, in order.
     @inlinable public func forEachSegment(_ body: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
         guard let segments else { return }

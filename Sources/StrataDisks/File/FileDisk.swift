@@ -47,6 +47,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
                               sectorSize: Int = 512, engine: Engine = .automatic, workers: Int = 4) throws -> FileDisk {
         try Disk.validate(sectorSize: sectorSize, for: name)
         let opened = try FileDisk.open(path: path, size: size, sectorSize: sectorSize)
+        let workerCount = max(workers, 1)
         var chosen = engine
         var ring: FileRing?
         var refusal: BioError?
@@ -66,10 +67,10 @@ public final class FileDisk: Disk, @unchecked Sendable {
             }
         }
         let disk = FileDisk(name: name, path: path, descriptor: opened.descriptor, isBlockDevice: opened.isBlockDevice,
-                            engine: chosen, ring: ring, workers: chosen == .inline ? 0 : max(workers, 1))
+                            engine: chosen, ring: ring, workers: chosen == .inline ? 0 : workerCount)
         try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize)
         if let refusal {
-            topology.emit(.notice, "file disk \(name): io_uring unavailable (\(refusal)); using \(max(workers, 1)) threads")
+            topology.emit(.notice, "file disk \(name): io_uring unavailable (\(refusal)); using \(workerCount) threads")
         }
         return disk
     }

@@ -140,7 +140,8 @@ final class FileRing: @unchecked Sendable {
         if FileRing.isSyncing(bio) {
             queued = strata_uring_queue_fdatasync(ring, descriptor, FileRing.userData(bio.unmanaged()))
         } else {
-            let piece = bio.data.contiguous(at: Int(bio.completed))
+            let done = Int(bio.completed)
+            let piece = bio.data.slice(offset: done, count: bio.data.count - done).firstSegment
             let write: Int32 = bio.command == .write ? 1 : 0
             let dsync: Int32 = bio.flags.contains(.fua) ? 1 : 0
             let offset = UInt64(bio.offset + bio.completed)
@@ -229,20 +230,5 @@ final class FileRing: @unchecked Sendable {
             reaperRunning = false
             lock.broadcast()
         }
-    }
-}
-
-extension BioData {
-    /// The contiguous bytes from `position` to the end of the segment holding it.
-    func contiguous(at position: Int) -> UnsafeMutableRawBufferPointer {
-        var start = 0
-        var found = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-        forEachSegment { piece in
-            if found.baseAddress == nil && position < start + piece.count {
-                found = UnsafeMutableRawBufferPointer(rebasing: piece[(position - start)...])
-            }
-            start += piece.count
-        }
-        return found
     }
 }
