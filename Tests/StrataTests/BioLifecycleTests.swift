@@ -1,3 +1,4 @@
+import Dispatch
 import Strata
 import StrataDisks
 import Synchronization
@@ -137,6 +138,90 @@ import Testing
         #expect(initial)
         #expect(slots == 4, "reset keeps the segment slots")
         #expect(pad == 42, "reset keeps the front pad, as bio_reset does")
+    }
+
+    /// A closure done routine is held by the request while set, and let go of when it is
+    /// replaced, when the request is reset, and when it is freed: the request's storage
+    /// itself is plain memory, so these are the only places that release it.
+    @Test func aClosureDoneRoutineIsLetGoOfWhenReplacedResetOrFreed() {
+        final class Witness: Sendable {}
+        func routine(holding witness: Witness) -> BioDone {
+            .closure { done in
+                _ = witness
+                done.destroy()
+            }
+        }
+        let bio = AnyBioSet.shared.alloc()
+        weak var replaced: Witness?
+        weak var reset: Witness?
+        weak var freed: Witness?
+        do {
+            let first = Witness()
+            replaced = first
+            bio.done = routine(holding: first)
+        }
+        #expect(replaced != nil, "the request holds its done routine")
+        do {
+            let second = Witness()
+            reset = second
+            bio.done = routine(holding: second)
+        }
+        #expect(replaced == nil && reset != nil)
+        bio.reset()
+        #expect(reset == nil)
+        do {
+            let third = Witness()
+            freed = third
+            bio.done = routine(holding: third)
+        }
+        let kept = freed != nil
+        #expect(kept)
+        bio.destroy()
+        #expect(freed == nil)
+    }
+
+    /// A done routine that frees its own request (and the box holding the routine with
+    /// it) runs to its end.
+    @Test func aClosureDoneRoutineMayFreeItsRequestWhileItRuns() throws {
+        let topology = Topology()
+        let disk = try MemoryDisk.create(in: topology, name: "self-free-md", size: 1 << 20)
+        let issuer = try TestIssuer(on: disk.provider, in: topology)
+        let record = ProbeRecord()
+        let finished = Gate()
+        let buffer = PatternBuffer(count: 4096)
+        let bio = AnyBioSet.shared.alloc()
+        bio.command = .write
+        bio.length = 4096
+        bio.setData(buffer.bytes)
+        let marker = "captured after the request was freed"
+        bio.done = .closure { done in
+            let error = done.error
+            done.destroy()
+            record.text = "\(error?.name ?? "ok"): \(marker)"
+            finished.open()
+        }
+        issuer.consumer.request(bio)
+        #expect(finished.wait())
+        #expect(record.text == "ok: captured after the request was freed")
+    }
+
+    /// Attributes are carried by number: one name, one number, from any thread, and the
+    /// name comes back from the number.
+    @Test func attributesWithTheSameNameAreEqualWhereverTheyAreMade() {
+        let names = (0..<8).map { "TEST::interned-\($0)" }
+        let made = Mutex<[[BioAttribute]]>([])
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            let attributes = names.shuffled().sorted().map { BioAttribute($0) }
+            made.withLock { $0.append(attributes) }
+        }
+        let all = made.withLock { $0 }
+        #expect(all.count == 8)
+        #expect(Set(all).count == 1, "every thread got the same attributes")
+        #expect(all[0].map(\.name) == names)
+        #expect(Set(all[0]).count == names.count, "different names stay different")
+        #expect(BioAttribute("GEOM::ident") == .ident)
+        #expect(BioAttribute("GEOM::ident") != .canDelete)
+        #expect(BioAttribute.extents.description == "STRATA::extents")
     }
 
     @Test func printGivesOneLineWithCommandRangeProviderAndError() throws {

@@ -156,6 +156,56 @@ import Testing
         #expect(outcome.deliveries == 1)
     }
 
+    /// `passOn` gives the request to its only clone before the clone goes out: the parent
+    /// is delivered once, with the clone's error and bytes, whether the clone completes
+    /// inside the request or later on another thread, and whether the class passes it on
+    /// from `start` or from a thread of its own.
+    @Test(arguments: [false, true], [(false, nil), (false, BioError.io), (true, nil), (true, BioError.noSpace)] as [(Bool, BioError?)])
+    func passOnDeliversTheParentOnceWhereverTheCloneCompletes(fromAnotherThread: Bool, completion: (Bool, BioError?)) throws {
+        let (cloneAtOnce, error) = completion
+        final class PassingOnGeom: Geom, @unchecked Sendable {
+            let fromAnotherThread: Bool
+            init(name: String, fromAnotherThread: Bool) {
+                self.fromAnotherThread = fromAnotherThread
+                super.init(name: name, className: "PASSON")
+            }
+            override func start(_ bio: consuming ProviderBio) {
+                guard fromAnotherThread else {
+                    passOnToFirstConsumer(bio, bio.clone()!)
+                    return
+                }
+                let request = bio.unmanaged()
+                DispatchQueue.global().async { [self] in
+                    let bio = request.takeProviderBio()
+                    let clone = bio.clone()!
+                    bio.passOn(clone, to: consumers[0])
+                }
+            }
+        }
+        let topology = Topology()
+        let name = "pass-on-\(fromAnotherThread)-\(cloneAtOnce)-\(error?.name ?? "ok")"
+        let bottom = try ProbeGeom.install(in: topology, name: name + "-bottom") { bio in
+            bio.completed = 2048
+            if cloneAtOnce {
+                bio.deliver(error)
+                return
+            }
+            let request = bio.unmanaged()
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) {
+                request.takeProviderBio().deliver(error)
+            }
+        }
+        let geom = PassingOnGeom(name: name, fromAnotherThread: fromAnotherThread)
+        try topology.add(geom)
+        try topology.attach(topology.createConsumer(for: geom), to: bottom.providers[0])
+        try topology.access(geom.consumers[0], read: 1, write: 1, exclusive: 0)
+        try topology.createProvider(for: geom, name: name, mediaSize: 1 << 20, sectorSize: 512, announce: false)
+        let issuer = try TestIssuer(on: geom.providers[0], in: topology)
+        let outcome = Self.issueOnce(.read, length: 4096, on: issuer.consumer)
+        #expect(outcome.summary == "\(error?.name ?? "ok") 2048 1/1")
+        #expect(outcome.deliveries == 1)
+    }
+
     @Test func childrenCompletingOnManyThreadsDeliverEachParentOnce() throws {
         let topology = Topology()
         let bottom = ProbeGeom(name: "threaded-bottom", dispatch: .queued) { bio in bio.deliverAll() }
@@ -236,6 +286,18 @@ import Testing
     @Test func awaitingChildrenWithoutAnyCloneStopsTheProcess() async {
         await #expect(processExitsWith: .failure) {
             try CompletionTests.sendOne { bio in bio.awaitChildren() }
+        }
+    }
+
+    @Test func passingOnARequestThatHasTwoClonesStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            try CompletionTests.sendOne { bio in
+                let first = bio.clone()!
+                let second = bio.clone()!
+                _ = second.unmanaged()
+                let below = bio.from!
+                bio.passOn(first, to: below)
+            }
         }
     }
 

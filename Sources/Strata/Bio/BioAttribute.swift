@@ -3,9 +3,14 @@
 /// The answer is written into the request's data; `completed` says how many bytes of
 /// it are valid. The typed helpers below write and read the common answers so no
 /// class encodes them by hand.
+///
+/// An attribute is carried as the number of its name in the process's table of names
+/// (`AttributeNames`): equal names get one number, so a request holds and compares its
+/// attribute as a plain integer and cloning it down a stack costs no reference counting.
 public struct BioAttribute: Hashable, Sendable, CustomStringConvertible {
-    public let name: String
-    public init(_ name: String) { self.name = name }
+    @usableFromInline let number: UInt32
+    public init(_ name: String) { number = AttributeNames.number(for: name) }
+    public var name: String { AttributeNames.name(of: number) }
     public var description: String { name }
 
     /// "GEOM::candelete": an Int32, 1 when DELETE frees space on the provider.
@@ -15,6 +20,30 @@ public struct BioAttribute: Hashable, Sendable, CustomStringConvertible {
     /// "STRATA::extents": the data, hole and zero ranges of `offset ..< offset+length`,
     /// as `BioExtent` records (what NBD block status reports).
     public static let extents = BioAttribute("STRATA::extents")
+}
+
+/// The names of the attributes the process has made, each under its own number. Names
+/// are a small fixed set (the constants above and those of the classes), so the table
+/// only grows when a new kind of attribute first appears.
+enum AttributeNames {
+    // A pthread lock, not Synchronization's Mutex: ThreadSanitizer sees it.
+    private static let lock = ConditionLock()
+    nonisolated(unsafe) private static var names: [String] = []
+    nonisolated(unsafe) private static var numbers: [String: UInt32] = [:]
+
+    static func number(for name: String) -> UInt32 {
+        lock.withLock {
+            if let number = numbers[name] { return number }
+            let number = UInt32(names.count)
+            names.append(name)
+            numbers[name] = number
+            return number
+        }
+    }
+
+    static func name(of number: UInt32) -> String {
+        lock.withLock { names[Int(number)] }
+    }
 }
 
 /// One range of a provider and what it holds, as the extents attribute reports it.

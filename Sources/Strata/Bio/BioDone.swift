@@ -43,6 +43,8 @@ public struct BioDone: @unchecked Sendable {
 
     @usableFromInline let kind: Kind
 
+    @usableFromInline init(kind: Kind) { self.kind = kind }
+
     @usableFromInline static let unset = BioDone(kind: .unset)
 
     /// `g_std_done`: fold the child into its parent with the parent's combine rule and
@@ -60,9 +62,42 @@ public struct BioDone: @unchecked Sendable {
         BioDone(kind: .closure(body))
     }
 
-    @usableFromInline var isSet: Bool {
-        if case .unset = kind { return false }
+}
+
+/// A request's done routine as its header keeps it: with no reference counting, so a
+/// header is copied, reset and freed as plain memory. A closure is kept in a box that
+/// the header holds one reference to, taken when the routine is set and given back when
+/// it is replaced, reset or freed (`BioHeader.done`, `BioHeader.releaseDone`).
+@usableFromInline enum DoneRoutine {
+    case unset
+    case standard
+    case handler(BioDone.UnownedHandler)
+    case closure(Unmanaged<DoneClosure>)
+
+    /// The routine for `done`; a closure's box comes with a reference for the header.
+    @inlinable init(_ done: BioDone) {
+        switch done.kind {
+        case .unset: self = .unset
+        case .standard: self = .standard
+        case .handler(let handler): self = .handler(handler)
+        case .closure(let body): self = .closure(DoneClosure.retained(body))
+        }
+    }
+
+    @inlinable var isSet: Bool {
+        if case .unset = self { return false }
         return true
+    }
+}
+
+/// The box a closure done routine lives in while a request holds it.
+@usableFromInline final class DoneClosure {
+    @usableFromInline let body: @Sendable (consuming Bio) -> Void
+
+    init(_ body: @escaping @Sendable (consuming Bio) -> Void) { self.body = body }
+
+    @usableFromInline static func retained(_ body: @escaping @Sendable (consuming Bio) -> Void) -> Unmanaged<DoneClosure> {
+        Unmanaged.passRetained(DoneClosure(body))
     }
 }
 

@@ -24,7 +24,8 @@ import Synchronization
     @usableFromInline var length: Int64 = 0
     @usableFromInline var data: BioData = .none
     @usableFromInline var error: Int32 = 0
-    @usableFromInline var done: BioDone = .unset
+    /// `bio_done`, kept without reference counting (read and set it through `done`).
+    @usableFromInline var doneRoutine: DoneRoutine = .unset
     @usableFromInline var driver1: UnsafeMutableRawPointer? = nil
     @usableFromInline var driver2: UnsafeMutableRawPointer? = nil
     @usableFromInline var caller1: UnsafeMutableRawPointer? = nil
@@ -82,10 +83,35 @@ import Synchronization
         UnsafeMutableRawPointer(header).advanced(by: BioLayout.segmentsOffset).assumingMemoryBound(to: IOSegment.self)
     }
 
+    /// `bio_done`. Setting it gives back a closure routine it replaces.
+    @inlinable var done: BioDone {
+        get {
+            switch doneRoutine {
+            case .unset: .unset
+            case .standard: .standard
+            case .handler(let handler): BioDone(kind: .handler(handler))
+            case .closure(let box): BioDone(kind: .closure(box.takeUnretainedValue().body))
+            }
+        }
+        set {
+            releaseDone()
+            doneRoutine = DoneRoutine(newValue)
+        }
+    }
+
+    /// Gives back the reference the header holds on a closure routine, leaving it unset.
+    /// Everything that ends a header's use (reset, free) calls it: the header itself is
+    /// plain memory and has nothing else to release.
+    @inlinable mutating func releaseDone() {
+        if case .closure(let box) = doneRoutine { box.release() }
+        doneRoutine = .unset
+    }
+
     /// Back to the initial state, keeping the pool and segment capacity
     /// (`g_reset_bio`, `bio_reset`). Built from the initializer, so a field added later
     /// is reset to its declared default without being listed here.
     @usableFromInline mutating func reset() {
+        releaseDone()
         self = BioHeader(pool: pool, segmentCapacity: segmentCapacity)
     }
 }

@@ -84,6 +84,18 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
         IOPath.releaseHold(on: header)
     }
 
+    /// Gives the request to its only clone and sends that clone to `consumer`: what a
+    /// class that passes a request on whole does (a nop, a partition, a stripe's request
+    /// inside one stripe), in place of `consumer.request(clone)` then `awaitChildren()`.
+    /// The provider lets go of the request before the clone goes out, when nothing else
+    /// can touch the request yet, so this costs a plain store where `awaitChildren()`,
+    /// which may race with clones already completing, costs a locked instruction.
+    public consuming func passOn(_ clone: consuming Bio, to consumer: Consumer) {
+        let header = self.header
+        discard self
+        IOPath.passOn(clone.release(), of: header, on: consumer)
+    }
+
     /// Gives up the handle to keep the request in a queue; see `UnmanagedBio`.
     public consuming func unmanaged() -> UnmanagedBio {
         let header = self.header
@@ -165,7 +177,7 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
         child.pointee.attribute = header.pointee.attribute
         child.pointee.flags = header.pointee.flags.intersection(.requestFlags)
         child.pointee.parent = header
-        child.pointee.done = .standard
+        child.pointee.doneRoutine = .standard
         // The first clone also takes the provider's own hold on the request. Before it,
         // no clone exists to complete concurrently, so a plain store does.
         if header.pointee.children == 0 {

@@ -193,6 +193,7 @@ import Synchronization
 
     @inline(__always)
     func free(_ header: UnsafeMutablePointer<BioHeader>) {
+        header.pointee.releaseDone()
         header.deinitialize(count: 1)
         let element = UnsafeMutableRawPointer(header)
         if cacheCapacity > 0 && !reserveShort.load(ordering: .relaxed) {

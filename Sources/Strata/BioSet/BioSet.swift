@@ -164,6 +164,7 @@ enum BioAllocator {
         if let pool = header.pointee.pool {
             pool._withUnsafeGuaranteedRef { $0.free(header) }
         } else {
+            header.pointee.releaseDone()
             header.deinitialize(count: 1)
             UnsafeMutableRawPointer(header).deallocate()
         }

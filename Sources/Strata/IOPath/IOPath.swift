@@ -19,7 +19,7 @@ enum IOPath {
 
     static func request(_ header: UnsafeMutablePointer<BioHeader>, on consumer: Consumer) {
         precondition(header.pointee.state == .idle, "request submitted while in flight: \(BioStorage(header).summary)")
-        precondition(header.pointee.done.isSet, "request has no done routine: \(BioStorage(header).summary)")
+        precondition(header.pointee.doneRoutine.isSet, "request has no done routine: \(BioStorage(header).summary)")
         header.pointee.from = Unmanaged.passUnretained(consumer)
         header.pointee.state = .inFlight
         header.pointee.flags.subtract(.statusFlags)
@@ -96,12 +96,14 @@ enum IOPath {
         if providerError != 0 { return .fail(providerError) }
         guard command.addressesMedia else { return .start }
 
-        let sectorSize = Int64(provider.sectorSize)
         let mediaSize = provider.mediaSize
-        if sectorSize == 0 || mediaSize == 0 { return .fail(ENXIO) }
+        if mediaSize == 0 { return .fail(ENXIO) }
         let offset = header.pointee.offset
         var length = header.pointee.length
-        if offset % sectorSize != 0 || length % sectorSize != 0 || length < 0 { return .fail(EINVAL) }
+        // Sector sizes are powers of two (`Topology.createProvider` checks), so a mask
+        // tests alignment without the two divisions a remainder would cost.
+        let sectorMask = Int64(provider.sectorSize) &- 1
+        if (offset | length) & sectorMask != 0 || length < 0 { return .fail(EINVAL) }
         if offset < 0 || offset > mediaSize { return .fail(EIO) }
         if command == .read || command == .write {
             precondition(header.pointee.data.count == length,
@@ -130,24 +132,32 @@ enum IOPath {
         thread.pointee.submitting = true
         var direct = onWorker
         var next: UnsafeMutablePointer<BioHeader>? = header
+        // `fresh` collects what the running start submits and is empty between starts;
+        // `rest` holds what was submitted earlier and waits its turn. Both stay in thread
+        // state while start runs: the rescuer may take requests from either.
         while let bio = next {
             let target = bio.pointee.to!
-            // Both lists stay in thread state while start runs: the rescuer may take
-            // requests from either.
-            thread.pointee.rest = thread.pointee.fresh
-            thread.pointee.fresh = BioList()
             startOne(bio, on: target, direct: direct, thread: thread)
             direct = false
             // What this start submitted runs next: requests to other (lower) providers
             // first, then those to the same provider, then what was already waiting.
-            var submitted = thread.pointee.fresh
-            let targetAddress = target.toOpaque()
-            var ordered = submitted.extract { $0.pointee.to?.toOpaque() != targetAddress }
-            ordered.append(contentsOf: submitted)
-            ordered.append(contentsOf: thread.pointee.rest)
-            thread.pointee.rest = BioList()
-            thread.pointee.fresh = ordered
-            next = thread.pointee.fresh.popFirst()
+            // A start that passed on one request (every pass-through class) needs no
+            // reordering: that request simply goes first.
+            if let only = thread.pointee.fresh.head, only.pointee.next == nil {
+                thread.pointee.fresh = BioList()
+                next = only
+                continue
+            }
+            if !thread.pointee.fresh.isEmpty {
+                var submitted = thread.pointee.fresh
+                thread.pointee.fresh = BioList()
+                let targetAddress = target.toOpaque()
+                var ordered = submitted.extract { $0.pointee.to?.toOpaque() != targetAddress }
+                ordered.append(contentsOf: submitted)
+                ordered.append(contentsOf: thread.pointee.rest)
+                thread.pointee.rest = ordered
+            }
+            next = thread.pointee.rest.popFirst()
         }
         thread.pointee.submitting = false
         thread.pointee.clock = 0
@@ -168,6 +178,18 @@ enum IOPath {
                 }
             }
         }
+    }
+
+    /// `ProviderBio.passOn`: `parent` gives up its hold and `clone`, its only clone, goes
+    /// to `consumer`.
+    @inline(__always)
+    static func passOn(_ clone: UnsafeMutablePointer<BioHeader>, of parent: UnsafeMutablePointer<BioHeader>,
+                       on consumer: Consumer) {
+        precondition(clone.pointee.parent == parent && parent.pointee.children == 1,
+                     "passOn with a request that is not the only clone: \(BioStorage(parent).summary)")
+        // The clone has not been submitted, so nothing else reads or writes the count.
+        parent.pointee.outstanding.store(1, ordering: .relaxed)
+        request(clone, on: consumer)
     }
 
     /// Hands this thread's queued, un-submitted requests of `pool` to its rescuer.
@@ -204,7 +226,9 @@ enum IOPath {
             }
         }
         if let consumer = header.pointee.from,
-           consumer._withUnsafeGuaranteedRef({ $0.withGeom(\.dispatchMode) }) == .queued {
+           consumer._withUnsafeGuaranteedRef({ $0.withGeom { $0.dispatchMode } }) == .queued {
+            // (A closure, not the key path \.dispatchMode: a key path read of a class
+            // property costs a dynamic exclusivity check on every delivery.)
             IOWorkers.shared.up.enqueue(header)
             return
         }
@@ -234,12 +258,15 @@ enum IOPath {
         // The consumer stays attached while it has requests in flight; it is released
         // only after the done routine has finished with the request.
         let consumer = header.pointee.from!
-        switch header.pointee.done.kind {
+        switch header.pointee.doneRoutine {
         case .standard:
             standardDone(header)
         case .handler(let handler):
             handler.run(header)
-        case .closure(let body):
+        case .closure(let box):
+            // Its own reference to the closure: the routine may free the request, and
+            // the box with it, while it runs.
+            let body = box.takeUnretainedValue().body
             body(Bio(header: header))
         case .unset:
             preconditionFailure("request has no done routine: \(BioStorage(header).summary)")

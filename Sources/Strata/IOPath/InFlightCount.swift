@@ -32,8 +32,9 @@ struct InFlightCount: ~Copyable {
     /// for `latestEnd`.
     @inline(__always)
     func end(slot: Int, at time: Int) {
-        counters.set(Self.lastEnd, to: time, slot: slot)
-        counters.add(Self.ended, 1, slot: slot)
+        let shard = counters.shard(slot)
+        shard.set(Self.lastEnd, to: time)
+        shard.add(Self.ended, 1)
     }
 
     /// Requests begun and not yet ended.

@@ -35,19 +35,48 @@ public struct PerThreadCounters: ~Copyable, @unchecked Sendable {
     /// Adds `amount` to counter `field` in `slot`, which the calling thread owns.
     @inlinable @inline(__always)
     func add(_ field: Int, _ amount: Int, slot: Int) {
-        let counter = fields + (slot &* stride &+ field)
-        if slot == StatisticsSlots.shared {
-            counter.pointee.wrappingAdd(amount, ordering: .acquiringAndReleasing)
-        } else {
-            counter.pointee.store(counter.pointee.load(ordering: .relaxed) &+ amount, ordering: .releasing)
-        }
+        shard(slot).add(field, amount)
     }
 
-    /// Sets field `field` of `slot` to `value` (a gauge, such as a time, rather than a
-    /// count; on the shared slot the last writer's value stays).
-    @inline(__always)
-    func set(_ field: Int, to value: Int, slot: Int) {
-        fields[slot &* stride &+ field].store(value, ordering: .releasing)
+    /// The counters of `slot`, which the calling thread owns, for several updates in a
+    /// row: the slot's address is worked out once rather than per counter.
+    @inlinable @inline(__always)
+    func shard(_ slot: Int) -> Shard {
+        Shard(base: fields + slot &* stride, isShared: slot == StatisticsSlots.shared)
+    }
+
+    /// The calling thread's slot, for several updates in a row.
+    @inlinable @inline(__always)
+    public var currentShard: Shard { shard(ThreadState.current.pointee.statisticsSlot) }
+
+    /// One slot's copy of the counters.
+    public struct Shard {
+        @usableFromInline let base: UnsafeMutablePointer<Atomic<Int>>
+        /// The shared slot, which threads without a slot of their own add to atomically.
+        @usableFromInline let isShared: Bool
+
+        @inlinable init(base: UnsafeMutablePointer<Atomic<Int>>, isShared: Bool) {
+            self.base = base
+            self.isShared = isShared
+        }
+
+        /// Adds `amount` to counter `field`.
+        @inlinable @inline(__always)
+        public func add(_ field: Int, _ amount: Int) {
+            let counter = base + field
+            if isShared {
+                counter.pointee.wrappingAdd(amount, ordering: .acquiringAndReleasing)
+            } else {
+                counter.pointee.store(counter.pointee.load(ordering: .relaxed) &+ amount, ordering: .releasing)
+            }
+        }
+
+        /// Sets field `field` to `value` (a gauge, such as a time, rather than a count; on
+        /// the shared slot the last writer's value stays).
+        @inline(__always)
+        func set(_ field: Int, to value: Int) {
+            base[field].store(value, ordering: .releasing)
+        }
     }
 
     /// Counter `field` summed over the slots.

@@ -63,8 +63,7 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
             bio.deliver(.noMemory)
             return
         }
-        requestOnFirstConsumer(clone)
-        bio.awaitChildren()
+        passOnToFirstConsumer(bio, clone)
     }
 
     /// Sends `bio` to the first consumer (`g_io_request(bp, LIST_FIRST(&gp->consumer))`),
@@ -74,6 +73,15 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
         guard let firstConsumer else { preconditionFailure("\(self) has no consumer to pass a request to") }
         let header = bio.release()
         firstConsumer._withUnsafeGuaranteedRef { IOPath.request(header, on: $0) }
+    }
+
+    /// `ProviderBio.passOn` to the first consumer: gives `bio` to its only clone and sends
+    /// the clone down, as a class with one consumer below passes a request on whole.
+    public final func passOnToFirstConsumer(_ bio: consuming ProviderBio, _ clone: consuming Bio) {
+        guard let firstConsumer else { preconditionFailure("\(self) has no consumer to pass a request to") }
+        let parent = bio.unmanaged().header
+        let child = clone.release()
+        firstConsumer._withUnsafeGuaranteedRef { IOPath.passOn(child, of: parent, on: $0) }
     }
 
     /// Completion of a request this geom issued with `.handler(self)` as its done.

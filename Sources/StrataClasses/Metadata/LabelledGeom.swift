@@ -104,8 +104,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
             bio.deliver(.noMemory)
             return
         }
-        ordered[0].request(clone)
-        bio.awaitChildren()
+        bio.passOn(clone, to: ordered[0])
     }
 
     /// Maps a data request onto the components, one clone per run between boundaries.
@@ -120,8 +119,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
                 return
             }
             clone.offset = first.offset
-            ordered[first.component].request(clone)
-            bio.awaitChildren()
+            bio.passOn(clone, to: ordered[first.component])
             return
         }
         var clones: [(UnmanagedBio, Int)] = []
@@ -156,8 +154,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
         // The shift back, kept in the consumer-private field for the done routine.
         clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: Int(bio.offset - place.offset)))
         clone.done = .handler(self)
-        ordered[place.component].request(clone)
-        bio.awaitChildren()
+        bio.passOn(clone, to: ordered[place.component])
     }
 
     override open func bioDone(_ bio: consuming Bio) {

@@ -171,8 +171,7 @@ public final class NopGeom: Geom, @unchecked Sendable {
             // Extents come back in the coordinates of the provider below.
             clone.done = .handler(self)
         }
-        requestOnFirstConsumer(clone)
-        bio.awaitChildren()
+        passOnToFirstConsumer(bio, clone)
     }
 
     override public func bioDone(_ bio: consuming Bio) {
@@ -214,24 +213,22 @@ final class NopCounters: Sendable {
     private enum Field: Int { case reads, writes, deletes, flushes, getattrs, bytesRead, bytesWritten, failures }
     private let counters = PerThreadCounters(count: 8)
 
-    @inline(__always)
-    private func add(_ field: Field, _ amount: Int = 1) { counters.add(field.rawValue, amount) }
-
     func count(_ command: BioCommand, bytes: Int64) {
+        let shard = counters.currentShard
         switch command {
         case .read:
-            add(.reads)
-            add(.bytesRead, Int(bytes))
+            shard.add(Field.reads.rawValue, 1)
+            shard.add(Field.bytesRead.rawValue, Int(bytes))
         case .write:
-            add(.writes)
-            add(.bytesWritten, Int(bytes))
-        case .delete, .writeZeroes: add(.deletes)
-        case .flush: add(.flushes)
-        case .getattr: add(.getattrs)
+            shard.add(Field.writes.rawValue, 1)
+            shard.add(Field.bytesWritten.rawValue, Int(bytes))
+        case .delete, .writeZeroes: shard.add(Field.deletes.rawValue, 1)
+        case .flush: shard.add(Field.flushes.rawValue, 1)
+        case .getattr: shard.add(Field.getattrs.rawValue, 1)
         }
     }
 
-    func failed() { add(.failures) }
+    func failed() { counters.add(Field.failures.rawValue, 1) }
 
     var snapshot: NopGeom.Statistics {
         let total = { (field: Field) in self.counters.total(field.rawValue) }

@@ -73,8 +73,7 @@ public final class PartGeom: Geom, @unchecked Sendable {
             clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(start))
             clone.done = .handler(self)
         }
-        requestOnFirstConsumer(clone)
-        bio.awaitChildren()
+        passOnToFirstConsumer(bio, clone)
     }
 
     /// Extents come back in disk coordinates: shift them into the partition's.
