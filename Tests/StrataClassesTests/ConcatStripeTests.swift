@@ -2,6 +2,7 @@ import Foundation
 import Strata
 import StrataClasses
 import StrataDisks
+import Synchronization
 import Testing
 
 /// CONCAT and STRIPE: mapping across boundaries, labels, reassembly by tasting.
@@ -78,6 +79,53 @@ import Testing
             #expect(label == ComponentLabel(kind: .stripe, name: "labelled", id: stripe.id, index: index, count: 2,
                                             stripeSize: 4096, dataSize: (1 << 20) - 512))
         }
+    }
+
+    /// A disk image comes from outside: a label whose checksum holds may carry values no
+    /// geom can be built from, and decoding refuses them rather than trapping later.
+    @Test(arguments: [
+        ComponentLabel(kind: .stripe, name: "s", id: 7, index: 0, count: 65, stripeSize: 4096, dataSize: 1 << 20),
+        ComponentLabel(kind: .stripe, name: "s", id: 7, index: 0, count: 2, stripeSize: 0, dataSize: 1 << 20),
+        ComponentLabel(kind: .stripe, name: "s", id: 7, index: 0, count: 2, stripeSize: 3000, dataSize: 1 << 20),
+        ComponentLabel(kind: .stripe, name: "s", id: 7, index: 0, count: 2, stripeSize: 256, dataSize: 1 << 20),
+        ComponentLabel(kind: .stripe, name: "s", id: 7, index: 0, count: 2, stripeSize: -4096, dataSize: 1 << 20),
+        ComponentLabel(kind: .concat, name: "c", id: 7, index: 0, count: 2, dataSize: 0),
+        ComponentLabel(kind: .concat, name: "c", id: 7, index: 0, count: 2, dataSize: -1),
+        ComponentLabel(kind: .concat, name: "c", id: 7, index: 2, count: 2, dataSize: 1 << 20),
+    ])
+    func aLabelWithValuesNoGeomCanHaveIsNotOne(label: ComponentLabel) {
+        #expect(ComponentLabel.decode(label.encoded(sectorSize: 512)) == nil)
+    }
+
+    /// Labels that decode but do not fit the disk under them, or the geom they name, are
+    /// refused when tasted, with a warning, and no geom is made from them.
+    @Test func aTastedLabelThatDoesNotFitItsDiskOrItsGeomIsRefused() throws {
+        let warnings = Mutex<[String]>([])
+        let topology = Topology { level, message in
+            if level == .warning { warnings.withLock { $0.append(message) } }
+        }
+        defer { topology.shutdown() }
+        topology.register(StripeClass())
+        func disk(_ name: String, carrying label: ComponentLabel) throws {
+            var contents = [UInt8](repeating: 0, count: 1 << 20)
+            contents.replaceSubrange(((1 << 20) - 512)..., with: label.encoded(sectorSize: 512))
+            _ = try MemoryDisk.create(in: topology, name: name, contents: contents)
+            topology.settle()
+        }
+        // Says it holds more data than the disk has room for.
+        try disk("big0", carrying: ComponentLabel(kind: .stripe, name: "big", id: 9, index: 0, count: 2, stripeSize: 4096,
+                                                  dataSize: 4 << 20))
+        // Two components of one geom (same name and id) that disagree on the count: the
+        // second says it is component 2 of a geom that has 2.
+        try disk("odd0", carrying: ComponentLabel(kind: .stripe, name: "odd", id: 11, index: 0, count: 2, stripeSize: 4096,
+                                                  dataSize: (1 << 20) - 512))
+        try disk("odd2", carrying: ComponentLabel(kind: .stripe, name: "odd", id: 11, index: 2, count: 3, stripeSize: 4096,
+                                                  dataSize: (1 << 20) - 512))
+        #expect(topology.provider(named: "big") == nil)
+        #expect(topology.provider(named: "odd") == nil)
+        let seen = warnings.withLock { $0 }
+        #expect(seen.contains { $0.contains("big0") && $0.contains("room for \((1 << 20) - 512)") })
+        #expect(seen.contains { $0.contains("odd2") && $0.contains("component 2 of a geom that has 2") })
     }
 
     @Test func aLabelWithABadChecksumIsNotOne() {

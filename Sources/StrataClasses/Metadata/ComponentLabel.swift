@@ -46,12 +46,18 @@ public struct ComponentLabel: Equatable, Sendable {
         bytes += bigEndianBytes(Self.version)
         bytes += padded(Array(name.utf8.prefix(63)), to: 64)
         bytes += bigEndianBytes(id) + bigEndianBytes(UInt32(index)) + bigEndianBytes(UInt32(count))
-        bytes += bigEndianBytes(UInt64(stripeSize)) + bigEndianBytes(UInt64(dataSize))
+        bytes += bigEndianBytes(UInt64(bitPattern: stripeSize)) + bigEndianBytes(UInt64(bitPattern: dataSize))
         bytes += bigEndianBytes(CRC32.checksum(bytes))
         return bytes + [UInt8](repeating: 0, count: sectorSize - bytes.count)
     }
 
-    /// Reads a label from a sector; nil unless it is one, whole and with a good checksum.
+    /// The most components a concat or stripe has.
+    public static let maximumCount = 64
+
+    /// Reads a label from a sector; nil unless it is one, whole, with a good checksum and
+    /// values a geom can be built from: 1 to 64 components, a positive data size, and for
+    /// a stripe a stripe size that is a power of two of at least 512 bytes. A disk image
+    /// is input from outside: a label whose checksum holds may still carry any values.
     public static func decode(_ sector: [UInt8]) -> ComponentLabel? {
         guard sector.count >= encodedLength + 4 else { return nil }
         guard let kind = Kind.allCases.first(where: { padded(Array($0.rawValue.utf8), to: 16) == Array(sector[0..<16]) }) else {
@@ -63,11 +69,16 @@ public struct ComponentLabel: Equatable, Sendable {
         let nameBytes = sector[20..<84].prefix { $0 != 0 }
         let index = Int(bigEndianInteger(sector, at: 92, as: UInt32.self))
         let count = Int(bigEndianInteger(sector, at: 96, as: UInt32.self))
-        guard count > 0, index < count else { return nil }
+        guard count > 0, count <= maximumCount, index < count else { return nil }
+        let stripeSize = Int64(bitPattern: bigEndianInteger(sector, at: 100, as: UInt64.self))
+        let dataSize = Int64(bitPattern: bigEndianInteger(sector, at: 108, as: UInt64.self))
+        guard dataSize > 0 else { return nil }
+        if kind == .stripe {
+            guard stripeSize >= 512, stripeSize & (stripeSize - 1) == 0 else { return nil }
+        }
         return ComponentLabel(kind: kind, name: String(decoding: nameBytes, as: UTF8.self),
                               id: bigEndianInteger(sector, at: 84, as: UInt64.self), index: index, count: count,
-                              stripeSize: Int64(bigEndianInteger(sector, at: 100, as: UInt64.self)),
-                              dataSize: Int64(bigEndianInteger(sector, at: 108, as: UInt64.self)))
+                              stripeSize: stripeSize, dataSize: dataSize)
     }
 
     /// Reads the label of `provider` through a consumer of `geom` opened for the read.

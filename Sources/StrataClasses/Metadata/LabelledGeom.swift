@@ -16,6 +16,9 @@ open class LabelledGeom: Geom, @unchecked Sendable {
     /// The components in label order, set once all are present and before the provider
     /// exists; `start` reads it without the topology lock.
     private var ordered: [Consumer] = []
+    /// `ordered` without reference counts, for passing requests on: a component read from
+    /// `ordered` costs a retain and a release per request. `ordered` keeps them alive.
+    private var orderedReferences: [Unmanaged<Consumer>] = []
 
     init(name: String, className: String, kind: ComponentLabel.Kind, id: UInt64, count: Int, stripeSize: Int64) {
         self.kind = kind
@@ -50,6 +53,13 @@ open class LabelledGeom: Geom, @unchecked Sendable {
     /// Attaches `provider` as component `index` (from its label) and makes the provider
     /// once all are present. Topology locked (tasting or creation).
     func adopt(_ provider: Provider, index: Int, dataSize: Int64, in topology: Topology) throws {
+        guard index < componentCount else {
+            throw StrataError(.invalid, "\(className.lowercased()) \(name): \(provider.name) says it is component \(index) of a geom that has \(componentCount)")
+        }
+        let room = provider.mediaSize - Int64(provider.sectorSize)
+        guard dataSize <= room else {
+            throw StrataError(.invalid, "\(className.lowercased()) \(name): \(provider.name)'s label says \(dataSize) data bytes, but it has room for \(room)")
+        }
         guard components[index] == nil else {
             throw StrataError(.exists, "\(className.lowercased()) \(name): component \(index) is already \(components[index]!.provider?.name ?? "?")")
         }
@@ -59,6 +69,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
         dataSizes[index] = dataSize
         if isComplete && providers.isEmpty {
             ordered = components.map { $0! }
+            orderedReferences = ordered.map { Unmanaged.passUnretained($0) }
             let sector = components.map { $0!.provider!.sectorSize }.max()!
             try topology.createProvider(for: self, name: name, mediaSize: mediaSize() / Int64(sector) * Int64(sector),
                                         sectorSize: sector, stripeSize: stripeSize, stripeOffset: 0)
@@ -104,7 +115,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
             bio.deliver(.noMemory)
             return
         }
-        bio.passOn(clone, to: ordered[0])
+        passOn(bio, clone, toComponent: 0)
     }
 
     /// Maps a data request onto the components, one clone per run between boundaries.
@@ -119,7 +130,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
                 return
             }
             clone.offset = first.offset
-            bio.passOn(clone, to: ordered[first.component])
+            passOn(bio, clone, toComponent: first.component)
             return
         }
         var clones: [(UnmanagedBio, Int)] = []
@@ -154,7 +165,14 @@ open class LabelledGeom: Geom, @unchecked Sendable {
         // The shift back, kept in the consumer-private field for the done routine.
         clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: Int(bio.offset - place.offset)))
         clone.done = .handler(self)
-        bio.passOn(clone, to: ordered[place.component])
+        passOn(bio, clone, toComponent: place.component)
+    }
+
+    /// `ProviderBio.passOn` to component `index`, without reference counting it.
+    private func passOn(_ bio: consuming ProviderBio, _ clone: consuming Bio, toComponent index: Int) {
+        let parent = bio.unmanaged()
+        let child = clone.unmanaged()
+        orderedReferences[index]._withUnsafeGuaranteedRef { parent.takeProviderBio().passOn(child.takeBio(), to: $0) }
     }
 
     override open func bioDone(_ bio: consuming Bio) {

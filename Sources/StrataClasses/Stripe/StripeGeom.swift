@@ -4,7 +4,13 @@ import Strata
 /// number of components times the smallest, rounded down to the stripe size; requests
 /// are split at stripe boundaries. The stripe size is reported upward.
 public final class StripeGeom: LabelledGeom, @unchecked Sendable {
+    /// log2 of the stripe size, a power of two (checked by `create` and by the label's
+    /// decoding): the mapping shifts and masks rather than divides.
+    private let stripeShift: Int64
+
     init(name: String, id: UInt64, count: Int, stripeSize: Int64) {
+        precondition(stripeSize > 0 && stripeSize & (stripeSize - 1) == 0, "stripe size \(stripeSize) is not a power of two")
+        stripeShift = Int64(stripeSize.trailingZeroBitCount)
         super.init(name: name, className: "STRIPE", kind: .stripe, id: id, count: count, stripeSize: stripeSize)
     }
 
@@ -36,11 +42,10 @@ public final class StripeGeom: LabelledGeom, @unchecked Sendable {
     }
 
     override public func locate(_ offset: Int64) -> (component: Int, offset: Int64, run: Int64) {
-        let stripe = offset / stripeSize
-        let within = offset % stripeSize
-        let component = Int(stripe % Int64(componentCount))
-        let row = stripe / Int64(componentCount)
-        return (component, row * stripeSize + within, stripeSize - within)
+        let stripe = offset >> stripeShift
+        let within = offset & (stripeSize - 1)
+        let (row, component) = stripe.quotientAndRemainder(dividingBy: Int64(componentCount))
+        return (Int(component), row << stripeShift | within, stripeSize - within)
     }
 }
 
