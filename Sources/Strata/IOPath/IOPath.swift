@@ -225,10 +225,7 @@ enum IOPath {
                                        failed: error != 0, start: start, now: now, slot: thread.pointee.statisticsSlot)
             }
         }
-        if let consumer = header.pointee.from,
-           consumer._withUnsafeGuaranteedRef({ $0.withGeom { $0.dispatchMode } }) == .queued {
-            // (A closure, not the key path \.dispatchMode: a key path read of a class
-            // property costs a dynamic exclusivity check on every delivery.)
+        if let consumer = header.pointee.from, consumer._withUnsafeGuaranteedRef({ $0.completesQueued }) {
             IOWorkers.shared.up.enqueue(header)
             return
         }

@@ -39,8 +39,13 @@ public final class Consumer: @unchecked Sendable, CustomStringConvertible {
     /// The provider got a writer while this consumer held no access.
     public internal(set) var isSpoiled = false
 
+    /// The geom's done routines run on the up worker (`DispatchMode.queued`): read on
+    /// every delivery, so kept here rather than behind the geom reference.
+    let completesQueued: Bool
+
     init(geom: Geom) {
         self.geomReference = Unmanaged.passUnretained(geom)
+        self.completesQueued = geom.dispatchMode == .queued
     }
 
     public var name: String { "\(geom.name)→\(provider?.name ?? "-")" }
