@@ -44,10 +44,13 @@ public final class NBDSessionPhase {
         case closed
     }
 
-    public var phase: Phase
+    // Both are read for every message decoded, by the decoder and its connection on
+    // the connection's one thread: unchecked, so no access pays Swift's run-time
+    // exclusivity check (see `NBDConnectionHandler`).
+    @exclusivity(unchecked) public var phase: Phase
     /// While set, no further request is decoded: requests already received stay
     /// buffered until the connection has room for them again (backpressure).
-    public var paused = false
+    @exclusivity(unchecked) public var paused = false
 
     public init(_ phase: Phase = .clientFlags) {
         self.phase = phase

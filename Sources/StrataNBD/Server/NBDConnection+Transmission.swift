@@ -26,14 +26,15 @@ struct RequestTable {
     private(set) var count = 0
     private(set) var bytes = 0
 
-    mutating func insert(_ slot: RequestSlot) -> Int {
+    /// Puts `slot` in a free place (moved in, not copied: a copy would retain its buffer).
+    mutating func insert(_ slot: consuming RequestSlot) -> Int {
         count += 1
         bytes += slot.bytes
         if let index = free.popLast() {
-            slots[index] = slot
+            slots[index] = consume slot
             return index
         }
-        slots.append(slot)
+        slots.append(consume slot)
         return slots.count - 1
     }
 
@@ -192,7 +193,7 @@ extension NBDConnectionHandler {
             bio.command = .read
             let headerSpace = structuredReplies ? ByteBuffer.nbdChunkHeaderSize(extended: extendedHeaders) + 8 : 16
             let length = Int(header.length)
-            var buffer = context!.channel.allocator.buffer(capacity: headerSpace + length)
+            var buffer = allocator.buffer(capacity: headerSpace + length)
             buffer.moveWriterIndex(forwardBy: headerSpace)
             // The provider reads straight into the reply. The buffer is owned by the
             // slot alone until completion, so its storage stays where it is.
@@ -358,7 +359,7 @@ extension NBDConnectionHandler {
         }
         let count = min(descriptors.count, NBDLimits.maximumExtents)
         let length = extendedHeaders ? 8 + 16 * count : 4 + 8 * count
-        var chunk = context!.channel.allocator.buffer(capacity: 32 + length)
+        var chunk = allocator.buffer(capacity: 32 + length)
         chunk.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done,
                                   type: extendedHeaders ? .blockStatusExtended : .blockStatus,
                                   cookie: header.cookie, requestOffset: header.offset, length: length)
@@ -420,8 +421,8 @@ extension NBDConnectionHandler {
     /// Adds a small reply to the batch (`replyBatch`), flushed with the input being
     /// processed, or at once when a completion arrives outside it.
     private func sendSmall(_ write: (inout ByteBuffer) -> Void) {
-        guard let context, !channelClosed else { return }
-        if replyBatch == nil { replyBatch = context.channel.allocator.buffer(capacity: 2048) }
+        guard context != nil, !channelClosed else { return }
+        if replyBatch == nil { replyBatch = allocator.buffer(capacity: 2048) }
         write(&replyBatch!)
         flushAfterInput()
     }
@@ -434,7 +435,7 @@ extension NBDConnectionHandler {
     func updateReading() {
         guard let context, !channelClosed else { return }
         let limits = core.limits
-        if finishing || requests.count >= limits.requests || requests.bytes >= limits.bytes || !context.channel.isWritable {
+        if finishing || requests.count >= limits.requests || requests.bytes >= limits.bytes || !writable {
             pauseReading()
         } else if core.budgetSpent {
             pauseReading()
@@ -452,7 +453,7 @@ extension NBDConnectionHandler {
             // Requests received before the pause come first. While input is being
             // processed the loop under way picks them up itself.
             if !processingInput {
-                process(context.channel.allocator.buffer(capacity: 0))
+                process(allocator.buffer(capacity: 0))
                 if flushPending { flushReplies() }
             }
         }
