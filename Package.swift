@@ -27,9 +27,12 @@ let package = Package(
     ],
     targets: [
         // The request system and the topology. Imports the toolchain only.
-        .target(name: "Strata", dependencies: ["CStrataThreadState"], swiftSettings: strictSwift),
+        .target(name: "Strata", dependencies: ["CStrataThreadState", "CStrataClock"], swiftSettings: strictSwift),
         // The I/O path's per-thread state pointer, a C thread-local (part of Strata).
         .target(name: "CStrataThreadState"),
+        // The I/O path's clock: the CPU's time-stamp counter where the kernel keeps
+        // time by it, else clock_gettime (part of Strata).
+        .target(name: "CStrataClock"),
         // Transform classes: nop, concat, stripe, label, part, mirror.
         .target(name: "StrataClasses", dependencies: ["Strata"], swiftSettings: strictSwift),
         // Linux calls that need _GNU_SOURCE, for the disks.

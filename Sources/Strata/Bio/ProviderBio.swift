@@ -143,6 +143,9 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
 
     /// Takes a request from `set` (waiting for its reserve when `wait`) and makes it
     /// the clone of `length` bytes at `relativeOffset`; nil only when not waiting.
+    // Inlined with `attachClone` so that the stores that set up a fresh header and the
+    // stores that make it a clone are one sequence, and the first of each pair goes.
+    @inline(__always)
     private func makeClone(_ relativeOffset: Int64, _ length: Int64, _ set: AnyBioSet, wait: Bool) -> Bio? {
         guard let child = set.allocateHeader(segments: 0, wait: wait) else { return nil }
         attachClone(child, offset: relativeOffset, length: length)
@@ -163,6 +166,7 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
         return SplitBio(first: first, second: second)
     }
 
+    @inline(__always)
     private func attachClone(_ child: UnsafeMutablePointer<BioHeader>, offset relativeOffset: Int64, length: Int64) {
         let parentLength = header.pointee.length
         let parentData = header.pointee.data

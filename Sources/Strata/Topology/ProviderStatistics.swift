@@ -1,3 +1,4 @@
+import CStrataClock
 import Synchronization
 
 #if canImport(Glibc)
@@ -189,11 +190,10 @@ public final class ProviderStatistics: @unchecked Sendable {
         }
     }
 
-    /// Nanoseconds on the monotonic clock.
+    /// Nanoseconds on the monotonic clock, from the time-stamp counter where the kernel
+    /// keeps time by it (`CStrataClock`).
     @inline(__always)
     static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+        strata_clock_nanoseconds()
     }
 }
