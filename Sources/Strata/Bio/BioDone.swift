@@ -61,7 +61,6 @@ public struct BioDone: @unchecked Sendable {
     public static func closure(_ body: @escaping @Sendable (consuming Bio) -> Void) -> BioDone {
         BioDone(kind: .closure(body))
     }
-
 }
 
 /// A request's done routine as its header keeps it: with no reference counting, so a

@@ -141,10 +141,10 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
         return makeClone(relativeOffset, length, set, wait: true)!
     }
 
-    /// Takes a request from `set` (waiting for its reserve when `wait`) and makes it
-    /// the clone of `length` bytes at `relativeOffset`; nil only when not waiting.
     // Inlined with `attachClone` so that the stores that set up a fresh header and the
     // stores that make it a clone are one sequence, and the first of each pair goes.
+    /// Takes a request from `set` (waiting for its reserve when `wait`) and makes it
+    /// the clone of `length` bytes at `relativeOffset`; nil only when not waiting.
     @inline(__always)
     private func makeClone(_ relativeOffset: Int64, _ length: Int64, _ set: AnyBioSet, wait: Bool) -> Bio? {
         guard let child = set.allocateHeader(segments: 0, wait: wait) else { return nil }

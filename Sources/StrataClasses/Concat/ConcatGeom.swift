@@ -10,7 +10,7 @@ public final class ConcatGeom: LabelledGeom, @unchecked Sendable {
     /// Makes a concat of `providers`, in order, and labels them.
     @discardableResult
     public static func create(in topology: Topology, name: String, over providers: [Provider]) throws -> ConcatGeom {
-        guard providers.count >= 1, providers.count <= 64 else {
+        guard providers.count >= 1, providers.count <= ComponentLabel.maximumCount else {
             throw StrataError(.invalid, "concat \(name): \(providers.count) components; a concat has 1 to 64")
         }
         let geom = ConcatGeom(name: name, id: UInt64.random(in: 1...UInt64.max), count: providers.count)

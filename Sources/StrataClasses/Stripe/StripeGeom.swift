@@ -20,7 +20,7 @@ public final class StripeGeom: LabelledGeom, @unchecked Sendable {
     @discardableResult
     public static func create(in topology: Topology, name: String, over providers: [Provider],
                               stripeSize: Int64 = 64 << 10) throws -> StripeGeom {
-        guard providers.count >= 2, providers.count <= 64 else {
+        guard providers.count >= 2, providers.count <= ComponentLabel.maximumCount else {
             throw StrataError(.invalid, "stripe \(name): \(providers.count) components; a stripe has 2 to 64")
         }
         let sector = Int64(providers.map(\.sectorSize).max()!)
