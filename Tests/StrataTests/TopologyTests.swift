@@ -50,6 +50,33 @@ import Testing
         }
     }
 
+    /// The index a class gives each of its providers comes back on every request sent to
+    /// that provider, so the class finds its per-provider state without a lookup.
+    @Test func aRequestCarriesTheIndexItsClassGaveItsProvider() throws {
+        final class IndexingGeom: Geom, @unchecked Sendable {
+            let seen = Mutex<[Int]>([])
+            override func start(_ bio: consuming ProviderBio) {
+                let index = bio.providerIndex
+                seen.withLock { $0.append(index) }
+                bio.deliverAll()
+            }
+        }
+        let topology = Topology()
+        let geom = IndexingGeom(name: "indexing", className: "TEST")
+        try topology.add(geom)
+        let providers = try [7, 0, 3].map {
+            try topology.createProvider(for: geom, name: "indexed\($0)", mediaSize: 4096, sectorSize: 512, index: $0,
+                                        announce: false)
+        }
+        #expect(providers.map(\.index) == [7, 0, 3])
+        for provider in providers {
+            let issuer = try TestIssuer(on: provider, in: topology, name: "issuer-\(provider.name)")
+            #expect(issuer.consumer.outcome(.flush, offset: 0, length: 0).error == nil)
+        }
+        let seen = geom.seen.withLock { $0 }
+        #expect(seen == [7, 0, 3])
+    }
+
     /// A class that recognizes providers whose first sector starts with "TASTEME!" and
     /// stacks a pass-through geom named after them.
     final class TastingClass: GeomClass, @unchecked Sendable {

@@ -39,6 +39,10 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
         get { header.pointee.completed.load(ordering: .relaxed) }
         nonmutating set { header.pointee.completed.store(newValue, ordering: .relaxed) }
     }
+    /// The index its class gave the provider this request was sent to (`bio_to->index`).
+    @inlinable public var providerIndex: Int {
+        header.pointee.to!._withUnsafeGuaranteedRef { $0.index }
+    }
     /// How this request's clones are folded together; `.firstError` unless the class
     /// chooses otherwise before cloning.
     @inlinable public var combine: BioCombine {

@@ -14,6 +14,10 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
         geomReference._withUnsafeGuaranteedRef(body)
     }
     public let sectorSize: Int
+    /// The class's own number for this provider (`pp->index`), given when the provider is
+    /// made: a partition's slot in its geom's table, say. A class finds its per-provider
+    /// state from a request with `ProviderBio.providerIndex` without a lookup.
+    public let index: Int
     /// Bytes per stripe below, or 0 (a hint for aligning I/O).
     public internal(set) var stripeSize: Int64
     /// Offset of the first stripe boundary.
@@ -35,8 +39,9 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
     /// A consumer was spoiled: taste again when the last writer closes.
     var needsRetaste = false
 
-    init(name: String, geom: Geom, mediaSize: Int64, sectorSize: Int, stripeSize: Int64, stripeOffset: Int64) {
+    init(name: String, geom: Geom, mediaSize: Int64, sectorSize: Int, stripeSize: Int64, stripeOffset: Int64, index: Int) {
         self.name = name
+        self.index = index
         self.geomReference = Unmanaged.passUnretained(geom)
         self.mediaSizeStorage = Atomic(mediaSize)
         self.sectorSize = sectorSize

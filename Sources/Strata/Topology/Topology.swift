@@ -134,7 +134,8 @@ public final class Topology: @unchecked Sendable {
     /// Provider names are unique in a topology.
     @discardableResult
     public func createProvider(for geom: Geom, name: String, mediaSize: Int64, sectorSize: Int,
-                               stripeSize: Int64 = 0, stripeOffset: Int64 = 0, announce: Bool = true) throws -> Provider {
+                               stripeSize: Int64 = 0, stripeOffset: Int64 = 0, index: Int = 0,
+                               announce: Bool = true) throws -> Provider {
         guard sectorSize > 0, sectorSize & (sectorSize - 1) == 0 else {
             throw StrataError(.invalid, "provider \(name): sector size \(sectorSize) is not a power of two")
         }
@@ -147,7 +148,7 @@ public final class Topology: @unchecked Sendable {
                 throw StrataError(.exists, "a provider named \(name) exists already")
             }
             let provider = Provider(name: name, geom: geom, mediaSize: mediaSize, sectorSize: sectorSize,
-                                    stripeSize: stripeSize, stripeOffset: stripeOffset)
+                                    stripeSize: stripeSize, stripeOffset: stripeOffset, index: index)
             geom.providers.append(provider)
             providersByName[name] = provider
             if announce { self.announce(provider) }

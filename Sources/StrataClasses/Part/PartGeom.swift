@@ -5,8 +5,8 @@ import Strata
 /// GPT is read from its backup, and the topology's log says so.
 public final class PartGeom: Geom, @unchecked Sendable {
     public let table: PartitionTable
-    /// Partition start in bytes, by provider.
-    private var starts: [ObjectIdentifier: Int64] = [:]
+    /// Partition start in bytes, by provider index (`Provider.index`).
+    private var starts: [Int64] = []
 
     init(disk: String, table: PartitionTable) {
         self.table = table
@@ -35,9 +35,12 @@ public final class PartGeom: Geom, @unchecked Sendable {
                     topology.emit(.warning, "\(provider.name): partition \(partition.number) lies outside the disk; skipped")
                     continue
                 }
-                let child = try topology.createProvider(for: geom, name: "\(provider.name)p\(partition.number)",
-                                                        mediaSize: partition.sectors * sector, sectorSize: provider.sectorSize)
-                geom.starts[ObjectIdentifier(child)] = partition.firstLBA * sector
+                // The start is in place before the provider exists, so its first request
+                // finds it.
+                geom.starts.append(partition.firstLBA * sector)
+                try topology.createProvider(for: geom, name: "\(provider.name)p\(partition.number)",
+                                            mediaSize: partition.sectors * sector, sectorSize: provider.sectorSize,
+                                            index: geom.starts.count - 1)
             }
         } catch {
             topology.wither(geom)
@@ -60,10 +63,7 @@ public final class PartGeom: Geom, @unchecked Sendable {
     }
 
     override public func start(_ bio: consuming ProviderBio) {
-        guard let provider = bio.to, let start = starts[ObjectIdentifier(provider)] else {
-            bio.deliver(.noDevice)
-            return
-        }
+        let start = starts[bio.providerIndex]
         guard let clone = bio.clone() else {
             bio.deliver(.noMemory)
             return
