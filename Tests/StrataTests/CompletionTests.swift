@@ -131,12 +131,25 @@ import Testing
                 }
             }
         }
-        let topology = Topology()
         let name = "hand-on-\(cloneFirst)-\(error?.name ?? "ok")"
-        let bottom = try ProbeGeom.install(in: topology, name: name + "-bottom") { bio in
-            bio.completed = 1024
-            if cloneFirst {
-                // Completes inside the request, before the provider's awaitChildren.
+        // With cloneFirst the clone completes inside the request, before the provider's
+        // awaitChildren.
+        let outcome = try Self.readThroughOnlyClone(of: HandingOnGeom(name: name, className: "HANDON"),
+                                                    cloneAtOnce: cloneFirst, error: error, completed: 1024)
+        #expect(outcome.summary == "\(error?.name ?? "ok") 1024 1/1")
+        #expect(outcome.deliveries == 1)
+    }
+
+    /// Stacks `geom` (a class passing each request on as one clone) on a disk that
+    /// completes each request with `completed` bytes and `error`, inside the request when
+    /// `cloneAtOnce`, else 20 ms later on another thread; then issues one 4 KiB read
+    /// through `geom` (see `issueOnce`).
+    static func readThroughOnlyClone(of geom: Geom, cloneAtOnce: Bool, error: BioError?,
+                                     completed: Int64) throws -> (summary: String, deliveries: Int) {
+        let topology = Topology()
+        let bottom = try ProbeGeom.install(in: topology, name: geom.name + "-bottom") { bio in
+            bio.completed = completed
+            if cloneAtOnce {
                 bio.deliver(error)
                 return
             }
@@ -145,15 +158,12 @@ import Testing
                 request.takeProviderBio().deliver(error)
             }
         }
-        let geom = HandingOnGeom(name: name, className: "HANDON")
         try topology.add(geom)
         try topology.attach(topology.createConsumer(for: geom), to: bottom.providers[0])
         try topology.access(geom.consumers[0], read: 1, write: 1, exclusive: 0)
-        try topology.createProvider(for: geom, name: name, mediaSize: 1 << 20, sectorSize: 512, announce: false)
+        try topology.createProvider(for: geom, name: geom.name, mediaSize: 1 << 20, sectorSize: 512, announce: false)
         let issuer = try TestIssuer(on: geom.providers[0], in: topology)
-        let outcome = Self.issueOnce(.read, length: 4096, on: issuer.consumer)
-        #expect(outcome.summary == "\(error?.name ?? "ok") 1024 1/1")
-        #expect(outcome.deliveries == 1)
+        return Self.issueOnce(.read, length: 4096, on: issuer.consumer)
     }
 
     /// `passOn` gives the request to its only clone before the clone goes out: the parent
@@ -182,26 +192,9 @@ import Testing
                 }
             }
         }
-        let topology = Topology()
         let name = "pass-on-\(fromAnotherThread)-\(cloneAtOnce)-\(error?.name ?? "ok")"
-        let bottom = try ProbeGeom.install(in: topology, name: name + "-bottom") { bio in
-            bio.completed = 2048
-            if cloneAtOnce {
-                bio.deliver(error)
-                return
-            }
-            let request = bio.unmanaged()
-            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) {
-                request.takeProviderBio().deliver(error)
-            }
-        }
-        let geom = PassingOnGeom(name: name, fromAnotherThread: fromAnotherThread)
-        try topology.add(geom)
-        try topology.attach(topology.createConsumer(for: geom), to: bottom.providers[0])
-        try topology.access(geom.consumers[0], read: 1, write: 1, exclusive: 0)
-        try topology.createProvider(for: geom, name: name, mediaSize: 1 << 20, sectorSize: 512, announce: false)
-        let issuer = try TestIssuer(on: geom.providers[0], in: topology)
-        let outcome = Self.issueOnce(.read, length: 4096, on: issuer.consumer)
+        let outcome = try Self.readThroughOnlyClone(of: PassingOnGeom(name: name, fromAnotherThread: fromAnotherThread),
+                                                    cloneAtOnce: cloneAtOnce, error: error, completed: 2048)
         #expect(outcome.summary == "\(error?.name ?? "ok") 2048 1/1")
         #expect(outcome.deliveries == 1)
     }

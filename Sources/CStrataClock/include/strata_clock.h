@@ -47,7 +47,4 @@ static inline uint64_t strata_clock_nanoseconds(void) {
     return strata_clock_monotonic();
 }
 
-/// Whether readings come from the time-stamp counter (for `strata bench` and tests).
-static inline int strata_clock_uses_counter(void) { return strata_clock_scale.counter; }
-
 #endif

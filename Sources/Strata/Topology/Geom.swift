@@ -79,9 +79,15 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
     /// the clone down, as a class with one consumer below passes a request on whole.
     public final func passOnToFirstConsumer(_ bio: consuming ProviderBio, _ clone: consuming Bio) {
         guard let firstConsumer else { preconditionFailure("\(self) has no consumer to pass a request to") }
+        passOn(bio, clone, to: firstConsumer)
+    }
+
+    /// `ProviderBio.passOn` to a consumer the class holds unretained (one of its own,
+    /// kept alive by `consumers`), without reference counting it per request.
+    public final func passOn(_ bio: consuming ProviderBio, _ clone: consuming Bio, to consumer: Unmanaged<Consumer>) {
         let parent = bio.unmanaged().header
         let child = clone.release()
-        firstConsumer._withUnsafeGuaranteedRef { IOPath.passOn(child, of: parent, on: $0) }
+        consumer._withUnsafeGuaranteedRef { IOPath.passOn(child, of: parent, on: $0) }
     }
 
     /// Completion of a request this geom issued with `.handler(self)` as its done.

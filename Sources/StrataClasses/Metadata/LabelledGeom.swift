@@ -115,7 +115,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
             bio.deliver(.noMemory)
             return
         }
-        passOn(bio, clone, toComponent: 0)
+        passOn(bio, clone, to: orderedReferences[0])
     }
 
     /// Maps a data request onto the components, one clone per run between boundaries.
@@ -130,7 +130,7 @@ open class LabelledGeom: Geom, @unchecked Sendable {
                 return
             }
             clone.offset = first.offset
-            passOn(bio, clone, toComponent: first.component)
+            passOn(bio, clone, to: orderedReferences[first.component])
             return
         }
         var clones: [(UnmanagedBio, Int)] = []
@@ -165,15 +165,9 @@ open class LabelledGeom: Geom, @unchecked Sendable {
         // The shift back, kept in the consumer-private field for the done routine.
         clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: Int(bio.offset - place.offset)))
         clone.done = .handler(self)
-        passOn(bio, clone, toComponent: place.component)
+        passOn(bio, clone, to: orderedReferences[place.component])
     }
 
-    /// `ProviderBio.passOn` to component `index`, without reference counting it.
-    private func passOn(_ bio: consuming ProviderBio, _ clone: consuming Bio, toComponent index: Int) {
-        let parent = bio.unmanaged()
-        let child = clone.unmanaged()
-        orderedReferences[index]._withUnsafeGuaranteedRef { parent.takeProviderBio().passOn(child.takeBio(), to: $0) }
-    }
 
     override open func bioDone(_ bio: consuming Bio) {
         bio.shiftExtents(by: Int64(Int(bitPattern: UInt(bitPattern: bio.caller1))))
