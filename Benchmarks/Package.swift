@@ -13,6 +13,7 @@ let package = Package(
         // MallocInterposer counts allocations; without the trait every malloc count reads 0.
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
         .executableTarget(
@@ -25,6 +26,8 @@ let package = Package(
                 .product(name: "StrataConfig", package: "Strata"),
                 .product(name: "StrataNBD", package: "Strata"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/StrataBenchmarks",
             swiftSettings: [.swiftLanguageMode(.v6)],

@@ -3,7 +3,7 @@ import NIOCore
 import NIOEmbedded
 import Strata
 import StrataDisks
-import StrataNBD
+@_spi(Embedding) import StrataNBD
 
 /// The server every input talks to, built once per process: a topology with two small
 /// memory disks (512-byte and 4096-byte sectors) behind three exports, one of them

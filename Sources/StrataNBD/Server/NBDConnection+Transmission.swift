@@ -16,12 +16,21 @@ struct RequestSlot {
     var bytes = 0
     /// A TRIM or WRITE_ZEROES with FUA whose flush is under way.
     var flushing = false
+
+    /// What a free place in the table holds.
+    static var vacant: RequestSlot {
+        RequestSlot(header: NBDRequestHeader(flags: [], type: 0, cookie: 0, offset: 0, length: 0), command: .flush)
+    }
 }
 
 /// The requests of one connection, by slot; a request's slot number travels in its
 /// `caller1`.
+///
+/// Slots are stored whole, not as optionals, and read in place: reading a field through
+/// an optional's unwrapping copied the whole slot, retaining and releasing its buffer,
+/// several times per request. A free slot holds `RequestSlot.vacant`.
 struct RequestTable {
-    private var slots: [RequestSlot?] = []
+    private var slots: [RequestSlot] = []
     private var free: [Int] = []
     private(set) var count = 0
     private(set) var bytes = 0
@@ -39,25 +48,26 @@ struct RequestTable {
     }
 
     /// Marks the request in `index` as flushing and returns true if it is a TRIM or
-    /// WRITE_ZEROES with FUA whose flush has not been sent yet. Reads the slot in place:
-    /// a copy would retain its buffer, once per request.
+    /// WRITE_ZEROES with FUA whose flush has not been sent yet.
     mutating func beginFlushForFUA(_ index: Int) -> Bool {
-        let command = slots[index]!.command
-        guard slots[index]!.header.flags.contains(.fua), command == .trim || command == .writeZeroes,
-              !slots[index]!.flushing else { return false }
-        slots[index]!.flushing = true
+        let command = slots[index].command
+        guard slots[index].header.flags.contains(.fua), command == .trim || command == .writeZeroes,
+              !slots[index].flushing else { return false }
+        slots[index].flushing = true
         return true
     }
 
     /// The command of the request in `index`.
-    func command(_ index: Int) -> NBDCommand { slots[index]!.command }
+    func command(_ index: Int) -> NBDCommand { slots[index].command }
 
     /// The payload bytes the request in `index` counts against the limits.
-    func bytes(of index: Int) -> Int { slots[index]!.bytes }
+    func bytes(of index: Int) -> Int { slots[index].bytes }
 
-    /// Takes the slot out (moved, not copied: a copy would retain its buffer).
+    /// Takes the slot out (swapped with a vacant one, not copied: a copy would retain its
+    /// buffer).
     mutating func remove(_ index: Int) -> RequestSlot {
-        let slot = slots[index].take()!
+        var slot = RequestSlot.vacant
+        swap(&slot, &slots[index])
         free.append(index)
         count -= 1
         bytes -= slot.bytes
@@ -193,7 +203,7 @@ extension NBDConnectionHandler {
             bio.command = .read
             let headerSpace = structuredReplies ? ByteBuffer.nbdChunkHeaderSize(extended: extendedHeaders) + 8 : 16
             let length = Int(header.length)
-            var buffer = allocator.buffer(capacity: headerSpace + length)
+            var buffer = readReplyBuffers.take(capacity: headerSpace + length, allocator: allocator)
             buffer.moveWriterIndex(forwardBy: headerSpace)
             // The provider reads straight into the reply. The buffer is owned by the
             // slot alone until completion, so its storage stays where it is.
@@ -325,6 +335,7 @@ extension NBDConnectionHandler {
             assert(buffer.writerIndex == slot.headerSpace, "the reply header fills exactly the space kept for it")
             buffer.moveWriterIndex(forwardBy: Int(header.length))
             send(buffer)
+            readReplyBuffers.keep(buffer)
         case .blockStatus:
             sendBlockStatus(header, extents: extents)
         default:
@@ -422,7 +433,7 @@ extension NBDConnectionHandler {
     /// processed, or at once when a completion arrives outside it.
     private func sendSmall(_ write: (inout ByteBuffer) -> Void) {
         guard context != nil, !channelClosed else { return }
-        if replyBatch == nil { replyBatch = allocator.buffer(capacity: 2048) }
+        if replyBatch == nil { replyBatch = replyBatchBuffers.take(capacity: 2048, allocator: allocator) }
         write(&replyBatch!)
         flushAfterInput()
     }

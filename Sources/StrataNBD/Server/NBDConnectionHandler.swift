@@ -69,6 +69,10 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// and one pipeline write per batch rather than per reply. Replies of different
     /// requests may go in any order, so a READ's data written meanwhile may pass them.
     @exclusivity(unchecked) var replyBatch: ByteBuffer?
+    /// Read replies' buffers and reply batches already handed to the channel, used again
+    /// once it has written them: no allocation per request once the connection is warm.
+    @exclusivity(unchecked) var readReplyBuffers = ReplyBuffers()
+    @exclusivity(unchecked) var replyBatchBuffers = ReplyBuffers()
     /// DISC received, the server stopping, or the client gone: no new requests.
     @exclusivity(unchecked) var finishing = false
     /// The server is stopping: requests still arriving get ESHUTDOWN, and the connection
@@ -141,11 +145,15 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         flushPending = false
         writeReplyBatch(on: context)
         context.flush()
+        readReplyBuffers.flushed()
+        replyBatchBuffers.flushed()
     }
 
     /// Writes the gathered small replies, if any, without flushing.
     private func writeReplyBatch(on context: ChannelHandlerContext) {
-        if let batch = replyBatch.take() { context.write(wrapOutboundOut(batch), promise: nil) }
+        guard let batch = replyBatch.take() else { return }
+        context.write(wrapOutboundOut(batch), promise: nil)
+        replyBatchBuffers.keep(batch)
     }
 
     /// Flushes once the input being processed (or the batch of completions being

@@ -124,10 +124,10 @@ public final class NBDServer: Sendable {
 
     /// A handler for one more connection, the one `start` puts in each accepted
     /// channel's pipeline but that it sends every request from the event loop, large
-    /// reads too: an `EmbeddedEventLoop` runs only on the thread that drives it. Visible
-    /// to the package so that the fuzz targets (`StrataFuzz`) serve hostile bytes
-    /// through the real thing over an `EmbeddedChannel`.
-    package func connectionHandler(on eventLoop: any EventLoop) -> any ChannelHandler {
+    /// reads too: an `EmbeddedEventLoop` runs only on the thread that drives it. For
+    /// driving the real thing over an `EmbeddedChannel`: the fuzz targets (`StrataFuzz`)
+    /// serve hostile bytes through it, and the benchmarks count what a request costs.
+    @_spi(Embedding) public func connectionHandler(on eventLoop: any EventLoop) -> any ChannelHandler {
         NBDConnectionHandler(core: core, eventLoop: eventLoop)
     }
 

@@ -1,0 +1,90 @@
+import NIOCore
+import Strata
+@testable import StrataNBD
+import Testing
+
+/// Read replies' buffers are used again once the channel has let go of them, and never
+/// while it still holds them.
+@Suite struct ReplyBufferTests {
+    /// Where a reply's bytes are, to tell whether two replies share memory.
+    private static func address(of reply: ByteBuffer) -> UnsafeRawPointer? {
+        reply.withUnsafeReadableBytes { $0.baseAddress }
+    }
+
+    private static func writeThenRead(_ server: EmbeddedServer, pattern: [UInt8]) throws {
+        try server.request(.write, cookie: 1, offset: 0, length: 4096, payload: pattern)
+        _ = try server.received()
+    }
+
+    @Test func aReadReplyWrittenOutLendsItsMemoryToTheNextRead() throws {
+        let server = try EmbeddedServer()
+        try server.open(structured: true)
+        let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 13) }
+        try Self.writeThenRead(server, pattern: pattern)
+        try server.request(.read, cookie: 2, offset: 0, length: 4096)
+        let first = try #require(try server.channel.readOutbound(as: ByteBuffer.self))
+        let firstAddress = Self.address(of: first)
+        #expect(parseReplies(first).map(\.payload) == [(0..<8).map { _ in 0 } + pattern])
+        // The channel and this test let go of the first reply: the second reuses it.
+        _ = consume first
+        try server.request(.read, cookie: 3, offset: 0, length: 4096)
+        let second = try #require(try server.channel.readOutbound(as: ByteBuffer.self))
+        #expect(Self.address(of: second) == firstAddress)
+        let replies = parseReplies(second)
+        #expect(replies.map(\.cookie) == [3])
+        #expect(replies.map(\.payload) == [(0..<8).map { _ in 0 } + pattern])
+    }
+
+    @Test func aReplyStillHeldIsNeverWrittenOver() throws {
+        let server = try EmbeddedServer()
+        try server.open(structured: true)
+        let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 13) }
+        try Self.writeThenRead(server, pattern: pattern)
+        try server.request(.read, cookie: 2, offset: 0, length: 4096)
+        // Held, as a socket that has not taken it yet holds it.
+        let held = try #require(try server.channel.readOutbound(as: ByteBuffer.self))
+        let heldBytes = Array(held.readableBytesView)
+        let other = pattern.map { ~$0 }
+        try server.request(.write, cookie: 3, offset: 0, length: 4096, payload: other)
+        try server.request(.read, cookie: 4, offset: 0, length: 4096)
+        let replies = parseReplies(try server.received())
+        #expect(replies.map(\.cookie) == [3, 4])
+        #expect(replies.last?.payload == (0..<8).map { _ in 0 } + other)
+        #expect(Array(held.readableBytesView) == heldBytes)
+        #expect(parseReplies(held).map(\.cookie) == [2])
+    }
+
+    @Test func theKeptBuffersAreBoundedInSizeAndBytes() {
+        var buffers = ReplyBuffers()
+        let allocator = ByteBufferAllocator()
+        buffers.keep(allocator.buffer(capacity: ReplyBuffers.largestKept + 1))
+        #expect(buffers.count == 0)
+        let each = 64 << 10
+        for _ in 0..<(ReplyBuffers.keptBytesLimit / each + 4) { buffers.keep(allocator.buffer(capacity: each)) }
+        #expect(buffers.count == ReplyBuffers.keptBytesLimit / each)
+        buffers.flushed()
+        // A request larger than any kept buffer gets one grown to fit.
+        let grown = buffers.take(capacity: each * 2, allocator: allocator)
+        #expect(grown.capacity >= each * 2)
+        #expect(grown.readableBytes == 0)
+        #expect(buffers.count == ReplyBuffers.keptBytesLimit / each - 1)
+    }
+
+    @Test func onlyBuffersKeptBeforeTheLastFlushAreTaken() {
+        var buffers = ReplyBuffers()
+        let allocator = ByteBufferAllocator()
+        var sent = allocator.buffer(capacity: 4096)
+        sent.writeString("queued in the channel")
+        buffers.keep(sent)
+        // Not flushed yet: the channel surely still holds it, so a new buffer is made.
+        var fresh = buffers.take(capacity: 4096, allocator: allocator)
+        #expect(buffers.count == 1)
+        fresh.writeString("another reply")
+        #expect(sent.getString(at: 0, length: 21) == "queued in the channel")
+        buffers.flushed()
+        let reused = buffers.take(capacity: 4096, allocator: allocator)
+        #expect(buffers.count == 0)
+        #expect(reused.readableBytes == 0)
+        #expect(reused.capacity >= 4096)
+    }
+}
