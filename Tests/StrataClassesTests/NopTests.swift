@@ -120,6 +120,20 @@ import Testing
                                                      bytesRead: 4608, bytesWritten: 4096, failures: 0))
     }
 
+    @Test func theCountsAreTheProvidersAndAnInjectedFailureIsARead() async throws {
+        let (topology, _, nop, device) = try Self.stack()
+        defer { device.close(); topology.shutdown() }
+        try await device.write(Self.pattern(4096, seed: 1), at: 0)
+        try nop.configure(.init(readFailPercent: 100))
+        await #expect(throws: StrataError.self) { _ = try await device.read(at: 0, count: 4096) }
+        // A read past the end is refused at the provider's entry: counted, never started.
+        await #expect(throws: StrataError.self) { _ = try await device.read(at: 8 << 20, count: 512) }
+        let provider = nop.providers[0].statistics.snapshot
+        #expect(nop.statistics == NopGeom.Statistics(reads: 2, writes: 1, bytesWritten: 4096, failures: 1))
+        #expect(provider.operations(.read) == 2 && provider.errors(.read) == 2 && provider.bytes(.read) == 0)
+        #expect(provider.operations(.write) == 1 && provider.bytes(.write) == 4096)
+    }
+
     @Test func statisticsFromManyThreadsAddUpExactly() async throws {
         // Each thread counts in its own copy; the totals are the sum over them.
         let (topology, _, nop, device) = try Self.stack()

@@ -31,7 +31,9 @@ public final class NopGeom: Geom, @unchecked Sendable {
         }
     }
 
-    /// What passed through, per command (like gnop's statistics).
+    /// What passed through, per command (like gnop's statistics): the counts of the
+    /// nop's provider (`ProviderStatistics`), which every request to it already updates,
+    /// and the failures the nop injected.
     public struct Statistics: Sendable, Equatable, Codable {
         public var reads = 0
         public var writes = 0
@@ -57,7 +59,10 @@ public final class NopGeom: Geom, @unchecked Sendable {
     private let delayMilliseconds: Atomic<Int>
     /// Requests still let through before all fail; -1 when count-until-fail is off.
     private let remainingBeforeFailing: Atomic<Int>
-    private let counters = NopCounters()
+    /// The statistics of the nop's provider, once it exists: the nop counts nothing of
+    /// its own per request.
+    private let providerStatistics = Mutex<ProviderStatistics?>(nil)
+    private let injectedFailures = Atomic<Int>(0)
     private let random = Atomic<UInt64>(0x2545_F491_4F6C_DD1D)
 
     init(name: String, offset: Int64, settings: Settings) {
@@ -91,8 +96,10 @@ public final class NopGeom: Geom, @unchecked Sendable {
         let consumer = topology.createConsumer(for: geom)
         do {
             try topology.attach(consumer, to: below)
-            try topology.createProvider(for: geom, name: name, mediaSize: mediaSize, sectorSize: below.sectorSize,
-                                        stripeSize: below.stripeSize, stripeOffset: below.stripeOffset)
+            let provider = try topology.createProvider(for: geom, name: name, mediaSize: mediaSize,
+                                                       sectorSize: below.sectorSize, stripeSize: below.stripeSize,
+                                                       stripeOffset: below.stripeOffset)
+            geom.providerStatistics.withLock { $0 = provider.statistics }
         } catch {
             topology.wither(geom)
             throw error
@@ -137,14 +144,23 @@ public final class NopGeom: Geom, @unchecked Sendable {
         remainingBeforeFailing.store(settings.countUntilFail > 0 ? settings.countUntilFail : -1, ordering: .relaxed)
     }
 
-    public var statistics: Statistics { counters.snapshot }
+    /// Requests delivered by the nop's provider, by command, with the bytes they moved
+    /// (requests refused at the provider's entry included, as its statistics count
+    /// them), and the failures injected.
+    public var statistics: Statistics {
+        let failures = injectedFailures.load(ordering: .relaxed)
+        guard let counts = providerStatistics.withLock({ $0 })?.snapshot else { return Statistics(failures: failures) }
+        return Statistics(reads: counts.operations(.read), writes: counts.operations(.write),
+                          deletes: counts.operations(.delete), flushes: counts.operations(.flush),
+                          getattrs: counts.operations(.other), bytesRead: counts.bytes(.read),
+                          bytesWritten: counts.bytes(.write), failures: failures)
+    }
 
     // MARK: I/O
 
     override public func start(_ bio: consuming ProviderBio) {
-        counters.count(bio.command, bytes: bio.length)
         if shouldFail(bio.command) {
-            counters.failed()
+            injectedFailures.add(1, ordering: .relaxed)
             let error = BioError(errno: errorCode.load(ordering: .relaxed))
             bio.deliver(error)
             return
@@ -204,36 +220,5 @@ public final class NopGeom: Geom, @unchecked Sendable {
         value ^= value << 17
         random.store(value, ordering: .relaxed)
         return value
-    }
-}
-
-/// The nop's per-command counters, kept per thread (`PerThreadCounters`) so that
-/// threads passing requests through the same nop do not trade a cache line per request.
-final class NopCounters: Sendable {
-    private enum Field: Int { case reads, writes, deletes, flushes, getattrs, bytesRead, bytesWritten, failures }
-    private let counters = PerThreadCounters(count: 8)
-
-    func count(_ command: BioCommand, bytes: Int64) {
-        let shard = counters.currentShard
-        switch command {
-        case .read:
-            shard.add(Field.reads.rawValue, 1)
-            shard.add(Field.bytesRead.rawValue, Int(bytes))
-        case .write:
-            shard.add(Field.writes.rawValue, 1)
-            shard.add(Field.bytesWritten.rawValue, Int(bytes))
-        case .delete, .writeZeroes: shard.add(Field.deletes.rawValue, 1)
-        case .flush: shard.add(Field.flushes.rawValue, 1)
-        case .getattr: shard.add(Field.getattrs.rawValue, 1)
-        }
-    }
-
-    func failed() { counters.add(Field.failures.rawValue, 1) }
-
-    var snapshot: NopGeom.Statistics {
-        let total = { (field: Field) in self.counters.total(field.rawValue) }
-        return NopGeom.Statistics(reads: total(.reads), writes: total(.writes), deletes: total(.deletes),
-                                  flushes: total(.flushes), getattrs: total(.getattrs), bytesRead: total(.bytesRead),
-                                  bytesWritten: total(.bytesWritten), failures: total(.failures))
     }
 }
