@@ -14,36 +14,53 @@
 /// end's writes visible to the reader. A count read while requests move can be too
 /// high, never falsely zero.
 struct InFlightCount: ~Copyable {
+    private let counters = PerThreadCounters(count: InFlightFields.count)
+    private let fields = InFlightFields(base: 0)
+
+    /// A request began on the thread owning `slot`.
+    @inline(__always)
+    func begin(slot: Int) { fields.begin(counters.shard(slot)) }
+
+    /// A request ended on the thread owning `slot`.
+    @inline(__always)
+    func end(slot: Int) { fields.end(counters.shard(slot)) }
+
+    /// Requests begun and not yet ended.
+    var current: Int { fields.current(in: counters) }
+}
+
+/// The fields of an in-flight count (`InFlightCount`) at `base` among other per-thread
+/// counters, so that a request's other counts share their cache line (the provider's
+/// statistics keep them beside the counts of reads).
+struct InFlightFields {
+    /// Fields taken, from `base`.
+    static let count = 3
     private static let begun = 0
     private static let ended = 1
     /// The time of the latest end on the slot's thread, for `latestEnd`.
     private static let lastEnd = 2
-    private let counters = PerThreadCounters(count: 3)
+    let base: Int
 
-    /// A request began on the thread owning `slot`.
     @inline(__always)
-    func begin(slot: Int) { counters.add(Self.begun, 1, slot: slot) }
+    func begin(_ shard: PerThreadCounters.Shard) { shard.add(base &+ Self.begun, 1) }
 
-    /// A request ended on the thread owning `slot`.
     @inline(__always)
-    func end(slot: Int) { counters.add(Self.ended, 1, slot: slot) }
+    func end(_ shard: PerThreadCounters.Shard) { shard.add(base &+ Self.ended, 1) }
 
-    /// A request ended at `time` on the thread owning `slot`: counted, and the time kept
-    /// for `latestEnd`.
+    /// A request ended at `time`: counted, and the time kept for `latestEnd`.
     @inline(__always)
-    func end(slot: Int, at time: Int) {
-        let shard = counters.shard(slot)
-        shard.set(Self.lastEnd, to: time)
-        shard.add(Self.ended, 1)
+    func end(_ shard: PerThreadCounters.Shard, at time: Int) {
+        shard.set(base &+ Self.lastEnd, to: time)
+        shard.add(base &+ Self.ended, 1)
     }
 
-    /// Requests begun and not yet ended.
-    var current: Int {
-        let ended = counters.total(Self.ended)
-        return counters.total(Self.begun) &- ended
+    /// Requests begun and not yet ended (ends summed first: see `InFlightCount`).
+    func current(in counters: borrowing PerThreadCounters) -> Int {
+        let ended = counters.total(base &+ Self.ended)
+        return counters.total(base &+ Self.begun) &- ended
     }
 
-    /// The latest time given to `end(slot:at:)` on any thread (on the shared slot, the
+    /// The latest time given to `end(_:at:)` on any thread (on the shared slot, the
     /// last writer's), or 0.
-    var latestEnd: Int { max(0, counters.maximum(Self.lastEnd)) }
+    func latestEnd(in counters: borrowing PerThreadCounters) -> Int { max(0, counters.maximum(base &+ Self.lastEnd)) }
 }

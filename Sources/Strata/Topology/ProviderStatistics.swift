@@ -18,7 +18,7 @@ import Darwin
 /// The counters are kept per thread, like Linux's per-CPU disk statistics
 /// (`PerThreadCounters`): counting a request takes no locked instruction and no cache
 /// line moves between threads. Requests in flight are counted per thread the same way
-/// (`InFlightCount`).
+/// (`InFlightFields`), in the line that also holds the counts of reads.
 ///
 /// Busy time is accounted as Linux accounts `io_ticks`: a shared stamp marks the time up
 /// to which it is accounted, and a request starting or finishing moves the stamp only
@@ -64,11 +64,14 @@ public final class ProviderStatistics: @unchecked Sendable {
     /// The upper bound of each latency bucket but the last, in nanoseconds.
     public static var latencyBucketBounds: [UInt64] { (0..<(latencyBucketCount - 1)).map { 1024 << UInt64($0) } }
 
-    /// The counters: four per kind (operations, bytes, errors, nanoseconds) kind after
-    /// kind, then the latency buckets kind after kind.
-    private static let bucketsBase = 4 * kinds
+    /// The counters: requests in flight (`InFlightFields`) and one spare field; four
+    /// per kind (operations, bytes, errors, nanoseconds) kind after kind; then the
+    /// latency buckets kind after kind. A read touches the first cache line and its
+    /// bucket's.
+    private static let kindsBase = InFlightFields.count + 1
+    private static let bucketsBase = kindsBase + 4 * kinds
     private let counters = PerThreadCounters(count: bucketsBase + latencyBucketCount * kinds)
-    private let inFlight = InFlightCount()
+    private let inFlight = InFlightFields(base: 0)
     /// The time up to which busy time is accounted (`bd_stamp`).
     private let busyStamp = Atomic<Int>(0)
     private let busyNanoseconds = Atomic<Int>(0)
@@ -85,7 +88,7 @@ public final class ProviderStatistics: @unchecked Sendable {
     /// A kind's four counters sit side by side, so counting a request touches one cache
     /// line for them.
     @inline(__always)
-    private static func field(_ counter: Counter, _ kind: Int) -> Int { kind &* 4 &+ counter.rawValue }
+    private static func field(_ counter: Counter, _ kind: Int) -> Int { kindsBase &+ kind &* 4 &+ counter.rawValue }
 
     private func values(_ counter: Counter) -> [Int] {
         (0..<Self.kinds).map { counters.total(Self.field(counter, $0)) }
@@ -96,7 +99,7 @@ public final class ProviderStatistics: @unchecked Sendable {
     @inline(__always)
     func started(at now: UInt64, slot: Int) -> UInt64 {
         accountBusyTime(now: Int(truncatingIfNeeded: now), finishing: false)
-        inFlight.begin(slot: slot)
+        inFlight.begin(counters.shard(slot))
         return now
     }
 
@@ -120,8 +123,8 @@ public final class ProviderStatistics: @unchecked Sendable {
 
     /// The end of the provider's latest busy time before `now`.
     private func busyUntil(now: Int, finishing: Bool) -> Int {
-        if finishing || inFlight.current > 0 { return now }
-        return min(inFlight.latestEnd, now)
+        if finishing || inFlight.current(in: counters) > 0 { return now }
+        return min(inFlight.latestEnd(in: counters), now)
     }
 
     /// A request that `started(at:)` at `start` was delivered at `now`, counted in the
@@ -138,7 +141,7 @@ public final class ProviderStatistics: @unchecked Sendable {
         shard.add(Self.bucketsBase &+ kind &* Self.latencyBucketCount &+ Self.latencyBucket(elapsed), 1)
         if failed { shard.add(Self.field(.errors, kind), 1) }
         accountBusyTime(now: Int(truncatingIfNeeded: now), finishing: true)
-        inFlight.end(slot: slot, at: Int(truncatingIfNeeded: now))
+        inFlight.end(shard, at: Int(truncatingIfNeeded: now))
     }
 
     /// A request refused by the entry checks: counted as a failed operation of its kind.
@@ -151,7 +154,7 @@ public final class ProviderStatistics: @unchecked Sendable {
     /// The counters now.
     public var snapshot: Snapshot {
         let now = ProviderStatistics.now()
-        let requestsInFlight = inFlight.current
+        let requestsInFlight = inFlight.current(in: counters)
         // The busy time accounted, and that since the stamp, which the next request to
         // move the stamp will account (a stamp from a reading shared by a run on another
         // thread may be a hair ahead of this reading).
