@@ -20,9 +20,11 @@ extension ByteBuffer {
 
     /// A simple reply header (16 bytes); a successful READ's data follows.
     public mutating func writeNBDSimpleReply(error: UInt32, cookie: UInt64) {
-        writeInteger(NBDMagic.simpleReply)
-        writeInteger(error)
-        writeInteger(cookie)
+        writeFields(16) { fields in
+            fields.store(NBDMagic.simpleReply, at: 0)
+            fields.store(error, at: 4)
+            fields.store(cookie, at: 8)
+        }
     }
 
     /// A chunk header: structured (20 bytes) or, with `extended`, extended (32 bytes,
@@ -30,18 +32,33 @@ extension ByteBuffer {
     public mutating func writeNBDChunkHeader(extended: Bool, flags: UInt16, type: NBDReplyType, cookie: UInt64,
                                              requestOffset: UInt64, length: Int) {
         if extended {
-            writeInteger(NBDMagic.extendedReply)
-            writeInteger(flags)
-            writeInteger(type.rawValue)
-            writeInteger(cookie)
-            writeInteger(requestOffset)
-            writeInteger(UInt64(length))
+            writeFields(32) { fields in
+                fields.store(NBDMagic.extendedReply, at: 0)
+                fields.store(flags, at: 4)
+                fields.store(type.rawValue, at: 6)
+                fields.store(cookie, at: 8)
+                fields.store(requestOffset, at: 16)
+                fields.store(UInt64(length), at: 24)
+            }
         } else {
-            writeInteger(NBDMagic.structuredReply)
-            writeInteger(flags)
-            writeInteger(type.rawValue)
-            writeInteger(cookie)
-            writeInteger(UInt32(length))
+            writeFields(20) { fields in
+                fields.store(NBDMagic.structuredReply, at: 0)
+                fields.store(flags, at: 4)
+                fields.store(type.rawValue, at: 6)
+                fields.store(cookie, at: 8)
+                fields.store(UInt32(length), at: 16)
+            }
+        }
+    }
+
+    /// Appends `count` bytes that `store` fills in, through one view of the buffer:
+    /// each `writeInteger` would check the buffer's storage for exclusive access on its
+    /// own, several times a reply.
+    @inline(__always)
+    private mutating func writeFields(_ count: Int, _ store: (BigEndianFields) -> Void) {
+        writeWithUnsafeMutableBytes(minimumWritableBytes: count) { bytes in
+            store(BigEndianFields(bytes: bytes))
+            return count
         }
     }
 
@@ -60,5 +77,15 @@ extension String {
         // Back up over continuation bytes (10xxxxxx) to the start of the cut character.
         while end > 0 && bytes[end] & 0xc0 == 0x80 { end -= 1 }
         return Array(bytes[..<end])
+    }
+}
+
+/// Big-endian integers stored into a message being written.
+struct BigEndianFields {
+    let bytes: UnsafeMutableRawBufferPointer
+
+    @inline(__always)
+    func store<Integer: FixedWidthInteger>(_ value: Integer, at offset: Int) {
+        bytes.storeBytes(of: value.bigEndian, toByteOffset: offset, as: Integer.self)
     }
 }

@@ -129,18 +129,24 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
     private mutating func decodeRequest(_ buffer: inout ByteBuffer, extended: Bool) -> NBDClientMessage? {
         let headerSize = extended ? 32 : 28
         guard buffer.readableBytes >= headerSize else { return nil }
-        let start = buffer.readerIndex
-        let magic: UInt32 = buffer.getInteger(at: start)!
+        // The fields are read from one view of the bytes: each `getInteger` would check
+        // the buffer's storage for exclusive access on its own, five times a request.
+        let fields = buffer.withUnsafeReadableBytes { bytes in
+            func field<Integer: FixedWidthInteger>(_ offset: Int, _: Integer.Type) -> Integer {
+                Integer(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: Integer.self))
+            }
+            return (magic: field(0, UInt32.self),
+                    header: NBDRequestHeader(
+                        flags: NBDCommandFlags(rawValue: field(4, UInt16.self)), type: field(6, UInt16.self),
+                        cookie: field(8, UInt64.self), offset: field(16, UInt64.self),
+                        length: extended ? field(24, UInt64.self) : UInt64(field(24, UInt32.self))))
+        }
+        let magic = fields.magic
         guard magic == (extended ? NBDMagic.extendedRequest : NBDMagic.request) else {
             let expected = extended ? "NBD_EXTENDED_REQUEST_MAGIC" : "NBD_REQUEST_MAGIC"
             return .protocolViolation("request magic 0x\(String(magic, radix: 16)) is not \(expected)")
         }
-        let header = NBDRequestHeader(
-            flags: NBDCommandFlags(rawValue: buffer.getInteger(at: start + 4)!),
-            type: buffer.getInteger(at: start + 6)!,
-            cookie: buffer.getInteger(at: start + 8)!,
-            offset: buffer.getInteger(at: start + 16)!,
-            length: extended ? buffer.getInteger(at: start + 24)! : UInt64(buffer.getInteger(at: start + 24, as: UInt32.self)!))
+        let header = fields.header
         guard extended else {
             // In compact headers only WRITE carries a payload, of `length` bytes.
             let payload = header.type == NBDCommand.write.rawValue ? header.length : 0
