@@ -277,7 +277,10 @@ extension NBDConnectionHandler {
         let index = Int(bitPattern: bio.caller1) - 1
         let error = bio.error
         let flags = bio.flags
-        if error == nil, let consumer, requests.beginFlushForFUA(index) {
+        // The consumer is bound only for a flush: binding it retains it, and this is
+        // every request's completion. (Without a consumer the channel has closed, and
+        // nothing is acknowledged.)
+        if error == nil, requests.beginFlushForFUA(index), let consumer {
             // FUA on TRIM and WRITE_ZEROES: acknowledged means durable, so flush first.
             bio.reset()
             bio.command = .flush
@@ -444,7 +447,8 @@ extension NBDConnectionHandler {
     /// its replies; starts again below half the limits. Stopping means both: no request
     /// is decoded from what was already received, and the socket is not read.
     func updateReading() {
-        guard let context, !channelClosed else { return }
+        // Not bound to a constant: that would retain the context, twice a request.
+        guard self.context != nil, !channelClosed else { return }
         let limits = core.limits
         if finishing || requests.count >= limits.requests || requests.bytes >= limits.bytes || !writable {
             pauseReading()
@@ -459,6 +463,7 @@ extension NBDConnectionHandler {
                 return
             }
             session.paused = false
+            let context = self.context!
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             context.read()
             // Requests received before the pause come first. While input is being
