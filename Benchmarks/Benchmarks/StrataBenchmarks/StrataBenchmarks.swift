@@ -50,9 +50,20 @@ let benchmarks: @Sendable () -> Void = {
           - {name: s0, class: stripe, consumers: [m0, m1], stripe-size: 64KiB}
           - {name: n0, class: nop, consumers: [s0]}
         """, fill: "n0")
+    let mirrorStack = try! Stack("""
+        disks:
+          - {name: d0, memory: 64MiB}
+          - {name: d1, memory: 64MiB}
+        geoms:
+          - {name: mr, class: mirror, consumers: [d0, d1]}
+        """, fill: "mr")
     let nopNull = Driver(oneLayer, "n1", depth: 1, blockSize: 4096)
     let nopNopNopNull = Driver(threeLayers, "n3", depth: 1, blockSize: 4096)
     let nopStripeMemory = Driver(stripeStack, "n0", depth: 32, blockSize: 4096)
+    // 128 KiB over 64 KiB stripes: every request is split in two clones.
+    let stripeSplit = Driver(stripeStack, "n0", depth: 8, blockSize: 128 << 10)
+    let mirrorReads = Driver(mirrorStack, "mr", depth: 32, blockSize: 4096)
+    let mirrorWrites = Driver(mirrorStack, "mr", depth: 32, blockSize: 4096, command: .write)
 
     // One pass-through layer: nop clones the request, the null disk delivers the clone,
     // g_std_done folds it into the parent and delivers that.
@@ -71,6 +82,25 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("RandRead4K.NopStripeMemory.QD32") { benchmark in
         benchmark.startMeasurement()
         nopStripeMemory.run(benchmark.scaledIterations.count)
+        benchmark.stopMeasurement()
+    }
+
+    Benchmark("Read128K.NopStripeMemory.Split") { benchmark in
+        benchmark.startMeasurement()
+        stripeSplit.run(benchmark.scaledIterations.count)
+        benchmark.stopMeasurement()
+    }
+
+    // A mirror of two memory disks: a read goes to one component, a write to both.
+    Benchmark("RandRead4K.Mirror.QD32") { benchmark in
+        benchmark.startMeasurement()
+        mirrorReads.run(benchmark.scaledIterations.count)
+        benchmark.stopMeasurement()
+    }
+
+    Benchmark("RandWrite4K.Mirror.QD32") { benchmark in
+        benchmark.startMeasurement()
+        mirrorWrites.run(benchmark.scaledIterations.count)
         benchmark.stopMeasurement()
     }
 
@@ -169,9 +199,10 @@ final class Driver: BioDoneHandler, @unchecked Sendable {
     private var remaining = 0
     private var nextBlock: UInt64 = 0
     private var command = BioCommand.read
+    private var sequential = false
 
-    /// Drives provider `name` of `stack`.
-    init(_ stack: Stack, _ name: String, depth: Int, blockSize: Int) {
+    /// Drives provider `name` of `stack` with random `command`s (reads or writes).
+    init(_ stack: Stack, _ name: String, depth: Int, blockSize: Int, command: BioCommand = .read) {
         self.stack = stack
         consumer = stack.open(name)
         self.depth = depth
@@ -179,6 +210,7 @@ final class Driver: BioDoneHandler, @unchecked Sendable {
         blocks = UInt64(consumer.provider!.mediaSize) / UInt64(blockSize)
         buffers = .allocate(byteCount: depth * blockSize, alignment: 4096)
         buffers.initializeMemory(as: UInt8.self, repeating: 0xA5)
+        self.command = command
         idle.reserveCapacity(depth)
         for slot in 0..<depth {
             let bio = AnyBioSet.shared.alloc(segments: 1)
@@ -192,13 +224,14 @@ final class Driver: BioDoneHandler, @unchecked Sendable {
         buffers.deallocate()
     }
 
-    /// Writes every block once, so reads find data rather than holes.
+    /// Writes every block once, in order, so reads find data rather than holes.
     func fill() {
+        let (savedCommand, savedRandom) = (command, random)
         command = .write
-        let saved = random
+        sequential = true
         run(Int(blocks))
-        random = saved
-        command = .read
+        sequential = false
+        (command, random) = (savedCommand, savedRandom)
     }
 
     /// Completes `count` requests.
@@ -213,7 +246,7 @@ final class Driver: BioDoneHandler, @unchecked Sendable {
     private func issue(_ bio: consuming Bio) {
         let slot = Int(bitPattern: bio.caller1) - 1
         let block: UInt64
-        if command == .write {
+        if sequential {
             block = nextBlock % blocks
             nextBlock += 1
         } else {

@@ -97,17 +97,21 @@ open class LabelledGeom: Geom, @unchecked Sendable {
 
     /// Sends the request to every component (a flush).
     private func fanOut(_ bio: consuming ProviderBio) {
-        var clones: [UnmanagedBio] = []
+        var clones = BioChain()
         for _ in ordered {
             guard let clone = bio.clone() else {
-                for made in clones { made.takeBio().destroy() }
+                clones.destroyAll()
                 bio.deliver(.noMemory)
                 return
             }
-            clones.append(clone.unmanaged())
+            clones.append(clone)
         }
         bio.awaitChildren()
-        for (index, clone) in clones.enumerated() { ordered[index].request(clone.takeBio()) }
+        var component = 0
+        while let clone = clones.popFirst() {
+            ordered[component].request(clone)
+            component += 1
+        }
     }
 
     private func passToFirst(_ bio: consuming ProviderBio) {
@@ -133,22 +137,27 @@ open class LabelledGeom: Geom, @unchecked Sendable {
             passOn(bio, clone, to: orderedReferences[first.component])
             return
         }
-        var clones: [(UnmanagedBio, Int)] = []
+        // Each clone carries its component in `caller1`, a field of its issuer's.
+        var clones = BioChain()
         var done: Int64 = 0
         while done < length {
             let place = locate(offset + done)
             let piece = min(place.run, length - done)
             guard let clone = bio.clone(range: done, length: piece) else {
-                for (made, _) in clones { made.takeBio().destroy() }
+                clones.destroyAll()
                 bio.deliver(.noMemory)
                 return
             }
             clone.offset = place.offset
-            clones.append((clone.unmanaged(), place.component))
+            clone.caller1 = UnsafeMutableRawPointer(bitPattern: place.component + 1)
+            clones.append(clone)
             done += piece
         }
         bio.awaitChildren()
-        for (clone, component) in clones { ordered[component].request(clone.takeBio()) }
+        while let clone = clones.popFirst() {
+            let component = Int(bitPattern: clone.caller1) - 1
+            ordered[component].request(clone)
+        }
     }
 
     /// Extents of the run the range starts in, shifted into the geom's coordinates; the

@@ -105,17 +105,36 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         }
     }
 
+    /// The components a read of `offset ..< end` may go to, leaving out `tried` (a bit
+    /// mask of slot indexes).
+    private func readers(end: Int64, excluding tried: UInt32) -> SlotMask {
+        var readers = SlotMask()
+        for index in 0..<expected where tried & (1 << UInt32(index)) == 0 && readable(slots[index], end) {
+            readers.insert(index)
+        }
+        return readers
+    }
+
     /// The component a read of `offset ..< end` goes to, avoiding `tried` (a bit mask).
+    /// Among equals, the lowest index.
     private func chooseReader(end: Int64, tried: UInt32) -> Slot? {
-        let candidates = slots.prefix(expected).filter { tried & (1 << UInt32($0.index)) == 0 && readable($0, end) }
+        var candidates = readers(end: end, excluding: tried)
         guard !candidates.isEmpty else { return nil }
         switch balance {
         case .load, .split:
-            return candidates.min { $0.inFlight.load(ordering: .relaxed) < $1.inFlight.load(ordering: .relaxed) }
+            var best = slots[candidates.popFirst()!]
+            while let index = candidates.popFirst() {
+                if slots[index].inFlight.load(ordering: .relaxed) < best.inFlight.load(ordering: .relaxed) { best = slots[index] }
+            }
+            return best
         case .prefer:
-            return candidates.max { $0.priority < $1.priority }
+            var best = slots[candidates.popFirst()!]
+            while let index = candidates.popFirst() {
+                if slots[index].priority > best.priority { best = slots[index] }
+            }
+            return best
         case .roundRobin:
-            return candidates[roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % candidates.count]
+            return slots[candidates.member(roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % candidates.count)]
         }
     }
 
@@ -139,7 +158,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     private func read(_ bio: consuming ProviderBio) {
         let end = bio.offset + max(bio.length, 0)
         if balance == .split && bio.command == .read && bio.length >= 2 * Int64(slice) {
-            let readers = slots.prefix(expected).filter { readable($0, end) }
+            let readers = readers(end: end, excluding: 0)
             if readers.count >= 2 {
                 splitRead(bio, across: readers)
                 return
@@ -158,25 +177,27 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         bio.awaitChildren()
     }
 
-    private func splitRead(_ bio: consuming ProviderBio, across readers: [Slot]) {
-        var clones: [(UnmanagedBio, Slot)] = []
+    private func splitRead(_ bio: consuming ProviderBio, across readers: SlotMask) {
+        var clones = BioChain()
         var at: Int64 = 0
         var turn = 0
         while at < bio.length {
             let piece = min(Int64(slice), bio.length - at)
             guard let clone = bio.clone(range: at, length: piece) else {
-                for (made, _) in clones { made.takeBio().destroy() }
+                clones.destroyAll()
                 bio.deliver(.noMemory)
                 return
             }
-            let slot = readers[turn % readers.count]
-            clone.consumerFlags = 1 << UInt32(slot.index)
-            clones.append((clone.unmanaged(), slot))
+            clone.consumerFlags = 1 << UInt32(readers.member(turn % readers.count))
+            clones.append(clone)
             at += piece
             turn += 1
         }
         bio.awaitChildren()
-        for (clone, slot) in clones { send(clone.takeBio(), to: slot, tag: 0) }
+        while let clone = clones.popFirst() {
+            let slot = slots[clone.consumerFlags.trailingZeroBitCount]
+            send(clone, to: slot, tag: 0)
+        }
     }
 
     // MARK: Writes
@@ -200,11 +221,14 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             tracked[tag] = range
             lock.unlock()
         }
-        let targets = slots.prefix(expected).filter { slot in
+        var targets = SlotMask()
+        for index in 0..<expected {
+            let slot = slots[index]
             switch slot.state {
-            case .active: true
-            case .synchronizing: bio.command == .flush || range.lowerBound < slot.syncOffset.load(ordering: .acquiring)
-            default: false
+            case .active: targets.insert(index)
+            case .synchronizing:
+                if bio.command == .flush || range.lowerBound < slot.syncOffset.load(ordering: .acquiring) { targets.insert(index) }
+            default: break
             }
         }
         guard !targets.isEmpty else {
@@ -213,21 +237,21 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             return
         }
         bio.combine = .anySuccess
-        var clones: [UnmanagedBio] = []
-        for _ in targets {
+        var clones = BioChain()
+        for _ in 0..<targets.count {
             guard let clone = bio.clone() else {
-                for made in clones { made.takeBio().destroy() }
+                clones.destroyAll()
                 finishTracking(tag)
                 bio.deliver(.noMemory)
                 return
             }
-            clones.append(clone.unmanaged())
+            clones.append(clone)
         }
         // One tracking entry per write, released by its last clone.
         if tag == 1 { untrackedWrites.wrappingAdd(targets.count - 1, ordering: .sequentiallyConsistent) }
         else { lock.withLock { trackedClones[tag] = targets.count } }
         bio.awaitChildren()
-        for (clone, slot) in zip(clones, targets) { send(clone.takeBio(), to: slot, tag: tag) }
+        while let index = targets.popFirst() { send(clones.popFirst()!, to: slots[index], tag: tag) }
     }
 
     private var trackedClones: [Int: Int] = [:]
@@ -504,5 +528,33 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             self.genid = genid
             self.syncid = syncid
         }
+    }
+}
+
+/// Slot indexes as bits of a mask (a mirror has at most 16 components): choosing the
+/// components a request may go to allocates nothing, where filtering the slots made an
+/// array per request.
+struct SlotMask {
+    private var bits: UInt32 = 0
+
+    var count: Int { bits.nonzeroBitCount }
+    var isEmpty: Bool { bits == 0 }
+
+    mutating func insert(_ index: Int) { bits |= 1 << UInt32(index) }
+
+    /// The lowest index, taken out of the mask; nil when it is empty.
+    mutating func popFirst() -> Int? {
+        guard bits != 0 else { return nil }
+        let index = bits.trailingZeroBitCount
+        bits &= bits &- 1
+        return index
+    }
+
+    /// The index of the `n`th member (from 0) in increasing order.
+    func member(_ n: Int) -> Int {
+        precondition(n >= 0 && n < count, "member \(n) of a mask of \(count)")
+        var rest = bits
+        for _ in 0..<n { rest &= rest &- 1 }
+        return rest.trailingZeroBitCount
     }
 }
