@@ -11,20 +11,25 @@ import Testing
         reply.withUnsafeReadableBytes { $0.baseAddress }
     }
 
-    private static func writeThenRead(_ server: EmbeddedServer, pattern: [UInt8]) throws {
+    static let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 13) }
+    /// A structured READ reply's payload: the offset (0), then the data.
+    static func payload(_ data: [UInt8]) -> [UInt8] { [UInt8](repeating: 0, count: 8) + data }
+
+    /// A server with `pattern` written at 0, and the first reply to a READ of it (cookie
+    /// 2), taken out of the channel.
+    private static func firstReadReply() throws -> (EmbeddedServer, ByteBuffer) {
+        let server = try EmbeddedServer()
+        try server.open(structured: true)
         try server.request(.write, cookie: 1, offset: 0, length: 4096, payload: pattern)
         _ = try server.received()
+        try server.request(.read, cookie: 2, offset: 0, length: 4096)
+        return (server, try #require(try server.channel.readOutbound(as: ByteBuffer.self)))
     }
 
     @Test func aReadReplyWrittenOutLendsItsMemoryToTheNextRead() throws {
-        let server = try EmbeddedServer()
-        try server.open(structured: true)
-        let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 13) }
-        try Self.writeThenRead(server, pattern: pattern)
-        try server.request(.read, cookie: 2, offset: 0, length: 4096)
-        let first = try #require(try server.channel.readOutbound(as: ByteBuffer.self))
+        let (server, first) = try Self.firstReadReply()
         let firstAddress = Self.address(of: first)
-        #expect(parseReplies(first).map(\.payload) == [(0..<8).map { _ in 0 } + pattern])
+        #expect(parseReplies(first).map(\.payload) == [Self.payload(Self.pattern)])
         // The channel and this test let go of the first reply: the second reuses it.
         _ = consume first
         try server.request(.read, cookie: 3, offset: 0, length: 4096)
@@ -32,24 +37,19 @@ import Testing
         #expect(Self.address(of: second) == firstAddress)
         let replies = parseReplies(second)
         #expect(replies.map(\.cookie) == [3])
-        #expect(replies.map(\.payload) == [(0..<8).map { _ in 0 } + pattern])
+        #expect(replies.map(\.payload) == [Self.payload(Self.pattern)])
     }
 
     @Test func aReplyStillHeldIsNeverWrittenOver() throws {
-        let server = try EmbeddedServer()
-        try server.open(structured: true)
-        let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 13) }
-        try Self.writeThenRead(server, pattern: pattern)
-        try server.request(.read, cookie: 2, offset: 0, length: 4096)
         // Held, as a socket that has not taken it yet holds it.
-        let held = try #require(try server.channel.readOutbound(as: ByteBuffer.self))
+        let (server, held) = try Self.firstReadReply()
         let heldBytes = Array(held.readableBytesView)
-        let other = pattern.map { ~$0 }
+        let other = Self.pattern.map { ~$0 }
         try server.request(.write, cookie: 3, offset: 0, length: 4096, payload: other)
         try server.request(.read, cookie: 4, offset: 0, length: 4096)
         let replies = parseReplies(try server.received())
         #expect(replies.map(\.cookie) == [3, 4])
-        #expect(replies.last?.payload == (0..<8).map { _ in 0 } + other)
+        #expect(replies.last?.payload == Self.payload(other))
         #expect(Array(held.readableBytesView) == heldBytes)
         #expect(parseReplies(held).map(\.cookie) == [2])
     }

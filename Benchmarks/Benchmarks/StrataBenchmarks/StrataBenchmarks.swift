@@ -65,44 +65,24 @@ let benchmarks: @Sendable () -> Void = {
     let mirrorReads = Driver(mirrorStack, "mr", depth: 32, blockSize: 4096)
     let mirrorWrites = Driver(mirrorStack, "mr", depth: 32, blockSize: 4096, command: .write)
 
+    /// A benchmark of `driver` completing as many requests as the iteration counts.
+    func drive(_ name: String, _ driver: Driver) {
+        Benchmark(name) { benchmark in
+            benchmark.startMeasurement()
+            driver.run(benchmark.scaledIterations.count)
+            benchmark.stopMeasurement()
+        }
+    }
+
     // One pass-through layer: nop clones the request, the null disk delivers the clone,
     // g_std_done folds it into the parent and delivers that.
-    Benchmark("CloneDeliver.Read4K.NopNull") { benchmark in
-        benchmark.startMeasurement()
-        nopNull.run(benchmark.scaledIterations.count)
-        benchmark.stopMeasurement()
-    }
-
-    Benchmark("Read4K.NopNopNopNull.QD1") { benchmark in
-        benchmark.startMeasurement()
-        nopNopNopNull.run(benchmark.scaledIterations.count)
-        benchmark.stopMeasurement()
-    }
-
-    Benchmark("RandRead4K.NopStripeMemory.QD32") { benchmark in
-        benchmark.startMeasurement()
-        nopStripeMemory.run(benchmark.scaledIterations.count)
-        benchmark.stopMeasurement()
-    }
-
-    Benchmark("Read128K.NopStripeMemory.Split") { benchmark in
-        benchmark.startMeasurement()
-        stripeSplit.run(benchmark.scaledIterations.count)
-        benchmark.stopMeasurement()
-    }
-
+    drive("CloneDeliver.Read4K.NopNull", nopNull)
+    drive("Read4K.NopNopNopNull.QD1", nopNopNopNull)
+    drive("RandRead4K.NopStripeMemory.QD32", nopStripeMemory)
+    drive("Read128K.NopStripeMemory.Split", stripeSplit)
     // A mirror of two memory disks: a read goes to one component, a write to both.
-    Benchmark("RandRead4K.Mirror.QD32") { benchmark in
-        benchmark.startMeasurement()
-        mirrorReads.run(benchmark.scaledIterations.count)
-        benchmark.stopMeasurement()
-    }
-
-    Benchmark("RandWrite4K.Mirror.QD32") { benchmark in
-        benchmark.startMeasurement()
-        mirrorWrites.run(benchmark.scaledIterations.count)
-        benchmark.stopMeasurement()
-    }
+    drive("RandRead4K.Mirror.QD32", mirrorReads)
+    drive("RandWrite4K.Mirror.QD32", mirrorWrites)
 
     // 1000 requests as a client sends them: reads, and writes with 4 KiB payloads.
     var wire = ByteBufferAllocator().buffer(capacity: 1000 * (28 + 2048))
@@ -149,17 +129,13 @@ let benchmarks: @Sendable () -> Void = {
     // Each iteration serves 1000 requests after warming the connection's buffers.
     let readConnection = try! EmbeddedConnection(writes: false)
     let writeConnection = try! EmbeddedConnection(writes: true)
-    Benchmark("NBD.Connection.Read4K.QD32") { benchmark in
-        try readConnection.run(256)
-        benchmark.startMeasurement()
-        try readConnection.run(benchmark.scaledIterations.count)
-        benchmark.stopMeasurement()
-    }
-    Benchmark("NBD.Connection.Write4K.QD32") { benchmark in
-        try writeConnection.run(256)
-        benchmark.startMeasurement()
-        try writeConnection.run(benchmark.scaledIterations.count)
-        benchmark.stopMeasurement()
+    for (name, connection) in [("NBD.Connection.Read4K.QD32", readConnection), ("NBD.Connection.Write4K.QD32", writeConnection)] {
+        Benchmark(name) { benchmark in
+            try connection.run(256)
+            benchmark.startMeasurement()
+            try connection.run(benchmark.scaledIterations.count)
+            benchmark.stopMeasurement()
+        }
     }
 }
 
@@ -226,12 +202,12 @@ final class Driver: BioDoneHandler, @unchecked Sendable {
 
     /// Writes every block once, in order, so reads find data rather than holes.
     func fill() {
-        let (savedCommand, savedRandom) = (command, random)
+        let saved = command
         command = .write
         sequential = true
         run(Int(blocks))
         sequential = false
-        (command, random) = (savedCommand, savedRandom)
+        command = saved
     }
 
     /// Completes `count` requests.

@@ -11,7 +11,7 @@ public final class ConcatGeom: LabelledGeom, @unchecked Sendable {
     @discardableResult
     public static func create(in topology: Topology, name: String, over providers: [Provider]) throws -> ConcatGeom {
         guard providers.count >= 1, providers.count <= ComponentLabel.maximumCount else {
-            throw StrataError(.invalid, "concat \(name): \(providers.count) components; a concat has 1 to 64")
+            throw StrataError(.invalid, "concat \(name): \(providers.count) components; a concat has 1 to \(ComponentLabel.maximumCount)")
         }
         let geom = ConcatGeom(name: name, id: UInt64.random(in: 1...UInt64.max), count: providers.count)
         try LabelledAssembly.create(geom, over: providers, in: topology)

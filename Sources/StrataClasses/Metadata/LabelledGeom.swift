@@ -177,7 +177,6 @@ open class LabelledGeom: Geom, @unchecked Sendable {
         passOn(bio, clone, to: orderedReferences[place.component])
     }
 
-
     override open func bioDone(_ bio: consuming Bio) {
         bio.shiftExtents(by: Int64(Int(bitPattern: UInt(bitPattern: bio.caller1))))
         bio.finishClone()

@@ -118,24 +118,26 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     /// The component a read of `offset ..< end` goes to, avoiding `tried` (a bit mask).
     /// Among equals, the lowest index.
     private func chooseReader(end: Int64, tried: UInt32) -> Slot? {
-        var candidates = readers(end: end, excluding: tried)
+        let candidates = readers(end: end, excluding: tried)
         guard !candidates.isEmpty else { return nil }
         switch balance {
         case .load, .split:
-            var best = slots[candidates.popFirst()!]
-            while let index = candidates.popFirst() {
-                if slots[index].inFlight.load(ordering: .relaxed) < best.inFlight.load(ordering: .relaxed) { best = slots[index] }
-            }
-            return best
+            return best(of: candidates) { $0.inFlight.load(ordering: .relaxed) < $1.inFlight.load(ordering: .relaxed) }
         case .prefer:
-            var best = slots[candidates.popFirst()!]
-            while let index = candidates.popFirst() {
-                if slots[index].priority > best.priority { best = slots[index] }
-            }
-            return best
+            return best(of: candidates) { $0.priority > $1.priority }
         case .roundRobin:
             return slots[candidates.member(roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % candidates.count)]
         }
+    }
+
+    /// The best of `candidates` (not empty) by `isBetter`; among equals, the lowest index.
+    private func best(of candidates: SlotMask, by isBetter: (Slot, Slot) -> Bool) -> Slot {
+        var rest = candidates
+        var best = slots[rest.popFirst()!]
+        while let index = rest.popFirst() {
+            if isBetter(slots[index], best) { best = slots[index] }
+        }
+        return best
     }
 
     private func send(_ clone: consuming Bio, to slot: Slot, tag: Int) {

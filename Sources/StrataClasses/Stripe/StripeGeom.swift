@@ -21,7 +21,7 @@ public final class StripeGeom: LabelledGeom, @unchecked Sendable {
     public static func create(in topology: Topology, name: String, over providers: [Provider],
                               stripeSize: Int64 = 64 << 10) throws -> StripeGeom {
         guard providers.count >= 2, providers.count <= ComponentLabel.maximumCount else {
-            throw StrataError(.invalid, "stripe \(name): \(providers.count) components; a stripe has 2 to 64")
+            throw StrataError(.invalid, "stripe \(name): \(providers.count) components; a stripe has 2 to \(ComponentLabel.maximumCount)")
         }
         let sector = Int64(providers.map(\.sectorSize).max()!)
         guard stripeSize >= sector, stripeSize & (stripeSize - 1) == 0 else {
