@@ -3,8 +3,8 @@ import Strata
 @testable import StrataNBD
 import Testing
 
-/// Read replies' buffers are used again once the channel has let go of them, and never
-/// while it still holds them.
+/// Reply buffers are used again once the channel has let go of them, and never while it
+/// still holds them; short reads' replies are copied into batches that never grow.
 @Suite struct ReplyBufferTests {
     /// Where a reply's bytes are, to tell whether two replies share memory.
     private static func address(of reply: ByteBuffer) -> UnsafeRawPointer? {
@@ -26,7 +26,7 @@ import Testing
         return (server, try #require(try server.channel.readOutbound(as: ByteBuffer.self)))
     }
 
-    @Test func aReadReplyWrittenOutLendsItsMemoryToTheNextRead() throws {
+    @Test func aReplyWrittenOutLendsItsMemoryToTheNextRead() throws {
         let (server, first) = try Self.firstReadReply()
         let firstAddress = Self.address(of: first)
         #expect(parseReplies(first).map(\.payload) == [Self.payload(Self.pattern)])
@@ -52,6 +52,58 @@ import Testing
         #expect(replies.last?.payload == Self.payload(other))
         #expect(Array(held.readableBytesView) == heldBytes)
         #expect(parseReplies(held).map(\.cookie) == [2])
+    }
+
+    @Test func shortReadsAreAnsweredInBatchesThatNeverGrowAndLongReadsFromTheirOwnBuffer() throws {
+        let server = try EmbeddedServer()
+        try server.open(structured: true)
+        let short = 4096
+        let long = NBDConnectionHandler.batchedReadLength * 2
+        let shortReads = 20
+        let data = (0..<(shortReads * short)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
+        try server.request(.write, cookie: 1, offset: 0, length: UInt64(data.count), payload: data)
+        _ = try server.received()
+        // All in one input, as a client with many requests in flight sends them.
+        try server.send { input in
+            for cookie in 0..<UInt64(shortReads) {
+                input.writeNBDRequest(extended: false, flags: [], command: .read, cookie: 10 + cookie,
+                                      offset: cookie * UInt64(short), length: UInt64(short))
+            }
+            input.writeNBDRequest(extended: false, flags: [], command: .read, cookie: 99, offset: 0, length: UInt64(long))
+        }
+        var writes: [ByteBuffer] = []
+        while let write = try server.channel.readOutbound(as: ByteBuffer.self) { writes.append(write) }
+        // A batch has room for 15 short replies: the first is written when the 16th does
+        // not fit, the long read goes out on its own, the second batch with the flush.
+        let perBatch = NBDConnectionHandler.replyBatchCapacity / (short + 28)
+        #expect(writes.count == 3)
+        #expect(writes.map(\.readableBytes) == [perBatch * (short + 28), long + 28, (shortReads - perBatch) * (short + 28)])
+        #expect(writes.allSatisfy { $0.capacity <= NBDConnectionHandler.replyBatchCapacity || $0.readableBytes == long + 28 })
+        var all = ByteBuffer()
+        for var write in writes { all.writeBuffer(&write) }
+        let replies = parseReplies(all)
+        #expect(Set(replies.map(\.cookie)) == Set((0..<UInt64(shortReads)).map { 10 + $0 } + [99]))
+        for reply in replies {
+            let (offset, length) = reply.cookie == 99 ? (0, long) : (Int(reply.cookie - 10) * short, short)
+            let expected = withUnsafeBytes(of: UInt64(offset).bigEndian, Array.init) + data[offset..<(offset + length)]
+            #expect(reply.payload == expected, "cookie \(reply.cookie)")
+        }
+    }
+
+    @Test func aBufferTheChannelNeverHeldIsTakenFirstWithoutAFlush() {
+        var buffers = ReplyBuffers()
+        let allocator = ByteBufferAllocator()
+        buffers.keep(allocator.buffer(capacity: 4096))
+        buffers.flushed()
+        var mine = allocator.buffer(capacity: 4096)
+        mine.writeString("read into, then copied into a batch")
+        let address = mine.withUnsafeReadableBytes { $0.baseAddress }
+        buffers.reuse(consume mine)
+        #expect(buffers.count == 2)
+        let taken = buffers.take(capacity: 4096, allocator: allocator)
+        #expect(taken.withUnsafeReadableBytes { $0.baseAddress } == address)
+        #expect(taken.readableBytes == 0)
+        #expect(buffers.count == 1)
     }
 
     @Test func theKeptBuffersAreBoundedInSizeAndBytes() {

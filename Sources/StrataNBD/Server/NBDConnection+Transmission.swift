@@ -309,6 +309,14 @@ extension NBDConnectionHandler {
 
     // MARK: Replies
 
+    /// READ replies up to this long go into the reply batch, copied; longer ones are
+    /// written from their own buffer. Around 16 KiB the copy costs what a write of its
+    /// own through the channel does.
+    static let batchedReadLength = 8 << 10
+    /// The room a reply batch is made with: 15 replies to 4 KiB reads, or thousands
+    /// without data.
+    static let replyBatchCapacity = 64 << 10
+
     private func reply(to slot: consuming RequestSlot, readAsZeros: Bool, extents: [BioExtent]) {
         let header = slot.header
         switch slot.command {
@@ -316,7 +324,7 @@ extension NBDConnectionHandler {
             if readAsZeros {
                 // Only with structured replies and without DF does a read ask for this.
                 let extended = extendedHeaders
-                sendSmall { chunk in
+                sendSmall(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended) + 12) { chunk in
                     chunk.writeNBDChunkHeader(extended: extended, flags: NBDReplyFlags.done, type: .offsetHole,
                                               cookie: header.cookie, requestOffset: header.offset, length: 12)
                     chunk.writeInteger(header.offset)
@@ -327,22 +335,42 @@ extension NBDConnectionHandler {
             // The slot gives up the buffer so this is its only reference: writing the
             // header into the space reserved before the data then copies nothing.
             var buffer = slot.buffer.take()!
-            buffer.moveWriterIndex(to: 0)
-            if structuredReplies {
-                buffer.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .offsetData,
-                                           cookie: header.cookie, requestOffset: header.offset, length: 8 + Int(header.length))
-                buffer.writeInteger(header.offset)
-            } else {
-                buffer.writeNBDSimpleReply(error: 0, cookie: header.cookie)
+            let length = Int(header.length)
+            if length <= Self.batchedReadLength {
+                // Copied behind the batch's other replies: a copy of a few KiB the disk
+                // has just written costs less than a write of its own through the
+                // channel, and the buffer is free again at once, still in the cache.
+                buffer.moveReaderIndex(forwardBy: slot.headerSpace)
+                buffer.moveWriterIndex(forwardBy: length)
+                sendSmall(bytes: slot.headerSpace + length) { batch in
+                    writeReadReplyHeader(header, into: &batch)
+                    batch.writeImmutableBuffer(buffer)
+                }
+                readReplyBuffers.reuse(buffer)
+                return
             }
+            buffer.moveWriterIndex(to: 0)
+            writeReadReplyHeader(header, into: &buffer)
             assert(buffer.writerIndex == slot.headerSpace, "the reply header fills exactly the space kept for it")
-            buffer.moveWriterIndex(forwardBy: Int(header.length))
+            buffer.moveWriterIndex(forwardBy: length)
             send(buffer)
             readReplyBuffers.keep(buffer)
         case .blockStatus:
             sendBlockStatus(header, extents: extents)
         default:
             sendSuccess(header)
+        }
+    }
+
+    /// The header of a successful READ's reply: a data chunk's header and offset, or a
+    /// simple reply; `headerSpace` bytes either way.
+    private func writeReadReplyHeader(_ header: NBDRequestHeader, into buffer: inout ByteBuffer) {
+        if structuredReplies {
+            buffer.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done, type: .offsetData,
+                                       cookie: header.cookie, requestOffset: header.offset, length: 8 + Int(header.length))
+            buffer.writeInteger(header.offset)
+        } else {
+            buffer.writeNBDSimpleReply(error: 0, cookie: header.cookie)
         }
     }
 
@@ -393,7 +421,7 @@ extension NBDConnectionHandler {
 
     private func sendSuccess(_ header: NBDRequestHeader) {
         let extended = extendedHeaders
-        sendSmall { reply in
+        sendSmall(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended)) { reply in
             if extended {
                 reply.writeNBDChunkHeader(extended: true, flags: NBDReplyFlags.done, type: .none, cookie: header.cookie,
                                           requestOffset: header.offset, length: 0)
@@ -412,9 +440,9 @@ extension NBDConnectionHandler {
             logger.notice("request refused", metadata: ["cookie": "\(header.cookie)", "reason": "\(reason)"])
         }
         let (structured, extended) = (structuredReplies, extendedHeaders)
-        sendSmall { reply in
+        let message = structured ? reason.nbdMessageBytes : []
+        sendSmall(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended) + 6 + message.count) { reply in
             if structured {
-                let message = reason.nbdMessageBytes
                 reply.writeNBDChunkHeader(extended: extended, flags: NBDReplyFlags.done, type: .error,
                                           cookie: header.cookie, requestOffset: header.offset, length: 6 + message.count)
                 reply.writeInteger(error.rawValue)
@@ -432,11 +460,15 @@ extension NBDConnectionHandler {
         flushAfterInput()
     }
 
-    /// Adds a small reply to the batch (`replyBatch`), flushed with the input being
-    /// processed, or at once when a completion arrives outside it.
-    private func sendSmall(_ write: (inout ByteBuffer) -> Void) {
-        guard context != nil, !channelClosed else { return }
-        if replyBatch == nil { replyBatch = replyBatchBuffers.take(capacity: 2048, allocator: allocator) }
+    /// Adds a reply of at most `bytes` bytes to the batch (`replyBatch`), flushed with the
+    /// input being processed, or at once when a completion arrives outside it. A batch
+    /// without room for it is written to the channel first, so a batch never grows.
+    private func sendSmall(bytes: Int, _ write: (inout ByteBuffer) -> Void) {
+        guard let context, !channelClosed else { return }
+        if let batch = replyBatch, batch.writableBytes < bytes { writeReplyBatch(on: context) }
+        if replyBatch == nil {
+            replyBatch = replyBatchBuffers.take(capacity: max(bytes, Self.replyBatchCapacity), allocator: allocator)
+        }
         write(&replyBatch!)
         flushAfterInput()
     }

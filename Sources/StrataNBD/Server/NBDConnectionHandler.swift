@@ -64,13 +64,15 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// Answering `drained`: replies are flushed once at its end.
     @exclusivity(unchecked) var answeringDrained = false
     @exclusivity(unchecked) var flushPending = false
-    /// Small transmission replies (successes, errors, hole chunks) gathered while input
-    /// is processed and written as one buffer when the batch is flushed: one allocation
-    /// and one pipeline write per batch rather than per reply. Replies of different
-    /// requests may go in any order, so a READ's data written meanwhile may pass them.
+    /// Transmission replies (successes, errors, hole chunks, short reads' data) gathered
+    /// while input is processed and written as one buffer when the batch is flushed or
+    /// full: one pipeline write per batch rather than per reply. Replies of different
+    /// requests may go in any order, so a long READ's data written meanwhile may pass
+    /// them.
     @exclusivity(unchecked) var replyBatch: ByteBuffer?
-    /// Read replies' buffers and reply batches already handed to the channel, used again
-    /// once it has written them: no allocation per request once the connection is warm.
+    /// Read buffers and reply batches, used again once the channel has written them (or
+    /// at once, for a read whose reply was copied into a batch): no allocation per request
+    /// once the connection is warm.
     @exclusivity(unchecked) var readReplyBuffers = ReplyBuffers()
     @exclusivity(unchecked) var replyBatchBuffers = ReplyBuffers()
     /// DISC received, the server stopping, or the client gone: no new requests.
@@ -150,7 +152,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     /// Writes the gathered small replies, if any, without flushing.
-    private func writeReplyBatch(on context: ChannelHandlerContext) {
+    func writeReplyBatch(on context: ChannelHandlerContext) {
         guard let batch = replyBatch.take() else { return }
         context.write(wrapOutboundOut(batch), promise: nil)
         replyBatchBuffers.keep(batch)

@@ -48,6 +48,15 @@ struct ReplyBuffers {
         keptSinceFlush += 1
     }
 
+    /// Keeps `buffer`, which the channel never held (a read's buffer whose reply was
+    /// copied into a batch), to be taken first, still warm in the cache.
+    mutating func reuse(_ buffer: ByteBuffer) {
+        let capacity = buffer.capacity
+        guard capacity <= Self.largestKept, keptBytes + capacity <= Self.keptBytesLimit else { return }
+        spares.prepend(buffer)
+        keptBytes += capacity
+    }
+
     /// The channel was flushed: what was kept until now may be taken.
     mutating func flushed() { keptSinceFlush = 0 }
 
