@@ -289,8 +289,9 @@ import Testing
         try server.request(.read, cookie: 3, offset: 4096, length: 512)
         try server.request(.read, flags: .dontFragment, cookie: 4, offset: 0, length: 512)
         try server.request(.read, cookie: 5, offset: 3, length: 512)
+        try server.request(.read, cookie: 6, offset: 512, length: 100)
         let replies = parseReplies(try server.received())
-        #expect(replies.map(\.kind) == ["structured", "simple", "structured", "structured", "structured"])
+        #expect(replies.map(\.kind) == ["structured", "simple", "structured", "structured", "structured", "structured"])
         #expect(replies[0].type == NBDReplyType.offsetHole.rawValue && replies[0].flags == NBDReplyFlags.done)
         #expect(replies[0].payload == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0], "offset 0, 4096 bytes of hole")
         #expect(replies[2].type == NBDReplyType.offsetData.rawValue && Array(replies[2].payload.dropFirst(8)) == [UInt8](repeating: 9, count: 512))
@@ -298,6 +299,8 @@ import Testing
         #expect(replies[4].type == NBDReplyType.error.rawValue && replies[4].payload.prefix(4) == [0, 0, 0, 22])
         let message = String(decoding: replies[4].payload.dropFirst(6), as: UTF8.self)
         #expect(message.contains("not aligned"), "\(message)")
+        #expect(replies[5].type == NBDReplyType.error.rawValue && replies[5].payload.prefix(4) == [0, 0, 0, 22])
+        #expect(String(decoding: replies[5].payload.dropFirst(6), as: UTF8.self).contains("512+100 is not aligned to 512"))
     }
 
     @Test func blockStatusReportsBaseAllocationAndHonoursRequestOne() throws {

@@ -141,10 +141,9 @@ extension NBDConnectionHandler {
                 return (.invalid, "FLUSH at \(header.offset)+\(header.length): offset and length must be zero")
             }
         } else {
-            let block = UInt64(served.minimumBlockSize)
             if header.length == 0 { return (.invalid, "\(command) of no bytes") }
-            if header.offset % block != 0 || header.length % block != 0 {
-                return (.invalid, "\(command) at \(header.offset)+\(header.length) is not aligned to \(block) bytes")
+            if (header.offset | header.length) & served.blockMask != 0 {
+                return (.invalid, "\(command) at \(header.offset)+\(header.length) is not aligned to \(served.minimumBlockSize) bytes")
             }
             if header.offset > served.size || header.length > served.size - header.offset {
                 return (changes ? .noSpace : .invalid,

@@ -30,6 +30,9 @@ final class ServedExport: @unchecked Sendable {
     let geom: NBDExportGeom
     let flags: NBDTransmissionFlags
     let minimumBlockSize: Int
+    /// `minimumBlockSize - 1`: a sector size is a power of two (the topology refuses any
+    /// other), so alignment is a mask rather than two divisions per request.
+    let blockMask: UInt64
     let preferredBlockSize: Int
     let maximumPayload: Int
     /// The consumers of the connections in transmission on this export. Changed when a
@@ -44,6 +47,7 @@ final class ServedExport: @unchecked Sendable {
         self.provider = provider
         self.geom = geom
         minimumBlockSize = provider.sectorSize
+        blockMask = UInt64(provider.sectorSize - 1)
         preferredBlockSize = max(4096, provider.sectorSize)
         maximumPayload = NBDLimits.maximumPayload
         // Advertise what is true of this export. A flush on any connection reaches the
