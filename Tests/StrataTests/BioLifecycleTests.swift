@@ -219,9 +219,15 @@ import Testing
         #expect(Set(all).count == 1, "every thread got the same attributes")
         #expect(all[0].map(\.name) == names)
         #expect(Set(all[0]).count == names.count, "different names stay different")
-        #expect(BioAttribute("GEOM::ident") == .ident)
-        #expect(BioAttribute("GEOM::ident") != .canDelete)
-        #expect(BioAttribute.extents.description == "STRATA::extents")
+        // The constants, numbered in advance, are the attributes their names make.
+        let constants: [(BioAttribute, String)] = [(.canDelete, "GEOM::candelete"), (.ident, "GEOM::ident"),
+                                                   (.extents, "STRATA::extents")]
+        for (constant, name) in constants {
+            #expect(BioAttribute(name) == constant, "\(name)")
+            #expect(constant.name == name)
+        }
+        #expect(Set(constants.map(\.0)).count == 3)
+        #expect(!all[0].contains(.ident) && !all[0].contains(.extents))
     }
 
     @Test func printGivesOneLineWithCommandRangeProviderAndError() throws {

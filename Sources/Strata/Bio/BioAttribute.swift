@@ -10,16 +10,22 @@
 public struct BioAttribute: Hashable, Sendable, CustomStringConvertible {
     @usableFromInline let number: UInt32
     public init(_ name: String) { number = AttributeNames.number(for: name) }
+    @inlinable init(builtIn number: UInt32) { self.number = number }
     public var name: String { AttributeNames.name(of: number) }
     public var description: String { name }
 
+    // The constants have fixed numbers, the first in the table (`AttributeNames.builtIn`),
+    // so that comparing a request's attribute with one is a comparison of integers: a
+    // stored constant made from its name would be a lazily made global, reached through a
+    // `swift_once` on every request that passes a check for it.
+
     /// "GEOM::candelete": an Int32, 1 when DELETE frees space on the provider.
-    public static let canDelete = BioAttribute("GEOM::candelete")
+    @inlinable public static var canDelete: BioAttribute { BioAttribute(builtIn: 0) }
     /// "GEOM::ident": a string that identifies the media (a serial number, a path).
-    public static let ident = BioAttribute("GEOM::ident")
+    @inlinable public static var ident: BioAttribute { BioAttribute(builtIn: 1) }
     /// "STRATA::extents": the data, hole and zero ranges of `offset ..< offset+length`,
     /// as `BioExtent` records (what NBD block status reports).
-    public static let extents = BioAttribute("STRATA::extents")
+    @inlinable public static var extents: BioAttribute { BioAttribute(builtIn: 2) }
 }
 
 /// The names of the attributes the process has made, each under its own number. Names
@@ -28,8 +34,10 @@ public struct BioAttribute: Hashable, Sendable, CustomStringConvertible {
 enum AttributeNames {
     // A pthread lock, not Synchronization's Mutex: ThreadSanitizer sees it.
     private static let lock = ConditionLock()
-    nonisolated(unsafe) private static var names: [String] = []
-    nonisolated(unsafe) private static var numbers: [String: UInt32] = [:]
+    /// The names of `BioAttribute`'s constants, at their numbers.
+    static let builtIn = ["GEOM::candelete", "GEOM::ident", "STRATA::extents"]
+    nonisolated(unsafe) private static var names: [String] = builtIn
+    nonisolated(unsafe) private static var numbers = Dictionary(uniqueKeysWithValues: builtIn.enumerated().map { ($1, UInt32($0)) })
 
     static func number(for name: String) -> UInt32 {
         lock.withLock {

@@ -47,31 +47,35 @@ public enum BioCommand: UInt8, Sendable, CustomStringConvertible {
 /// clones. The status flags (`error`, `done`, `readAsZeros`) are set by completion.
 public struct BioFlags: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    // Computed and inlinable rather than stored: a stored static is reached through an
+    // addressor call (with a `swift_once` for the sets), once per clone, from every module
+    // but this one.
 
     /// BIO_ERROR: the request failed; its `error` holds why.
-    public static let error = BioFlags(rawValue: 1 << 0)
+    @inlinable public static var error: BioFlags { BioFlags(rawValue: 1 << 0) }
     /// BIO_DONE: the request has been delivered.
-    public static let done = BioFlags(rawValue: 1 << 1)
+    @inlinable public static var done: BioFlags { BioFlags(rawValue: 1 << 1) }
     /// Force unit access: the write is durable before it completes.
-    public static let fua = BioFlags(rawValue: 1 << 2)
+    @inlinable public static var fua: BioFlags { BioFlags(rawValue: 1 << 2) }
     /// Flush the write cache before doing this request.
-    public static let preflush = BioFlags(rawValue: 1 << 3)
+    @inlinable public static var preflush: BioFlags { BioFlags(rawValue: 1 << 3) }
     /// For write-zeroes: the range must stay allocated (no hole may be punched).
-    public static let noHole = BioFlags(rawValue: 1 << 4)
+    @inlinable public static var noHole: BioFlags { BioFlags(rawValue: 1 << 4) }
     /// For write-zeroes: fail at once with ENOTSUP rather than zero slowly.
-    public static let fastZero = BioFlags(rawValue: 1 << 5)
+    @inlinable public static var fastZero: BioFlags { BioFlags(rawValue: 1 << 5) }
     /// On a completed read: the range reads as zeros and the data buffer was not written.
     /// Set only on reads whose issuer asked for it with `zeroHint`.
-    public static let readAsZeros = BioFlags(rawValue: 1 << 6)
+    @inlinable public static var readAsZeros: BioFlags { BioFlags(rawValue: 1 << 6) }
     /// On a read: the issuer accepts `readAsZeros` in place of a zero-filled buffer
     /// (an NBD server then sends a hole chunk and nobody copies zeros).
-    public static let zeroHint = BioFlags(rawValue: 1 << 7)
+    @inlinable public static var zeroHint: BioFlags { BioFlags(rawValue: 1 << 7) }
 
     /// The flags an issuer chooses; a clone inherits them.
-    public static let requestFlags: BioFlags = [.fua, .preflush, .noHole, .fastZero, .zeroHint]
+    @inlinable public static var requestFlags: BioFlags { [.fua, .preflush, .noHole, .fastZero, .zeroHint] }
     /// The flags completion sets.
-    public static let statusFlags: BioFlags = [.error, .done, .readAsZeros]
+    @inlinable public static var statusFlags: BioFlags { [.error, .done, .readAsZeros] }
 
     public var description: String {
         let names: [(BioFlags, String)] = [
