@@ -223,7 +223,12 @@ final class BenchDriver: BioDoneHandler, @unchecked Sendable {
     func run() {
         owner.store(Self.currentThread, ordering: .relaxed)
         inFlight.store(depth, ordering: .relaxed)
-        for slot in 0..<depth { issue(slot: slot, bio: AnyBioSet.shared.alloc(segments: 1), at: IOClock.nanoseconds()) }
+        // Plugged: a provider that puts work off (a memory disk's copies) gets the whole
+        // queue depth at once, and the completions the plug's end runs issue the next
+        // requests under it.
+        BioPlug.withPlug {
+            for slot in 0..<depth { issue(slot: slot, bio: AnyBioSet.shared.alloc(segments: 1), at: IOClock.nanoseconds()) }
+        }
         drained.wait()
     }
 

@@ -60,6 +60,7 @@ let benchmarks: @Sendable () -> Void = {
     let nopNull = Driver(oneLayer, "n1", depth: 1, blockSize: 4096)
     let nopNopNopNull = Driver(threeLayers, "n3", depth: 1, blockSize: 4096)
     let nopStripeMemory = Driver(stripeStack, "n0", depth: 32, blockSize: 4096)
+    let nopStripeMemoryPlugged = Driver(stripeStack, "n0", depth: 32, blockSize: 4096, plugged: true)
     // 128 KiB over 64 KiB stripes: every request is split in two clones.
     let stripeSplit = Driver(stripeStack, "n0", depth: 8, blockSize: 128 << 10)
     let mirrorReads = Driver(mirrorStack, "mr", depth: 32, blockSize: 4096)
@@ -79,6 +80,9 @@ let benchmarks: @Sendable () -> Void = {
     drive("CloneDeliver.Read4K.NopNull", nopNull)
     drive("Read4K.NopNopNopNull.QD1", nopNopNopNull)
     drive("RandRead4K.NopStripeMemory.QD32", nopStripeMemory)
+    // The same under a plug: the memory disk puts each read off and copies at the plug's
+    // end, with its source already on the way (BioPlug).
+    drive("RandRead4K.NopStripeMemory.QD32.Plugged", nopStripeMemoryPlugged)
     drive("Read128K.NopStripeMemory.Split", stripeSplit)
     // A mirror of two memory disks: a read goes to one component, a write to both.
     drive("RandRead4K.Mirror.QD32", mirrorReads)
@@ -176,10 +180,13 @@ final class Driver: BioDoneHandler, @unchecked Sendable {
     private var nextBlock: UInt64 = 0
     private var command = BioCommand.read
     private var sequential = false
+    private let plugged: Bool
 
-    /// Drives provider `name` of `stack` with random `command`s (reads or writes).
-    init(_ stack: Stack, _ name: String, depth: Int, blockSize: Int, command: BioCommand = .read) {
+    /// Drives provider `name` of `stack` with random `command`s (reads or writes), under
+    /// a plug (`BioPlug`) when `plugged`.
+    init(_ stack: Stack, _ name: String, depth: Int, blockSize: Int, command: BioCommand = .read, plugged: Bool = false) {
         self.stack = stack
+        self.plugged = plugged
         consumer = stack.open(name)
         self.depth = depth
         self.blockSize = blockSize
@@ -215,7 +222,13 @@ final class Driver: BioDoneHandler, @unchecked Sendable {
         remaining = count
         let starting = min(depth, count)
         remaining -= starting
-        for _ in 0..<starting { issue(idle.removeLast().takeBio()) }
+        if plugged {
+            BioPlug.withPlug {
+                for _ in 0..<starting { issue(idle.removeLast().takeBio()) }
+            }
+        } else {
+            for _ in 0..<starting { issue(idle.removeLast().takeBio()) }
+        }
         precondition(idle.count == depth, "a disk completed a request on another thread")
     }
 

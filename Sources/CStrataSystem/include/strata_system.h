@@ -9,6 +9,10 @@
 
 #include "strata_uring.h"
 
+/// Starts fetching the cache line at `address` (and the page walk to reach it) for a
+/// read, without waiting for it.
+static inline void strata_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
+
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate a range; it then reads as zeros.
 int strata_punch_hole(int fd, int64_t offset, int64_t length);
 /// fallocate(ZERO_RANGE | KEEP_SIZE): zero a range and keep it allocated.

@@ -147,10 +147,12 @@ import Synchronization
             }
             if !rescuedOnce {
                 // Requests of this pool queued on this thread will not run until we
-                // return, and we may be waiting for exactly them: hand them over.
+                // return, and we may be waiting for exactly them: hand them over. Work a
+                // provider put off under this thread's plug would not run either: do it.
                 rescuedOnce = true
                 lock.unlock()
                 IOPath.rescuePending(of: self)
+                BioPlug.flush()
                 lock.lock()
                 continue
             }

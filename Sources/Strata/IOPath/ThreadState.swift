@@ -23,6 +23,10 @@ import Darwin
     /// A done routine is running on this thread: new completions are queued.
     @usableFromInline var delivering = false
     @usableFromInline var completions = BioList()
+    /// Plugs held on this thread (`BioPlug`), and the requests providers put off until
+    /// the outermost ends, oldest first.
+    @usableFromInline var plugDepth = 0
+    @usableFromInline var deferred = BioList()
     /// The clock reading shared by the entries and deliveries of a submission or
     /// completion run since the last `start` routine that may work ran here, or 0
     /// (`IOPath.entryClock`, `IOPath.deliveryClock`). Nonzero only during a run.

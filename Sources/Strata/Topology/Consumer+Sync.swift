@@ -22,6 +22,8 @@ extension Consumer {
         }
         let providerName = provider?.name ?? "-"
         request(bio)
+        // Under a plug the request may have been put off until the plug ends: do it now.
+        BioPlug.flush()
         finished.wait()
         if let error = outcome.error { throw StrataError(error, "\(command) at \(offset)+\(length) on \(providerName)") }
         return (outcome.completed, outcome.flags)

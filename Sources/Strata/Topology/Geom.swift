@@ -90,6 +90,13 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
         consumer._withUnsafeGuaranteedRef { IOPath.passOn(child, of: parent, on: $0) }
     }
 
+    /// Does the work of a request this geom put off with `ProviderBio.deferToPlug`, when
+    /// the thread's plug ends (`BioPlug`). Only a geom that puts requests off overrides
+    /// it; reaching this one is a class's bug.
+    open func resume(_ bio: consuming ProviderBio) {
+        preconditionFailure("\(self) put off \(bio.summary) but does not resume it")
+    }
+
     /// Completion of a request this geom issued with `.handler(self)` as its done.
     /// The default is `g_std_done`.
     open func bioDone(_ bio: consuming Bio) {
