@@ -323,7 +323,7 @@ extension NBDConnectionHandler {
             if readAsZeros {
                 // Only with structured replies and without DF does a read ask for this.
                 let extended = extendedHeaders
-                sendSmall(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended) + 12) { chunk in
+                sendBatched(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended) + 12) { chunk in
                     chunk.writeNBDChunkHeader(extended: extended, flags: NBDReplyFlags.done, type: .offsetHole,
                                               cookie: header.cookie, requestOffset: header.offset, length: 12)
                     chunk.writeInteger(header.offset)
@@ -341,7 +341,7 @@ extension NBDConnectionHandler {
                 // channel, and the buffer is free again at once, still in the cache.
                 buffer.moveReaderIndex(forwardBy: slot.headerSpace)
                 buffer.moveWriterIndex(forwardBy: length)
-                sendSmall(bytes: slot.headerSpace + length) { batch in
+                sendBatched(bytes: slot.headerSpace + length) { batch in
                     writeReadReplyHeader(header, into: &batch)
                     batch.writeImmutableBuffer(buffer)
                 }
@@ -420,7 +420,7 @@ extension NBDConnectionHandler {
 
     private func sendSuccess(_ header: NBDRequestHeader) {
         let extended = extendedHeaders
-        sendSmall(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended)) { reply in
+        sendBatched(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended)) { reply in
             if extended {
                 reply.writeNBDChunkHeader(extended: true, flags: NBDReplyFlags.done, type: .none, cookie: header.cookie,
                                           requestOffset: header.offset, length: 0)
@@ -440,7 +440,7 @@ extension NBDConnectionHandler {
         }
         let (structured, extended) = (structuredReplies, extendedHeaders)
         let message = structured ? reason.nbdMessageBytes : []
-        sendSmall(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended) + 6 + message.count) { reply in
+        sendBatched(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended) + 6 + message.count) { reply in
             if structured {
                 reply.writeNBDChunkHeader(extended: extended, flags: NBDReplyFlags.done, type: .error,
                                           cookie: header.cookie, requestOffset: header.offset, length: 6 + message.count)
@@ -462,7 +462,7 @@ extension NBDConnectionHandler {
     /// Adds a reply of at most `bytes` bytes to the batch (`replyBatch`), flushed with the
     /// input being processed, or at once when a completion arrives outside it. A batch
     /// without room for it is written to the channel first, so a batch never grows.
-    private func sendSmall(bytes: Int, _ write: (inout ByteBuffer) -> Void) {
+    private func sendBatched(bytes: Int, _ write: (inout ByteBuffer) -> Void) {
         guard let context, !channelClosed else { return }
         if let batch = replyBatch, batch.writableBytes < bytes { writeReplyBatch(on: context) }
         if replyBatch == nil {

@@ -1,6 +1,8 @@
 import NIOCore
 
-/// Buffers of replies the connection has handed to the channel, kept to be used again.
+/// Buffers of replies the connection has handed to the channel, kept to be used again,
+/// and read buffers whose replies were copied into a batch, which the channel never held
+/// (`reuse`).
 ///
 /// A reply made new costs two allocations (NIO's storage object and its bytes): under
 /// 4 KiB reads, two a request. Once the channel has written a reply to the socket it
