@@ -82,6 +82,7 @@ import Testing
         var all = ByteBuffer()
         for var write in writes { all.writeBuffer(&write) }
         let replies = parseReplies(all)
+        #expect(replies.count == shortReads + 1, "each request answered once")
         #expect(Set(replies.map(\.cookie)) == Set((0..<UInt64(shortReads)).map { 10 + $0 } + [99]))
         for reply in replies {
             let (offset, length) = reply.cookie == 99 ? (0, long) : (Int(reply.cookie - 10) * short, short)
