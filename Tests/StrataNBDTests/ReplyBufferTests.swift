@@ -12,8 +12,10 @@ import Testing
     }
 
     static let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 13) }
-    /// A structured READ reply's payload: the offset (0), then the data.
-    static func payload(_ data: [UInt8]) -> [UInt8] { [UInt8](repeating: 0, count: 8) + data }
+    /// A structured READ reply's payload: the offset, then the data.
+    static func payload(_ data: some Collection<UInt8>, at offset: Int = 0) -> [UInt8] {
+        withUnsafeBytes(of: UInt64(offset).bigEndian, Array.init) + data
+    }
 
     /// A server with `pattern` written at 0, and the first reply to a READ of it (cookie
     /// 2), taken out of the channel.
@@ -86,8 +88,7 @@ import Testing
         #expect(Set(replies.map(\.cookie)) == Set((0..<UInt64(shortReads)).map { 10 + $0 } + [99]))
         for reply in replies {
             let (offset, length) = reply.cookie == 99 ? (0, long) : (Int(reply.cookie - 10) * short, short)
-            let expected = withUnsafeBytes(of: UInt64(offset).bigEndian, Array.init) + data[offset..<(offset + length)]
-            #expect(reply.payload == expected, "cookie \(reply.cookie)")
+            #expect(reply.payload == Self.payload(data[offset..<(offset + length)], at: offset), "cookie \(reply.cookie)")
         }
     }
 

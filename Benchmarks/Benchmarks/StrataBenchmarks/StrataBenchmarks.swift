@@ -223,13 +223,16 @@ final class Driver: BioDoneHandler, @unchecked Sendable {
         let starting = min(depth, count)
         remaining -= starting
         if plugged {
-            BioPlug.withPlug {
-                for _ in 0..<starting { issue(idle.removeLast().takeBio()) }
-            }
+            BioPlug.withPlug { issueIdle(starting) }
         } else {
-            for _ in 0..<starting { issue(idle.removeLast().takeBio()) }
+            issueIdle(starting)
         }
         precondition(idle.count == depth, "a disk completed a request on another thread")
+    }
+
+    /// Sends `count` of the idle requests.
+    private func issueIdle(_ count: Int) {
+        for _ in 0..<count { issue(idle.removeLast().takeBio()) }
     }
 
     private func issue(_ bio: consuming Bio) {

@@ -43,20 +43,23 @@ struct ReplyBuffers {
     /// Keeps `buffer`, just handed to the channel, for a `take` after the next flush,
     /// unless it is too large or enough is kept.
     mutating func keep(_ buffer: ByteBuffer) {
-        let capacity = buffer.capacity
-        guard capacity <= Self.largestKept, keptBytes + capacity <= Self.keptBytesLimit else { return }
+        guard canKeep(buffer) else { return }
         spares.append(buffer)
-        keptBytes += capacity
+        keptBytes += buffer.capacity
         keptSinceFlush += 1
     }
 
     /// Keeps `buffer`, which the channel never held (a read's buffer whose reply was
     /// copied into a batch), to be taken first, still warm in the cache.
     mutating func reuse(_ buffer: ByteBuffer) {
-        let capacity = buffer.capacity
-        guard capacity <= Self.largestKept, keptBytes + capacity <= Self.keptBytesLimit else { return }
+        guard canKeep(buffer) else { return }
         spares.prepend(buffer)
-        keptBytes += capacity
+        keptBytes += buffer.capacity
+    }
+
+    /// Whether `buffer` is small enough to keep, and room is left for it.
+    private func canKeep(_ buffer: ByteBuffer) -> Bool {
+        buffer.capacity <= Self.largestKept && keptBytes + buffer.capacity <= Self.keptBytesLimit
     }
 
     /// The channel was flushed: what was kept until now may be taken.
