@@ -42,6 +42,7 @@ let package = Package(
         // The NBD server and client (SwiftNIO, like the control socket below).
         .target(name: "StrataNBD", dependencies: [
             "Strata",
+            "CStrataSystem",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

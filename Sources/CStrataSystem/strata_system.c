@@ -6,8 +6,13 @@
 #include <linux/fs.h>
 #include <malloc.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/vfs.h>
 #include <unistd.h>
+
+int strata_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+int strata_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int strata_punch_hole(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);

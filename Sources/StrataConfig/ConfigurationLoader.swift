@@ -38,7 +38,7 @@ public struct ConfigurationLoader {
         return try loader.configuration(from: root)
     }
 
-    static let topKeys = ["listen", "control", "limits", "disks", "geoms", "exports"]
+    static let topKeys = ["listen", "control", "limits", "busy-poll-us", "disks", "geoms", "exports"]
     static let limitKeys = ["requests", "connection-bytes", "server-bytes"]
     static let diskKinds = ["file", "memory", "null", "zero", "powercut"]
     static let diskKeys = ["name"] + diskKinds + ["size", "sector-size", "io"]
@@ -63,6 +63,10 @@ public struct ConfigurationLoader {
         if let node = top["control"] { control = absolute(try scalar(node, key: "control")) }
 
         let limits = try top["limits"].map { try self.limits($0) } ?? NBDServer.Limits()
+        var busyPoll = Configuration.defaultBusyPoll
+        if let node = top["busy-poll-us"] {
+            busyPoll = .microseconds(try value(node, key: "busy-poll-us").integer(in: 0...1000))
+        }
 
         var names: [String: String] = [:]
         func claim(_ name: String, _ node: Node, _ key: String, as kind: String) throws {
@@ -99,7 +103,7 @@ public struct ConfigurationLoader {
             throw error(second, "exports.default", "true", "only one export can be the default (\(defaults[0].name) is)")
         }
         return Configuration(file: file, listen: listen, control: control, disks: disks, geoms: geoms, exports: exports,
-                             limits: limits)
+                             limits: limits, busyPoll: busyPoll)
     }
 
     private func limits(_ node: Node) throws -> NBDServer.Limits {

@@ -185,6 +185,7 @@ struct ServeTests {
         #expect(server.stdout.contains("export scratch: 64 MiB, provider fast, read-write"))
         #expect(server.stdout.contains("export data: 16 MiB, provider kept, read-write, default"))
         #expect(server.stdout.contains("listening on unix://\(socket)"))
+        #expect(server.stdout.contains("busy polling up to 50 µs before an idle connection's loop sleeps"), "\(server.stdout)")
         let list = try runProgram("/usr/bin/nbdinfo", ["--list", "--json", "nbd+unix:///?socket=\(socket)"])
         #expect(list.0 == 0 && list.1.contains("scratch space"), "\(list)")
         #expect(server.stop() == 0)

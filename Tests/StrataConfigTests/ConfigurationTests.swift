@@ -99,6 +99,15 @@ import Testing
                 == "strata.yaml:2: limits.server_bytes: is not a known key; did you mean 'server-bytes'?")
     }
 
+    @Test func busyPollingIsOnByDefaultAndReadInMicroseconds() throws {
+        #expect(try load("").busyPoll == .microseconds(50))
+        #expect(try load("busy-poll-us: 0").busyPoll == .zero)
+        #expect(try load("busy-poll-us: 200").busyPoll == .microseconds(200))
+        #expect(failure("listen: [unix:///tmp/s.sock]\nbusy-poll-us: 5000")
+                == "strata.yaml:2: busy-poll-us: '5000': must be a whole number from 0 to 1000")
+        #expect(failure("busy-poll-us: 50us") == "strata.yaml:1: busy-poll-us: '50us': must be a whole number from 0 to 1000")
+    }
+
     @Test func anUnknownKeyNamesTheNearestKnownOne() {
         #expect(failure("lisen: [tcp://127.0.0.1:1]") == "strata.yaml:1: lisen: is not a known key; did you mean 'listen'?")
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    sector_size: 512")

@@ -135,6 +135,19 @@ import Testing
         #expect(IOClock.nanoseconds() >= outside + 1_000_000)
     }
 
+    @Test func durationsConvertToWholeNanosecondsAndTheFreshClockAgreesWithSeconds() {
+        #expect(Duration.microseconds(50).wholeNanoseconds == 50_000)
+        #expect(Duration.seconds(3).wholeNanoseconds == 3_000_000_000)
+        #expect(Duration.nanoseconds(1500).wholeNanoseconds == 1500)
+        #expect(Duration.zero.wholeNanoseconds == 0)
+        #expect(Duration.microseconds(-5).wholeNanoseconds == 0)
+        let before = monotonicNanoseconds()
+        let seconds = monotonicSeconds()
+        let after = monotonicNanoseconds()
+        #expect(after >= before)
+        #expect(UInt64(seconds * 1e9) + 1_000_000 >= before && UInt64(seconds * 1e9) <= after + 1_000_000)
+    }
+
     /// The I/O clock reads the time-stamp counter where the kernel keeps time by it, scaled
     /// against the monotonic clock when the process started: over 200 ms it agrees with the
     /// monotonic clock to a part in a thousand, and readings on one thread never go back.

@@ -13,6 +13,10 @@
 /// read, without waiting for it.
 static inline void strata_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
 
+/// accept4(SOCK_CLOEXEC) without the peer's address, and pipe2(O_CLOEXEC): descriptors
+/// a program started meanwhile on another thread does not inherit.
+int strata_accept_cloexec(int fd);
+int strata_pipe_cloexec(int fds[2]);
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate a range; it then reads as zeros.
 int strata_punch_hole(int fd, int64_t offset, int64_t length);
 /// fallocate(ZERO_RANGE | KEEP_SIZE): zero a range and keep it allocated.

@@ -6,9 +6,24 @@ import Darwin
 
 /// Seconds on the monotonic clock.
 public func monotonicSeconds() -> Double {
+    Double(monotonicNanoseconds()) / 1e9
+}
+
+/// Nanoseconds on the monotonic clock, read afresh (`IOClock` instead answers a reading
+/// shared within an I/O run).
+public func monotonicNanoseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds, a negative one as 0.
+    public var wholeNanoseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        guard seconds >= 0, attoseconds >= 0 else { return 0 }
+        return UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+    }
 }
 
 /// Sleeps at least `seconds`, resuming after signals.

@@ -17,20 +17,28 @@ import Synchronization
 /// Latency histograms are not published here: swift-metrics' `Timer` takes one value at
 /// a time, and the core already holds the counts per bucket (see `PrometheusText`).
 public final class StatisticsPublisher: Sendable {
-    /// What the NBD server adds: its open connections, and per export the connections in
-    /// transmission and their requests in flight.
+    /// What the NBD server adds: its open connections, per export the connections in
+    /// transmission and their requests in flight, and its busy polls so far.
     public struct ServerGauges: Sendable, Equatable {
         public var connections: Int
         public var exports: [NBDServer.ExportStatistics]
+        /// Busy polls that found the client's next request, and those that timed out.
+        public var busyPollsFound: Int
+        public var busyPollsTimedOut: Int
 
-        public init(connections: Int, exports: [NBDServer.ExportStatistics]) {
+        public init(connections: Int, exports: [NBDServer.ExportStatistics], busyPollsFound: Int = 0,
+                    busyPollsTimedOut: Int = 0) {
             self.connections = connections
             self.exports = exports
+            self.busyPollsFound = busyPollsFound
+            self.busyPollsTimedOut = busyPollsTimedOut
         }
 
         /// What `server` has open now.
         public init(_ server: NBDServer) {
-            self.init(connections: server.connectionCount, exports: server.exportStatistics)
+            let polls = server.busyPolls
+            self.init(connections: server.connectionCount, exports: server.exportStatistics,
+                      busyPollsFound: polls.found, busyPollsTimedOut: polls.timedOut)
         }
     }
 
@@ -109,6 +117,8 @@ public final class StatisticsPublisher: Sendable {
         }
         if let server {
             readings[SeriesKey("strata_nbd_connections", [])] = .level(Double(server.connections))
+            readings[SeriesKey("strata_nbd_busy_polls_total", [("result", "found")])] = .total(server.busyPollsFound)
+            readings[SeriesKey("strata_nbd_busy_polls_total", [("result", "timed_out")])] = .total(server.busyPollsTimedOut)
             for export in server.exports {
                 let labels = [("export", export.name)]
                 readings[SeriesKey("strata_nbd_export_connections", labels)] = .level(Double(export.connections))

@@ -79,6 +79,7 @@ extension NBDConnectionHandler {
     // MARK: Requests
 
     func handleRequest(_ header: NBDRequestHeader, payload: ByteBuffer?) {
+        requestsThisRead &+= 1
         guard !finishing else { return }
         guard let served, let consumer else {
             violation("request before transmission")

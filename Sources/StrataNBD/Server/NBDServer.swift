@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -29,13 +32,18 @@ public final class NBDServer: Sendable {
 
     let core: NBDServerCore
     private let group: MultiThreadedEventLoopGroup
-    private let channels = NIOLockedValueBox<[any Channel]>([])
+    private let listeners = NIOLockedValueBox<[NBDListener]>([])
+    /// Each event loop's poller (`BusyPoller`), by the loop's identity.
+    private let pollers: [ObjectIdentifier: BusyPoller]
 
     /// Prepares the exports: every provider must exist in `topology`.
+    /// - Parameter busyPoll: how long an event loop serving one connection polls for the
+    ///   client's next request before it sleeps (`BusyPoller`); zero, the default, never
+    ///   polls. `strata serve` polls for 50 µs unless told otherwise.
     /// - Throws: `StrataError` naming an export whose provider does not exist, or two
     ///   exports with one name.
     public init(topology: Topology, exports: [NBDExport], logger: Logger = Logger(label: "strata.nbd"),
-                limits: Limits = Limits(), threads: Int = System.coreCount) throws {
+                limits: Limits = Limits(), threads: Int = System.coreCount, busyPoll: Duration = .zero) throws {
         var served: [ServedExport] = []
         for export in exports {
             guard let provider = topology.provider(named: export.provider) else {
@@ -51,6 +59,9 @@ public final class NBDServer: Sendable {
         }
         core = NBDServerCore(topology: topology, exports: served, logger: logger, limits: limits)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(threads, 1))
+        var pollers: [ObjectIdentifier: BusyPoller] = [:]
+        for loop in group.makeIterator() { pollers[ObjectIdentifier(loop)] = BusyPoller(limit: busyPoll) }
+        self.pollers = pollers
     }
 
     /// Asks the provider whether DELETE frees space, so TRIM is advertised truthfully.
@@ -72,54 +83,61 @@ public final class NBDServer: Sendable {
     }
 
     /// Starts listening. Returns the addresses bound, with the port a TCP port of 0 got.
+    /// - Throws: `StrataError` naming the address that could not be bound; nothing is
+    ///   left listening then.
     @discardableResult
     public func start(listeningOn addresses: [NBDListenAddress]) async throws -> [NBDListenAddress] {
-        var bound: [NBDListenAddress] = []
-        for address in addresses {
-            let channel: any Channel
-            switch address {
-            case .tcp(let host, let port):
-                channel = try await bootstrap(tcp: true).bind(host: host, port: port).get()
-            case .unix(let path):
-                channel = try await bootstrap(tcp: false).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+        var started: [NBDListener] = []
+        do {
+            for address in addresses {
+                let tcp = if case .tcp = address { true } else { false }
+                // Weak: the server holds its listeners until it stops.
+                started.append(try NBDListener(address) { [weak self] descriptor in
+                    guard let self else {
+                        Glibc.close(descriptor)
+                        return
+                    }
+                    adopt(descriptor, tcp: tcp)
+                })
             }
-            channels.withLockedValue { $0.append(channel) }
-            switch address {
-            case .tcp(let host, let port): bound.append(.tcp(host: host, port: channel.localAddress?.port ?? port))
-            case .unix: bound.append(address)
-            }
-            core.logger.info("listening", metadata: ["address": "\(bound.last!)"])
+        } catch {
+            for listener in started { listener.close() }
+            throw error
         }
-        return bound
+        listeners.withLockedValue { $0.append(contentsOf: started) }
+        for listener in started { core.logger.info("listening", metadata: ["address": "\(listener.address)"]) }
+        return started.map(\.address)
     }
 
     /// The send buffer asked for on Unix-socket connections; the kernel caps it at
     /// `net.core.wmem_max`.
     static let unixSendBuffer: SocketOptionValue = 4 << 20
 
-    private func bootstrap(tcp: Bool) -> ServerBootstrap {
+    /// Hands an accepted connection to an event loop, with the handler in its pipeline.
+    private func adopt(_ descriptor: Int32, tcp: Bool) {
         let core = self.core
-        var bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.backlog, value: 256)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.writeBufferWaterMark, value: .init(low: 1 << 20, high: 8 << 20))
-            .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(
+        let pollers = self.pollers
+        var bootstrap = ClientBootstrap(group: group)
+            .channelOption(ChannelOptions.writeBufferWaterMark, value: .init(low: 1 << 20, high: 8 << 20))
+            .channelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(
                 minimum: 4096, initial: 65536, maximum: 1 << 20))
-            .childChannelInitializer { channel in
+            .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(NBDConnectionHandler(
-                        core: core, eventLoop: channel.eventLoop, largeReadQueue: .global()))
+                        core: core, eventLoop: channel.eventLoop, largeReadQueue: .global(),
+                        descriptor: descriptor, poller: pollers[ObjectIdentifier(channel.eventLoop)]))
                 }
             }
-        if tcp {
-            bootstrap = bootstrap.childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-        } else {
+        if !tcp {
             // A Unix socket's send buffer (208 KiB by default) holds a fifth of a 1 MiB
             // read's reply: the event loop wrote it in pieces, each after a wait for
-            // room. TCP sizes its own buffers, and setting one would stop that.
-            bootstrap = bootstrap.childChannelOption(ChannelOptions.socketOption(.so_sndbuf), value: Self.unixSendBuffer)
+            // room. TCP sizes its own buffers, and setting one would stop that. (The
+            // bootstrap turns Nagle's algorithm off on TCP connections itself.)
+            bootstrap = bootstrap.channelOption(ChannelOptions.socketOption(.so_sndbuf), value: Self.unixSendBuffer)
         }
-        return bootstrap
+        bootstrap.withConnectedSocket(descriptor).whenFailure { error in
+            core.logger.warning("accepted connection not served", metadata: ["error": "\(error)"])
+        }
     }
 
     /// A handler for one more connection, the one `start` puts in each accepted
@@ -135,11 +153,11 @@ public final class NBDServer: Sendable {
     /// has in flight, then closes. Waits up to `seconds` for them.
     public func stop(seconds: Double = 10) async {
         core.beginStopping()
-        let listening = channels.withLockedValue { channels in
-            defer { channels.removeAll() }
-            return channels
+        let listening = listeners.withLockedValue { listeners in
+            defer { listeners.removeAll() }
+            return listeners
         }
-        for channel in listening { try? await channel.close() }
+        for listener in listening { listener.close() }
         for connection in core.connections {
             connection.eventLoop.execute { connection.finish() }
         }
@@ -160,6 +178,14 @@ public final class NBDServer: Sendable {
 
     /// Connections open now.
     public var connectionCount: Int { core.connections.count }
+
+    /// Busy polls (`BusyPoller`) over all event loops so far: those that found the
+    /// client's next request, and those that timed out and let the loop sleep.
+    public var busyPolls: (found: Int, timedOut: Int) {
+        pollers.values.reduce((0, 0)) { total, poller in
+            (total.0 + poller.hits.load(ordering: .relaxed), total.1 + poller.misses.load(ordering: .relaxed))
+        }
+    }
 
     /// Payload bytes of requests taken in and not yet answered, over all connections
     /// (held against `Limits.serverBytes`).
