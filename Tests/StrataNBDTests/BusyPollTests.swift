@@ -22,51 +22,69 @@ import Testing
             #expect(poller.awaitInput(on: polled))
             #expect(poller.hits.load(ordering: .relaxed) == 1)
             #expect(poller.misses.load(ordering: .relaxed) == 0)
+            // The request it found is read: the wait ended with the poll, nothing to judge.
+            poller.inputArrived()
             #expect(poller.window == 1_000_000)
         }
     }
 
-    @Test func pollsThatTimeOutHalveTheWindowUntilItCloses() throws {
+    @Test func inputLongAfterATimedOutPollHalvesTheWindowUntilItCloses() throws {
         try withSocketPair { polled, _ in
             let poller = BusyPoller(limit: .microseconds(200))
             var windows: [UInt64] = []
             for _ in 0..<5 {
                 #expect(!poller.awaitInput(on: polled))
+                // A timed-out poll alone changes nothing: the input may yet come soon.
+                let polledWith = poller.window
+                // Input later than the limit: no poll would have found it.
+                Thread.sleep(forTimeInterval: 0.002)
+                poller.inputArrived()
+                #expect(poller.window < polledWith)
                 windows.append(poller.window)
             }
             // Below a sixteenth of the limit (12.5 µs) the window closes.
             #expect(windows == [100_000, 50_000, 25_000, 12_500, 0])
             #expect(poller.misses.load(ordering: .relaxed) == 5)
-            // A closed window does not poll: nothing more is counted.
+            // A closed window does not poll: nothing more is counted, and late input
+            // leaves it closed.
             #expect(!poller.awaitInput(on: polled))
             #expect(poller.misses.load(ordering: .relaxed) == 5)
+            Thread.sleep(forTimeInterval: 0.002)
+            poller.inputArrived()
+            #expect(poller.window == 0)
         }
     }
 
-    @Test func inputSoonAfterSleepingOpensTheWindowAndLateInputDoesNot() throws {
+    @Test func inputSoonAfterTheWaitBeganOpensAndWidensTheWindow() throws {
         try withSocketPair { polled, _ in
             // A limit long enough that no pause of this thread on a busy machine makes
-            // "at once" late.
+            // "soon" late; closing the window first takes late input five times.
             let poller = BusyPoller(limit: .milliseconds(100))
-            while poller.window > 0 { _ = poller.awaitInput(on: polled) }
-            // Input at once after the loop went to sleep: a poll would have caught it.
-            _ = poller.awaitInput(on: polled)
+            while poller.window > 0 {
+                _ = poller.awaitInput(on: polled)
+                Thread.sleep(forTimeInterval: 0.11)
+                poller.inputArrived()
+            }
+            // Input at once after a closed window's wait began: a poll would have caught it.
+            #expect(!poller.awaitInput(on: polled))
             poller.inputArrived()
             #expect(poller.window == 25_000_000)
-            // It widens by doubling while input keeps coming soon after a timed-out poll.
-            _ = poller.awaitInput(on: polled)
-            #expect(poller.window == 12_500_000)
+            // Input at once after polls that timed out (a client slower than the window
+            // but within the limit): the window doubles up to the limit, not halves.
+            var windows: [UInt64] = []
+            for _ in 0..<2 {
+                #expect(!poller.awaitInput(on: polled))
+                poller.inputArrived()
+                windows.append(poller.window)
+            }
+            #expect(windows == [50_000_000, 100_000_000])
+            // After a poll of the whole limit, any input is later than the limit.
+            #expect(!poller.awaitInput(on: polled))
             poller.inputArrived()
-            #expect(poller.window == 25_000_000)
-            // Input long after the loop slept (more than the limit) leaves it as it is.
-            while poller.window > 0 { _ = poller.awaitInput(on: polled) }
-            _ = poller.awaitInput(on: polled)
-            Thread.sleep(forTimeInterval: 0.15)
+            #expect(poller.window == 50_000_000)
+            // Input with no wait before it (the loop was busy) changes nothing.
             poller.inputArrived()
-            #expect(poller.window == 0)
-            // Input with no sleep before it (the loop was busy) changes nothing either.
-            poller.inputArrived()
-            #expect(poller.window == 0)
+            #expect(poller.window == 50_000_000)
         }
     }
 

@@ -14,11 +14,19 @@ import Synchronization
 /// 1 that cost is most of a round trip: fio's 4 KiB writes at QD1 took 53,000 IOPS with
 /// the loop sleeping and 70,000 with it polling (`docs/PERFORMANCE.md`). Polling spends
 /// the CPU time the loop would have slept; it pays only when the next request comes
-/// within the window, so the window adapts as KVM's does. A poll that finds input keeps
-/// it; one that times out halves it, and below a sixteenth of the limit it closes. A
-/// closed window opens again (at a quarter of the limit, then doubling) when input
-/// comes within the limit of the loop going to sleep, that is, when polling would have
-/// caught it.
+/// within the window, so the window adapts as KVM's does, judged once the input comes:
+/// - a poll that finds input keeps the window;
+/// - input that comes within the limit of the wait's start, after a poll that timed
+///   out or a wait without one, widens it (a closed window opens at a quarter of the
+///   limit, then doubles): a longer poll would have caught it;
+/// - input that comes later halves it, and below a sixteenth of the limit it closes:
+///   no poll the limit allows would have.
+///
+/// A window cut as soon as a poll times out never grows back: each miss halving it
+/// and each quick arrival doubling it leaves it where it was, too short for the
+/// client's turn. On a machine whose round trip at queue depth 1 took 25 to 30 µs,
+/// a 50 µs limit then ran at 17,000 to 26,000 IOPS, and at 34,000 to 41,000 judged
+/// when the input came (`docs/PERFORMANCE.md`, session 11).
 ///
 /// Only a loop serving one connection polls, and only while that connection has
 /// nothing in flight: a poll watches one socket, and must not hold up another
@@ -31,9 +39,9 @@ final class BusyPoller: @unchecked Sendable {
     private(set) var window: UInt64
     /// Connections on this loop that can poll (those accepted by the server's listeners).
     var connections = 0
-    /// When the loop last went to sleep after a poll that found nothing, or after
-    /// deciding not to poll; 0 while it is not asleep.
-    private var sleptAt: UInt64 = 0
+    /// When the loop began waiting for input that a poll did not find (the poll's start,
+    /// or the moment it decided not to poll); 0 while it is not waiting.
+    private var waitingSince: UInt64 = 0
     /// Polls that found input, and polls that timed out. Only the loop adds to them
     /// (a plain load and store); atomic so that `NBDServer.busyPolls` may read them.
     let hits = Atomic<Int>(0)
@@ -51,10 +59,8 @@ final class BusyPoller: @unchecked Sendable {
     /// (or the socket reports an error or hang-up, which the loop then handles).
     func awaitInput(on descriptor: Int32) -> Bool {
         let start = monotonicNanoseconds()
-        guard window > 0 else {
-            sleptAt = start
-            return false
-        }
+        waitingSince = start
+        guard window > 0 else { return false }
         let deadline = start &+ window
         var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
         // The clock is read afresh: with `IOClock`'s reading, shared within an I/O run,
@@ -63,6 +69,7 @@ final class BusyPoller: @unchecked Sendable {
         repeat {
             if poll(&entry, 1, 0) != 0 {
                 hits.store(hits.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+                waitingSince = 0
                 return true
             }
             // Any other thread ready to run on this CPU (the client itself, on a busy
@@ -73,19 +80,20 @@ final class BusyPoller: @unchecked Sendable {
             now = monotonicNanoseconds()
         } while now < deadline
         misses.store(misses.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
-        window /= 2
-        if window < limit / 16 { window = 0 }
-        sleptAt = now
         return false
     }
 
-    /// Input arrived: if the loop was asleep, and woke within the limit, polling would
-    /// have found it, so the window opens (or widens).
+    /// Input arrived. After a wait that no poll ended, the window widens if the input
+    /// came within the limit of the wait's start, and narrows if it came later.
     func inputArrived() {
-        guard sleptAt != 0 else { return }
-        let slept = monotonicNanoseconds() &- sleptAt
-        sleptAt = 0
-        guard slept < limit, window < limit else { return }
-        window = min(limit, max(window &* 2, limit / 4))
+        guard waitingSince != 0 else { return }
+        let waited = monotonicNanoseconds() &- waitingSince
+        waitingSince = 0
+        if waited < limit {
+            window = min(limit, max(window &* 2, limit / 4))
+        } else if window > 0 {
+            window /= 2
+            if window < limit / 16 { window = 0 }
+        }
     }
 }
