@@ -88,6 +88,31 @@ import Testing
         }
     }
 
+    @Test func pollsThatFindInputAtOnceAreSkippedForAWhile() throws {
+        try withSocketPair { polled, peer in
+            let poller = BusyPoller(limit: .milliseconds(5))
+            let prompt = BusyPoller.promptHitsBeforeSkipping
+            var byte: UInt8 = 7
+            #expect(write(peer, &byte, 1) == 1)
+            // Input is there at every first check, as from a client with several requests
+            // in flight: after a run of such polls, the next are skipped, uncounted.
+            for _ in 0..<prompt { #expect(poller.awaitInput(on: polled)) }
+            for _ in 0..<BusyPoller.pollsSkipped { #expect(!poller.awaitInput(on: polled)) }
+            #expect(poller.hits.load(ordering: .relaxed) == prompt)
+            #expect(poller.misses.load(ordering: .relaxed) == 0)
+            #expect(poller.window == 5_000_000)
+            // Then it polls again. A poll that times out ends a run short of the count.
+            for _ in 0..<(prompt - 1) { #expect(poller.awaitInput(on: polled)) }
+            #expect(read(polled, &byte, 1) == 1)
+            #expect(!poller.awaitInput(on: polled))
+            #expect(write(peer, &byte, 1) == 1)
+            for _ in 0..<prompt { #expect(poller.awaitInput(on: polled)) }
+            #expect(!poller.awaitInput(on: polled))
+            #expect(poller.hits.load(ordering: .relaxed) == 3 * prompt - 1)
+            #expect(poller.misses.load(ordering: .relaxed) == 1)
+        }
+    }
+
     @Test func onlyALoopServingOneConnectionPolls() {
         let off = BusyPoller(limit: .zero)
         off.connections = 1
