@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import Strata
 import StrataDisks
 import StrataNBD
@@ -37,14 +38,7 @@ struct ListenerTests {
             let path = directory + "/nbd.sock"
             // A socket bound and closed without unlinking: what a killed server leaves.
             let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                raw.copyBytes(from: Array(path.utf8) + [0])
-            }
-            let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(stale, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
+            let bound = try SocketAddress(unixDomainSocketPath: path).withSockAddr { bind(stale, $0, socklen_t($1)) }
             #expect(bound == 0)
             close(stale)
             #expect(FileManager.default.fileExists(atPath: path))

@@ -1,3 +1,4 @@
+import CStrataClock
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -12,9 +13,7 @@ public func monotonicSeconds() -> Double {
 /// Nanoseconds on the monotonic clock, read afresh (`IOClock` instead answers a reading
 /// shared within an I/O run).
 public func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+    strata_clock_monotonic()
 }
 
 extension Duration {

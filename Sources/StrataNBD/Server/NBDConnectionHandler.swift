@@ -161,11 +161,12 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// only this connection and it is idle: everything answered, reading on, room to
     /// reply. With a request in flight, what comes next is its completion, which a
     /// socket poll would not see. Called only after a read that brought one request,
-    /// a client's turn at queue depth 1. A client that keeps several coming has sent
-    /// the next before it is answered, so the loop would not sleep, and a poll would be
-    /// one more system call per read (about 7% of the server's time per request at
-    /// QD32); a read that brought none is part of the handshake or of a request still
-    /// arriving, and more of it is on its way anyway.
+    /// a client's turn at queue depth 1. A client that keeps several coming usually has
+    /// sent the next before it is answered, so the loop would not sleep, and a poll would
+    /// be one more system call per read (about 7% of the server's time per request at
+    /// QD32); one whose requests still come one per read is caught by the poller, which
+    /// skips polls while they find input at once. A read that brought none is part of
+    /// the handshake or of a request still arriving, and more of it is on its way anyway.
     private func awaitNextRequest() {
         guard let poller, poller.mayPoll, requests.count == 0,
               !session.paused, writable, !finishing else { return }

@@ -45,6 +45,7 @@ final class NBDListener: @unchecked Sendable {
         let descriptor = socket(Int32(socketAddress.protocol.rawValue), type, 0)
         guard descriptor >= 0 else { throw StrataError(BioError(errno: errno), "listen \(requested): socket") }
         var wakePipe: [Int32] = [-1, -1]
+        var boundFile: String?
         do {
             if case .tcp = requested {
                 var on: Int32 = 1
@@ -52,12 +53,15 @@ final class NBDListener: @unchecked Sendable {
             }
             let bound = socketAddress.withSockAddr { address, length in bind(descriptor, address, socklen_t(length)) }
             guard bound == 0 else { throw StrataError(BioError(errno: errno), "listen \(requested): bind") }
+            if case .unix(let path) = requested { boundFile = path }
             guard listen(descriptor, 256) == 0 else { throw StrataError(BioError(errno: errno), "listen \(requested): listen") }
             guard strata_pipe_cloexec(&wakePipe) == 0 else {
                 throw StrataError(BioError(errno: errno), "listen \(requested): pipe")
             }
         } catch {
+            // Nothing is left behind: not the socket, nor a Unix socket's file.
             Glibc.close(descriptor)
+            if let boundFile { unlink(boundFile) }
             throw error
         }
         self.descriptor = descriptor
@@ -124,14 +128,14 @@ final class NBDListener: @unchecked Sendable {
         _ = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
         }
-        let family = Int32(storage.ss_family)
-        return withUnsafeBytes(of: &storage) { raw in
-            switch family {
-            case AF_INET: Int(UInt16(bigEndian: raw.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_port)!, as: UInt16.self)))
-            case AF_INET6: Int(UInt16(bigEndian: raw.load(fromByteOffset: MemoryLayout<sockaddr_in6>.offset(of: \.sin6_port)!, as: UInt16.self)))
-            default: 0
+        let address: SocketAddress? = withUnsafeBytes(of: storage) { raw in
+            switch Int32(storage.ss_family) {
+            case AF_INET: SocketAddress(raw.load(as: sockaddr_in.self))
+            case AF_INET6: SocketAddress(raw.load(as: sockaddr_in6.self))
+            default: nil
             }
         }
+        return address?.port ?? 0
     }
 
     /// Removes a socket file left at `path`; a missing file is fine, anything but a
