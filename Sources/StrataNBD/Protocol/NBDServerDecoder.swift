@@ -81,7 +81,42 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         decodeNext(&buffer)
     }
 
-    private mutating func decodeNext(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
+    /// How many more bytes the message starting at `buffer`'s reader index needs before
+    /// it decodes: at first the rest of its header, then the rest of its data. 0 when
+    /// it is whole, and when whatever comes is consumed as it arrives (data being
+    /// dropped, a closed session, an option or payload over the limit).
+    public func missingBytes(in buffer: ByteBuffer) -> Int {
+        if discarding != nil { return 0 }
+        let available = buffer.readableBytes
+        func lacking(_ whole: Int) -> Int { max(0, whole - available) }
+        switch session.phase {
+        case .clientFlags:
+            return lacking(4)
+        case .options:
+            guard available >= 16, let length: UInt32 = buffer.getInteger(at: buffer.readerIndex + 12) else {
+                return lacking(16)
+            }
+            return Int(length) > NBDLimits.maximumOptionLength ? 0 : lacking(16 + Int(length))
+        case .transmission(let extended):
+            let headerSize = extended ? 32 : 28
+            guard available >= headerSize,
+                  let flags: UInt16 = buffer.getInteger(at: buffer.readerIndex + 4),
+                  let type: UInt16 = buffer.getInteger(at: buffer.readerIndex + 6) else { return lacking(headerSize) }
+            let length: UInt64 = extended
+                ? buffer.getInteger(at: buffer.readerIndex + 24) ?? 0
+                : UInt64(buffer.getInteger(at: buffer.readerIndex + 24, as: UInt32.self) ?? 0)
+            let carriesPayload = extended
+                ? NBDCommandFlags(rawValue: flags).contains(.payloadLength)
+                : type == NBDCommand.write.rawValue
+            guard carriesPayload else { return 0 }
+            return length > UInt64(NBDLimits.maximumPayload) ? 0 : lacking(headerSize + Int(length))
+        case .closed:
+            return 0
+        }
+    }
+
+    /// `decode(buffer:)` without its `throws`: bad input comes out as a message.
+    mutating func decodeNext(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
         if let pending = discarding {
             let dropped = min(UInt64(buffer.readableBytes), pending.remaining)
             buffer.moveReaderIndex(forwardBy: Int(dropped))

@@ -25,7 +25,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     // access to a class's stored property at run time (a thread-local lookup and a
     // record per access, about a tenth of the event loop's time under 4 KiB I/O);
     // the single-thread confinement is what keeps the accesses apart.
-    @exclusivity(unchecked) private var processor: NIOSingleStepByteToMessageProcessor<NBDServerDecoder>
+    @exclusivity(unchecked) private var input: NBDServerInput
     @exclusivity(unchecked) var context: ChannelHandlerContext?
     /// The channel's allocator and writability, kept here as they change (set when the
     /// handler is added, and on every writability change) rather than asked of the
@@ -100,7 +100,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         self.descriptor = descriptor
         self.poller = descriptor >= 0 ? poller : nil
         self.logger = core.logger
-        processor = NIOSingleStepByteToMessageProcessor(NBDServerDecoder(session: session))
+        input = NBDServerInput(session: session)
     }
 
     // MARK: Channel events
@@ -140,13 +140,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     func process(_ bytes: ByteBuffer) {
         processingInput = true
         defer { processingInput = false }
-        do {
-            try processor.process(buffer: bytes) { message in
-                handle(message)
-            }
-        } catch {
-            violation("undecodable input: \(error)")
-        }
+        input.process(bytes) { message in handle(message) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

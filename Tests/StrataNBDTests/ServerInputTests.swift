@@ -1,0 +1,165 @@
+import NIOCore
+@testable import StrataNBD
+import Testing
+
+/// The server's input across reads: whatever way a client's bytes are split into reads,
+/// the same messages come out in order; a message whole in one read is decoded in place;
+/// only an unfinished message is held, with no more room than the limit reserved.
+@Suite struct ServerInputTests {
+    /// Requests of every shape: WRITEs larger and smaller than a read, and ones without
+    /// a payload.
+    static func stream(extended: Bool = false) -> (bytes: ByteBuffer, messages: [NBDClientMessage]) {
+        let pieces = [
+            DecoderTests.request(.write, cookie: 1, offset: 0, payload: (0..<5000).map { UInt8(truncatingIfNeeded: $0) },
+                                 extended: extended),
+            DecoderTests.request(.read, cookie: 2, offset: 4096, payload: nil, length: 4096, extended: extended),
+            DecoderTests.request(.write, cookie: 3, offset: 512, payload: [UInt8](repeating: 0x5a, count: 100),
+                                 extended: extended),
+            DecoderTests.request(.flush, cookie: 4, offset: 0, payload: nil, extended: extended),
+            DecoderTests.request(.write, cookie: 5, offset: 8192, payload: [UInt8](repeating: 0xc3, count: 3),
+                                 extended: extended),
+        ]
+        var bytes = ByteBuffer()
+        for piece in pieces { bytes.writeImmutableBuffer(piece.0) }
+        return (bytes, pieces.map(\.1))
+    }
+
+    /// Feeds `bytes` cut at `cuts` (ascending offsets) and returns what came out.
+    static func decode(_ bytes: ByteBuffer, cutAt cuts: [Int], phase: NBDSessionPhase.Phase) -> (
+        messages: [NBDClientMessage], held: Int
+    ) {
+        var input = NBDServerInput(session: NBDSessionPhase(phase))
+        var messages: [NBDClientMessage] = []
+        var start = 0
+        for end in cuts + [bytes.readableBytes] {
+            input.process(bytes.getSlice(at: start, length: end - start)!) { messages.append($0) }
+            start = end
+        }
+        return (messages, input.heldBytes)
+    }
+
+    @Test(arguments: [false, true])
+    func requestsSplitAtEveryPointComeOutTheSame(extended: Bool) {
+        let (bytes, expected) = Self.stream(extended: extended)
+        for cut in 0...bytes.readableBytes {
+            let (messages, held) = Self.decode(bytes, cutAt: [cut], phase: .transmission(extendedHeaders: extended))
+            #expect(messages == expected, "split at \(cut)")
+            #expect(held == 0, "split at \(cut)")
+        }
+    }
+
+    @Test func requestsInManySmallReadsComeOutTheSame() {
+        let (bytes, expected) = Self.stream()
+        for step in [1, 7, 28, 29, 1000] {
+            let cuts = Array(stride(from: step, to: bytes.readableBytes, by: step))
+            let (messages, held) = Self.decode(bytes, cutAt: cuts, phase: .transmission(extendedHeaders: false))
+            #expect(messages == expected, "reads of \(step) bytes")
+            #expect(held == 0)
+        }
+    }
+
+    @Test func optionsAndClientFlagsSplitAtEveryPointComeOutTheSame() {
+        let options = [DecoderTests.option(7, [0, 0, 0, 5] + Array("disk0".utf8) + [0, 0]),
+                       DecoderTests.option(3, []), DecoderTests.option(99, [1, 2, 3])]
+        var bytes = ByteBuffer()
+        for option in options { bytes.writeImmutableBuffer(option.0) }
+        for cut in 0...bytes.readableBytes {
+            let (messages, held) = Self.decode(bytes, cutAt: [cut], phase: .options)
+            #expect(messages == options.map(\.1), "split at \(cut)")
+            #expect(held == 0)
+        }
+        var flags = ByteBuffer()
+        flags.writeInteger(UInt32(3))
+        for cut in 0...4 {
+            #expect(Self.decode(flags, cutAt: [cut], phase: .clientFlags).messages == [.clientFlags(3)])
+        }
+    }
+
+    @Test func aWritePayloadWholeInAReadIsItsBytesNotACopy() {
+        let (bytes, expected) = Self.stream()
+        // The first WRITE ends at 28 + 5000; cut after the read that follows it, in the
+        // middle of the second WRITE's header.
+        let cut = 28 + 5000 + 28 + 10
+        var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
+        let first = bytes.getSlice(at: 0, length: cut)!
+        var messages: [NBDClientMessage] = []
+        input.process(first) { messages.append($0) }
+        #expect(messages == Array(expected.prefix(2)))
+        // Held: the 10 bytes of the unfinished header, nothing more.
+        #expect(input.heldBytes == 10)
+        guard case .request(_, let payload?) = messages[0] else {
+            Issue.record("the first message is not a WRITE with a payload")
+            return
+        }
+        let readStart = first.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
+        let payloadStart = payload.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
+        #expect(payloadStart == readStart + 28)
+
+        input.process(bytes.getSlice(at: cut, length: bytes.readableBytes - cut)!) { messages.append($0) }
+        #expect(messages == expected)
+        #expect(input.heldBytes == 0)
+    }
+
+    @Test func pausedRequestsWaitAndComeOutInOrderOnResume() {
+        let (bytes, expected) = Self.stream()
+        let session = NBDSessionPhase(.transmission(extendedHeaders: false))
+        var input = NBDServerInput(session: session)
+        var messages: [NBDClientMessage] = []
+        // The first WRITE, and 12 bytes of the READ's header.
+        input.process(bytes.getSlice(at: 0, length: 5040)!) { messages.append($0) }
+        #expect(messages == Array(expected.prefix(1)))
+        session.paused = true
+        input.process(bytes.getSlice(at: 5040, length: bytes.readableBytes - 5040)!) { messages.append($0) }
+        #expect(messages.count == 1)
+        #expect(input.heldBytes == bytes.readableBytes - 28 - 5000)
+        session.paused = false
+        input.process(ByteBuffer()) { messages.append($0) }
+        #expect(messages == expected)
+        #expect(input.heldBytes == 0)
+    }
+
+    @Test func aHeaderAloneDoesNotReserveTheMaximumPayload() {
+        let payload = [UInt8](repeating: 0x11, count: NBDLimits.maximumPayload)
+        let (bytes, expected) = DecoderTests.request(.write, cookie: 9, offset: 0, payload: payload)
+        var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
+        var messages: [NBDClientMessage] = []
+        input.process(bytes.getSlice(at: 0, length: 28 + 100)!) { messages.append($0) }
+        #expect(messages.isEmpty)
+        #expect(input.heldBytes == 128)
+        #expect(input.reservedBytes <= NBDServerInput.largestReservation)
+        // The rest in reads of 1 MiB, as the server's largest: each byte copied once.
+        var start = 128
+        while start < bytes.readableBytes {
+            let length = min(1 << 20, bytes.readableBytes - start)
+            input.process(bytes.getSlice(at: start, length: length)!) { messages.append($0) }
+            start += length
+        }
+        #expect(messages == [expected])
+        #expect(input.heldBytes == 0)
+        // Let go once its message is out, so an idle connection holds no 32 MiB.
+        #expect(input.reservedBytes <= NBDServerInput.largestReservation)
+    }
+
+    @Test func anOversizedPayloadIsDroppedAcrossReads() {
+        var bytes = ByteBuffer()
+        bytes.writeInteger(NBDMagic.request)
+        bytes.writeInteger(UInt16(0))
+        bytes.writeInteger(NBDCommand.write.rawValue)
+        bytes.writeInteger(UInt64(21))
+        bytes.writeInteger(UInt64(0))
+        let length = NBDLimits.maximumPayload + 4096
+        bytes.writeInteger(UInt32(length))
+        bytes.writeBytes([UInt8](repeating: 0, count: length))
+        let (flush, flushMessage) = DecoderTests.request(.flush, cookie: 22, offset: 0, payload: nil)
+        bytes.writeImmutableBuffer(flush)
+        let cuts = [10, 40, 1 << 20, (1 << 20) + 3, bytes.readableBytes - 30]
+        let (messages, held) = Self.decode(bytes, cutAt: cuts, phase: .transmission(extendedHeaders: false))
+        guard messages.count == 2, case .oversizedRequest(let header) = messages[0] else {
+            Issue.record("expected the oversized request then the flush, got \(messages.count) messages")
+            return
+        }
+        #expect(header.cookie == 21)
+        #expect(messages[1] == flushMessage)
+        #expect(held == 0)
+    }
+}
