@@ -80,7 +80,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),
         .testTarget(name: "StrataTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
-        .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
+        .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks", "CStrataSystem"],
+                    swiftSettings: strictSwift),
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataCLITests", dependencies: [

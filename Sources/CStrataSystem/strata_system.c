@@ -5,10 +5,14 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <malloc.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/vfs.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 
 int strata_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
 
@@ -49,4 +53,34 @@ int strata_malloc_thresholds(int mmap_threshold, int trim_threshold) {
 int64_t strata_file_system_type(int fd) {
     struct statfs status;
     return fstatfs(fd, &status) == 0 ? (int64_t)status.f_type : -1;
+}
+
+void strata_copy_streaming(void *destination, const void *source, size_t count) {
+#if defined(__x86_64__)
+    // SSE2 is part of x86-64, so no processor check is needed.
+    char *to = destination;
+    const char *from = source;
+    size_t head = (16 - ((uintptr_t)to & 15)) & 15;
+    if (head > count) head = count;
+    memcpy(to, from, head);
+    to += head;
+    from += head;
+    count -= head;
+    for (; count >= 64; count -= 64, to += 64, from += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)from);
+        __m128i b = _mm_loadu_si128((const __m128i *)(from + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(from + 32));
+        __m128i d = _mm_loadu_si128((const __m128i *)(from + 48));
+        _mm_stream_si128((__m128i *)to, a);
+        _mm_stream_si128((__m128i *)(to + 16), b);
+        _mm_stream_si128((__m128i *)(to + 32), c);
+        _mm_stream_si128((__m128i *)(to + 48), d);
+    }
+    memcpy(to, from, count);
+    // Streaming stores are weakly ordered: fence them before whatever the caller
+    // stores next (the request's completion), so that a reader told of it sees them.
+    _mm_sfence();
+#else
+    memcpy(destination, source, count);
+#endif
 }

@@ -24,6 +24,8 @@ import Testing
             (0, 512), (512, 512), (3584, 1024), (4096, 4096), (8192 - 512, 8192 + 1024),
             (65536 + 1536, 3 * 4096 + 512), (1 << 20, 128 << 10), ((2 << 20) + 512, 1 << 20),
             ((8 << 20) - 4096, 4096), ((8 << 20) - 512, 512),
+            // Just under and at the length from which writes stream past the cache.
+            ((5 << 20) + 512, (64 << 10) - 512), ((6 << 20) + 512, 64 << 10),
         ]
         for (index, item) in cases.enumerated() {
             try issuer.write(pattern(count: item.count, at: item.offset, seed: UInt8(index)), at: item.offset)

@@ -40,4 +40,10 @@ int64_t strata_file_system_type(int fd);
 /// `trim_threshold` at its top stays there. Returns 0 if either call failed.
 int strata_malloc_thresholds(int mmap_threshold, int trim_threshold);
 
+/// memcpy with streaming (non-temporal) stores where the processor has them (x86-64),
+/// memcpy elsewhere: the copy goes to memory without first reading each destination
+/// line into the cache, for large copies whose destination is not read again soon.
+/// Ordered before the caller's later stores, like memcpy.
+void strata_copy_streaming(void *destination, const void *source, size_t count);
+
 #endif
