@@ -141,15 +141,8 @@ import Testing
     }
 
     @Test func anOversizedPayloadIsDroppedAcrossReads() {
-        var bytes = ByteBuffer()
-        bytes.writeInteger(NBDMagic.request)
-        bytes.writeInteger(UInt16(0))
-        bytes.writeInteger(NBDCommand.write.rawValue)
-        bytes.writeInteger(UInt64(21))
-        bytes.writeInteger(UInt64(0))
-        let length = NBDLimits.maximumPayload + 4096
-        bytes.writeInteger(UInt32(length))
-        bytes.writeBytes([UInt8](repeating: 0, count: length))
+        let oversized = [UInt8](repeating: 0, count: NBDLimits.maximumPayload + 4096)
+        var bytes = DecoderTests.request(.write, cookie: 21, offset: 0, payload: oversized).0
         let (flush, flushMessage) = DecoderTests.request(.flush, cookie: 22, offset: 0, payload: nil)
         bytes.writeImmutableBuffer(flush)
         let cuts = [10, 40, 1 << 20, (1 << 20) + 3, bytes.readableBytes - 30]
