@@ -85,7 +85,7 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
     /// it decodes: at first the rest of its header, then the rest of its data. 0 when
     /// it is whole, and when whatever comes is consumed as it arrives (data being
     /// dropped, a closed session, an option or payload over the limit).
-    public func missingBytes(in buffer: ByteBuffer) -> Int {
+    func missingBytes(in buffer: ByteBuffer) -> Int {
         if discarding != nil { return 0 }
         let available = buffer.readableBytes
         func lacking(_ whole: Int) -> Int { max(0, whole - available) }
@@ -93,23 +93,13 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         case .clientFlags:
             return lacking(4)
         case .options:
-            guard available >= 16, let length: UInt32 = buffer.getInteger(at: buffer.readerIndex + 12) else {
-                return lacking(16)
-            }
-            return Int(length) > NBDLimits.maximumOptionLength ? 0 : lacking(16 + Int(length))
+            guard let option = Self.optionHeader(in: buffer) else { return lacking(16) }
+            return Int(option.length) > NBDLimits.maximumOptionLength ? 0 : lacking(16 + Int(option.length))
         case .transmission(let extended):
-            let headerSize = extended ? 32 : 28
-            guard available >= headerSize,
-                  let flags: UInt16 = buffer.getInteger(at: buffer.readerIndex + 4),
-                  let type: UInt16 = buffer.getInteger(at: buffer.readerIndex + 6) else { return lacking(headerSize) }
-            let length: UInt64 = extended
-                ? buffer.getInteger(at: buffer.readerIndex + 24) ?? 0
-                : UInt64(buffer.getInteger(at: buffer.readerIndex + 24, as: UInt32.self) ?? 0)
-            let carriesPayload = extended
-                ? NBDCommandFlags(rawValue: flags).contains(.payloadLength)
-                : type == NBDCommand.write.rawValue
-            guard carriesPayload else { return 0 }
-            return length > UInt64(NBDLimits.maximumPayload) ? 0 : lacking(headerSize + Int(length))
+            let headerSize = Self.requestHeaderSize(extended: extended)
+            guard let request = Self.requestHeader(in: buffer, extended: extended) else { return lacking(headerSize) }
+            let payload = Self.payloadLength(of: request.header, extended: extended)
+            return payload > UInt64(NBDLimits.maximumPayload) ? 0 : lacking(headerSize + Int(payload))
         case .closed:
             return 0
         }
@@ -141,11 +131,18 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         }
     }
 
-    private mutating func decodeOption(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
+    /// The 16-byte header of the option at the buffer's reader index, or nil until all
+    /// of it is there.
+    private static func optionHeader(in buffer: ByteBuffer) -> (magic: UInt64, code: UInt32, length: UInt32)? {
         guard buffer.readableBytes >= 16,
               let magic: UInt64 = buffer.getInteger(at: buffer.readerIndex),
               let code: UInt32 = buffer.getInteger(at: buffer.readerIndex + 8),
               let length: UInt32 = buffer.getInteger(at: buffer.readerIndex + 12) else { return nil }
+        return (magic, code, length)
+    }
+
+    private mutating func decodeOption(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
+        guard let (magic, code, length) = Self.optionHeader(in: buffer) else { return nil }
         guard magic == NBDMagic.ihaveopt else {
             return .protocolViolation("option magic 0x\(String(magic, radix: 16)) is not IHAVEOPT")
         }
@@ -159,14 +156,18 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         return .option(code: code, data: buffer.readSlice(length: Int(length))!)
     }
 
-    /// A request header, compact (28 bytes, 32-bit length) or extended (32 bytes,
-    /// 64-bit length), and its payload.
-    private mutating func decodeRequest(_ buffer: inout ByteBuffer, extended: Bool) -> NBDClientMessage? {
-        let headerSize = extended ? 32 : 28
-        guard buffer.readableBytes >= headerSize else { return nil }
+    /// A request header is compact (28 bytes, 32-bit length) or extended (32 bytes,
+    /// 64-bit length).
+    private static func requestHeaderSize(extended: Bool) -> Int { extended ? 32 : 28 }
+
+    /// The request header at the buffer's reader index with its magic, or nil until all
+    /// of it is there.
+    @inline(__always)
+    private static func requestHeader(in buffer: ByteBuffer, extended: Bool) -> (magic: UInt32, header: NBDRequestHeader)? {
+        guard buffer.readableBytes >= requestHeaderSize(extended: extended) else { return nil }
         // The fields are read from one view of the bytes: each `getInteger` would check
         // the buffer's storage for exclusive access on its own, five times a request.
-        let fields = buffer.withUnsafeReadableBytes { bytes in
+        return buffer.withUnsafeReadableBytes { bytes in
             func field<Integer: FixedWidthInteger>(_ offset: Int, _: Integer.Type) -> Integer {
                 Integer(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: Integer.self))
             }
@@ -176,19 +177,25 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
                         cookie: field(8, UInt64.self), offset: field(16, UInt64.self),
                         length: extended ? field(24, UInt64.self) : UInt64(field(24, UInt32.self))))
         }
-        let magic = fields.magic
+    }
+
+    /// The bytes of payload behind a request header: in compact headers only WRITE
+    /// carries one, of `length` bytes; in extended headers any request flagged
+    /// PAYLOAD_LEN.
+    private static func payloadLength(of header: NBDRequestHeader, extended: Bool) -> UInt64 {
+        let carriesPayload = extended ? header.flags.contains(.payloadLength) : header.type == NBDCommand.write.rawValue
+        return carriesPayload ? header.length : 0
+    }
+
+    private mutating func decodeRequest(_ buffer: inout ByteBuffer, extended: Bool) -> NBDClientMessage? {
+        guard let (magic, header) = Self.requestHeader(in: buffer, extended: extended) else { return nil }
         guard magic == (extended ? NBDMagic.extendedRequest : NBDMagic.request) else {
             let expected = extended ? "NBD_EXTENDED_REQUEST_MAGIC" : "NBD_REQUEST_MAGIC"
             return .protocolViolation("request magic 0x\(String(magic, radix: 16)) is not \(expected)")
         }
-        let header = fields.header
-        guard extended else {
-            // In compact headers only WRITE carries a payload, of `length` bytes.
-            let payload = header.type == NBDCommand.write.rawValue ? header.length : 0
-            return take(header, headerSize: headerSize, payload: payload, from: &buffer)
-        }
-        let payload = header.flags.contains(.payloadLength) ? header.length : 0
-        if payload > UInt64(NBDLimits.maximumPayload) {
+        let headerSize = Self.requestHeaderSize(extended: extended)
+        let payload = Self.payloadLength(of: header, extended: extended)
+        if extended && payload > UInt64(NBDLimits.maximumPayload) {
             // The extension asks for a hard disconnect here rather than reading it all.
             return .protocolViolation("payload of \(payload) bytes is over the \(NBDLimits.maximumPayload)-byte maximum")
         }
