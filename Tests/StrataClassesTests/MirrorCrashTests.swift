@@ -70,6 +70,13 @@ struct MirrorCrashTests {
             record.record(.init(offset: offset, data: data, fua: fua, start: start, acknowledged: log.count))
         }
 
+        /// Flushes without suspending (see `writeNow`).
+        func flushNow() throws {
+            let start = log.count
+            try device.consumerForBenchmark.performSync(.flush, offset: 0, length: 0)
+            record.record(.init(start: start, acknowledged: log.count))
+        }
+
         func writeZeroes(_ offset: Int64, _ count: Int) async throws {
             let start = log.count
             try await device.writeZeroes(at: offset, length: Int64(count))
@@ -143,9 +150,13 @@ struct MirrorCrashTests {
             mirror.rebuildRate.store(MirrorCrashTests.chunk * 10, ordering: .relaxed)
             let rebuildAt = log.count
             try mirror.rebuild(component, in: topology)
-            try await write(at(12), 65536)
-            try await write(at(0) + 65536, 8192)
-            try await flush()
+            // Nothing suspends from here until the writes below the copy: the rebuild runs
+            // on its own thread, and a suspended task waits for a cooperative thread, which
+            // the crash sweeps of the tests beside this one can hold for seconds; the
+            // rebuild could end meanwhile (seen once in CI, this test taking 29 s).
+            try writeNow(at(12), 65536)
+            try writeNow(at(0) + 65536, 8192)
+            try flushNow()
             // Wait for the metadata that saves the offset, not for the copy's progress: the
             // rebuild flushes its copies before saving, and a slow machine (AddressSanitizer)
             // can be between the two when the writes below arrive.
