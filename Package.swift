@@ -50,7 +50,7 @@ let package = Package(
         ], swiftSettings: strictSwift),
         // The topology file: YAML in, a checked configuration and a built topology out.
         .target(name: "StrataConfig", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD",
+            "Strata", "StrataDisks", "StrataNBD", "StrataClasses",
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: strictSwift),
         // The control endpoint (HTTP/JSON on a Unix socket) and its client.
@@ -94,6 +94,7 @@ let package = Package(
         .testTarget(name: "StrataNBDTests", dependencies: [
             "Strata", "StrataDisks", "StrataNBD", "StrataClasses", "StrataFuzz",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOTestUtils", package: "swift-nio"),
