@@ -12,25 +12,20 @@ public protocol ConfigurableClass: Sendable {
     var name: String { get }
     /// The keys of its own it accepts.
     var parameterKeys: [String] { get }
-    /// Makes the geom, adds it to `topology`, attaches it to `consumers` and creates its
-    /// providers.
+    /// Makes the geom over exactly `consumers`, adds it to `topology` and creates its
+    /// providers. A class with metadata reads it from `consumers` and reassembles the
+    /// geom from it, or writes it where they are blank; metadata that contradicts the
+    /// entry is an error.
     func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom
-    /// For a geom tasting already assembled under the entry's name: how it differs from
-    /// the entry, or nil when it matches. Classes without metadata never assemble so.
-    func difference(_ spec: GeomSpec, from geom: Geom) -> String?
-    /// Brings a geom tasting assembled in line with the entry (a mirror inserts blank
-    /// components the file lists), or throws. The default refuses any difference.
-    func reconcile(_ spec: GeomSpec, with geom: Geom, in topology: Topology) throws
+    /// The name of the geom an entry makes (a label's is `label/NAME`).
+    func geomName(forEntry name: String) -> String
+    /// Whether the geom of entry `entry` may offer a provider named `provider`.
+    func offers(_ provider: String, entry: String) -> Bool
 }
 
 extension ConfigurableClass {
-    public func difference(_ spec: GeomSpec, from geom: Geom) -> String? { nil }
-
-    public func reconcile(_ spec: GeomSpec, with geom: Geom, in topology: Topology) throws {
-        if let difference = difference(spec, from: geom) {
-            throw StrataError(.invalid, "disagrees with the disks: \(difference)")
-        }
-    }
+    public func geomName(forEntry name: String) -> String { name }
+    public func offers(_ provider: String, entry: String) -> Bool { provider == entry }
 }
 
 /// What a configuration built: the topology, its disks and geoms, and the exports to serve.
@@ -39,14 +34,72 @@ public struct BuiltTopology: Sendable {
     public let disks: [Disk]
     public let geoms: [Geom]
     public let exports: [NBDExport]
+
+    /// Ends the assembly (`TopologyBuilder.assemble`): what it wrote goes to the disks,
+    /// the work classes put off (a mirror's rebuild) starts, and its messages go out.
+    /// - Throws: `StrataError` when what was held cannot be written.
+    public func finish() throws {
+        try topology.finishAssembly()
+    }
+
+    /// Drops a topology whose assembly went well but whose start failed after it (the
+    /// control socket or a listener could not be opened): nothing it held is written,
+    /// nothing is logged, and the topology is taken down.
+    public func abandon() {
+        topology.abandonAssembly()
+        topology.shutdown()
+    }
 }
 
 /// Builds a topology from a checked configuration.
+///
+/// The file is authoritative. Its geoms are made in the order their consumers allow (a
+/// topological sort of the file's graph, ties in the file's order), each over exactly
+/// the providers it names: a class with metadata reads it from those providers and
+/// reassembles from it, or writes it if they are blank. Tasting fills in only what the
+/// file leaves unsaid: it never reads a provider that an entry consumes or an export
+/// serves (what is written there belongs to that class or client), and never makes a
+/// geom under a name the file declares. The same disks and file give the same topology
+/// every time. Nothing is written to a disk, and nothing is logged, until the whole
+/// topology is built: an assembly that fails leaves every disk as it found it and
+/// reports its one error.
 public enum TopologyBuilder {
+    /// Builds and finishes the assembly at once.
     /// - Throws: `ConfigError` for anything the file got wrong: a disk that cannot be
     ///   opened, an unknown class or key, a name that refers to no provider, a cycle.
     public static func build(_ configuration: Configuration, classes: [any ConfigurableClass] = availableClasses,
                              topology: Topology = Topology()) throws -> BuiltTopology {
+        let built = try assemble(configuration, classes: classes, topology: topology)
+        do {
+            try built.finish()
+        } catch {
+            built.abandon()
+            throw ConfigError(file: configuration.file, line: nil, key: "(disks)", value: nil, problem: "\(error)")
+        }
+        return built
+    }
+
+    /// Builds the topology but leaves its assembly open: nothing is on the disks and
+    /// nothing logged until `BuiltTopology.finish`, so a start that fails later still
+    /// changes nothing (`BuiltTopology.abandon`). On an error the topology is taken
+    /// down, silently, before the error is thrown.
+    public static func assemble(_ configuration: Configuration, classes: [any ConfigurableClass] = availableClasses,
+                                topology: Topology = Topology()) throws -> BuiltTopology {
+        let plan = try AssemblyPlan(configuration, classes: classes)
+        topology.claim(plan.claimed)
+        topology.beginAssembly(reserving: plan.reservedGeomNames)
+        let registered = Set(topology.classes.map(\.name))
+        for geomClass in tastingClasses where !registered.contains(geomClass.name) { topology.register(geomClass) }
+        do {
+            return try build(plan, configuration: configuration, topology: topology)
+        } catch {
+            topology.abandonAssembly()
+            topology.shutdown()
+            throw error
+        }
+    }
+
+    private static func build(_ plan: AssemblyPlan, configuration: Configuration, topology: Topology) throws -> BuiltTopology {
         let file = configuration.file
         var disks: [Disk] = []
         // One log for every power-cut disk: a crash point cuts all of them at once.
@@ -61,45 +114,48 @@ public enum TopologyBuilder {
         }
 
         var geoms: [Geom] = []
-        var pending = Array(configuration.geoms.enumerated())
-        // Geoms without on-disk metadata (nop) first, as far as they can go, so that
-        // tasting sees the stacks they make; then the classes with metadata taste
-        // everything, top down; then the rest of the entries are built or matched.
-        let metadataClasses: Set<String> = ["concat", "stripe", "label", "part", "mirror"]
-        func buildReady(_ allowed: (GeomSpec) -> Bool) throws -> Bool {
-            var built = false
-            while true {
-                let ready = pending.filter { allowed($0.element) && $0.element.consumers.allSatisfy { topology.provider(named: $0) != nil } }
-                if ready.isEmpty { return built }
-                for (index, spec) in ready {
-                    geoms.append(try makeGeom(spec, index: index, classes: classes, file: file, topology: topology))
+        for step in plan.order {
+            // What tasting makes of the providers so far, before an entry looks for its own.
+            settle(topology)
+            let spec = configuration.geoms[step.index]
+            var consumers: [Provider] = []
+            for (position, name) in spec.consumers.enumerated() {
+                guard let provider = topology.provider(named: name) else {
+                    throw missingProvider(name, key: "geoms[\(step.index)].consumers[\(position)]", line: spec.line,
+                                          configuration: configuration, topology: topology)
                 }
-                pending.removeAll { entry in ready.contains { $0.offset == entry.offset } }
-                built = true
+                consumers.append(provider)
             }
+            geoms.append(try makeGeom(spec, index: step.index, geomClass: step.geomClass, over: consumers, file: file,
+                                      topology: topology))
         }
-        _ = try buildReady { !metadataClasses.contains($0.className) }
-        let tasting = Set(topology.classes.map(\.name))
-        for geomClass in tastingClasses where !tasting.contains(geomClass.name) { topology.register(geomClass) }
-        topology.settle()
-        waitForMirrorsGatheringComponents(in: topology)
-        _ = try buildReady { _ in true }
-        if !pending.isEmpty {
-            throw unresolved(pending.map(\.element), configuration: configuration, topology: topology)
-        }
+        settle(topology)
 
         var exports: [NBDExport] = []
         for (index, spec) in configuration.exports.enumerated() {
             guard topology.provider(named: spec.provider) != nil else {
-                let known = topology.providers.map(\.name)
-                var problem = "names no provider (providers: \(known.joined(separator: ", ")))"
-                if let guess = nearest(spec.provider, among: known) { problem = "names no provider; did you mean '\(guess)'?" }
-                throw ConfigError(file: file, line: spec.line, key: "exports[\(index)].provider", value: spec.provider, problem: problem)
+                throw missingProvider(spec.provider, key: "exports[\(index)].provider", line: spec.line,
+                                      configuration: configuration, topology: topology)
             }
             exports.append(NBDExport(name: spec.name, provider: spec.provider, readOnly: spec.readOnly,
                                      description: spec.description, isDefault: spec.isDefault))
         }
         return BuiltTopology(topology: topology, disks: disks, geoms: geoms, exports: exports)
+    }
+
+    /// Lets tasting finish with what exists: every announcement is handled, and a mirror
+    /// found by tasting with components missing is given its wait to start degraded.
+    private static func settle(_ topology: Topology) {
+        topology.settle()
+        waitForMirrorsGatheringComponents(in: topology)
+    }
+
+    private static func missingProvider(_ name: String, key: String, line: Int?, configuration: Configuration,
+                                        topology: Topology) -> ConfigError {
+        let known = topology.providers.map(\.name).filter { !$0.hasPrefix("taste:") }
+        var problem = "names no provider (providers: \(known.joined(separator: ", ")))"
+        if let guess = nearest(name, among: known) { problem = "names no provider; did you mean '\(guess)'?" }
+        return ConfigError(file: configuration.file, line: line, key: key, value: name, problem: problem)
     }
 
     /// A mirror missing components starts after a short wait (degraded): give it that
@@ -129,69 +185,16 @@ public enum TopologyBuilder {
         }
     }
 
-    private static func makeGeom(_ spec: GeomSpec, index: Int, classes: [any ConfigurableClass], file: String,
-                                 topology: Topology) throws -> Geom {
-        let path = "geoms[\(index)]"
-        guard let geomClass = classes.first(where: { $0.name == spec.className }) else {
-            let known = classes.map(\.name)
-            var problem = known.isEmpty ? "is not a known class (no transform classes are available yet)"
-                : "is not a known class (known: \(known.joined(separator: ", ")))"
-            if let guess = nearest(spec.className, among: known) { problem = "is not a known class; did you mean '\(guess)'?" }
-            throw ConfigError(file: file, line: spec.line, key: "\(path).class", value: spec.className, problem: problem)
-        }
-        for (key, value) in spec.parameters where !geomClass.parameterKeys.contains(key) {
-            let allowed = ConfigurationLoader.geomKeys + geomClass.parameterKeys
-            var problem = "is not a key of class \(geomClass.name) (known: \(allowed.joined(separator: ", ")))"
-            if let guess = nearest(key, among: allowed) { problem = "is not a key of class \(geomClass.name); did you mean '\(guess)'?" }
-            throw ConfigError(file: file, line: value.line, key: value.key, value: nil, problem: problem)
-        }
-        let assembledName = ["label", "part"].contains(geomClass.name) ? "\(geomClass.name)/\(spec.name)" : spec.name
-        if let assembled = topology.geom(named: assembledName) {
-            // Tasting found it on its disks: it must be what the file describes.
-            guard assembled.className.lowercased() == geomClass.name else {
-                throw ConfigError(file: file, line: spec.line, key: path, value: spec.name,
-                                  problem: "disagrees with the disks: its metadata makes it a \(assembled.className.lowercased()), the file says \(geomClass.name)")
-            }
-            do {
-                try geomClass.reconcile(spec, with: assembled, in: topology)
-            } catch let error as StrataError {
-                throw ConfigError(file: file, line: spec.line, key: path, value: spec.name, problem: error.message)
-            }
-            return assembled
-        }
-        let consumers = spec.consumers.map { topology.provider(named: $0)! }
+    private static func makeGeom(_ spec: GeomSpec, index: Int, geomClass: any ConfigurableClass, over consumers: [Provider],
+                                 file: String, topology: Topology) throws -> Geom {
         do {
             return try geomClass.make(spec, over: consumers, in: topology)
         } catch let error as ConfigError {
             throw error
+        } catch let error as StrataError {
+            throw ConfigError(file: file, line: spec.line, key: "geoms[\(index)]", value: spec.name, problem: error.message)
         } catch {
-            throw ConfigError(file: file, line: spec.line, key: path, value: spec.name, problem: "\(error)")
+            throw ConfigError(file: file, line: spec.line, key: "geoms[\(index)]", value: spec.name, problem: "\(error)")
         }
-    }
-
-    /// Geoms that could not be built: a consumer names nothing, or they wait on each other.
-    private static func unresolved(_ specs: [GeomSpec], configuration: Configuration, topology: Topology) -> ConfigError {
-        let declared = Set(configuration.disks.map(\.name) + configuration.geoms.map(\.name))
-        for spec in specs {
-            let index = configuration.geoms.firstIndex(of: spec)!
-            for (position, name) in spec.consumers.enumerated() where !declared.contains(name) && topology.provider(named: name) == nil {
-                let known = topology.providers.map(\.name) + configuration.geoms.map(\.name)
-                var problem = "names no provider (providers: \(known.joined(separator: ", ")))"
-                if let guess = nearest(name, among: known) { problem = "names no provider; did you mean '\(guess)'?" }
-                return ConfigError(file: configuration.file, line: spec.line, key: "geoms[\(index)].consumers[\(position)]",
-                                   value: name, problem: problem)
-            }
-        }
-        // Everything named exists but nothing can start: the geoms consume each other.
-        var cycle = [specs[0].name]
-        var next = specs[0].consumers.first { name in specs.contains { $0.name == name } }
-        while let name = next, !cycle.contains(name) {
-            cycle.append(name)
-            next = specs.first { $0.name == name }?.consumers.first { name in specs.contains { $0.name == name } }
-        }
-        if let name = next { cycle.append(name) }
-        let index = configuration.geoms.firstIndex(of: specs[0])!
-        return ConfigError(file: configuration.file, line: specs[0].line, key: "geoms[\(index)].consumers", value: nil,
-                           problem: "make a cycle: \(cycle.joined(separator: " → "))")
     }
 }

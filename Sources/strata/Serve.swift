@@ -62,15 +62,13 @@ struct Serve: AsyncParsableCommand {
         let topology = Topology(log: { level, message in
             Logger(label: "strata.topology").log(level: level.swiftLog, "\(message)")
         })
+        // Nothing is written to a disk, nor logged, until the whole start has gone well:
+        // a start that fails leaves the disks as it found them and says one thing.
         let built: BuiltTopology
         do {
-            built = try TopologyBuilder.build(configuration, topology: topology)
+            built = try TopologyBuilder.assemble(configuration, topology: topology)
         } catch let error as ConfigError {
-            topology.shutdown()
             throw FailureExit(message: "\(error)")
-        }
-        for url in configuration.listen where !url.isLoopback {
-            logger.warning("listening on \(url), which is not loopback: NBD has no authentication")
         }
 
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"),
@@ -79,18 +77,30 @@ struct Serve: AsyncParsableCommand {
         do {
             try await control.start(path: configuration.control)
         } catch {
-            topology.shutdown()
+            built.abandon()
             throw FailureExit(message: "cannot open the control socket \(configuration.control): \(error)")
         }
         let stop = SignalWaiter(signals: [SIGINT, SIGTERM])
         let bound: [NBDListenAddress]
         do {
-            bound = try await server.start(listeningOn: configuration.listen.map(\.nbd))
+            bound = try await server.start(listeningOn: configuration.listen.map(\.nbd), accepting: false)
         } catch {
             await control.stop()
-            topology.shutdown()
+            built.abandon()
             throw FailureExit(message: "cannot listen: \(error)")
         }
+        do {
+            try built.finish()
+        } catch {
+            await server.stop()
+            await control.stop()
+            topology.shutdown()
+            throw FailureExit(message: "cannot start: \(error)")
+        }
+        for url in configuration.listen where !url.isLoopback {
+            logger.warning("listening on \(url), which is not loopback: NBD has no authentication")
+        }
+        server.accept()
         printStartup(configuration: configuration, built: built, bound: bound)
 
         let signal = await stop.wait()

@@ -1,10 +1,12 @@
 import Foundation
 import Testing
 
-/// The `strata` binary, built next to the tests.
+/// The `strata` binary of the build being tested: the one beside the test bundle, so
+/// that a sanitized build's tests (`--sanitize=address --scratch-path .build-asan`) run
+/// its sanitized binary.
 let strataBinary: String = {
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    return root.appendingPathComponent(".build/debug/strata").path
+    URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        .appendingPathComponent("strata").path
 }()
 
 /// A running `strata serve`, in a directory of its own.

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// Levels of the topology's diagnostic messages.
 public enum LogLevel: Int, Sendable, Comparable {
@@ -22,6 +23,15 @@ public final class Topology: @unchecked Sendable {
     private var geomList: [Geom] = []
     private var providersByName: [String: Provider] = [:]
     private var withering: [Geom] = []
+    /// Providers tasting leaves alone (`claim`).
+    private var claimed: Set<String> = []
+    /// Set while a class tastes a provider, so that `add` can refuse the names an
+    /// assembly reserves.
+    private var isTasting = false
+    /// Whether the topology is being put together, and what waits for the end of it
+    /// (`beginAssembly`). Its own lock: `emit` runs in done routines, which never wait
+    /// for the topology's.
+    let assembly = Mutex(AssemblyPhase.running)
     /// Where diagnostic messages go; nil drops them.
     public let log: (@Sendable (LogLevel, String) -> Void)?
 
@@ -72,9 +82,20 @@ public final class Topology: @unchecked Sendable {
         events.waitIdle()
     }
 
-    /// Sends a diagnostic message to `log`.
+    /// Sends a diagnostic message to `log`; while the topology is being assembled, it
+    /// waits for the end of the assembly (`beginAssembly`).
     public func emit(_ level: LogLevel, _ message: String) {
-        log?(level, message)
+        let now: Bool = assembly.withLock { phase in
+            switch phase {
+            case .running: return true
+            case .assembling(var state):
+                state.heldLog.append((level, message))
+                phase = .assembling(state)
+                return false
+            case .abandoned: return false
+            }
+        }
+        if now { log?(level, message) }
     }
 
     // MARK: Classes and geoms
@@ -91,12 +112,16 @@ public final class Topology: @unchecked Sendable {
         }
     }
 
-    /// Adds a geom. Geom names are unique in a topology.
+    /// Adds a geom. Geom names are unique in a topology, and tasting may not take a
+    /// name the assembly under way reserves.
     public func add(_ geom: Geom) throws {
         try withLock {
             guard geom.topology == nil else { throw StrataError(.busy, "geom \(geom.name) is already in a topology") }
             if geomList.contains(where: { $0.name == geom.name }) {
                 throw StrataError(.exists, "a geom named \(geom.name) exists already")
+            }
+            if isTasting, isReserved(geom.name) {
+                throw StrataError(.exists, "the name \(geom.name) belongs to the topology file")
             }
             geom.topology = self
             geomList.append(geom)
@@ -165,12 +190,36 @@ public final class Topology: @unchecked Sendable {
     }
 
     private func offer(_ provider: Provider, to classes: [any GeomClass]) {
+        isTasting = true
+        defer { isTasting = false }
         for geomClass in classes {
-            guard providersByName[provider.name] === provider, !provider.isOrphaned else { return }
+            guard providersByName[provider.name] === provider, !provider.isOrphaned, !claimed.contains(provider.name) else {
+                return
+            }
             if let geom = geomClass.taste(provider, in: self) {
                 emit(.info, "\(geomClass.name) tasted \(provider.name): made \(geom.name)")
             }
         }
+    }
+
+    // MARK: Claims: what tasting leaves alone
+
+    /// Gives providers, by name, to their users: tasting never reads them, so that what
+    /// a client or a class without metadata writes there (a label, a partition table,
+    /// a mirror's metadata) never changes how the topology is built. A name may be
+    /// claimed before its provider exists.
+    public func claim(_ names: some Sequence<String>) {
+        withLock { claimed.formUnion(names) }
+    }
+
+    /// Takes claims back: the providers may be tasted again, from their next announcement.
+    public func unclaim(_ names: some Sequence<String>) {
+        withLock { claimed.subtract(names) }
+    }
+
+    /// Whether tasting leaves `name` alone.
+    public func isClaimed(_ name: String) -> Bool {
+        withLock { claimed.contains(name) }
     }
 
     /// Sets or clears the error every request to `provider` gets (`g_error_provider`).

@@ -18,6 +18,15 @@ public final class ConcatGeom: LabelledGeom, @unchecked Sendable {
         return geom
     }
 
+    /// The concat a topology file names over `providers`: reassembled from their labels,
+    /// or made and labelled if they are blank.
+    /// - Throws: `StrataError` when the labels contradict the entry.
+    public static func assemble(in topology: Topology, name: String, over providers: [Provider]) throws -> ConcatGeom {
+        try LabelledAssembly.assemble(kind: .concat, labelName: name, over: providers, in: topology,
+                                      create: { try create(in: topology, name: name, over: providers) },
+                                      make: { ConcatGeom(name: $0.name, id: $0.id, count: $0.count) })
+    }
+
     override public func mediaSize() -> Int64 { dataSizes.reduce(0, +) }
 
     override public func locate(_ offset: Int64) -> (component: Int, offset: Int64, run: Int64) {

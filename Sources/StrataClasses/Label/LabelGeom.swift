@@ -26,6 +26,15 @@ public final class LabelGeom: LabelledGeom, @unchecked Sendable {
         return geom
     }
 
+    /// `label/LABEL` over `provider` as a topology file names it: from the provider's
+    /// label, or labelled now if it has none.
+    /// - Throws: `StrataError` when the provider carries another label.
+    public static func assemble(in topology: Topology, label: String, on provider: Provider) throws -> LabelGeom {
+        try LabelledAssembly.assemble(kind: .label, labelName: label, over: [provider], in: topology,
+                                      create: { try create(in: topology, label: label, on: provider) },
+                                      make: { LabelGeom(label: $0.name, id: $0.id) })
+    }
+
     override public func mediaSize() -> Int64 { dataSizes[0] }
 
     override public func locate(_ offset: Int64) -> (component: Int, offset: Int64, run: Int64) {

@@ -216,6 +216,55 @@ enum LabelledAssembly {
         }
     }
 
+    /// The geom an entry of a topology file names, over exactly `providers`: reassembled
+    /// from their labels, or, when all are blank, made by `create` (which labels them).
+    /// - Parameters:
+    ///   - make: a geom (not yet in the topology) for the labels found.
+    ///   - disagreement: how the labels contradict the entry beyond the components (a
+    ///     stripe size), or nil.
+    /// - Throws: `StrataError` when a provider carries another geom's label, some are
+    ///   blank and some not, or the labels name other components or another order.
+    static func assemble<Made: LabelledGeom>(kind: ComponentLabel.Kind, labelName: String, over providers: [Provider],
+                                             in topology: Topology, create: () throws -> Made, make: (ComponentLabel) -> Made,
+                                             disagreement: (ComponentLabel) -> String? = { _ in nil }) throws -> Made {
+        let labels = providers.map { provider in
+            (try? topology.probing(provider, for: kind.className) { ComponentLabel.decode(try $0.readLastSector()) }) ?? nil
+        }
+        let what = "\(kind.className) \(labelName)"
+        for (provider, label) in zip(providers, labels) {
+            if let label, label.kind != kind || label.name != labelName {
+                throw StrataError(.busy, "\(provider.name) carries the metadata of \(label.kind.className) \(label.name); clear it first")
+            }
+        }
+        let found = labels.compactMap { $0 }
+        if found.isEmpty { return try create() }
+        if let blank = zip(providers, labels).first(where: { $0.1 == nil })?.0 {
+            throw StrataError(.invalid, "\(blank.name) has no label but the others carry \(what)'s; a \(kind.className) cannot take a new component")
+        }
+        guard Set(found.map(\.id)).count == 1 else {
+            throw StrataError(.invalid, "the components carry the labels of different geoms named \(labelName)")
+        }
+        let first = found[0]
+        let listed = providers.map(\.name)
+        var byIndex = [String](repeating: "(missing)", count: first.count)
+        for (provider, label) in zip(providers, found) where label.index < first.count { byIndex[label.index] = provider.name }
+        guard first.count == providers.count, byIndex == listed else {
+            throw StrataError(.invalid, "its metadata has components [\(byIndex.joined(separator: ", "))], the file says [\(listed.joined(separator: ", "))]")
+        }
+        if let difference = disagreement(first) { throw StrataError(.invalid, difference) }
+        let geom = make(first)
+        try topology.add(geom)
+        do {
+            for (provider, label) in zip(providers, found) {
+                try geom.adopt(provider, index: label.index, dataSize: label.dataSize, in: topology)
+            }
+        } catch {
+            topology.wither(geom)
+            throw error
+        }
+        return geom
+    }
+
     /// Tastes `provider` for a label of `kind`; joins it to its geom, making the geom if
     /// it is the first component seen.
     static func taste(_ provider: Provider, kind: ComponentLabel.Kind, in topology: Topology,

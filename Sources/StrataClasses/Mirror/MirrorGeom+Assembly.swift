@@ -40,6 +40,86 @@ extension MirrorGeom {
         return mirror
     }
 
+    /// The mirror a topology file names over `providers`: reassembled from their
+    /// metadata, or created if all are blank.
+    ///
+    /// Components inserted at run time that the file does not list are found by their
+    /// metadata among `others` (providers nothing else uses). Blank providers the file
+    /// lists beside the mirror's components are inserted and rebuilt where it has a free
+    /// place (one removed at run time is left alone, with a warning); a component of an
+    /// older generation (ejected or forgotten) is left alone, with a warning; components
+    /// the metadata counts but nobody has are missing, and the mirror starts degraded.
+    /// - Throws: `StrataError` when a provider carries another mirror's metadata, the
+    ///   components belong to different mirrors, one disk is listed twice, or the
+    ///   parameters are out of range.
+    public static func assemble(in topology: Topology, name: String, over providers: [Provider], others: [Provider] = [],
+                                balance: MirrorBalance = .load, slice: Int = 1 << 20) throws -> MirrorGeom {
+        let listed = providers.map { ($0, readMetadata(of: $0, in: topology)) }
+        for case let (provider, metadata?) in listed where metadata.name != name {
+            throw StrataError(.busy, "\(provider.name) carries the metadata of mirror \(metadata.name); forget it first")
+        }
+        let labelled = listed.compactMap { provider, metadata in metadata.map { (provider, $0) } }
+        guard let mirrorID = labelled.first?.1.mirrorID else {
+            return try create(in: topology, name: name, over: providers, balance: balance, slice: slice)
+        }
+        guard labelled.allSatisfy({ $0.1.mirrorID == mirrorID }) else {
+            throw StrataError(.invalid, "the components carry the metadata of different mirrors named \(name)")
+        }
+        var byDisk: [UInt64: String] = [:]
+        for (provider, metadata) in labelled {
+            if let earlier = byDisk[metadata.diskID] {
+                throw StrataError(.invalid, "\(earlier) and \(provider.name) are one component seen twice (the same disk id)")
+            }
+            byDisk[metadata.diskID] = provider.name
+        }
+        var unlisted: [(Provider, MirrorMetadata)] = []
+        for provider in others {
+            guard let metadata = readMetadata(of: provider, in: topology), metadata.mirrorID == mirrorID,
+                  byDisk[metadata.diskID] == nil else { continue }
+            byDisk[metadata.diskID] = provider.name
+            unlisted.append((provider, metadata))
+        }
+        let newest = (labelled + unlisted).map(\.1).max { $0.isOlder(than: $1) }!
+        let members = (labelled + unlisted).filter { $0.1.genid == newest.genid }
+        guard members.count <= newest.components else {
+            throw StrataError(.invalid, "mirror \(name) has \(newest.components) components, but \(members.count) providers carry its metadata: \(members.map(\.0.name).joined(separator: ", "))")
+        }
+        guard (4096...(1 << 30)).contains(slice), slice & (slice - 1) == 0 else {
+            throw StrataError(.invalid, "slice \(slice) must be a power of two from 4KiB to 1GiB")
+        }
+        let mirror = MirrorGeom(name: name, mirrorID: mirrorID, mediaSize: newest.mediaSize, balance: balance, slice: slice,
+                                expected: newest.components, genid: newest.genid, syncid: newest.syncid)
+        try topology.add(mirror)
+        do {
+            for (index, (provider, metadata)) in members.enumerated() {
+                try mirror.attach(provider, as: index, metadata: metadata, in: topology)
+            }
+            if members.count < newest.components {
+                topology.emit(.warning, "mirror \(name): \(members.count) of its \(newest.components) components are present; starting degraded")
+            }
+            try mirror.launch(in: topology)
+            for (provider, metadata) in labelled + unlisted where metadata.genid != newest.genid {
+                topology.emit(.warning, "mirror \(name): \(provider.name) was ejected earlier; `strata mirror insert \(name) \(provider.name)` takes it back")
+            }
+            for (provider, _) in unlisted where members.contains(where: { $0.0 === provider }) {
+                topology.emit(.warning, "mirror \(name): \(provider.name) is a member but the topology file does not list it")
+            }
+            for case let (provider, nil) in listed {
+                // A component removed at run time is blank, and the file may still list it.
+                guard mirror.slots.prefix(mirror.expected).contains(where: { $0.state == .empty }) else {
+                    topology.emit(.warning, "mirror \(name): \(provider.name) is blank and the mirror has no free place; not inserted")
+                    continue
+                }
+                try mirror.insert(provider, in: topology)
+                topology.emit(.notice, "mirror \(name): inserted \(provider.name) from the topology file; rebuilding it")
+            }
+        } catch {
+            topology.wither(mirror)
+            throw error
+        }
+        return mirror
+    }
+
     /// Opens `provider` as component `index`: mirrors keep their components open.
     func attach(_ provider: Provider, as index: Int, metadata: MirrorMetadata, in topology: Topology) throws {
         let consumer = topology.createConsumer(for: self)
@@ -98,7 +178,7 @@ extension MirrorGeom {
         writeMetadata()
         let sector = present.map { $0.consumer!.provider!.sectorSize }.max()!
         try topology.createProvider(for: self, name: name, mediaSize: mirrorSize, sectorSize: sector)
-        startRebuild()
+        startRebuildWhenAssembled(in: topology)
     }
 
     /// Adds `provider` as a new component and rebuilds it while I/O goes on
@@ -129,7 +209,7 @@ extension MirrorGeom {
             slot.set(.synchronizing)
         }
         writeMetadata()
-        startRebuild()
+        startRebuildWhenAssembled(in: topology)
     }
 
     /// Lets go of a component before the mirror starts (not a member after all).

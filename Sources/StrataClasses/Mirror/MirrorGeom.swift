@@ -376,6 +376,8 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
                   let provider = consumer.provider, var metadata = slot.metadata else { continue }
             metadata.genid = genid
             metadata.syncid = syncid
+            metadata.balance = balance
+            metadata.slice = slice
             metadata.flags = dirty ? [.dirty] : []
             if state == .synchronizing {
                 metadata.flags.insert(.synchronizing)
@@ -424,6 +426,13 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             metadataQueue.sync { writeMetadata() }
             startRebuild()
         }
+    }
+
+    /// Starts the rebuild of what is synchronizing once the topology's assembly is
+    /// finished (`Topology.whenAssembled`): a rebuild writes data, which an assembly that
+    /// may still fail must not.
+    func startRebuildWhenAssembled(in topology: Topology) {
+        try? topology.whenAssembled { [self] in startRebuild() }
     }
 
     private func copy(into target: Slot) -> Bool {

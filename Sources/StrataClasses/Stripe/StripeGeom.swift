@@ -36,6 +36,21 @@ public final class StripeGeom: LabelledGeom, @unchecked Sendable {
         return geom
     }
 
+    /// The stripe a topology file names over `providers`: reassembled from their labels,
+    /// or made and labelled if they are blank.
+    /// - Throws: `StrataError` when the labels contradict the entry (components, their
+    ///   order, the stripe size).
+    public static func assemble(in topology: Topology, name: String, over providers: [Provider],
+                                stripeSize: Int64 = 64 << 10) throws -> StripeGeom {
+        try LabelledAssembly.assemble(
+            kind: .stripe, labelName: name, over: providers, in: topology,
+            create: { try create(in: topology, name: name, over: providers, stripeSize: stripeSize) },
+            make: { StripeGeom(name: $0.name, id: $0.id, count: $0.count, stripeSize: $0.stripeSize) },
+            disagreement: { label in
+                label.stripeSize == stripeSize ? nil : "its metadata says stripe-size \(label.stripeSize), the file says \(stripeSize)"
+            })
+    }
+
     override public func mediaSize() -> Int64 {
         let perComponent = dataSizes.min()! / stripeSize * stripeSize
         return perComponent * Int64(componentCount)

@@ -8,11 +8,7 @@ public struct ConcatConfiguration: ConfigurableClass {
     public init() {}
 
     public func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom {
-        try ConcatGeom.create(in: topology, name: spec.name, over: consumers)
-    }
-
-    public func difference(_ spec: GeomSpec, from geom: Geom) -> String? {
-        (geom as? ConcatGeom).flatMap { labelledDifference(spec, $0) }
+        try ConcatGeom.assemble(in: topology, name: spec.name, over: consumers)
     }
 }
 
@@ -26,31 +22,12 @@ public struct StripeConfiguration: ConfigurableClass {
     public func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom {
         let stripeSize = try spec.parameters["stripe-size"]?.size() ?? 64 << 10
         do {
-            return try StripeGeom.create(in: topology, name: spec.name, over: consumers, stripeSize: stripeSize)
+            return try StripeGeom.assemble(in: topology, name: spec.name, over: consumers, stripeSize: stripeSize)
         } catch let error as StrataError where error.message.hasPrefix("stripe-size") {
             if let value = spec.parameters["stripe-size"] { throw value.error(error.message) }
             throw error
         }
     }
-
-    public func difference(_ spec: GeomSpec, from geom: Geom) -> String? {
-        guard let stripe = geom as? StripeGeom else { return nil }
-        if let difference = labelledDifference(spec, stripe) { return difference }
-        let wanted = (try? spec.parameters["stripe-size"]?.size()) ?? 64 << 10
-        if wanted != stripe.stripeSize {
-            return "its metadata says stripe-size \(stripe.stripeSize), the file says \(wanted)"
-        }
-        return nil
-    }
-}
-
-/// How an assembled concat or stripe differs from its entry: components and their order.
-func labelledDifference(_ spec: GeomSpec, _ geom: LabelledGeom) -> String? {
-    let found = geom.components.map { $0?.provider?.name ?? "(missing)" }
-    if found != spec.consumers {
-        return "its metadata has components [\(found.joined(separator: ", "))], the file says [\(spec.consumers.joined(separator: ", "))]"
-    }
-    return nil
 }
 
 /// `class: label`: the one provider in `consumers` labelled with the entry's name, served
@@ -64,8 +41,11 @@ public struct LabelConfiguration: ConfigurableClass {
         guard consumers.count == 1 else {
             throw StrataError(.invalid, "a label names exactly one provider, not \(consumers.count)")
         }
-        return try LabelGeom.create(in: topology, label: spec.name, on: consumers[0])
+        return try LabelGeom.assemble(in: topology, label: spec.name, on: consumers[0])
     }
+
+    public func geomName(forEntry name: String) -> String { "label/\(name)" }
+    public func offers(_ provider: String, entry: String) -> Bool { provider == "label/\(entry)" }
 }
 
 /// `class: part`: reads the partition table of its one provider, named after it
@@ -81,4 +61,16 @@ public struct PartConfiguration: ConfigurableClass {
         }
         return try PartGeom.create(in: topology, over: consumers[0])
     }
+
+    public func geomName(forEntry name: String) -> String { "part/\(name)" }
+
+    /// Partitions are named after the disk: `d0p1`, `d0p2`, …
+    public func offers(_ provider: String, entry: String) -> Bool {
+        provider.hasPrefix(entry + "p") && provider.count > entry.count + 1
+            && provider.dropFirst(entry.count + 1).allSatisfy(\.isASCIIDigit)
+    }
+}
+
+extension Character {
+    var isASCIIDigit: Bool { isASCII && isNumber }
 }

@@ -11,9 +11,11 @@ import StrataClasses
 ///   slice: 1MiB         # for split: reads of two slices or more are split
 ///   rebuild-rate: 64MiB # bytes per second a rebuild may copy (default: no limit)
 /// ```
-/// The first time, metadata is written to every component. Afterwards the mirror comes
-/// back by tasting; a blank provider added to `consumers` is inserted and rebuilt, and a
-/// provider that carries another mirror's metadata is refused.
+/// The first time, metadata is written to every component. Afterwards the mirror is
+/// reassembled from the metadata of the providers in `consumers`, and of components
+/// inserted at run time that nothing in the file uses; a blank provider added to
+/// `consumers` is inserted and rebuilt, and a provider that carries another mirror's
+/// metadata is refused.
 public struct MirrorConfiguration: ConfigurableClass {
     public let name = "mirror"
     public let parameterKeys = ["balance", "slice", "rebuild-rate"]
@@ -34,7 +36,13 @@ public struct MirrorConfiguration: ConfigurableClass {
             slice = Int(size)
         }
         let rate = try rebuildRate(spec)
-        let mirror = try MirrorGeom.create(in: topology, name: spec.name, over: consumers, balance: balance, slice: slice)
+        // Components inserted at run time: providers the file leaves to tasting that
+        // nothing uses.
+        let others = topology.providers.filter { provider in
+            !topology.isClaimed(provider.name) && provider.consumers.isEmpty && !provider.isOrphaned
+        }.sorted { ($0.geom.rank, $1.name) > ($1.geom.rank, $0.name) }
+        let mirror = try MirrorGeom.assemble(in: topology, name: spec.name, over: consumers, others: others,
+                                             balance: balance, slice: slice)
         mirror.rebuildRate.store(rate, ordering: .relaxed)
         return mirror
     }
@@ -45,28 +53,5 @@ public struct MirrorConfiguration: ConfigurableClass {
         let rate = try value.size()
         guard rate >= 1 << 20 else { throw value.error("must be at least 1MiB (per second), or 0 for no limit") }
         return Int(rate)
-    }
-
-    public func reconcile(_ spec: GeomSpec, with geom: Geom, in topology: Topology) throws {
-        guard let mirror = geom as? MirrorGeom else { return }
-        mirror.rebuildRate.store(try rebuildRate(spec), ordering: .relaxed)
-        // The disks say who the members are; insert, remove and forget change that at
-        // run time, so the file may lag behind. Only contradictions are errors.
-        let members = Set(mirror.status.components.map(\.name))
-        for name in spec.consumers where !members.contains(name) {
-            guard let provider = topology.provider(named: name) else { continue }
-            if let other = MirrorGeom.readMetadata(of: provider, in: topology) {
-                guard other.mirrorID == mirror.mirrorID else {
-                    throw StrataError(.invalid, "\(name) carries the metadata of mirror \(other.name)")
-                }
-                topology.emit(.warning, "mirror \(mirror.name): \(name) was ejected earlier; `strata mirror insert \(mirror.name) \(name)` takes it back")
-                continue
-            }
-            try mirror.insert(provider, in: topology)
-            topology.emit(.notice, "mirror \(mirror.name): inserted \(name) from the topology file; rebuilding it")
-        }
-        for name in members.subtracting(spec.consumers).subtracting(["-"]).sorted() {
-            topology.emit(.warning, "mirror \(mirror.name): \(name) is a member but the topology file does not list it")
-        }
     }
 }

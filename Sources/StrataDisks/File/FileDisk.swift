@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CStrataSystem
 import Strata
+import Synchronization
 
 /// A disk backed by a regular file or a block device.
 ///
@@ -20,7 +21,11 @@ public final class FileDisk: Disk, @unchecked Sendable {
     public let isBlockDevice: Bool
     /// How the I/O is done: `.inline`, `.uring` or `.threads`, never `.automatic`.
     public let engine: Engine
-    private let descriptor: Int32
+    let descriptor: Int32
+    /// Writes held in memory while the topology is assembled (`holdWritesWhileAssembling`);
+    /// nil once they are on the file. `isStaging` says so without the lock.
+    let staged = Mutex<StagedWrites?>(nil)
+    let isStaging = Atomic<Bool>(false)
     /// The io_uring engine, when `engine` is `.uring`.
     let ring: FileRing?
     private let lock = ConditionLock()
@@ -68,6 +73,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
         }
         let disk = FileDisk(name: name, path: path, descriptor: opened.descriptor, isBlockDevice: opened.isBlockDevice,
                             engine: chosen, ring: ring, workers: chosen == .inline ? 0 : workerCount)
+        try disk.holdWritesWhileAssembling(topology, sectorSize: sectorSize, created: opened.created)
         try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize)
         if let refusal {
             topology.emit(.notice, "file disk \(name): io_uring unavailable (\(refusal)); using \(workerCount) threads")
@@ -119,7 +125,8 @@ public final class FileDisk: Disk, @unchecked Sendable {
         }
     }
 
-    private static func open(path: String, size: Int64?, sectorSize: Int) throws -> (descriptor: Int32, size: Int64, isBlockDevice: Bool) {
+    private static func open(path: String, size: Int64?, sectorSize: Int)
+        throws -> (descriptor: Int32, size: Int64, isBlockDevice: Bool, created: Bool) {
         if let size, size < Int64(sectorSize) {
             throw StrataError(.invalid, "file disk \(path): size \(size) is less than one \(sectorSize)-byte sector")
         }
@@ -136,7 +143,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
                 unlink(path)
                 throw StrataError(error, "ftruncate \(path) to \(size) bytes")
             }
-            return (descriptor, size, false)
+            return (descriptor, size, false, true)
         }
         guard descriptor >= 0 else { throw StrataError(BioError(errno: errno), "open \(path)") }
         var status = stat()
@@ -156,7 +163,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
                 close(descriptor)
                 throw StrataError(.invalid, "file disk \(path) is \(actual) bytes, less than one \(sectorSize)-byte sector")
             }
-            return (descriptor, actual, false)
+            return (descriptor, actual, false, false)
         case S_IFBLK:
             var bytes: UInt64 = 0
             var logical: Int32 = 0
@@ -173,7 +180,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
                 close(descriptor)
                 throw StrataError(.invalid, "block device \(path) is \(bytes) bytes, less than the size given, \(size)")
             }
-            return (descriptor, size ?? Int64(bytes), true)
+            return (descriptor, size ?? Int64(bytes), true, false)
         default:
             close(descriptor)
             throw StrataError(.invalid, "file disk \(path) is neither a regular file nor a block device")
@@ -198,6 +205,15 @@ public final class FileDisk: Disk, @unchecked Sendable {
     // MARK: Queueing
 
     override public func start(_ bio: consuming ProviderBio) {
+        if isStaging.load(ordering: .relaxed) {
+            startStaged(bio)
+            return
+        }
+        dispatch(bio)
+    }
+
+    /// Sends a request to the engine.
+    func dispatch(_ bio: consuming ProviderBio) {
         if engine == .inline {
             super.start(bio)
             return
@@ -235,9 +251,14 @@ public final class FileDisk: Disk, @unchecked Sendable {
     // MARK: Commands (on worker threads)
 
     override public func read(_ bio: consuming ProviderBio) {
-        var at = bio.offset
+        finish(bio, failure: read(into: bio.data, at: bio.offset), call: "pread")
+    }
+
+    /// Reads `data.count` bytes at `offset` into `data`. Returns 0 or the errno.
+    func read(into data: BioData, at offset: Int64) -> Int32 {
+        var at = offset
         var failure: Int32 = 0
-        bio.data.forEachSegment { piece in
+        data.forEachSegment { piece in
             guard failure == 0 else { return }
             var done = 0
             while done < piece.count {
@@ -256,7 +277,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
             }
             at += Int64(piece.count)
         }
-        finish(bio, failure: failure, call: "pread")
+        return failure
     }
 
     override public func write(_ bio: consuming ProviderBio) {
@@ -277,7 +298,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
 
     /// Writes one segment fully at `offset`; durable when it returns if `durable`.
     /// Returns 0 or the errno.
-    private func write(_ piece: UnsafeMutableRawBufferPointer, at offset: Int64, durable: Bool) -> Int32 {
+    func write(_ piece: UnsafeMutableRawBufferPointer, at offset: Int64, durable: Bool) -> Int32 {
         var done = 0
         var syncAfter = false
         while done < piece.count {
@@ -402,7 +423,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
         bio.deliverAttribute(extents: extents)
     }
 
-    private func finish(_ bio: consuming ProviderBio, failure: Int32, call: String) {
+    func finish(_ bio: consuming ProviderBio, failure: Int32, call: String) {
         if failure == 0 {
             bio.deliverAll()
             return

@@ -5,6 +5,7 @@ import Glibc
 #endif
 import NIOCore
 import Strata
+import Synchronization
 
 /// A listening socket and the thread that accepts on it.
 ///
@@ -20,12 +21,15 @@ final class NBDListener: @unchecked Sendable {
     /// Written once to wake the accepting thread when the listener closes.
     private let wake: Int32
     private let finished = DispatchSemaphore(value: 0)
+    /// Signalled once to let the thread accept (`accept`), or to let it end (`close`).
+    private let opened = DispatchSemaphore(value: 0)
+    private let isAccepting = Atomic<Bool>(false)
     /// A Unix socket's file, removed on close if it is still the one bound.
     private let socketFile: (path: String, inode: UInt)?
 
-    /// Binds and listens on `address` and starts accepting. A Unix socket's stale file
-    /// (a socket left by a server that did not stop) is removed first; any other file
-    /// there is an error.
+    /// Binds and listens on `address`; connections wait in the kernel's queue until
+    /// `accept`. A Unix socket's stale file (a socket left by a server that did not
+    /// stop) is removed first; any other file there is an error.
     /// - Throws: `StrataError` naming the address and the call that failed.
     init(_ requested: NBDListenAddress, accepted: @escaping @Sendable (Int32) -> Void) throws {
         let socketAddress: SocketAddress
@@ -77,16 +81,25 @@ final class NBDListener: @unchecked Sendable {
         }
         let wakeRead = wakePipe[0]
         let finished = self.finished
+        let opened = self.opened
         startWorkerThread {
+            opened.wait()
             NBDListener.acceptLoop(descriptor, wake: wakeRead, accepted: accepted)
             Glibc.close(wakeRead)
             finished.signal()
         }
     }
 
+    /// Starts accepting connections. Once only.
+    func accept() {
+        if !isAccepting.exchange(true, ordering: .relaxed) { opened.signal() }
+    }
+
     /// Stops accepting and closes the socket, and removes a Unix socket's file unless
     /// another server has bound the path since; connections already accepted go on.
     func close() {
+        // A listener that never accepted lets its thread run into the wake below.
+        if !isAccepting.exchange(true, ordering: .relaxed) { opened.signal() }
         var byte: UInt8 = 1
         _ = write(wake, &byte, 1)
         finished.wait()

@@ -82,11 +82,13 @@ public final class NBDServer: Sendable {
         }
     }
 
-    /// Starts listening. Returns the addresses bound, with the port a TCP port of 0 got.
+    /// Starts listening and, unless `accepting` is false, accepting (else connections
+    /// wait in the kernel's queue until `accept()`). Returns the addresses bound, with
+    /// the port a TCP port of 0 got.
     /// - Throws: `StrataError` naming the address that could not be bound; nothing is
     ///   left listening then.
     @discardableResult
-    public func start(listeningOn addresses: [NBDListenAddress]) async throws -> [NBDListenAddress] {
+    public func start(listeningOn addresses: [NBDListenAddress], accepting: Bool = true) async throws -> [NBDListenAddress] {
         var started: [NBDListener] = []
         do {
             for address in addresses {
@@ -106,7 +108,13 @@ public final class NBDServer: Sendable {
         }
         listeners.withLockedValue { $0.append(contentsOf: started) }
         for listener in started { core.logger.info("listening", metadata: ["address": "\(listener.address)"]) }
+        if accepting { accept() }
         return started.map(\.address)
+    }
+
+    /// Starts accepting connections on every address `start` bound.
+    public func accept() {
+        for listener in listeners.withLockedValue({ $0 }) { listener.accept() }
     }
 
     /// The send buffer asked for on Unix-socket connections; the kernel caps it at

@@ -1,0 +1,80 @@
+/// What a configuration asks to build, checked before any disk is opened: every entry's
+/// class and keys, the order the entries can be made in, and what tasting must leave
+/// alone.
+struct AssemblyPlan {
+    struct Step {
+        /// The entry's index in `Configuration.geoms`.
+        let index: Int
+        let geomClass: any ConfigurableClass
+    }
+
+    /// The geom entries, each after the entries whose providers it consumes; among
+    /// entries free to go, the file's order.
+    let order: [Step]
+    /// Providers that entries consume or exports serve: tasting never reads them.
+    let claimed: Set<String>
+    /// The names of the geoms the entries make: tasting never makes one.
+    let reservedGeomNames: Set<String>
+
+    /// - Throws: `ConfigError` for an unknown class or key, or entries that consume each
+    ///   other in a cycle.
+    init(_ configuration: Configuration, classes: [any ConfigurableClass]) throws {
+        let file = configuration.file
+        var steps: [Step] = []
+        for (index, spec) in configuration.geoms.enumerated() {
+            let path = "geoms[\(index)]"
+            guard let geomClass = classes.first(where: { $0.name == spec.className }) else {
+                let known = classes.map(\.name)
+                var problem = "is not a known class (known: \(known.joined(separator: ", ")))"
+                if let guess = nearest(spec.className, among: known) { problem = "is not a known class; did you mean '\(guess)'?" }
+                throw ConfigError(file: file, line: spec.line, key: "\(path).class", value: spec.className, problem: problem)
+            }
+            for (key, value) in spec.parameters.sorted(by: { $0.key < $1.key }) where !geomClass.parameterKeys.contains(key) {
+                let allowed = ConfigurationLoader.geomKeys + geomClass.parameterKeys
+                var problem = "is not a key of class \(geomClass.name) (known: \(allowed.joined(separator: ", ")))"
+                if let guess = nearest(key, among: allowed) { problem = "is not a key of class \(geomClass.name); did you mean '\(guess)'?" }
+                throw ConfigError(file: file, line: value.line, key: value.key, value: nil, problem: problem)
+            }
+            steps.append(Step(index: index, geomClass: geomClass))
+        }
+
+        // The entries each entry waits for: those that may offer a provider it consumes.
+        // A name no entry offers is a disk's, or one tasting is to make (a partition of
+        // a disk the file gives no part entry), looked for when the entry is made.
+        let specs = configuration.geoms
+        let waitsFor: [[Int]] = specs.map { spec in
+            spec.consumers.flatMap { consumer in
+                steps.filter { $0.geomClass.offers(consumer, entry: specs[$0.index].name) }.map(\.index)
+            }
+        }
+        var made = Set<Int>()
+        var order: [Step] = []
+        while order.count < steps.count {
+            guard let next = steps.first(where: { !made.contains($0.index) && waitsFor[$0.index].allSatisfy(made.contains) }) else {
+                throw AssemblyPlan.cycle(among: steps.map(\.index).filter { !made.contains($0) }, waitsFor: waitsFor,
+                                         configuration: configuration)
+            }
+            made.insert(next.index)
+            order.append(next)
+        }
+        self.order = order
+        claimed = Set(specs.flatMap(\.consumers) + configuration.exports.map(\.provider))
+        reservedGeomNames = Set(steps.map { $0.geomClass.geomName(forEntry: specs[$0.index].name) })
+    }
+
+    /// The error for entries that wait on each other: one cycle among them, named.
+    private static func cycle(among waiting: [Int], waitsFor: [[Int]], configuration: Configuration) -> ConfigError {
+        // Every waiting entry waits on another waiting one; follow the first until it repeats.
+        var path = [waiting[0]]
+        var next = waitsFor[waiting[0]].first { waiting.contains($0) }!
+        while !path.contains(next) {
+            path.append(next)
+            next = waitsFor[next].first { waiting.contains($0) }!
+        }
+        let loop = path[path.firstIndex(of: next)!...] + [next]
+        let first = loop.first!
+        let spec = configuration.geoms[first]
+        return ConfigError(file: configuration.file, line: spec.line, key: "geoms[\(first)].consumers", value: nil,
+                           problem: "make a cycle: \(loop.map { configuration.geoms[$0].name }.joined(separator: " → "))")
+    }
+}
