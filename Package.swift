@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "Strata", targets: ["Strata"]),
         .library(name: "StrataDisks", targets: ["StrataDisks"]),
         .library(name: "StrataNBD", targets: ["StrataNBD"]),
+        .library(name: "StrataNBDClient", targets: ["StrataNBDClient"]),
+        .library(name: "StrataNBDProtocol", targets: ["StrataNBDProtocol"]),
         .library(name: "StrataClasses", targets: ["StrataClasses"]),
         .library(name: "StrataConfig", targets: ["StrataConfig"]),
     ],
@@ -39,14 +41,26 @@ let package = Package(
         .target(name: "CStrataSystem"),
         // Bottom providers: memory, file, null and zero disks (POSIX).
         .target(name: "StrataDisks", dependencies: ["Strata", "CStrataSystem"], swiftSettings: strictSwift),
-        // The NBD server and client (SwiftNIO, like the control socket below).
+        // The numbers of the NBD protocol and the listen address, which the server and
+        // the client share. Imports the toolchain only.
+        .target(name: "StrataNBDProtocol", swiftSettings: strictSwift),
+        // The NBD server: its wire codec and the connections (SwiftNIO, like the control
+        // socket below).
         .target(name: "StrataNBD", dependencies: [
             "Strata",
             "CStrataSystem",
+            "StrataNBDProtocol",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strictSwift),
+        // The NBD client: its wire codec, the handshake and requests over one connection
+        // (SwiftNIO). Needs neither the server nor the request system.
+        .target(name: "StrataNBDClient", dependencies: [
+            "StrataNBDProtocol",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: strictSwift),
         // The topology file: YAML in, a checked configuration and a built topology out.
         .target(name: "StrataConfig", dependencies: [
@@ -64,7 +78,7 @@ let package = Package(
         ], swiftSettings: strictSwift),
         // Fuzz targets of the NBD server and client decoders (docs/NBD.md, "Fuzzing").
         .target(name: "StrataFuzz", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD",
+            "Strata", "StrataDisks", "StrataNBD", "StrataNBDClient", "StrataNBDProtocol",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -75,7 +89,8 @@ let package = Package(
         .executableTarget(name: "strata-fuzz-client", dependencies: ["StrataFuzz"], swiftSettings: strictSwift),
         // The `strata` command.
         .executableTarget(name: "strata", dependencies: [
-            "Strata", "StrataDisks", "CStrataSystem", "StrataNBD", "StrataConfig", "StrataControl", "StrataClasses",
+            "Strata", "StrataDisks", "CStrataSystem", "StrataNBD", "StrataNBDProtocol", "StrataConfig", "StrataControl",
+            "StrataClasses",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),
@@ -92,7 +107,8 @@ let package = Package(
         .testTarget(name: "StrataConfigTests", dependencies: ["Strata", "StrataDisks", "StrataConfig", "StrataClasses", "StrataNBD"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataNBDTests", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD", "StrataClasses", "StrataFuzz",
+            "Strata", "StrataDisks", "StrataNBD", "StrataNBDClient", "StrataNBDProtocol", "StrataClasses",
+            "StrataFuzz",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),

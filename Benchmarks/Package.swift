@@ -25,6 +25,7 @@ let package = Package(
                 .product(name: "StrataClasses", package: "Strata"),
                 .product(name: "StrataConfig", package: "Strata"),
                 .product(name: "StrataNBD", package: "Strata"),
+                .product(name: "StrataNBDProtocol", package: "Strata"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

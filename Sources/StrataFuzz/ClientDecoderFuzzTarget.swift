@@ -1,5 +1,6 @@
 import NIOCore
-import StrataNBD
+import StrataNBDClient
+import StrataNBDProtocol
 
 /// Fuzz target: the client's reply decoder (`NBDClientDecoder`) on whatever a server
 /// might send.

@@ -1,5 +1,6 @@
 import NIOCore
-import StrataNBD
+import StrataNBDClient
+import StrataNBDProtocol
 
 /// What a fuzz target found wrong, in words fit for a crash report.
 public struct FuzzFailure: Error, CustomStringConvertible, Sendable {

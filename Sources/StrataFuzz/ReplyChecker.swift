@@ -1,5 +1,7 @@
 import NIOCore
 import StrataNBD
+import StrataNBDClient
+import StrataNBDProtocol
 
 /// What the checker knows of one export, to judge the replies that describe it.
 struct ExportFacts: Sendable {

@@ -1,4 +1,4 @@
-import StrataNBD
+import StrataNBDProtocol
 
 /// Bytes on the wire, written big-endian as NBD wants them. Seeds are built from raw
 /// numbers rather than the project's encoders so that they can say what no encoder

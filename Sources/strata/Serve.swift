@@ -8,6 +8,7 @@ import StrataDisks
 import StrataConfig
 import StrataControl
 import StrataNBD
+import StrataNBDProtocol
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

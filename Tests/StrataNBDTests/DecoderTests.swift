@@ -1,6 +1,7 @@
 import NIOCore
 import NIOTestUtils
 @testable import StrataNBD
+import StrataNBDProtocol
 import Testing
 
 /// The framing decoder under NIO's verifier: whatever way the bytes are split, the

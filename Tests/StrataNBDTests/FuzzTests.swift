@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 @testable import StrataFuzz
 import StrataNBD
+import StrataNBDProtocol
 import Testing
 
 /// The fuzz targets without libFuzzer: the checked-in corpus, then seeded mutations of

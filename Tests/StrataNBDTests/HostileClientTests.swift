@@ -4,6 +4,7 @@ import Strata
 import StrataClasses
 import StrataDisks
 @testable import StrataNBD
+import StrataNBDProtocol
 import Testing
 
 /// A client on a Unix socket that sends whatever a test says, raw.

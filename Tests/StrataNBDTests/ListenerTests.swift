@@ -4,6 +4,7 @@ import NIOCore
 import Strata
 import StrataDisks
 import StrataNBD
+import StrataNBDClient
 import Testing
 
 /// Where the server listens: the sockets it binds itself, what it refuses, and what it

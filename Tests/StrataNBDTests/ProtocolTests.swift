@@ -1,6 +1,7 @@
 import NIOCore
 import Strata
 @testable import StrataNBD
+import StrataNBDProtocol
 import Testing
 
 /// The server's side of the protocol, byte for byte, on an EmbeddedChannel.

@@ -1,6 +1,7 @@
 import NIOCore
 import Strata
 @testable import StrataNBD
+@testable import StrataNBDClient
 import Testing
 
 /// Reply buffers are used again once the channel has let go of them, and never while it

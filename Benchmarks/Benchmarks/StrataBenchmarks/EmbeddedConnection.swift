@@ -4,6 +4,7 @@ import NIOEmbedded
 import Strata
 import StrataDisks
 @_spi(Embedding) import StrataNBD
+import StrataNBDProtocol
 
 /// The server's real connection handler on an `EmbeddedChannel`, negotiated as libnbd
 /// negotiates (fixed newstyle, structured replies, GO), serving a memory disk whose every

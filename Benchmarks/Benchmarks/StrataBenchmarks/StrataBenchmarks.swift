@@ -3,6 +3,7 @@ import NIOCore
 import Strata
 import StrataConfig
 import StrataNBD
+import StrataNBDProtocol
 
 // Each benchmark runs 1000 operations per iteration (`scalingFactor: .kilo`), so the
 // figures are per operation, and the malloc count of an iteration (counted between

@@ -1,5 +1,6 @@
 import NIOCore
 import Strata
+import StrataNBDProtocol
 
 /// What the connection keeps about one request in flight.
 struct RequestSlot {

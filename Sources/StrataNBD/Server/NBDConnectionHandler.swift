@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Strata
+import StrataNBDProtocol
 
 /// One client connection: the handshake, then requests mapped onto bio requests sent to
 /// the export's provider, replies written as requests complete, in any order.

@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import Strata
+import StrataNBDProtocol
 
 /// A provider served under a name.
 public struct NBDExport: Sendable {

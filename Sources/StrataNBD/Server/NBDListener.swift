@@ -5,6 +5,7 @@ import Glibc
 #endif
 import NIOCore
 import Strata
+import StrataNBDProtocol
 import Synchronization
 
 /// A listening socket and the thread that accepts on it.

@@ -6,6 +6,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Strata
+import StrataNBDProtocol
 import Synchronization
 
 /// An NBD server: exports providers of a topology to NBD clients (qemu, libnbd, fio,

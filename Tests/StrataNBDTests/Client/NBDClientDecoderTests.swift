@@ -1,6 +1,8 @@
 import NIOCore
 import NIOTestUtils
-@testable import StrataNBD
+import StrataNBD
+@testable import StrataNBDClient
+import StrataNBDProtocol
 import Testing
 
 /// The client's reply decoder under NIO's verifier (whatever way the bytes are split,

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
-import StrataNBD
+import StrataNBDClient
+import StrataNBDProtocol
 import Testing
 
 /// The client against servers it did not grow up with: `nbdkit memory` and `qemu-nbd`

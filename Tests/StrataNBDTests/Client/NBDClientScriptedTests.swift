@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
-import StrataNBD
+import StrataNBDClient
+import StrataNBDProtocol
 import Testing
 
 /// The client against a scripted server, for the replies real servers do not send on

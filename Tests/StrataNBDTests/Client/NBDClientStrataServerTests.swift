@@ -3,6 +3,8 @@ import NIOCore
 import Strata
 import StrataDisks
 import StrataNBD
+import StrataNBDClient
+import StrataNBDProtocol
 import Testing
 
 /// The client against our own server (a 64 MiB memory disk on a Unix socket), in every

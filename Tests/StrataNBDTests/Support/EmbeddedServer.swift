@@ -4,6 +4,7 @@ import NIOEmbedded
 import Strata
 import StrataDisks
 @testable import StrataNBD
+import StrataNBDProtocol
 
 /// One server connection on an EmbeddedChannel: bytes in, bytes out, no sockets.
 final class EmbeddedServer {

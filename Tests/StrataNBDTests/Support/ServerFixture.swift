@@ -4,6 +4,7 @@ import NIOCore
 import Strata
 import StrataDisks
 import StrataNBD
+import StrataNBDProtocol
 
 /// A server on a Unix socket in a fresh directory, exporting disks made for the test.
 final class ServerFixture: @unchecked Sendable {

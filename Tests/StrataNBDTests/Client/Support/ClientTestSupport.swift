@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import NIOCore
-import StrataNBD
+import StrataNBDClient
 import Synchronization
 import Testing
 

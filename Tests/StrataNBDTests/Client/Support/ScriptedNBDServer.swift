@@ -2,6 +2,8 @@ import Foundation
 import NIOCore
 import NIOPosix
 import StrataNBD
+import StrataNBDClient
+import StrataNBDProtocol
 import Synchronization
 
 /// A fake NBD server on a Unix socket whose transmission replies the test writes byte

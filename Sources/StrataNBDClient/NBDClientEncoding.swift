@@ -1,4 +1,5 @@
 import NIOCore
+import StrataNBDProtocol
 
 /// Writing the client's messages, the counterpart of `NBDReplyEncoding` on the server.
 extension ByteBuffer {

@@ -59,23 +59,27 @@ public enum NBDInfo: UInt16, Sendable {
     case blockSize = 3
 }
 
+// The flags of the two option sets below are inlinable computed properties, not stored
+// ones: other modules (the server checks several flags a request) read a stored one
+// through a call, and fold a literal into their code.
+
 /// Transmission flags: what an export supports.
 public struct NBDTransmissionFlags: OptionSet, Sendable, Hashable {
     public let rawValue: UInt16
     public init(rawValue: UInt16) { self.rawValue = rawValue }
-    public static let hasFlags = Self(rawValue: 1 << 0)
-    public static let readOnly = Self(rawValue: 1 << 1)
-    public static let sendFlush = Self(rawValue: 1 << 2)
-    public static let sendFUA = Self(rawValue: 1 << 3)
-    public static let rotational = Self(rawValue: 1 << 4)
-    public static let sendTrim = Self(rawValue: 1 << 5)
-    public static let sendWriteZeroes = Self(rawValue: 1 << 6)
-    public static let sendDF = Self(rawValue: 1 << 7)
-    public static let canMultiConn = Self(rawValue: 1 << 8)
-    public static let sendResize = Self(rawValue: 1 << 9)
-    public static let sendCache = Self(rawValue: 1 << 10)
-    public static let sendFastZero = Self(rawValue: 1 << 11)
-    public static let blockStatusPayload = Self(rawValue: 1 << 12)
+    @inlinable public static var hasFlags: Self { Self(rawValue: 1 << 0) }
+    @inlinable public static var readOnly: Self { Self(rawValue: 1 << 1) }
+    @inlinable public static var sendFlush: Self { Self(rawValue: 1 << 2) }
+    @inlinable public static var sendFUA: Self { Self(rawValue: 1 << 3) }
+    @inlinable public static var rotational: Self { Self(rawValue: 1 << 4) }
+    @inlinable public static var sendTrim: Self { Self(rawValue: 1 << 5) }
+    @inlinable public static var sendWriteZeroes: Self { Self(rawValue: 1 << 6) }
+    @inlinable public static var sendDF: Self { Self(rawValue: 1 << 7) }
+    @inlinable public static var canMultiConn: Self { Self(rawValue: 1 << 8) }
+    @inlinable public static var sendResize: Self { Self(rawValue: 1 << 9) }
+    @inlinable public static var sendCache: Self { Self(rawValue: 1 << 10) }
+    @inlinable public static var sendFastZero: Self { Self(rawValue: 1 << 11) }
+    @inlinable public static var blockStatusPayload: Self { Self(rawValue: 1 << 12) }
 }
 
 /// Commands of the transmission phase.
@@ -107,12 +111,12 @@ public enum NBDCommand: UInt16, Sendable, CustomStringConvertible {
 public struct NBDCommandFlags: OptionSet, Sendable, Hashable {
     public let rawValue: UInt16
     public init(rawValue: UInt16) { self.rawValue = rawValue }
-    public static let fua = Self(rawValue: 1 << 0)
-    public static let noHole = Self(rawValue: 1 << 1)
-    public static let dontFragment = Self(rawValue: 1 << 2)
-    public static let requestOne = Self(rawValue: 1 << 3)
-    public static let fastZero = Self(rawValue: 1 << 4)
-    public static let payloadLength = Self(rawValue: 1 << 5)
+    @inlinable public static var fua: Self { Self(rawValue: 1 << 0) }
+    @inlinable public static var noHole: Self { Self(rawValue: 1 << 1) }
+    @inlinable public static var dontFragment: Self { Self(rawValue: 1 << 2) }
+    @inlinable public static var requestOne: Self { Self(rawValue: 1 << 3) }
+    @inlinable public static var fastZero: Self { Self(rawValue: 1 << 4) }
+    @inlinable public static var payloadLength: Self { Self(rawValue: 1 << 5) }
 }
 
 /// Structured and extended reply chunk types.
@@ -163,21 +167,7 @@ public enum NBDAllocationFlags {
     public static let zero: UInt32 = 1 << 1
 }
 
-/// The one metadata context Strata serves.
+/// Metadata contexts: the one Strata serves and its client selects.
 public enum NBDMetaContext {
     public static let baseAllocation = "base:allocation"
-    /// The id the server gives `base:allocation` on every connection.
-    public static let baseAllocationID: UInt32 = 1
-}
-
-/// Sizes the server works with.
-public enum NBDLimits {
-    /// Largest READ or WRITE payload (and advertised maximum).
-    public static let maximumPayload = 32 << 20
-    /// Largest option payload kept in memory; longer ones are discarded and refused.
-    public static let maximumOptionLength = 16 << 10
-    /// Extents reported in one block-status chunk at most.
-    public static let maximumExtents = 1 << 16
-    /// Bytes of an error message at most (qemu hangs up on non-data payloads over 1000).
-    public static let maximumMessage = 200
 }

@@ -1,4 +1,5 @@
 import NIOCore
+import StrataNBDProtocol
 
 /// What a request's reply delivered, once its last chunk is in.
 enum NBDReplyOutcome: Sendable {

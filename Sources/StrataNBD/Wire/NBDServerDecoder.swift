@@ -1,4 +1,5 @@
 import NIOCore
+import StrataNBDProtocol
 
 /// One request's header, compact or extended.
 public struct NBDRequestHeader: Sendable, Hashable {

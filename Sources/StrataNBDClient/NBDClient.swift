@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import StrataNBDProtocol
 
 /// An NBD client: one connection to one export of an NBD server (ours, nbdkit,
 /// qemu-nbd, nbd-server), over TCP or a Unix socket.

@@ -1,4 +1,5 @@
 import NIOCore
+import StrataNBDProtocol
 
 /// Writing the server's messages. Each function appends one message header (and, for
 /// the small messages, its payload) to a buffer.

@@ -1,3 +1,5 @@
+import StrataNBDProtocol
+
 /// Why an `NBDClient` call failed.
 public enum NBDClientError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The server refused an option of the handshake. `reply` is the option reply type

@@ -1,4 +1,5 @@
 import NIOCore
+import StrataNBDProtocol
 
 /// What the client reads from a server, one whole message at a time.
 package enum NBDServerMessage: Equatable, Sendable {

@@ -1,4 +1,5 @@
 import NIOCore
+import StrataNBDProtocol
 
 /// What the handshake learnt about the export and agreed with the server.
 struct NBDNegotiatedExport: Sendable {
