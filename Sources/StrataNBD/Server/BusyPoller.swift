@@ -26,14 +26,14 @@ import Synchronization
 /// and each quick arrival doubling it leaves it where it was, too short for the
 /// client's turn. On a machine whose round trip at queue depth 1 took 25 to 30 µs,
 /// a 50 µs limit then ran at 17,000 to 26,000 IOPS, and at 34,000 to 41,000 judged
-/// when the input came (`docs/PERFORMANCE.md`, session 11).
+/// when the input came.
 ///
 /// A poll whose first check finds input saved no sleep: the request came before the
 /// loop would have slept, as it does when a client keeps several in flight but they
 /// reach the server one per read. After 8 such polls in a row the next 56 are skipped,
 /// so that such a client pays for a `poll` on one read in eight rather than on each;
 /// at queue depth 1 a first check never finds the next request, which the client
-/// sends only once answered. On a machine whose system calls are dear (session 11)
+/// sends only once answered. On a machine whose system calls are dear
 /// the server made 0.47 polls a request at fio's QD32, 98.7% of them found at once.
 ///
 /// Only a loop serving one connection polls, and only while that connection has
