@@ -1,11 +1,13 @@
-/// What a configuration asks to build, checked before any disk is opened: every entry's
-/// class and keys, the order the entries can be made in, and what tasting must leave
-/// alone.
+import Strata
+
+/// What a configuration asks to build, checked before any disk is opened: the order the
+/// entries can be made in, and what tasting must leave alone. (Each entry's class and
+/// keys were checked as the file was read.)
 struct AssemblyPlan {
     struct Step {
         /// The entry's index in `Configuration.geoms`.
         let index: Int
-        let geomClass: any ConfigurableClass
+        let definition: any ClassDefinition.Type
     }
 
     /// The geom entries, each after the entries whose providers it consumes; among
@@ -16,35 +18,16 @@ struct AssemblyPlan {
     /// The names of the geoms the entries make: tasting never makes one.
     let reservedGeomNames: Set<String>
 
-    /// - Throws: `ConfigError` for an unknown class or key, or entries that consume each
-    ///   other in a cycle.
-    init(_ configuration: Configuration, classes: [any ConfigurableClass]) throws {
-        let file = configuration.file
-        var steps: [Step] = []
-        for (index, spec) in configuration.geoms.enumerated() {
-            let path = "geoms[\(index)]"
-            guard let geomClass = classes.first(where: { $0.name == spec.className }) else {
-                let known = classes.map(\.name)
-                var problem = "is not a known class (known: \(known.joined(separator: ", ")))"
-                if let guess = nearest(spec.className, among: known) { problem = "is not a known class; did you mean '\(guess)'?" }
-                throw ConfigError(file: file, line: spec.line, key: "\(path).class", value: spec.className, problem: problem)
-            }
-            for (key, value) in spec.parameters.sorted(by: { $0.key < $1.key }) where !geomClass.parameterKeys.contains(key) {
-                let allowed = ConfigurationLoader.geomKeys + geomClass.parameterKeys
-                var problem = "is not a key of class \(geomClass.name) (known: \(allowed.joined(separator: ", ")))"
-                if let guess = nearest(key, among: allowed) { problem = "is not a key of class \(geomClass.name); did you mean '\(guess)'?" }
-                throw ConfigError(file: file, line: value.line, key: value.key, value: nil, problem: problem)
-            }
-            steps.append(Step(index: index, geomClass: geomClass))
-        }
-
+    /// - Throws: `ConfigError` for entries that consume each other in a cycle.
+    init(_ configuration: Configuration) throws {
+        let specs = configuration.geoms
+        let steps = specs.enumerated().map { index, spec in Step(index: index, definition: ClassRegistry.named(spec.className)!) }
         // The entries each entry waits for: those that may offer a provider it consumes.
         // A name no entry offers is a disk's, or one tasting is to make (a partition of
         // a disk the file gives no part entry), looked for when the entry is made.
-        let specs = configuration.geoms
         let waitsFor: [[Int]] = specs.map { spec in
             spec.consumers.flatMap { consumer in
-                steps.filter { $0.geomClass.offers(consumer, entry: specs[$0.index].name) }.map(\.index)
+                steps.filter { $0.definition.offers(consumer, entry: specs[$0.index].name) }.map(\.index)
             }
         }
         var made = Set<Int>()
@@ -59,7 +42,7 @@ struct AssemblyPlan {
         }
         self.order = order
         claimed = Set(specs.flatMap(\.consumers) + configuration.exports.map(\.provider))
-        reservedGeomNames = Set(steps.map { $0.geomClass.geomName(forEntry: specs[$0.index].name) })
+        reservedGeomNames = Set(steps.map { $0.definition.geomName(forEntry: specs[$0.index].name) })
     }
 
     /// The error for entries that wait on each other: one cycle among them, named.

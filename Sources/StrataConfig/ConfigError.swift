@@ -28,29 +28,3 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
         return text + ": " + problem
     }
 }
-
-/// The known word closest to `word`, if it is close enough to be a likely typo.
-func nearest(_ word: String, among candidates: [String]) -> String? {
-    // A key typed short ("delay" for "delay-ms") is as likely a slip as a typo.
-    if word.count >= 3, let extended = candidates.first(where: { $0.hasPrefix(word) }) { return extended }
-    let scored = candidates.map { ($0, editDistance(word.lowercased(), $0.lowercased())) }
-    guard let best = scored.min(by: { $0.1 < $1.1 }) else { return nil }
-    return best.1 <= max(2, word.count / 3) ? best.0 : nil
-}
-
-/// Levenshtein distance.
-func editDistance(_ a: String, _ b: String) -> Int {
-    let a = Array(a), b = Array(b)
-    if a.isEmpty { return b.count }
-    if b.isEmpty { return a.count }
-    var previous = Array(0...b.count)
-    var current = [Int](repeating: 0, count: b.count + 1)
-    for i in 1...a.count {
-        current[0] = i
-        for j in 1...b.count {
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
-        }
-        swap(&previous, &current)
-    }
-    return previous[b.count]
-}

@@ -1,4 +1,4 @@
-import StrataDisks
+import Strata
 import StrataNBD
 
 /// A topology file, checked: what to build, what to export, where to listen.
@@ -8,8 +8,10 @@ public struct Configuration: Sendable, Equatable {
     public var listen: [ListenURL]
     /// The control socket's path, absolute.
     public var control: String
-    public var disks: [DiskSpec]
-    public var geoms: [GeomSpec]
+    /// The folder relative paths in the file are taken from.
+    public var directory: String
+    public var disks: [EntrySpec]
+    public var geoms: [EntrySpec]
     public var exports: [ExportSpec]
     /// What the NBD server takes in before it stops reading (backpressure and memory).
     public var limits: NBDServer.Limits
@@ -71,33 +73,50 @@ public enum ListenURL: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// A bottom provider.
-public struct DiskSpec: Sendable, Equatable {
-    public enum Backing: Sendable, Equatable {
-        /// A file or block device (path made absolute); the size creates it if missing;
-        /// the engine does its reads, writes and flushes.
-        case file(path: String, size: Int64?, engine: FileDisk.Engine = .automatic)
-        case memory(size: Int64)
-        case null(size: Int64)
-        case zero(size: Int64)
-        /// A memory disk that logs every change for crash tests; all the power-cut
-        /// disks of one file record into one log.
-        case powercut(size: Int64)
-    }
-
+/// An entry of `disks:` or `geoms:`: its name, its class, what it consumes, and the
+/// class's own keys as written, which the class checks (`ClassDefinition`).
+public struct EntrySpec: Sendable, Equatable {
     public var name: String
-    public var backing: Backing
-    public var sectorSize: Int
-    public var line: Int?
-}
-
-/// A geom of a transform class, with the class's own keys left for the class to check.
-public struct GeomSpec: Sendable, Equatable {
-    public var name: String
+    /// The class: a disk's is the key that gives its main value (`file`, `memory`, …).
     public var className: String
+    /// The providers it consumes, for a transform.
     public var consumers: [String]
+    /// The class's keys (for a disk, its main value among them).
     public var parameters: [String: ConfigValue]
     public var line: Int?
+    /// Where it is in the file, as errors name it: `disks[1]`, `geoms[0]`.
+    public var path: String
+
+    public init(name: String, className: String, consumers: [String] = [], parameters: [String: ConfigValue] = [:],
+                line: Int? = nil, path: String) {
+        self.name = name
+        self.className = className
+        self.consumers = consumers
+        self.parameters = parameters
+        self.line = line
+        self.path = path
+    }
+
+    /// The class's keys as (key, text) pairs, in a fixed order.
+    public var settings: [(key: String, text: String)] {
+        parameters.sorted { $0.key < $1.key }.map { ($0.key, $0.value.text) }
+    }
+
+    /// An error of the class's (`SettingError`) at the key it names, or at the entry.
+    public func error(_ error: SettingError, in file: String) -> ConfigError {
+        if let value = parameters[error.key] {
+            return ConfigError(file: file, line: value.line, key: value.key, value: value.text, problem: error.problem)
+        }
+        return ConfigError(file: file, line: line, key: "\(path).\(error.key)", value: error.value ?? name, problem: error.problem)
+    }
+
+    /// Any other error of making it, at the entry.
+    public func error(_ error: any Error, in file: String) -> ConfigError {
+        if let error = error as? SettingError { return self.error(error, in: file) }
+        if let error = error as? ConfigError { return error }
+        let problem = (error as? StrataError)?.message ?? "\(error)"
+        return ConfigError(file: file, line: line, key: path, value: name, problem: problem)
+    }
 }
 
 /// One class parameter as written, with where it was written, so the class's own
@@ -121,7 +140,7 @@ public struct ConfigValue: Sendable, Equatable {
     }
 
     public func size() throws -> Int64 {
-        guard let value = parseSize(text) else { throw error("must be \(sizeForms)") }
+        guard let value = parseByteSize(text) else { throw error("must be \(sizeForms)") }
         return value
     }
 

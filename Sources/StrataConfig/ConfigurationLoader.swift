@@ -1,5 +1,5 @@
 import Foundation
-import StrataDisks
+import Strata
 import StrataNBD
 import Yams
 
@@ -40,8 +40,6 @@ public struct ConfigurationLoader {
 
     static let topKeys = ["listen", "control", "limits", "busy-poll-us", "disks", "geoms", "exports"]
     static let limitKeys = ["requests", "connection-bytes", "server-bytes"]
-    static let diskKinds = ["file", "memory", "null", "zero", "powercut"]
-    static let diskKeys = ["name"] + diskKinds + ["size", "sector-size", "io"]
     static let geomKeys = ["name", "class", "consumers"]
     static let exportKeys = ["name", "provider", "read-only", "description", "default"]
 
@@ -76,13 +74,13 @@ public struct ConfigurationLoader {
             names[name] = kind
         }
 
-        var disks: [DiskSpec] = []
+        var disks: [EntrySpec] = []
         for (index, node) in try list(top["disks"], key: "disks").enumerated() {
             let disk = try self.disk(node, path: "disks[\(index)]")
             try claim(disk.name, node, "disks[\(index)].name", as: "a disk")
             disks.append(disk)
         }
-        var geoms: [GeomSpec] = []
+        var geoms: [EntrySpec] = []
         for (index, node) in try list(top["geoms"], key: "geoms").enumerated() {
             let geom = try self.geom(node, path: "geoms[\(index)]")
             // A part entry is named after the disk it reads; its providers are NAMEp1, ...
@@ -102,7 +100,8 @@ public struct ConfigurationLoader {
         if defaults.count > 1, let second = top["exports"]?.array()[exports.firstIndex { $0 == defaults[1] }!] {
             throw error(second, "exports.default", "true", "only one export can be the default (\(defaults[0].name) is)")
         }
-        return Configuration(file: file, listen: listen, control: control, disks: disks, geoms: geoms, exports: exports,
+        return Configuration(file: file, listen: listen, control: control, directory: baseDirectory, disks: disks, geoms: geoms,
+                             exports: exports,
                              limits: limits, busyPoll: busyPoll)
     }
 
@@ -126,71 +125,61 @@ public struct ConfigurationLoader {
         return limits
     }
 
-    private func disk(_ node: Node, path: String) throws -> DiskSpec {
+    private func disk(_ node: Node, path: String) throws -> EntrySpec {
         let fields = try mapping(node, key: path)
-        try checkKeys(fields, allowed: Self.diskKeys, path: path)
         let name = try required(fields, "name", path: path, in: node)
-        let kinds = Self.diskKinds.filter { fields[$0] != nil }
-        let choices = Self.diskKinds.dropLast().joined(separator: ", ") + " or " + Self.diskKinds.last!
-        guard kinds.count == 1 else {
+        let classes = ClassRegistry.disks.map { $0.name }
+        let kinds = classes.filter { fields[$0] != nil }
+        let choices = classes.dropLast().joined(separator: ", ") + " or " + classes.last!
+        guard kinds.count == 1, let definition = ClassRegistry.named(kinds[0]) else {
             throw error(node, path, nil, kinds.isEmpty ? "needs one of \(choices)"
                         : "has \(kinds.joined(separator: " and ")); a disk is exactly one of \(choices)")
         }
-        var sectorSize = 512
-        if let sector = fields["sector-size"] {
-            let text = try scalar(sector, key: "\(path).sector-size")
-            guard let value = Int(text), value == 512 || value == 4096 else {
-                throw error(sector, "\(path).sector-size", text, "must be 512 or 4096")
-            }
-            sectorSize = value
-        }
-        let backing: DiskSpec.Backing
-        switch kinds[0] {
-        case "file":
-            let file = try scalar(fields["file"]!, key: "\(path).file")
-            let size = try fields["size"].map { try self.size($0, key: "\(path).size") }
-            var engine = FileDisk.Engine.automatic
-            if let io = fields["io"] {
-                let text = try scalar(io, key: "\(path).io")
-                guard let chosen = FileDisk.Engine(rawValue: text) else {
-                    throw error(io, "\(path).io", text, "must be automatic, inline, uring or threads")
-                }
-                engine = chosen
-            }
-            backing = .file(path: absolute(file), size: size, engine: engine)
-        default:
-            if fields["size"] != nil {
-                throw error(fields["size"]!, "\(path).size", nil, "is for file disks; write the size as \(kinds[0]): SIZE")
-            }
-            if fields["io"] != nil {
-                throw error(fields["io"]!, "\(path).io", nil, "is for file disks")
-            }
-            let size = try self.size(fields[kinds[0]]!, key: "\(path).\(kinds[0])")
-            switch kinds[0] {
-            case "memory": backing = .memory(size: size)
-            case "null": backing = .null(size: size)
-            case "zero": backing = .zero(size: size)
-            default: backing = .powercut(size: size)
-            }
-        }
-        return DiskSpec(name: name, backing: backing, sectorSize: sectorSize, line: line(node))
+        return try entry(fields, node: node, path: path, name: name, definition: definition, consumers: [])
     }
 
-    private func geom(_ node: Node, path: String) throws -> GeomSpec {
+    private func geom(_ node: Node, path: String) throws -> EntrySpec {
         let fields = try mapping(node, key: path)
         let name = try required(fields, "name", path: path, in: node)
         let className = try required(fields, "class", path: path, in: node)
+        let known = ClassRegistry.transforms.map { $0.name }
+        guard let definition = ClassRegistry.named(className), known.contains(className) else {
+            var problem = "is not a known class (known: \(known.joined(separator: ", ")))"
+            if let guess = nearestWord(className, among: known) { problem = "is not a known class; did you mean '\(guess)'?" }
+            throw error(fields["class"]!, "\(path).class", className, problem)
+        }
         var consumers: [String] = []
         if let list = fields["consumers"] {
             consumers = try self.list(list, key: "\(path).consumers").enumerated().map { index, item in
                 try scalar(item, key: "\(path).consumers[\(index)]")
             }
         }
+        return try entry(fields, node: node, path: path, name: name, definition: definition, consumers: consumers)
+    }
+
+    /// An entry whose class's keys are known and whose values that class allows.
+    private func entry(_ fields: OrderedFields, node: Node, path: String, name: String,
+                       definition: any ClassDefinition.Type, consumers: [String]) throws -> EntrySpec {
+        let own = definition.shape == .disk ? ["name"] : Self.geomKeys
+        let keys = own + definition.settingKeys.map(\.name)
         var parameters: [String: ConfigValue] = [:]
-        for (key, node) in fields where !Self.geomKeys.contains(key) {
+        for (key, node) in fields where !own.contains(key) {
+            guard keys.contains(key) else {
+                let what = definition.shape == .disk ? "\(definition.name) disks" : "class \(definition.name)"
+                var problem = "is not a key of \(what) (known: \(keys.joined(separator: ", ")))"
+                if let guess = nearestWord(key, among: keys) { problem = "is not a key of \(what); did you mean '\(guess)'?" }
+                throw ConfigError(file: file, line: line(node), key: "\(path).\(key)", value: nil, problem: problem)
+            }
             parameters[key] = try value(node, key: "\(path).\(key)")
         }
-        return GeomSpec(name: name, className: className, consumers: consumers, parameters: parameters, line: line(node))
+        let entry = EntrySpec(name: name, className: definition.name, consumers: consumers, parameters: parameters,
+                              line: line(node), path: path)
+        do {
+            try definition.check(settings: entry.settings)
+        } catch {
+            throw entry.error(error, in: file)
+        }
+        return entry
     }
 
     private func export(_ node: Node, path: String) throws -> ExportSpec {
@@ -265,7 +254,7 @@ public struct ConfigurationLoader {
         for (key, value) in fields where !allowed.contains(key) {
             let full = path.isEmpty ? key : "\(path).\(key)"
             var problem = "is not a known key (known: \(allowed.joined(separator: ", ")))"
-            if let guess = nearest(key, among: allowed) { problem = "is not a known key; did you mean '\(guess)'?" }
+            if let guess = nearestWord(key, among: allowed) { problem = "is not a known key; did you mean '\(guess)'?" }
             throw ConfigError(file: file, line: line(value), key: full, value: nil, problem: problem)
         }
     }

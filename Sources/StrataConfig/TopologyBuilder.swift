@@ -1,37 +1,12 @@
 import Foundation
 import Strata
-import StrataClasses
-import StrataDisks
 import StrataNBD
-
-/// A transform class that can be named in a topology file. The builder hands it the
-/// geom's entry: its name, the providers it consumes, and its own keys, which the class
-/// checks with its own messages (`ConfigValue.error`).
-public protocol ConfigurableClass: Sendable {
-    /// The `class:` value that selects it, e.g. "mirror".
-    var name: String { get }
-    /// The keys of its own it accepts.
-    var parameterKeys: [String] { get }
-    /// Makes the geom over exactly `consumers`, adds it to `topology` and creates its
-    /// providers. A class with metadata reads it from `consumers` and reassembles the
-    /// geom from it, or writes it where they are blank; metadata that contradicts the
-    /// entry is an error.
-    func make(_ spec: GeomSpec, over consumers: [Provider], in topology: Topology) throws -> Geom
-    /// The name of the geom an entry makes (a label's is `label/NAME`).
-    func geomName(forEntry name: String) -> String
-    /// Whether the geom of entry `entry` may offer a provider named `provider`.
-    func offers(_ provider: String, entry: String) -> Bool
-}
-
-extension ConfigurableClass {
-    public func geomName(forEntry name: String) -> String { name }
-    public func offers(_ provider: String, entry: String) -> Bool { provider == entry }
-}
 
 /// What a configuration built: the topology, its disks and geoms, and the exports to serve.
 public struct BuiltTopology: Sendable {
     public let topology: Topology
-    public let disks: [Disk]
+    /// The disks' geoms, in the file's order.
+    public let disks: [Geom]
     public let geoms: [Geom]
     public let exports: [NBDExport]
 
@@ -67,9 +42,8 @@ public enum TopologyBuilder {
     /// Builds and finishes the assembly at once.
     /// - Throws: `ConfigError` for anything the file got wrong: a disk that cannot be
     ///   opened, an unknown class or key, a name that refers to no provider, a cycle.
-    public static func build(_ configuration: Configuration, classes: [any ConfigurableClass] = availableClasses,
-                             topology: Topology = Topology()) throws -> BuiltTopology {
-        let built = try assemble(configuration, classes: classes, topology: topology)
+    public static func build(_ configuration: Configuration, topology: Topology = Topology()) throws -> BuiltTopology {
+        let built = try assemble(configuration, topology: topology)
         do {
             try built.finish()
         } catch {
@@ -83,13 +57,12 @@ public enum TopologyBuilder {
     /// nothing logged until `BuiltTopology.finish`, so a start that fails later still
     /// changes nothing (`BuiltTopology.abandon`). On an error the topology is taken
     /// down, silently, before the error is thrown.
-    public static func assemble(_ configuration: Configuration, classes: [any ConfigurableClass] = availableClasses,
-                                topology: Topology = Topology()) throws -> BuiltTopology {
-        let plan = try AssemblyPlan(configuration, classes: classes)
+    public static func assemble(_ configuration: Configuration, topology: Topology = Topology()) throws -> BuiltTopology {
+        let plan = try AssemblyPlan(configuration)
         topology.claim(plan.claimed)
         topology.beginAssembly(reserving: plan.reservedGeomNames)
         let registered = Set(topology.classes.map(\.name))
-        for geomClass in tastingClasses where !registered.contains(geomClass.name) { topology.register(geomClass) }
+        for geomClass in ClassRegistry.tasters where !registered.contains(geomClass.name) { topology.register(geomClass) }
         do {
             return try build(plan, configuration: configuration, topology: topology)
         } catch {
@@ -100,17 +73,9 @@ public enum TopologyBuilder {
     }
 
     private static func build(_ plan: AssemblyPlan, configuration: Configuration, topology: Topology) throws -> BuiltTopology {
-        let file = configuration.file
-        var disks: [Disk] = []
-        // One log for every power-cut disk: a crash point cuts all of them at once.
-        let powerCutLog = PowerCutLog()
-        for (index, spec) in configuration.disks.enumerated() {
-            do {
-                disks.append(try makeDisk(spec, in: topology, powerCutLog: powerCutLog))
-            } catch let error as StrataError {
-                let key = "disks[\(index)]"
-                throw ConfigError(file: file, line: spec.line, key: key, value: spec.name, problem: error.description)
-            }
+        var disks: [Geom] = []
+        for spec in configuration.disks {
+            disks.append(try make(spec, over: [], configuration: configuration, topology: topology))
         }
 
         var geoms: [Geom] = []
@@ -126,8 +91,7 @@ public enum TopologyBuilder {
                 }
                 consumers.append(provider)
             }
-            geoms.append(try makeGeom(spec, index: step.index, geomClass: step.geomClass, over: consumers, file: file,
-                                      topology: topology))
+            geoms.append(try make(spec, over: consumers, configuration: configuration, topology: topology))
         }
         settle(topology)
 
@@ -143,58 +107,30 @@ public enum TopologyBuilder {
         return BuiltTopology(topology: topology, disks: disks, geoms: geoms, exports: exports)
     }
 
-    /// Lets tasting finish with what exists: every announcement is handled, and a mirror
-    /// found by tasting with components missing is given its wait to start degraded.
+    /// Lets tasting finish with what exists: every announcement is handled, and a geom
+    /// found by tasting with components missing (a mirror) is given its wait to start
+    /// without them.
     private static func settle(_ topology: Topology) {
         topology.settle()
-        waitForMirrorsGatheringComponents(in: topology)
+        topology.waitWhileGathering(seconds: 3)
     }
 
     private static func missingProvider(_ name: String, key: String, line: Int?, configuration: Configuration,
                                         topology: Topology) -> ConfigError {
         let known = topology.providers.map(\.name).filter { !$0.hasPrefix("taste:") }
         var problem = "names no provider (providers: \(known.joined(separator: ", ")))"
-        if let guess = nearest(name, among: known) { problem = "names no provider; did you mean '\(guess)'?" }
+        if let guess = nearestWord(name, among: known) { problem = "names no provider; did you mean '\(guess)'?" }
         return ConfigError(file: configuration.file, line: line, key: key, value: name, problem: problem)
     }
 
-    /// A mirror missing components starts after a short wait (degraded): give it that
-    /// long before entries and exports look for its provider.
-    private static func waitForMirrorsGatheringComponents(in topology: Topology) {
-        let deadline = ContinuousClock.now + .seconds(3)
-        while ContinuousClock.now < deadline,
-              topology.geoms.contains(where: { $0 is MirrorGeom && $0.providers.isEmpty && $0.topology != nil }) {
-            Thread.sleep(forTimeInterval: 0.02)
-        }
-        topology.settle()
-    }
-
-    private static func makeDisk(_ spec: DiskSpec, in topology: Topology, powerCutLog: PowerCutLog) throws -> Disk {
-        switch spec.backing {
-        case .file(let path, let size, let engine):
-            return try FileDisk.create(in: topology, name: spec.name, path: path, size: size, sectorSize: spec.sectorSize,
-                                       engine: engine)
-        case .memory(let size):
-            return try MemoryDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
-        case .null(let size):
-            return try NullDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
-        case .zero(let size):
-            return try ZeroDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize)
-        case .powercut(let size):
-            return try PowerCutDisk.create(in: topology, name: spec.name, size: size, sectorSize: spec.sectorSize, log: powerCutLog)
-        }
-    }
-
-    private static func makeGeom(_ spec: GeomSpec, index: Int, geomClass: any ConfigurableClass, over consumers: [Provider],
-                                 file: String, topology: Topology) throws -> Geom {
+    /// Makes an entry's geom through its class; errors name the entry's file and line.
+    private static func make(_ spec: EntrySpec, over consumers: [Provider], configuration: Configuration,
+                             topology: Topology) throws -> Geom {
         do {
-            return try geomClass.make(spec, over: consumers, in: topology)
-        } catch let error as ConfigError {
-            throw error
-        } catch let error as StrataError {
-            throw ConfigError(file: file, line: spec.line, key: "geoms[\(index)]", value: spec.name, problem: error.message)
+            return try ClassRegistry.named(spec.className)!.make(name: spec.name, consumers: consumers, settings: spec.settings,
+                                                                relativeTo: configuration.directory, in: topology)
         } catch {
-            throw ConfigError(file: file, line: spec.line, key: "geoms[\(index)]", value: spec.name, problem: "\(error)")
+            throw spec.error(error, in: configuration.file)
         }
     }
 }

@@ -3,7 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Strata
-import StrataClasses
+import StrataConfig
 
 /// The control endpoint of a running server: HTTP/1.1 with JSON bodies on a Unix
 /// socket, so `curl --unix-socket SOCK http://strata/v1/topology` works as well as the
@@ -46,142 +46,137 @@ public final class ControlServer: Sendable {
     /// Answers one request: status, content type, body.
     func respond(method: HTTPMethod, path: String, body: Data = Data()) -> (HTTPResponseStatus, String, Data) {
         let route = path.split(separator: "?").first.map(String.init) ?? path
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        func json<T: Encodable>(_ value: T) -> (HTTPResponseStatus, String, Data) {
-            (.ok, "application/json", (try? encoder.encode(value)) ?? Data())
+        let parts = route.split(separator: "/").map { String($0).removingPercentEncoding ?? String($0) }
+        switch (method, route) {
+        case (.GET, "/v1/topology"): return json(TopologyReport(topology))
+        case (.GET, "/v1/status"): return json(StatusReport(topology))
+        case (.GET, "/v1/stats"): return json(StatsReport(topology))
+        case (.GET, "/v1/classes"): return json(registeredClasses.map(ClassReport.init))
+        case (.GET, "/metrics"): return (.ok, "text/plain; version=0.0.4", Data(metrics.scrape(StatsReport(topology), server: serverGauges())))
+        default: break
         }
-        if route.hasPrefix("/v1/mirror/") {
-            return mirror(route: String(route.dropFirst("/v1/mirror/".count)), method: method, body: body, encoder: encoder)
+        if parts.count == 3 || parts.count == 4, parts[0] == "v1", let definition = ClassRegistry.named(parts[1]) {
+            return verb(of: definition, target: parts[2], verb: parts.count == 4 ? parts[3] : "show", method: method, body: body)
         }
-        if route.hasPrefix("/v1/powercut/") {
-            return powerCut(route: String(route.dropFirst("/v1/powercut/".count)), method: method, body: body, encoder: encoder)
+        if ["/v1/topology", "/v1/status", "/v1/stats", "/v1/classes", "/metrics"].contains(route) {
+            return failure(.methodNotAllowed, "only GET is served on \(route)")
         }
-        if route.hasPrefix("/v1/nop/") {
-            return nop(named: String(route.dropFirst("/v1/nop/".count)), method: method, body: body, encoder: encoder)
-        }
-        guard method == .GET else {
-            return (.methodNotAllowed, "application/json", Data(#"{"error": "only GET is served on \#(route)"}"#.utf8))
-        }
-        switch route {
-        case "/v1/topology": return json(TopologyReport(topology))
-        case "/v1/status": return json(StatusReport(topology))
-        case "/v1/stats": return json(StatsReport(topology))
-        case "/metrics": return (.ok, "text/plain; version=0.0.4", Data(metrics.scrape(StatsReport(topology), server: serverGauges())))
-        default:
-            return (.notFound, "application/json", Data(#"{"error": "no route \#(route)"}"#.utf8))
-        }
+        return failure(.notFound, "no route \(route) (routes: /v1/topology, /v1/status, /v1/stats, /v1/classes, /metrics, /v1/CLASS/NAME[/VERB])")
     }
-}
 
-extension ControlServer {
-    /// `GET /v1/nop/NAME`: settings and statistics. `POST /v1/nop/NAME` with any of
-    /// `read-fail-percent`, `write-fail-percent`, `error`, `delay-ms`, `count-until-fail`:
-    /// changes them and answers like GET.
-    func nop(named name: String, method: HTTPMethod, body: Data, encoder: JSONEncoder) -> (HTTPResponseStatus, String, Data) {
-        func failure(_ status: HTTPResponseStatus, _ message: String) -> (HTTPResponseStatus, String, Data) {
-            (status, "application/json", (try? encoder.encode(["error": message])) ?? Data())
+    /// `GET|POST /v1/CLASS/TARGET/VERB`: a verb of a class (`ClassVerb`), with its
+    /// arguments and options as a JSON object of names to values; a verb that only
+    /// looks also answers GET, and `show` is the verb of `/v1/CLASS/TARGET`.
+    func verb(of definition: any ClassDefinition.Type, target: String, verb name: String, method: HTTPMethod,
+              body: Data) -> (HTTPResponseStatus, String, Data) {
+        guard let verb = definition.verbs.first(where: { $0.name == name }) else {
+            let verbs = definition.verbs.map(\.name)
+            return failure(.notFound, "\(name) is not a verb of \(definition.name) (verbs: \(verbs.isEmpty ? "none" : verbs.joined(separator: ", ")))")
         }
-        guard let nop = topology.geom(named: name) as? NopGeom else { return failure(.notFound, "no nop geom named \(name)") }
-        if method == .POST {
-            guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
-                return failure(.badRequest, "the body must be a JSON object")
-            }
-            var settings = nop.settings
-            let keys = ["read-fail-percent", "write-fail-percent", "error", "delay-ms", "count-until-fail"]
-            for (key, value) in object {
-                guard keys.contains(key) else { return failure(.badRequest, "\(key) is not a nop setting (settings: \(keys.joined(separator: ", ")))") }
-                guard let number = value as? Int else { return failure(.badRequest, "\(key) must be a whole number") }
-                switch key {
-                case "read-fail-percent": settings.readFailPercent = number
-                case "write-fail-percent": settings.writeFailPercent = number
-                case "error": settings.error = Int32(clamping: number)
-                case "delay-ms": settings.delayMilliseconds = number
-                default: settings.countUntilFail = number
-                }
-            }
-            do {
-                try nop.configure(settings)
-            } catch let error as StrataError {
-                return failure(.badRequest, error.message)
-            } catch {
-                return failure(.badRequest, "\(error)")
-            }
-        } else if method != .GET {
-            return failure(.methodNotAllowed, "GET or POST")
+        guard method == .POST || method == .GET && verb.onlyLooks else {
+            return failure(.methodNotAllowed, verb.onlyLooks ? "GET or POST" : "POST")
         }
-        let report = NopReport(name: nop.name, settings: nop.settings, statistics: nop.statistics)
-        return (.ok, "application/json", (try? encoder.encode(report)) ?? Data())
-    }
-}
-
-extension ControlServer {
-    /// `POST /v1/mirror/NAME/insert|remove|rebuild` with `{"component": PROVIDER}`, and
-    /// `POST /v1/mirror/NAME/forget`: change a running mirror; answers its status.
-    func mirror(route: String, method: HTTPMethod, body: Data, encoder: JSONEncoder) -> (HTTPResponseStatus, String, Data) {
-        func failure(_ status: HTTPResponseStatus, _ message: String) -> (HTTPResponseStatus, String, Data) {
-            (status, "application/json", (try? encoder.encode(["error": message])) ?? Data())
+        var geom: Geom?
+        var provider: Provider?
+        switch verb.target {
+        case .geom:
+            geom = [definition.geomName(forEntry: target), target].lazy.compactMap { self.topology.geom(named: $0) }
+                .first { $0.className == definition.geomClassName }
+            guard geom != nil else { return failure(.notFound, "no \(definition.name) geom named \(target)") }
+        case .provider:
+            provider = topology.provider(named: target)
+            guard provider != nil else { return failure(.notFound, "no provider named \(target)") }
         }
-        let parts = route.split(separator: "/").map(String.init)
-        guard parts.count == 2, ["insert", "remove", "rebuild", "forget"].contains(parts[1]) else {
-            return failure(.notFound, "mirror routes are /v1/mirror/NAME/insert, remove, rebuild and forget")
-        }
-        guard method == .POST else { return failure(.methodNotAllowed, "POST") }
-        guard let mirror = topology.geom(named: parts[0]) as? MirrorGeom else {
-            return failure(.notFound, "no mirror named \(parts[0])")
-        }
-        let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
-        let component = object["component"] as? String
+        let given: [String: String]
         do {
-            switch parts[1] {
-            case "forget":
-                mirror.forget(in: topology)
-            default:
-                guard let component else { return failure(.badRequest, "the body must be {\"component\": NAME}") }
-                if parts[1] == "insert" {
-                    guard let provider = topology.provider(named: component) else {
-                        return failure(.notFound, "no provider named \(component)")
-                    }
-                    try mirror.insert(provider, in: topology)
-                } else if parts[1] == "remove" {
-                    try mirror.remove(component, in: topology)
-                } else {
-                    try mirror.rebuild(component, in: topology)
-                }
-            }
+            given = try VerbBody.decode(body)
+        } catch {
+            return failure(.badRequest, "the body must be a JSON object of names to values")
+        }
+        let arguments = verb.arguments.compactMap { given[$0.name] }
+        let options = given.filter { key, _ in !verb.arguments.contains { $0.name == key } }
+        do {
+            let values = try verb.check(arguments: arguments, options: options)
+            let call = VerbCall(topology: topology, geom: geom, provider: provider, values: values,
+                                optionTexts: options.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+            return json(try verb.run(call))
+        } catch let error as SettingError {
+            return failure(.badRequest, "\(error)")
         } catch let error as StrataError {
-            return failure(.conflict, "\(error)")
+            return failure(error.code == .noDevice ? .notFound : .conflict, "\(error)")
         } catch {
             return failure(.internalServerError, "\(error)")
         }
-        let report = StatusReport(topology).geoms.first { $0.name == mirror.name }
-        return (.ok, "application/json", (try? encoder.encode(report)) ?? Data())
+    }
+
+    private func json(_ value: any Encodable) -> (HTTPResponseStatus, String, Data) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return (.ok, "application/json", (try? encoder.encode(value)) ?? Data())
+    }
+
+    private func failure(_ status: HTTPResponseStatus, _ message: String) -> (HTTPResponseStatus, String, Data) {
+        (status, "application/json", (try? JSONEncoder().encode(["error": message])) ?? Data())
     }
 }
 
-/// What `GET /v1/nop/NAME` answers.
-public struct NopReport: Codable, Sendable {
-    public var name: String
-    public var readFailPercent: Int
-    public var writeFailPercent: Int
-    public var error: Int32
-    public var delayMilliseconds: Int
-    public var countUntilFail: Int
-    public var statistics: NopGeom.Statistics
-
-    enum CodingKeys: String, CodingKey {
-        case name, readFailPercent = "read-fail-percent", writeFailPercent = "write-fail-percent", error
-        case delayMilliseconds = "delay-ms", countUntilFail = "count-until-fail", statistics
+/// A verb's body: a JSON object whose values are strings, numbers or booleans, each
+/// taken as the text a command line would give.
+enum VerbBody {
+    struct Scalar: Decodable {
+        let text: String
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.singleValueContainer()
+            if let text = try? container.decode(String.self) { self.text = text }
+            else if let flag = try? container.decode(Bool.self) { text = flag ? "true" : "false" }
+            else if let number = try? container.decode(Int.self) { text = "\(number)" }
+            else { text = "\(try container.decode(Double.self))" }
+        }
     }
 
-    init(name: String, settings: NopGeom.Settings, statistics: NopGeom.Statistics) {
-        self.name = name
-        readFailPercent = settings.readFailPercent
-        writeFailPercent = settings.writeFailPercent
-        error = settings.error
-        delayMilliseconds = settings.delayMilliseconds
-        countUntilFail = settings.countUntilFail
-        self.statistics = statistics
+    static func decode(_ body: Data) throws -> [String: String] {
+        if body.isEmpty { return [:] }
+        return try JSONDecoder().decode([String: Scalar].self, from: body).mapValues(\.text)
+    }
+}
+
+/// What `GET /v1/classes` says of a class: its settings and verbs.
+public struct ClassReport: Codable, Sendable {
+    public struct Setting: Codable, Sendable {
+        public var name: String
+        public var value: String
+        public var help: String
+        public var changesAtRunTime: Bool
+    }
+
+    public struct Verb: Codable, Sendable {
+        public var name: String
+        public var summary: String
+        public var target: String
+        public var arguments: [String]
+        public var options: [Setting]
+        public var onlyLooks: Bool
+    }
+
+    public var name: String
+    public var summary: String
+    public var kind: String
+    public var settings: [Setting]
+    public var verbs: [Verb]
+
+    init(_ definition: any ClassDefinition.Type) {
+        name = definition.name
+        summary = definition.summary
+        kind = definition.shape == .disk ? "disk" : "transform"
+        settings = definition.settingKeys.map {
+            Setting(name: $0.name, value: $0.kind.placeholder, help: $0.help, changesAtRunTime: $0.changesAtRunTime)
+        }
+        verbs = definition.verbs.map { verb in
+            Verb(name: verb.name, summary: verb.summary, target: verb.target == .geom ? "geom" : "provider",
+                 arguments: verb.arguments.map(\.name),
+                 options: verb.options.map { Setting(name: $0.name, value: $0.kind.placeholder, help: $0.help, changesAtRunTime: false) },
+                 onlyLooks: verb.onlyLooks)
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 import Strata
-import StrataClasses
+import StrataConfig
 
 /// `GET /v1/topology`: every class, geom, provider and consumer (like `geom list`).
 public struct TopologyReport: Codable, Sendable, Equatable {
@@ -124,45 +124,12 @@ public struct StatsReport: Codable, Sendable, Equatable {
     }
 }
 
-/// `GET /v1/status`: one entry per geom that has a state.
+/// `GET /v1/status`: one entry per geom whose class reports a state (`ClassDefinition.status`).
 public struct StatusReport: Codable, Sendable, Equatable {
-    public struct ComponentStatus: Codable, Sendable, Equatable {
-        public var name: String
-        public var state: String
-        public init(name: String, state: String) {
-            self.name = name
-            self.state = state
-        }
-    }
-
-    public struct GeomStatus: Codable, Sendable, Equatable {
-        public var name: String
-        public var className: String
-        public var state: String
-        public var progress: Double
-        public var components: [ComponentStatus]
-
-        enum CodingKeys: String, CodingKey { case name, className = "class", state, progress, components }
-
-        public init(name: String, className: String, state: String, progress: Double, components: [ComponentStatus]) {
-            self.name = name
-            self.className = className
-            self.state = state
-            self.progress = progress
-            self.components = components
-        }
-    }
-
     public var geoms: [GeomStatus]
 
     public init(_ topology: Topology) {
-        // Under the topology lock: insert and remove change components under it.
-        geoms = topology.withLock { topology.geoms }.compactMap { geom in
-            guard let mirror = geom as? MirrorGeom else { return nil }
-            let status = topology.withLock { mirror.providers.isEmpty ? nil : mirror.status }
-            guard let status else { return nil }
-            return GeomStatus(name: mirror.name, className: "mirror", state: status.state, progress: status.progress,
-                              components: status.components.map { ComponentStatus(name: $0.name, state: $0.state) })
-        }
+        // Under the topology lock: verbs change components under it.
+        geoms = topology.withLock { topology.geoms.compactMap { geom in ClassRegistry.of(geom)?.status(of: geom) } }
     }
 }

@@ -46,7 +46,7 @@ struct Bench: ParsableCommand {
         guard BenchPattern(rawValue: rw) != nil else {
             throw ValidationError("--rw '\(rw)' is not read, write, randread, randwrite or randrw")
         }
-        guard let size = parseSize(bs), size <= 32 << 20 else { throw ValidationError("--bs '\(bs)' is not a size up to 32M") }
+        guard let size = parseByteSize(bs), size <= 32 << 20 else { throw ValidationError("--bs '\(bs)' is not a size up to 32M") }
         _ = size
         guard (1...4096).contains(iodepth) else { throw ValidationError("--iodepth \(iodepth) must be from 1 to 4096") }
         guard seconds > 0 && seconds <= 86400 else { throw ValidationError("--seconds \(seconds) must be from 0 to 86400") }
@@ -77,7 +77,7 @@ struct Bench: ParsableCommand {
             let known = topology.providers.map(\.name).joined(separator: ", ")
             throw FailureExit(message: "--provider '\(provider)' is not a provider of this topology (providers: \(known))")
         }
-        let blockSize = Int(parseSize(bs)!)
+        let blockSize = Int(parseByteSize(bs)!)
         guard blockSize % target.sectorSize == 0, Int64(blockSize) <= target.mediaSize else {
             throw FailureExit(message: "--bs \(bs) must be a multiple of \(target.name)'s \(target.sectorSize)-byte sectors and fit in it")
         }

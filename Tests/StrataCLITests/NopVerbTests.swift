@@ -41,7 +41,7 @@ struct NopVerbTests {
         _ = try runProgram(strataBinary, ["nop", "configure", "n0", "--write-fail-percent", "0", "--control", control])
         #expect(try write().contains("ok"))
         let bad = try runProgram(strataBinary, ["nop", "configure", "n0", "--read-fail-percent", "150", "--control", control])
-        #expect(bad.0 == 1 && bad.2.contains("read-fail-percent 150 must be from 0 to 100"), "\(bad)")
+        #expect(bad.0 == 1 && bad.2.contains("read-fail-percent '150': must be a whole number from 0 to 100"), "\(bad)")
         let missing = try runProgram(strataBinary, ["nop", "configure", "nope", "--delay-ms", "1", "--control", control])
         #expect(missing.0 == 1 && missing.2.contains("no nop geom named nope"), "\(missing)")
     }

@@ -49,8 +49,8 @@ struct PowerCutVerbTests {
         #expect(nothing[1048576..<(1048576 + 65536)].allSatisfy { $0 == 0 }, "lost")
 
         let bad = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", out, "--subsets", "0", "--control", control])
-        #expect(bad.0 == 1 && bad.2.contains("subsets must be a whole number from 1 to 64"), "\(bad)")
+        #expect(bad.0 == 1 && bad.2.contains("subsets '0': must be a whole number from 1 to 64"), "\(bad)")
         let missing = try runProgram(strataBinary, ["powercut", "show", "nope", "--control", control])
-        #expect(missing.0 == 1 && missing.2.contains("no power-cut disk named nope"), "\(missing)")
+        #expect(missing.0 == 1 && missing.2.contains("no powercut geom named nope"), "\(missing)")
     }
 }

@@ -204,14 +204,14 @@ import Testing
         let topology = Topology()
         defer { topology.shutdown() }
         let disks = try (0..<2).map { try MemoryDisk.create(in: topology, name: "bad\($0)", size: 1 << 20) }
-        for (size, message) in [(Int64(3000), "stripe-size 3000 is not a power of two of at least 512"),
-                                (256, "stripe-size 256 is not a power of two of at least 512"),
-                                (4 << 20, "stripe-size 4194304 is larger than the smallest component")] {
+        for (size, message) in [(Int64(3000), "stripe-size '3000': must be a power of two of at least 512"),
+                                (256, "stripe-size '256': must be a power of two of at least 512"),
+                                (4 << 20, "stripe-size '4MiB': is larger than the smallest component")] {
             do {
                 try StripeGeom.create(in: topology, name: "s-\(size)", over: disks.map(\.provider), stripeSize: size)
                 Issue.record("stripe-size \(size) accepted")
-            } catch let error as StrataError {
-                #expect(error.message.hasPrefix(message), "\(error)")
+            } catch let error as SettingError {
+                #expect("\(error)".hasPrefix(message), "\(error)")
             }
         }
         #expect(throws: StrataError.self) { try StripeGeom.create(in: topology, name: "one", over: [disks[0].provider]) }

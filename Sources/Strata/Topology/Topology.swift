@@ -23,6 +23,11 @@ public final class Topology: @unchecked Sendable {
     private var geomList: [Geom] = []
     private var providersByName: [String: Provider] = [:]
     private var withering: [Geom] = []
+    /// Geoms tasting has begun that wait for more components before they start
+    /// (`beginGathering`).
+    private var gathering = 0
+    /// Objects classes keep per topology (`shared`), by type.
+    private var sharedObjects: [ObjectIdentifier: AnyObject] = [:]
     /// Providers tasting leaves alone (`claim`).
     private var claimed: Set<String> = []
     /// Set while a class tastes a provider, so that `add` can refuse the names an
@@ -200,6 +205,35 @@ public final class Topology: @unchecked Sendable {
                 emit(.info, "\(geomClass.name) tasted \(provider.name): made \(geom.name)")
             }
         }
+    }
+
+    /// The one object of `type` this topology keeps for a class, made by `make` the first
+    /// time: all the power-cut disks of a topology record into one log, say.
+    public func shared<Object: AnyObject & Sendable>(_ type: Object.Type, make: () -> Object) -> Object {
+        withLock {
+            if let object = sharedObjects[ObjectIdentifier(type)] as? Object { return object }
+            let object = make()
+            sharedObjects[ObjectIdentifier(type)] = object
+            return object
+        }
+    }
+
+    /// A class has begun a geom from tasting that waits a while for the rest of its
+    /// components (a mirror): assembly waits for it too (`waitWhileGathering`). Each call
+    /// is matched by one `endGathering`.
+    public func beginGathering() {
+        withLock { gathering += 1 }
+    }
+
+    public func endGathering() {
+        withLock { gathering -= 1 }
+    }
+
+    /// Waits until no geom is gathering components, or `seconds` pass.
+    public func waitWhileGathering(seconds: Double) {
+        let deadline = monotonicSeconds() + seconds
+        while withLock({ gathering > 0 }) && monotonicSeconds() < deadline { sleepSeconds(0.005) }
+        settle()
     }
 
     // MARK: Claims: what tasting leaves alone

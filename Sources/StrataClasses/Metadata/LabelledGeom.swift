@@ -50,6 +50,9 @@ open class LabelledGeom: Geom, @unchecked Sendable {
 
     var isComplete: Bool { components.allSatisfy { $0 != nil } }
 
+    /// The components' providers in label order ("(missing)" where one is absent).
+    public var componentNames: [String] { components.map { $0?.provider?.name ?? "(missing)" } }
+
     /// Attaches `provider` as component `index` (from its label) and makes the provider
     /// once all are present. Topology locked (tasting or creation).
     func adopt(_ provider: Provider, index: Int, dataSize: Int64, in topology: Topology) throws {

@@ -258,7 +258,9 @@ public final class MirrorClass: GeomClass, @unchecked Sendable {
                                 balance: metadata.balance, slice: metadata.slice, expected: metadata.components,
                                 genid: metadata.genid, syncid: metadata.syncid)
             guard (try? topology.add(mirror)) != nil else { return nil }
+            topology.beginGathering()
             DispatchQueue.global().asyncAfter(deadline: .now() + wait) {
+                defer { topology.endGathering() }
                 topology.withLock {
                     guard mirror.topology === topology, mirror.providers.isEmpty else { return }
                     do { try mirror.launch(in: topology) } catch {

@@ -413,10 +413,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             // Writes that began before the flag was up are not tracked: let them finish.
             while untrackedWrites.load(ordering: .sequentiallyConsistent) > 0 { sleepSeconds(0.001) }
             let finished = copy(into: slot)
-            lock.withLock {
-                rebuilding = nil
-                copying = nil
-            }
+            lock.withLock { copying = nil }
             rebuildActive.store(false, ordering: .sequentiallyConsistent)
             releaseParked()
             if finished {
@@ -424,6 +421,9 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
                 topology?.emit(.notice, "mirror \(name): \(slot.name) synchronized")
             }
             metadataQueue.sync { writeMetadata() }
+            // Only now, with the copy's end on every component, is the mirror COMPLETE:
+            // stopped a moment earlier, it would copy again at the next start.
+            lock.withLock { rebuilding = nil }
             startRebuild()
         }
     }

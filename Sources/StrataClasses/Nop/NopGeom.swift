@@ -77,19 +77,21 @@ public final class NopGeom: Geom, @unchecked Sendable {
 
     /// Makes a nop over `below`: its provider, named `name`, covers `size` bytes (default:
     /// all of `below` past `offset`).
-    /// - Throws: `StrataError` (EINVAL) naming the parameter and value when one is out of range.
+    /// - Throws: `SettingError` naming the parameter and value when one is out of range.
     @discardableResult
     public static func create(in topology: Topology, name: String, over below: Provider, offset: Int64 = 0,
                               size: Int64? = nil, settings: Settings = Settings()) throws -> NopGeom {
         try validate(settings)
         let sector = Int64(below.sectorSize)
         guard offset >= 0, offset % sector == 0, offset < below.mediaSize else {
-            throw StrataError(.invalid, "nop \(name): offset \(offset) must be a multiple of \(sector) inside \(below.name) (\(below.mediaSize) bytes)")
+            throw SettingError(key: "offset", value: formatByteSize(offset),
+                               problem: "must be a multiple of \(sector) inside \(below.name) (\(below.mediaSize) bytes)")
         }
         let available = below.mediaSize - offset
         let mediaSize = size ?? available
         guard mediaSize > 0, mediaSize % sector == 0, mediaSize <= available else {
-            throw StrataError(.invalid, "nop \(name): size \(mediaSize) must be a multiple of \(sector) and at most \(available) (what \(below.name) has past offset \(offset))")
+            throw SettingError(key: "size", value: formatByteSize(mediaSize),
+                               problem: "must be a multiple of \(sector) and at most \(available) (what \(below.name) has past offset \(offset))")
         }
         let geom = NopGeom(name: name, offset: offset, settings: settings)
         try topology.add(geom)
@@ -107,20 +109,13 @@ public final class NopGeom: Geom, @unchecked Sendable {
         return geom
     }
 
-    /// Checks settings; the message names the parameter and the value.
-    public static func validate(_ settings: Settings) throws {
-        for (name, value) in [("read-fail-percent", settings.readFailPercent), ("write-fail-percent", settings.writeFailPercent)]
-            where !(0...100).contains(value) {
-            throw StrataError(.invalid, "\(name) \(value) must be from 0 to 100")
-        }
-        guard (1...4095).contains(settings.error) else {
-            throw StrataError(.invalid, "error \(settings.error) must be an errno from 1 to 4095")
-        }
-        guard (0...60_000).contains(settings.delayMilliseconds) else {
-            throw StrataError(.invalid, "delay-ms \(settings.delayMilliseconds) must be from 0 to 60000")
-        }
-        guard settings.countUntilFail >= 0 else {
-            throw StrataError(.invalid, "count-until-fail \(settings.countUntilFail) must not be negative")
+    /// Checks settings against the ranges of the class's keys (`NopDefinition`); the
+    /// error names the key and the value.
+    public static func validate(_ settings: Settings) throws(SettingError) {
+        var values = NopDefinition.Settings()
+        values.injection = settings
+        for (key, value) in values.written where ["read-fail-percent", "write-fail-percent", "error", "delay-ms", "count-until-fail"].contains(key) {
+            _ = try NopDefinition.Settings.parse([(key, value)])
         }
     }
 

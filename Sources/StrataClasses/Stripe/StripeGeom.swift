@@ -15,8 +15,9 @@ public final class StripeGeom: LabelledGeom, @unchecked Sendable {
     }
 
     /// Makes a stripe over `providers` and labels them.
-    /// - Throws: `StrataError` naming the parameter when the stripe size is not a power of
-    ///   two at least the sector size, or there are fewer than 2 components.
+    /// - Throws: `SettingError` when the stripe size is not a power of two at least the
+    ///   sector size or is larger than a component, `StrataError` when there are fewer
+    ///   than 2 components.
     @discardableResult
     public static func create(in topology: Topology, name: String, over providers: [Provider],
                               stripeSize: Int64 = 64 << 10) throws -> StripeGeom {
@@ -25,11 +26,13 @@ public final class StripeGeom: LabelledGeom, @unchecked Sendable {
         }
         let sector = Int64(providers.map(\.sectorSize).max()!)
         guard stripeSize >= sector, stripeSize & (stripeSize - 1) == 0 else {
-            throw StrataError(.invalid, "stripe-size \(stripeSize) is not a power of two of at least \(sector) (the sector size)")
+            throw SettingError(key: "stripe-size", value: formatByteSize(stripeSize),
+                               problem: "must be a power of two of at least \(sector) (the sector size)")
         }
         let smallest = providers.map { $0.mediaSize - Int64($0.sectorSize) }.min()!
         guard smallest >= stripeSize else {
-            throw StrataError(.invalid, "stripe-size \(stripeSize) is larger than the smallest component (\(smallest) bytes)")
+            throw SettingError(key: "stripe-size", value: formatByteSize(stripeSize),
+                               problem: "is larger than the smallest component (\(smallest) bytes)")
         }
         let geom = StripeGeom(name: name, id: UInt64.random(in: 1...UInt64.max), count: providers.count, stripeSize: stripeSize)
         try LabelledAssembly.create(geom, over: providers, in: topology)

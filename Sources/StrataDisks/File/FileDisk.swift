@@ -21,6 +21,9 @@ public final class FileDisk: Disk, @unchecked Sendable {
     public let isBlockDevice: Bool
     /// How the I/O is done: `.inline`, `.uring` or `.threads`, never `.automatic`.
     public let engine: Engine
+    /// The engine the disk was asked for (`.automatic` unless one was named), to write
+    /// its entry back.
+    public private(set) var requestedEngine = Engine.automatic
     let descriptor: Int32
     /// Writes held in memory while the topology is assembled (`holdWritesWhileAssembling`);
     /// nil once they are on the file. `isStaging` says so without the lock.
@@ -73,6 +76,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
         }
         let disk = FileDisk(name: name, path: path, descriptor: opened.descriptor, isBlockDevice: opened.isBlockDevice,
                             engine: chosen, ring: ring, workers: chosen == .inline ? 0 : workerCount)
+        disk.requestedEngine = engine
         try disk.holdWritesWhileAssembling(topology, sectorSize: sectorSize, created: opened.created)
         try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize)
         if let refusal {
