@@ -46,10 +46,13 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     @exclusivity(unchecked) var served: ServedExport?
     @exclusivity(unchecked) var consumer: Consumer?
     @exclusivity(unchecked) var requests = RequestTable()
-    /// The handler itself, from its first request until the channel has closed with
-    /// nothing in flight. Requests hold their done handler unowned, and a closed
+    /// Where the connection is in its life, and so whether it takes requests, answers
+    /// them, and when it closes (`ConnectionLifecycle`).
+    @exclusivity(unchecked) var lifecycle = ConnectionLifecycle()
+    /// The handler itself, from the start of transmission until the channel has closed
+    /// with nothing in flight. Requests hold their done handler unowned, and a closed
     /// connection's pipeline lets go of its handler, so something must keep it until the
-    /// last request is answered. Held for the whole connection, not per request: taking
+    /// last request is answered. Held for the whole transmission, not per request: taking
     /// and dropping it as the count of requests went through zero cost a retain and a
     /// task on the event loop per request at low queue depths.
     @exclusivity(unchecked) var heldUntilClosed: NBDConnectionHandler?
@@ -75,17 +78,9 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// once the connection is warm.
     @exclusivity(unchecked) var readReplyBuffers = ReplyBuffers()
     @exclusivity(unchecked) var replyBatchBuffers = ReplyBuffers()
-    /// DISC received, the server stopping, or the client gone: no new requests.
-    @exclusivity(unchecked) var finishing = false
-    /// The server is stopping: requests still arriving get ESHUTDOWN, and the connection
-    /// closes once nothing is in flight and the client has gone quiet.
-    @exclusivity(unchecked) var shuttingDown = false
-    /// Input arrived since the last shutdown check.
-    @exclusivity(unchecked) var inputSinceCheck = false
-    @exclusivity(unchecked) var channelClosed = false
     /// The connection's socket, for busy polling; -1 when unknown (a channel the server
-    /// did not accept itself). Closed once the channel is: `finishing` stops polling
-    /// then, before its number can be another file's.
+    /// did not accept itself). Closed once the channel is: polling stops as soon as the
+    /// connection takes no more requests, before its number can be another file's.
     let descriptor: Int32
     /// The event loop's poller, counting this connection while it is open.
     let poller: BusyPoller?
@@ -131,7 +126,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        inputSinceCheck = true
+        lifecycle.inputArrived()
         poller?.inputArrived()
         process(unwrapInboundIn(data))
     }
@@ -163,7 +158,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// the handshake or of a request still arriving, and more of it is on its way anyway.
     private func awaitNextRequest() {
         guard let poller, poller.mayPoll, requests.count == 0,
-              !session.paused, writable, !finishing else { return }
+              !session.paused, writable, lifecycle.takesRequests else { return }
         _ = poller.awaitInput(on: descriptor)
     }
 
@@ -194,14 +189,6 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         }
     }
 
-    /// Lets go of the handler's hold on itself once the I/O path has unwound: a
-    /// completion may be what brought the count to zero.
-    func releaseHold() {
-        guard let hold = heldUntilClosed else { return }
-        heldUntilClosed = nil
-        eventLoop.execute { _ = hold }
-    }
-
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         writable = context.channel.isWritable
         updateReading()
@@ -209,19 +196,16 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        channelClosed = true
         poller?.connections -= 1
-        finishing = true
         session.phase = .closed
-        releaseIfIdle()
-        if requests.count == 0 { releaseHold() }
+        perform(lifecycle.channelClosed(inFlight: requests.count))
         core.unregister(self)
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         logger.info("connection error, closing", metadata: ["error": "\(error)"])
-        close()
+        close(.now)
     }
 
     // MARK: Messages
@@ -262,8 +246,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             exportName(data)
         case .abort:
             sendOptionReply(code, .ack)
-            session.phase = .closed
-            flushThen { $0.close() }
+            close(.afterWrites)
         case .list:
             guard data.readableBytes == 0 else { return reject(option: code, .errorInvalid, "LIST takes no data") }
             for served in core.exports {
@@ -306,8 +289,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         guard !extendedHeaders, let served = core.export(named: name) else {
             // EXPORT_NAME has no error reply: all the server can do is hang up.
             logger.notice("refused EXPORT_NAME", metadata: ["export": "\(name)"])
-            session.phase = .closed
-            close()
+            close(.now)
             return
         }
         guard startTransmission(served) else { return }
@@ -418,14 +400,14 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             if let option {
                 reject(option: option, .errorPlatform, "cannot open the export")
             } else {
-                session.phase = .closed
-                close()
+                close(.now)
             }
             return false
         }
         self.served = served
         logger[metadataKey: "export"] = "\(served.export.name)"
         session.phase = .transmission(extendedHeaders: extendedHeaders)
+        perform(lifecycle.transmissionStarted())
         logger.debug("transmission started", metadata: ["structured": "\(structuredReplies)", "extended": "\(extendedHeaders)"])
         return true
     }
@@ -448,8 +430,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         logger.notice("option refused", metadata: ["option": "\(option)", "reason": "\(message)"])
         guard fixedNewstyle else {
             // Old-style newstyle clients cannot read error replies.
-            session.phase = .closed
-            close()
+            close(.now)
             return
         }
         let bytes = message.nbdMessageBytes
@@ -459,72 +440,6 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// Input that cannot be NBD: log the reason and drop this connection only.
     func violation(_ reason: String) {
         logger.notice("protocol violation, dropping connection", metadata: ["reason": "\(reason)"])
-        session.phase = .closed
-        finishing = true
-        close()
-    }
-
-    // MARK: Closing
-
-    /// Writes what is pending, then runs `body` on the channel.
-    func flushThen(_ body: @escaping @Sendable (any Channel) -> Void) {
-        guard let context else { return }
-        let channel = context.channel
-        writeReplyBatch(on: context)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
-            body(channel)
-        }
-    }
-
-    func close() {
-        guard let context, !channelClosed else { return }
-        flushReplies()
-        context.close(promise: nil)
-    }
-
-    /// Asks the connection to stop because the server is stopping. Requests in flight
-    /// finish and are answered; requests that still arrive are answered with ESHUTDOWN
-    /// (closing on unread input would reset the connection and lose those answers);
-    /// once nothing is in flight and the client has been quiet for a moment, it closes.
-    /// Called on the event loop.
-    func finish() {
-        guard !shuttingDown, !channelClosed else { return }
-        guard case .transmission = session.phase else {
-            // Still negotiating: there is nothing in flight to answer.
-            finishing = true
-            session.phase = .closed
-            close()
-            return
-        }
-        shuttingDown = true
-        inputSinceCheck = true
-        checkShutdown()
-    }
-
-    private func checkShutdown() {
-        guard !channelClosed else { return }
-        if requests.count == 0 && !inputSinceCheck {
-            finishing = true
-            session.phase = .closed
-            close()
-            return
-        }
-        inputSinceCheck = false
-        eventLoop.scheduleTask(in: .milliseconds(50)) { self.checkShutdown() }
-    }
-
-    /// Once nothing is in flight on a finishing connection, closes it and gives back the
-    /// consumer.
-    func releaseIfIdle() {
-        guard finishing, requests.count == 0 else { return }
-        if !channelClosed { close() }
-        guard channelClosed, let consumer else { return }
-        self.consumer = nil
-        served?.closed(consumer)
-        if consumer.provider != nil {
-            try? core.topology.access(consumer, read: -consumer.readCount, write: -consumer.writeCount,
-                                      exclusive: -consumer.exclusiveCount)
-        }
-        core.topology.destroy(consumer)
+        close(.now)
     }
 }
