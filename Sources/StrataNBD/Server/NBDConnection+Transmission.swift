@@ -263,11 +263,11 @@ extension NBDConnectionHandler {
     /// flushes the replies once.
     private func answerCompletedElsewhere() {
         completedElsewhere.withLockedValue { swap(&$0, &drained) }
-        answeringDrained = true
+        flushing.completionsBegan()
         for request in drained { complete(request.takeBio()) }
-        answeringDrained = false
+        let unflushed = flushing.completionsEnded()
         drained.removeAll(keepingCapacity: true)
-        if flushPending { flushReplies() }
+        if unflushed { flushReplies() }
     }
 
     private func complete(_ bio: consuming Bio) {
@@ -456,7 +456,7 @@ extension NBDConnectionHandler {
     private func send(_ buffer: ByteBuffer) {
         guard let context, lifecycle.channelIsOpen else { return }
         context.write(wrapOutboundOut(buffer), promise: nil)
-        flushAfterInput()
+        flushWhenDue()
     }
 
     /// Adds a reply of at most `bytes` bytes to the batch (`replyBatch`), flushed with the
@@ -469,7 +469,7 @@ extension NBDConnectionHandler {
             replyBatch = replyBatchBuffers.take(capacity: max(bytes, Self.replyBatchCapacity), allocator: allocator)
         }
         write(&replyBatch!)
-        flushAfterInput()
+        flushWhenDue()
     }
 
     // MARK: Backpressure
@@ -498,10 +498,11 @@ extension NBDConnectionHandler {
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             context.read()
             // Requests received before the pause come first. While input is being
-            // processed the loop under way picks them up itself.
-            if !processingInput {
+            // processed the loop under way picks them up itself; within a batch of
+            // completions their replies are flushed with the batch's.
+            if !flushing.isProcessingInput {
                 process(allocator.buffer(capacity: 0))
-                if flushPending { flushReplies() }
+                if flushing.repliesAwaitReadEnd { flushReplies() }
             }
         }
     }

@@ -56,7 +56,9 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// and dropping it as the count of requests went through zero cost a retain and a
     /// task on the event loop per request at low queue depths.
     @exclusivity(unchecked) var heldUntilClosed: NBDConnectionHandler?
-    @exclusivity(unchecked) var processingInput = false
+    /// Whether replies written now are flushed at once or at the end of the work under
+    /// way (`ReplyFlushing`).
+    @exclusivity(unchecked) var flushing = ReplyFlushing()
     /// Requests that completed on other threads, waiting for the event loop. The first
     /// one in schedules a drain, which answers all that came in by then and flushes once:
     /// one task and one socket write per batch rather than per request.
@@ -64,9 +66,6 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// The drain's own array, swapped with `completedElsewhere`'s so that neither
     /// allocates once both have grown (event loop only).
     @exclusivity(unchecked) var drained: [UnmanagedBio] = []
-    /// Answering `drained`: replies are flushed once at its end.
-    @exclusivity(unchecked) var answeringDrained = false
-    @exclusivity(unchecked) var flushPending = false
     /// Transmission replies (successes, errors, hole chunks, short reads' data) gathered
     /// while input is processed and written as one buffer when the batch is flushed or
     /// full: one pipeline write per batch rather than per reply. Replies of different
@@ -133,13 +132,13 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
 
     /// Decodes and handles what `bytes` completes, plus anything buffered before.
     func process(_ bytes: ByteBuffer) {
-        processingInput = true
-        defer { processingInput = false }
+        flushing.inputBegan()
         input.process(bytes) { message in handle(message) }
+        flushing.inputEnded()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if flushPending { flushReplies() }
+        if flushing.repliesAwaitReadEnd { flushReplies() }
         context.fireChannelReadComplete()
         let requestsRead = requestsThisRead
         requestsThisRead = 0
@@ -165,7 +164,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// Writes the gathered small replies and flushes everything written.
     func flushReplies() {
         guard let context else { return }
-        flushPending = false
+        flushing.flushed()
         writeReplyBatch(on: context)
         context.flush()
         readReplyBuffers.flushed()
@@ -179,14 +178,10 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         replyBatchBuffers.keep(batch)
     }
 
-    /// Flushes once the input being processed (or the batch of completions being
-    /// answered) is handled, or now outside either.
-    func flushAfterInput() {
-        if processingInput || answeringDrained {
-            flushPending = true
-        } else {
-            flushReplies()
-        }
+    /// Flushes what was just written now, or leaves it to the end of the input being
+    /// handled or the batch of completions being answered.
+    func flushWhenDue() {
+        if flushing.replyWritten() { flushReplies() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -422,7 +417,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         reply.writeNBDOptionReply(option: option, type: type, length: body.readableBytes)
         reply.writeBuffer(&body)
         context.write(wrapOutboundOut(reply), promise: nil)
-        flushAfterInput()
+        flushWhenDue()
     }
 
     /// Refuses an option with an error reply carrying a short message, logged once.
