@@ -33,7 +33,7 @@ struct ReplyChecker {
     }
 
     mutating func check(_ write: ByteBuffer) throws(FuzzFailure) {
-        // `flushThen` writes an empty buffer to learn when everything before it is out.
+        // `close(.afterWrites)` writes an empty buffer to learn when everything before it is out.
         guard write.readableBytes > 0 else { return }
         var bytes = write
         while bytes.readableBytes > 0 {

@@ -133,6 +133,46 @@ struct ServerLifecycleTests {
         await server.stop()
     }
 
+    /// Sixteen 1 MiB reads, then DISC (or the server stopping), from a client that reads
+    /// nothing until every read has completed: most of the 16 MiB of replies wait in the
+    /// channel behind a full socket when the connection closes. NIO fails a closed
+    /// channel's pending writes, so a close at once delivered about 8 MiB of them.
+    @Test(arguments: [false, true])
+    func answersQueuedBehindAFullSocketAreAllDeliveredBeforeAGracefulClose(serverStops: Bool) async throws {
+        let fixture = try await ServerFixture { topology, _ in
+            _ = try SlowDisk.install(in: topology, name: "queued\(serverStops)", delay: .milliseconds(200))
+            return [NBDExport(name: "slow", provider: "queued\(serverStops)")]
+        }
+        let client = try RawClient(path: fixture.socket)
+        _ = client.receive(18)
+        client.send(handshake(export: "slow"))
+        #expect(client.receiveOptionRepliesUntilAck())
+        let reads = 16
+        for cookie in 0..<reads {
+            client.send(requestBytes(.read, cookie: UInt64(cookie), offset: 0, length: 1 << 20))
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while fixture.server.exportStatistics.first?.requestsInFlight != reads && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let stopping = serverStops ? Task { await fixture.server.stop() } : nil
+        if !serverStops { client.send(requestBytes(.disconnect, cookie: 99, offset: 0, length: 0)) }
+        // Every read completes and the stopping connection's quiet check passes before
+        // the client reads a byte.
+        while fixture.server.exportStatistics.first?.requestsInFlight != 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let expected = reads * (16 + (1 << 20))
+        #expect(client.receive(expected + 1).count == expected, "every simple reply and its data, then the end")
+        if let stopping {
+            await stopping.value
+            try? FileManager.default.removeItem(atPath: fixture.directory)
+        } else {
+            await fixture.stop()
+        }
+    }
+
     @Test func aRejectedRequestIsLoggedOnceWithThePeerAndTheReason() async throws {
         let topology = Topology()
         _ = try MemoryDisk.create(in: topology, name: "logged", size: 1 << 20)

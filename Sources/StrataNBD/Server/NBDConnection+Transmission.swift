@@ -81,7 +81,8 @@ extension NBDConnectionHandler {
 
     func handleRequest(_ header: NBDRequestHeader, payload: ByteBuffer?) {
         requestsThisRead &+= 1
-        guard !finishing else { return }
+        let decision = lifecycle.requestArrived()
+        guard decision != .drop else { return }
         guard let served, let consumer else {
             violation("request before transmission")
             return
@@ -92,13 +93,10 @@ extension NBDConnectionHandler {
         }
         if command == .disconnect {
             logger.debug("client disconnects")
-            finishing = true
-            session.phase = .closed
-            pauseReading()
-            releaseIfIdle()
+            perform(lifecycle.disconnectRequested(inFlight: requests.count))
             return
         }
-        if shuttingDown {
+        if decision == .refuseShuttingDown {
             refuse(header, .shutdown, "the server is shutting down", command: command, log: false)
             return
         }
@@ -172,7 +170,6 @@ extension NBDConnectionHandler {
         // writes its header in place (a second reference would copy the whole buffer).
         let index = requests.insert(prepare(bio, header, command: command, payload: payload, served: served))
         core.charge(requests.bytes(of: index))
-        if heldUntilClosed == nil { heldUntilClosed = self }
         bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
         bio.done = .handler(self)
         updateReading()
@@ -267,11 +264,11 @@ extension NBDConnectionHandler {
     /// flushes the replies once.
     private func answerCompletedElsewhere() {
         completedElsewhere.withLockedValue { swap(&$0, &drained) }
-        answeringDrained = true
+        flushing.completionsBegan()
         for request in drained { complete(request.takeBio()) }
-        answeringDrained = false
+        let unflushed = flushing.completionsEnded()
         drained.removeAll(keepingCapacity: true)
-        if flushPending { flushReplies() }
+        if unflushed { flushReplies() }
     }
 
     private func complete(_ bio: consuming Bio) {
@@ -294,18 +291,20 @@ extension NBDConnectionHandler {
         bio.destroy()
         let slot = requests.remove(index)
         core.refund(slot.bytes)
-        if requests.count == 0 && channelClosed { releaseHold() }
         slot.answer?.deallocate()
-        if !channelClosed {
+        switch lifecycle.requestCompleted(inFlight: requests.count) {
+        case .answer(let then):
             if let error {
                 refuse(slot.header, NBDError(errno: error.errno), "\(slot.command) failed: \(error)", command: slot.command,
                        log: false)
             } else {
                 reply(to: consume slot, readAsZeros: flags.contains(.readAsZeros), extents: extents)
             }
+            updateReading()
+            perform(then)
+        case .discard(let then):
+            perform(then)
         }
-        updateReading()
-        releaseIfIdle()
     }
 
     // MARK: Replies
@@ -456,22 +455,22 @@ extension NBDConnectionHandler {
     }
 
     private func send(_ buffer: ByteBuffer) {
-        guard let context, !channelClosed else { return }
+        guard let context, lifecycle.channelIsOpen else { return }
         context.write(wrapOutboundOut(buffer), promise: nil)
-        flushAfterInput()
+        flushWhenDue()
     }
 
     /// Adds a reply of at most `bytes` bytes to the batch (`replyBatch`), flushed with the
     /// input being processed, or at once when a completion arrives outside it. A batch
     /// without room for it is written to the channel first, so a batch never grows.
     private func sendBatched(bytes: Int, _ write: (inout ByteBuffer) -> Void) {
-        guard let context, !channelClosed else { return }
+        guard let context, lifecycle.channelIsOpen else { return }
         if let batch = replyBatch, batch.writableBytes < bytes { writeReplyBatch(on: context) }
         if replyBatch == nil {
             replyBatch = replyBatchBuffers.take(capacity: max(bytes, Self.replyBatchCapacity), allocator: allocator)
         }
         write(&replyBatch!)
-        flushAfterInput()
+        flushWhenDue()
     }
 
     // MARK: Backpressure
@@ -481,9 +480,9 @@ extension NBDConnectionHandler {
     /// is decoded from what was already received, and the socket is not read.
     func updateReading() {
         // Not bound to a constant: that would retain the context, twice a request.
-        guard self.context != nil, !channelClosed else { return }
+        guard self.context != nil, lifecycle.channelIsOpen else { return }
         let limits = core.limits
-        if finishing || requests.count >= limits.requests || requests.bytes >= limits.bytes || !writable {
+        if !lifecycle.readsInput || requests.count >= limits.requests || requests.bytes >= limits.bytes || !writable {
             pauseReading()
         } else if core.budgetSpent {
             pauseReading()
@@ -500,16 +499,17 @@ extension NBDConnectionHandler {
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             context.read()
             // Requests received before the pause come first. While input is being
-            // processed the loop under way picks them up itself.
-            if !processingInput {
+            // processed the loop under way picks them up itself; within a batch of
+            // completions their replies are flushed with the batch's.
+            if !flushing.isProcessingInput {
                 process(allocator.buffer(capacity: 0))
-                if flushPending { flushReplies() }
+                if flushing.repliesAwaitReadEnd { flushReplies() }
             }
         }
     }
 
     func pauseReading() {
-        guard let context, !session.paused, !channelClosed else { return }
+        guard let context, !session.paused, lifecycle.channelIsOpen else { return }
         session.paused = true
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
     }

@@ -47,14 +47,19 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     @exclusivity(unchecked) var served: ServedExport?
     @exclusivity(unchecked) var consumer: Consumer?
     @exclusivity(unchecked) var requests = RequestTable()
-    /// The handler itself, from its first request until the channel has closed with
-    /// nothing in flight. Requests hold their done handler unowned, and a closed
+    /// Where the connection is in its life, and so whether it takes requests, answers
+    /// them, and when it closes (`ConnectionLifecycle`).
+    @exclusivity(unchecked) var lifecycle = ConnectionLifecycle()
+    /// The handler itself, from the start of transmission until the channel has closed
+    /// with nothing in flight. Requests hold their done handler unowned, and a closed
     /// connection's pipeline lets go of its handler, so something must keep it until the
-    /// last request is answered. Held for the whole connection, not per request: taking
+    /// last request is answered. Held for the whole transmission, not per request: taking
     /// and dropping it as the count of requests went through zero cost a retain and a
     /// task on the event loop per request at low queue depths.
     @exclusivity(unchecked) var heldUntilClosed: NBDConnectionHandler?
-    @exclusivity(unchecked) var processingInput = false
+    /// Whether replies written now are flushed at once or at the end of the work under
+    /// way (`ReplyFlushing`).
+    @exclusivity(unchecked) var flushing = ReplyFlushing()
     /// Requests that completed on other threads, waiting for the event loop. The first
     /// one in schedules a drain, which answers all that came in by then and flushes once:
     /// one task and one socket write per batch rather than per request.
@@ -62,9 +67,6 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// The drain's own array, swapped with `completedElsewhere`'s so that neither
     /// allocates once both have grown (event loop only).
     @exclusivity(unchecked) var drained: [UnmanagedBio] = []
-    /// Answering `drained`: replies are flushed once at its end.
-    @exclusivity(unchecked) var answeringDrained = false
-    @exclusivity(unchecked) var flushPending = false
     /// Transmission replies (successes, errors, hole chunks, short reads' data) gathered
     /// while input is processed and written as one buffer when the batch is flushed or
     /// full: one pipeline write per batch rather than per reply. Replies of different
@@ -76,17 +78,9 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// once the connection is warm.
     @exclusivity(unchecked) var readReplyBuffers = ReplyBuffers()
     @exclusivity(unchecked) var replyBatchBuffers = ReplyBuffers()
-    /// DISC received, the server stopping, or the client gone: no new requests.
-    @exclusivity(unchecked) var finishing = false
-    /// The server is stopping: requests still arriving get ESHUTDOWN, and the connection
-    /// closes once nothing is in flight and the client has gone quiet.
-    @exclusivity(unchecked) var shuttingDown = false
-    /// Input arrived since the last shutdown check.
-    @exclusivity(unchecked) var inputSinceCheck = false
-    @exclusivity(unchecked) var channelClosed = false
     /// The connection's socket, for busy polling; -1 when unknown (a channel the server
-    /// did not accept itself). Closed once the channel is: `finishing` stops polling
-    /// then, before its number can be another file's.
+    /// did not accept itself). Closed once the channel is: polling stops as soon as the
+    /// connection takes no more requests, before its number can be another file's.
     let descriptor: Int32
     /// The event loop's poller, counting this connection while it is open.
     let poller: BusyPoller?
@@ -132,20 +126,20 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        inputSinceCheck = true
+        lifecycle.inputArrived()
         poller?.inputArrived()
         process(unwrapInboundIn(data))
     }
 
     /// Decodes and handles what `bytes` completes, plus anything buffered before.
     func process(_ bytes: ByteBuffer) {
-        processingInput = true
-        defer { processingInput = false }
+        flushing.inputBegan()
         input.process(bytes) { message in handle(message) }
+        flushing.inputEnded()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if flushPending { flushReplies() }
+        if flushing.repliesAwaitReadEnd { flushReplies() }
         context.fireChannelReadComplete()
         let requestsRead = requestsThisRead
         requestsThisRead = 0
@@ -164,14 +158,14 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// the handshake or of a request still arriving, and more of it is on its way anyway.
     private func awaitNextRequest() {
         guard let poller, poller.mayPoll, requests.count == 0,
-              !session.paused, writable, !finishing else { return }
+              !session.paused, writable, lifecycle.takesRequests else { return }
         _ = poller.awaitInput(on: descriptor)
     }
 
     /// Writes the gathered small replies and flushes everything written.
     func flushReplies() {
         guard let context else { return }
-        flushPending = false
+        flushing.flushed()
         writeReplyBatch(on: context)
         context.flush()
         readReplyBuffers.flushed()
@@ -185,22 +179,10 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         replyBatchBuffers.keep(batch)
     }
 
-    /// Flushes once the input being processed (or the batch of completions being
-    /// answered) is handled, or now outside either.
-    func flushAfterInput() {
-        if processingInput || answeringDrained {
-            flushPending = true
-        } else {
-            flushReplies()
-        }
-    }
-
-    /// Lets go of the handler's hold on itself once the I/O path has unwound: a
-    /// completion may be what brought the count to zero.
-    func releaseHold() {
-        guard let hold = heldUntilClosed else { return }
-        heldUntilClosed = nil
-        eventLoop.execute { _ = hold }
+    /// Flushes what was just written now, or leaves it to the end of the input being
+    /// handled or the batch of completions being answered.
+    func flushWhenDue() {
+        if flushing.replyWritten() { flushReplies() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -210,19 +192,16 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        channelClosed = true
         poller?.connections -= 1
-        finishing = true
         session.phase = .closed
-        releaseIfIdle()
-        if requests.count == 0 { releaseHold() }
+        perform(lifecycle.channelClosed(inFlight: requests.count))
         core.unregister(self)
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         logger.info("connection error, closing", metadata: ["error": "\(error)"])
-        close()
+        close(.now)
     }
 
     // MARK: Messages
@@ -263,8 +242,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             exportName(data)
         case .abort:
             sendOptionReply(code, .ack)
-            session.phase = .closed
-            flushThen { $0.close() }
+            close(.afterWrites)
         case .list:
             guard data.readableBytes == 0 else { return reject(option: code, .errorInvalid, "LIST takes no data") }
             for served in core.exports {
@@ -307,8 +285,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         guard !extendedHeaders, let served = core.export(named: name) else {
             // EXPORT_NAME has no error reply: all the server can do is hang up.
             logger.notice("refused EXPORT_NAME", metadata: ["export": "\(name)"])
-            session.phase = .closed
-            close()
+            close(.now)
             return
         }
         guard startTransmission(served) else { return }
@@ -419,14 +396,14 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             if let option {
                 reject(option: option, .errorPlatform, "cannot open the export")
             } else {
-                session.phase = .closed
-                close()
+                close(.now)
             }
             return false
         }
         self.served = served
         logger[metadataKey: "export"] = "\(served.export.name)"
         session.phase = .transmission(extendedHeaders: extendedHeaders)
+        perform(lifecycle.transmissionStarted())
         logger.debug("transmission started", metadata: ["structured": "\(structuredReplies)", "extended": "\(extendedHeaders)"])
         return true
     }
@@ -441,7 +418,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         reply.writeNBDOptionReply(option: option, type: type, length: body.readableBytes)
         reply.writeBuffer(&body)
         context.write(wrapOutboundOut(reply), promise: nil)
-        flushAfterInput()
+        flushWhenDue()
     }
 
     /// Refuses an option with an error reply carrying a short message, logged once.
@@ -449,8 +426,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         logger.notice("option refused", metadata: ["option": "\(option)", "reason": "\(message)"])
         guard fixedNewstyle else {
             // Old-style newstyle clients cannot read error replies.
-            session.phase = .closed
-            close()
+            close(.now)
             return
         }
         let bytes = message.nbdMessageBytes
@@ -460,72 +436,6 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// Input that cannot be NBD: log the reason and drop this connection only.
     func violation(_ reason: String) {
         logger.notice("protocol violation, dropping connection", metadata: ["reason": "\(reason)"])
-        session.phase = .closed
-        finishing = true
-        close()
-    }
-
-    // MARK: Closing
-
-    /// Writes what is pending, then runs `body` on the channel.
-    func flushThen(_ body: @escaping @Sendable (any Channel) -> Void) {
-        guard let context else { return }
-        let channel = context.channel
-        writeReplyBatch(on: context)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
-            body(channel)
-        }
-    }
-
-    func close() {
-        guard let context, !channelClosed else { return }
-        flushReplies()
-        context.close(promise: nil)
-    }
-
-    /// Asks the connection to stop because the server is stopping. Requests in flight
-    /// finish and are answered; requests that still arrive are answered with ESHUTDOWN
-    /// (closing on unread input would reset the connection and lose those answers);
-    /// once nothing is in flight and the client has been quiet for a moment, it closes.
-    /// Called on the event loop.
-    func finish() {
-        guard !shuttingDown, !channelClosed else { return }
-        guard case .transmission = session.phase else {
-            // Still negotiating: there is nothing in flight to answer.
-            finishing = true
-            session.phase = .closed
-            close()
-            return
-        }
-        shuttingDown = true
-        inputSinceCheck = true
-        checkShutdown()
-    }
-
-    private func checkShutdown() {
-        guard !channelClosed else { return }
-        if requests.count == 0 && !inputSinceCheck {
-            finishing = true
-            session.phase = .closed
-            close()
-            return
-        }
-        inputSinceCheck = false
-        eventLoop.scheduleTask(in: .milliseconds(50)) { self.checkShutdown() }
-    }
-
-    /// Once nothing is in flight on a finishing connection, closes it and gives back the
-    /// consumer.
-    func releaseIfIdle() {
-        guard finishing, requests.count == 0 else { return }
-        if !channelClosed { close() }
-        guard channelClosed, let consumer else { return }
-        self.consumer = nil
-        served?.closed(consumer)
-        if consumer.provider != nil {
-            try? core.topology.access(consumer, read: -consumer.readCount, write: -consumer.writeCount,
-                                      exclusive: -consumer.exclusiveCount)
-        }
-        core.topology.destroy(consumer)
+        close(.now)
     }
 }

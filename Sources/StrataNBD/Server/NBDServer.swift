@@ -168,7 +168,7 @@ public final class NBDServer: Sendable {
         }
         for listener in listening { listener.close() }
         for connection in core.connections {
-            connection.eventLoop.execute { connection.finish() }
+            connection.eventLoop.execute { connection.stopGracefully() }
         }
         let deadline = ContinuousClock.now + .seconds(seconds)
         while !core.connections.isEmpty && ContinuousClock.now < deadline {
@@ -176,7 +176,7 @@ public final class NBDServer: Sendable {
         }
         // Clients that kept sending past the deadline are cut off.
         for connection in core.connections {
-            connection.eventLoop.execute { connection.close() }
+            connection.eventLoop.execute { connection.close(.now) }
         }
         while !core.connections.isEmpty { try? await Task.sleep(for: .milliseconds(5)) }
         for served in core.exports { core.topology.wither(served.geom) }
@@ -259,7 +259,7 @@ final class NBDServerCore: Sendable {
             state.connections[ObjectIdentifier(connection)] = connection
             return false
         }
-        if refused { connection.eventLoop.execute { connection.finish() } }
+        if refused { connection.eventLoop.execute { connection.stopGracefully() } }
     }
 
     func unregister(_ connection: NBDConnectionHandler) {
