@@ -198,6 +198,33 @@ struct ServerLifecycleTests {
         #expect(refusals.first?.metadata["reason"].map { "\($0)".contains("not aligned") } == true)
     }
 
+    /// A connection accepted just before a stop can reach GO after the stop withered the
+    /// export geoms: it is refused, where it once stopped the process on a precondition.
+    @Test func aClientOpeningAnExportWhoseGeomIsGoneIsRefusedAndTheServerGoesOn() async throws {
+        let topology = Topology()
+        _ = try MemoryDisk.create(in: topology, name: "gone", size: 1 << 20)
+        _ = try MemoryDisk.create(in: topology, name: "kept", size: 1 << 20)
+        let server = try NBDServer(topology: topology, exports: [NBDExport(name: "a", provider: "gone"),
+                                                                 NBDExport(name: "b", provider: "kept")])
+        let bound = try await server.start(listeningOn: [.tcp(host: "127.0.0.1", port: 0)])
+        let port = try #require(bound.first?.port)
+        let geom = try #require(topology.geom(named: "nbd/a"))
+        topology.wither(geom)
+        #expect(topology.waitUntilGone(geom))
+        let result = try run("/usr/bin/python3", ["-c", """
+        import nbd
+        for name in ["a", "b"]:
+            h = nbd.NBD()
+            try:
+                h.connect_uri("nbd://127.0.0.1:\(port)/" + name)
+                print(name, "opened", h.get_size())
+            except nbd.Error:
+                print(name, "refused")
+        """])
+        await server.stop()
+        #expect(result.output.contains("a refused") && result.output.contains("b opened 1048576"), "\(result)")
+    }
+
     @Test func anExportOfAMissingProviderIsAnErrorNamingIt() throws {
         let topology = Topology()
         do {

@@ -381,13 +381,21 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// Opens the export for this connection and switches to transmission.
     private func startTransmission(_ served: ServedExport, option: UInt32? = nil) -> Bool {
         do {
-            let consumer = core.topology.createConsumer(for: served.geom)
-            do {
-                try core.topology.attach(consumer, to: served.provider)
-                try core.topology.access(consumer, read: 1, write: served.export.readOnly ? 0 : 1, exclusive: 0)
-            } catch {
-                core.topology.destroy(consumer)
-                throw error
+            let topology = core.topology
+            // Under the topology lock: a server stopping withers its export geoms once the
+            // connections it knows of have closed, and a connection accepted just before
+            // the stop may reach GO after that.
+            let consumer = try topology.withLock {
+                guard served.geom.topology === topology else { throw StrataError(.shutdown, "the server is stopping") }
+                let consumer = topology.createConsumer(for: served.geom)
+                do {
+                    try topology.attach(consumer, to: served.provider)
+                    try topology.access(consumer, read: 1, write: served.export.readOnly ? 0 : 1, exclusive: 0)
+                } catch {
+                    topology.destroy(consumer)
+                    throw error
+                }
+                return consumer
             }
             self.consumer = consumer
             served.opened(consumer)
