@@ -143,7 +143,7 @@ struct Serve: AsyncParsableCommand {
             }
             lines.append("  export \(export.name): \(attributes.joined(separator: ", "))")
         }
-        // How each file disk does its I/O: chosen at open (docs/classes/file.md).
+        // How each file disk does its I/O: chosen at open (Sources/StrataDisks/File/file.md).
         for case let disk as FileDisk in built.disks {
             lines.append("  file disk \(disk.name): \(disk.path), io \(disk.engine.rawValue)")
         }

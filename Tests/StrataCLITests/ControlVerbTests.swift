@@ -109,6 +109,50 @@ struct ControlVerbTests {
         #expect(missing.1 == "404")
     }
 
+    /// Every class's verbs come from its declarations: `/v1/classes` lists them, and the
+    /// one route per class and verb checks what it is given.
+    @Test func classVerbsAreServedFromTheClassesDeclarations() throws {
+        let (server, _, control) = try ServeProcess.serving("""
+            disks:
+              - {name: d0, memory: 16MiB}
+            geoms:
+              - {name: n0, class: nop, consumers: [d0]}
+            """, prefix: "strata-verbs")
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        func curl(_ arguments: [String]) throws -> (code: String, body: String) {
+            let result = try runProgram("/usr/bin/env", ["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", control] + arguments)
+            let lines = result.1.split(separator: "\n", omittingEmptySubsequences: false)
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
+        }
+        let classes = try curl(["http://strata/v1/classes"])
+        let list = try JSONSerialization.jsonObject(with: Data(classes.body.utf8)) as? [[String: Any]] ?? []
+        #expect(list.compactMap { $0["name"] as? String }
+                == ["file", "memory", "null", "zero", "powercut", "nop", "concat", "stripe", "label", "part", "mirror"])
+        let nop = list.first { $0["name"] as? String == "nop" }
+        #expect((nop?["verbs"] as? [[String: Any]])?.compactMap { $0["name"] as? String } == ["configure", "show"])
+        #expect(try curl(["http://strata/v1/nop/n0"]).body.contains("\"delay-ms\" : 0"))
+        let configured = try curl(["-X", "POST", "-d", #"{"delay-ms": 3, "error": "28"}"#, "http://strata/v1/nop/n0/configure"])
+        #expect(configured.code == "200" && configured.body.contains("\"delay-ms\" : 3") && configured.body.contains("\"error\" : 28"),
+                "\(configured)")
+        let range = try curl(["-X", "POST", "-d", #"{"delay-ms": 70000}"#, "http://strata/v1/nop/n0/configure"])
+        #expect(range.code == "400" && range.body.contains("delay-ms '70000': must be a whole number from 0 to 60000"), "\(range)")
+        let unknown = try curl(["-X", "POST", "-d", #"{"delay": 1}"#, "http://strata/v1/nop/n0/configure"])
+        #expect(unknown.code == "400" && unknown.body.contains("did you mean 'delay-ms'?"), "\(unknown)")
+        let fixed = try curl(["-X", "POST", "-d", #"{"offset": 4096}"#, "http://strata/v1/nop/n0/configure"])
+        #expect(fixed.code == "400" && fixed.body.contains("offset: is not an option of configure"), "\(fixed)")
+        #expect(try curl(["-X", "POST", "-d", "[1]", "http://strata/v1/nop/n0/configure"]).code == "400")
+        #expect(try curl(["http://strata/v1/nop/n0/configure"]).code == "405", "configure changes things: POST only")
+        #expect(try curl(["http://strata/v1/nop/nope"]).code == "404")
+        #expect(try curl(["-X", "POST", "http://strata/v1/nop/n0/explode"]).code == "404")
+        #expect(try curl(["http://strata/v1/mirror/n0"]).code == "404", "n0 is not a mirror")
+        let cli = try runProgram(strataBinary, ["nop", "configure", "n0", "--delay", "1", "--control", control])
+        #expect(cli.0 != 0 && cli.2.contains("--delay is not an option of nop configure"), "\(cli)")
+        let verbless = try runProgram(strataBinary, ["nop", "--control", control])
+        #expect(verbless.0 != 0 && verbless.2.contains("give a verb: configure, show"), "\(verbless)")
+        #expect(server.stop() == 0)
+    }
+
     /// A client holds a connection open after 20 writes: the export gauges count it, and
     /// the latency histogram of every provider under it has counted the writes, its
     /// buckets cumulative and its +Inf bucket equal to its count.

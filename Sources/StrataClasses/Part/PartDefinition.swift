@@ -150,9 +150,11 @@ public enum PartDefinition: ClassDefinition {
         guard counts.read == 0 && counts.write == 0 && counts.exclusive == 0 else {
             throw StrataError(.busy, "\(provider.name) is open (a partition of it, an export's client or a geom above); close it first")
         }
+        let partitions = topology.geom(named: "part/\(provider.name)")
         let editor = Geom(name: "gpart:\(provider.name):\(UInt32.random(in: 0...UInt32.max))", className: "GPART")
         try topology.add(editor)
         let consumer = topology.createConsumer(for: editor)
+        let edited: Result<Void, any Error>
         do {
             try topology.attach(consumer, to: provider)
             try topology.access(consumer, read: 1, write: 1, exclusive: 1)
@@ -161,21 +163,23 @@ public enum PartDefinition: ClassDefinition {
                 try consumer.readSync(at: lba * Int64(provider.sectorSize), count: count * provider.sectorSize)
             }
             try edit(EditedDisk(provider: provider, consumer: consumer, table: table))
+            edited = .success(())
         } catch {
-            topology.destroy(consumer)
-            topology.remove(editor)
-            throw error
+            edited = .failure(error)
         }
         topology.destroy(consumer)
         topology.remove(editor)
-        // Writing spoiled the old partitions: they go, and the new table's come.
+        // Opening the disk to write spoiled the old partitions, whether or not the edit
+        // went through: they go, and the table's come, from tasting if the disk is
+        // tasted, else made here.
         topology.settle()
-        if let old = topology.geom(named: "part/\(provider.name)") { topology.waitUntilGone(old) }
+        if let partitions { topology.waitUntilGone(partitions) }
         topology.settle()
         let table = try PartGeom.readTable(of: provider, in: topology)
         if table != nil && topology.geom(named: "part/\(provider.name)") == nil {
             try PartGeom.create(in: topology, over: provider)
         }
+        try edited.get()
         return PartitionTableReport(disk: provider.name, table: table, sectorSize: provider.sectorSize)
     }
 }
