@@ -15,7 +15,8 @@ struct AssemblyPlan {
     let order: [Step]
     /// Providers that entries consume or exports serve: tasting never reads them.
     let claimed: Set<String>
-    /// The names of the geoms the entries make: tasting never makes one.
+    /// The names of the geoms the entries make, and of those destroyed at run time:
+    /// tasting never makes one.
     let reservedGeomNames: Set<String>
 
     /// - Throws: `ConfigError` for entries that consume each other in a cycle.
@@ -42,7 +43,8 @@ struct AssemblyPlan {
         }
         self.order = order
         claimed = Set(specs.flatMap(\.consumers) + configuration.exports.map(\.provider))
-        reservedGeomNames = Set(steps.map { $0.definition.geomName(forEntry: specs[$0.index].name) })
+        reservedGeomNames = Set(steps.map { $0.definition.geomName(forEntry: specs[$0.index].name) }
+            + configuration.withdrawn.flatMap { name in registeredClasses.map { $0.geomName(forEntry: name) } })
     }
 
     /// The error for entries that wait on each other: one cycle among them, named.

@@ -8,10 +8,16 @@ public struct Configuration: Sendable, Equatable {
     public var listen: [ListenURL]
     /// The control socket's path, absolute.
     public var control: String
+    /// Where the server keeps what it writes of its own (`data-directory`; by default
+    /// `strata-data` beside the file): the state file of changes made at run time.
+    public var dataDirectory: String
     /// The folder relative paths in the file are taken from.
     public var directory: String
     public var disks: [EntrySpec]
     public var geoms: [EntrySpec]
+    /// Geoms, by entry name, that tasting may not make from the metadata it finds
+    /// (`withdrawn:`, and the entries destroyed at run time, `TopologyChanges.removed`).
+    public var withdrawn: [String] = []
     public var exports: [ExportSpec]
     /// What the NBD server takes in before it stops reading (backpressure and memory).
     public var limits: NBDServer.Limits

@@ -38,7 +38,8 @@ public struct ConfigurationLoader {
         return try loader.configuration(from: root)
     }
 
-    static let topKeys = ["listen", "control", "limits", "busy-poll-us", "disks", "geoms", "exports"]
+    static let topKeys = ["listen", "control", "data-directory", "limits", "busy-poll-us", "disks", "geoms", "exports", "withdrawn"]
+    static let changeKeys = ["disks", "geoms", "exports", "removed", "removed-exports"]
     static let limitKeys = ["requests", "connection-bytes", "server-bytes"]
     static let geomKeys = ["name", "class", "consumers"]
     static let exportKeys = ["name", "provider", "read-only", "description", "default"]
@@ -57,7 +58,9 @@ public struct ConfigurationLoader {
                 return url
             }
         }
-        var control = absolute("strata-data/control.sock")
+        var dataDirectory = absolute("strata-data")
+        if let node = top["data-directory"] { dataDirectory = absolute(try scalar(node, key: "data-directory")) }
+        var control = dataDirectory + "/control.sock"
         if let node = top["control"] { control = absolute(try scalar(node, key: "control")) }
 
         let limits = try top["limits"].map { try self.limits($0) } ?? NBDServer.Limits()
@@ -100,9 +103,37 @@ public struct ConfigurationLoader {
         if defaults.count > 1, let second = top["exports"]?.array()[exports.firstIndex { $0 == defaults[1] }!] {
             throw error(second, "exports.default", "true", "only one export can be the default (\(defaults[0].name) is)")
         }
-        return Configuration(file: file, listen: listen, control: control, directory: baseDirectory, disks: disks, geoms: geoms,
-                             exports: exports,
+        let withdrawn = try list(top["withdrawn"], key: "withdrawn").enumerated().map { try scalar($1, key: "withdrawn[\($0)]") }
+        return Configuration(file: file, listen: listen, control: control, dataDirectory: dataDirectory, directory: baseDirectory,
+                             disks: disks, geoms: geoms, withdrawn: withdrawn, exports: exports,
                              limits: limits, busyPoll: busyPoll)
+    }
+
+    /// Reads a state file: the changes made at run time (`TopologyChanges`).
+    public static func changes(_ yaml: String, file: String, baseDirectory: String) throws -> TopologyChanges {
+        let loader = ConfigurationLoader(file: file, baseDirectory: baseDirectory)
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: yaml) else { return TopologyChanges() }
+            root = node
+        } catch let error as YamlError {
+            throw ConfigError(file: file, line: nil, key: "(file)", value: nil, problem: "is not valid YAML: \(error)")
+        }
+        return try loader.changes(from: root)
+    }
+
+    private func changes(from root: Node) throws -> TopologyChanges {
+        let top = try mapping(root, key: "(top level)")
+        try checkKeys(top, allowed: Self.changeKeys, path: "")
+        var changes = TopologyChanges()
+        changes.disks = try list(top["disks"], key: "disks").enumerated().map { try disk($1, path: "disks[\($0)]") }
+        changes.geoms = try list(top["geoms"], key: "geoms").enumerated().map { try geom($1, path: "geoms[\($0)]") }
+        changes.exports = try list(top["exports"], key: "exports").enumerated().map { try export($1, path: "exports[\($0)]") }
+        changes.removed = try list(top["removed"], key: "removed").enumerated().map { try scalar($1, key: "removed[\($0)]") }
+        changes.removedExports = try list(top["removed-exports"], key: "removed-exports").enumerated().map {
+            try scalar($1, key: "removed-exports[\($0)]")
+        }
+        return changes
     }
 
     private func limits(_ node: Node) throws -> NBDServer.Limits {

@@ -16,9 +16,14 @@ public final class ControlServer: Sendable {
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let channel = NIOLockedBox<(any Channel)?>(nil)
 
-    public init(topology: Topology,
+    /// What changes the topology at run time (`/v1/geoms`, `/v1/exports`, `/v1/config`),
+    /// when the server has one.
+    let running: RunningTopology?
+
+    public init(topology: Topology, running: RunningTopology? = nil,
                 serverGauges: @escaping @Sendable () -> StatisticsPublisher.ServerGauges? = { nil }) {
         self.topology = topology
+        self.running = running
         self.serverGauges = serverGauges
     }
 
@@ -55,13 +60,65 @@ public final class ControlServer: Sendable {
         case (.GET, "/metrics"): return (.ok, "text/plain; version=0.0.4", Data(metrics.scrape(StatsReport(topology), server: serverGauges())))
         default: break
         }
+        if parts.count >= 2, parts[0] == "v1", ["geoms", "exports", "config"].contains(parts[1]) {
+            return change(Array(parts.dropFirst()), method: method, body: body)
+        }
         if parts.count == 3 || parts.count == 4, parts[0] == "v1", let definition = ClassRegistry.named(parts[1]) {
             return verb(of: definition, target: parts[2], verb: parts.count == 4 ? parts[3] : "show", method: method, body: body)
         }
         if ["/v1/topology", "/v1/status", "/v1/stats", "/v1/classes", "/metrics"].contains(route) {
             return failure(.methodNotAllowed, "only GET is served on \(route)")
         }
-        return failure(.notFound, "no route \(route) (routes: /v1/topology, /v1/status, /v1/stats, /v1/classes, /metrics, /v1/CLASS/NAME[/VERB])")
+        return failure(.notFound, "no route \(route) (routes: /v1/topology, /v1/status, /v1/stats, /v1/classes, /metrics, /v1/CLASS/NAME[/VERB], /v1/geoms, /v1/exports, /v1/config)")
+    }
+
+    /// Run-time changes of the topology: `POST /v1/geoms`, `POST /v1/geoms/NAME/destroy`,
+    /// `POST /v1/exports`, `POST /v1/exports/NAME/remove`, and `GET /v1/config`.
+    func change(_ parts: [String], method: HTTPMethod, body: Data) -> (HTTPResponseStatus, String, Data) {
+        guard let running else { return failure(.notFound, "this server's topology does not change at run time") }
+        do {
+            switch (method, parts.count, parts[0], parts.last!) {
+            case (.GET, 1, "config", _):
+                return (.ok, "application/yaml", Data(running.dump().utf8))
+            case (.POST, 1, "geoms", _):
+                let request = try JSONDecoder().decode(GeomRequest.self, from: body)
+                let geom = try running.createGeom(className: request.class, name: request.name, consumers: request.consumers ?? [],
+                                                  settings: (request.settings ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value.text) })
+                return json(TopologyReport(topology).geoms.first { $0.name == geom.name })
+            case (.POST, 3, "geoms", "destroy"):
+                try running.destroyGeom(named: parts[1], force: try JSONDecoder().decode(ForceRequest.self, from: body.isEmpty ? Data("{}".utf8) : body).force ?? false)
+                return json(["destroyed": parts[1]])
+            case (.POST, 1, "exports", _):
+                let request = try JSONDecoder().decode(ExportRequest.self, from: body)
+                try running.addExport(ExportSpec(name: request.name, provider: request.provider, readOnly: request.readOnly ?? false,
+                                                 description: request.description, isDefault: request.isDefault ?? false))
+                return json(["added": request.name])
+            case (.POST, 3, "exports", "remove"):
+                try running.removeExport(named: parts[1], force: try JSONDecoder().decode(ForceRequest.self, from: body.isEmpty ? Data("{}".utf8) : body).force ?? false)
+                return json(["removed": parts[1]])
+            case (.GET, _, _, _), (.POST, _, _, _):
+                return failure(.notFound, "the routes are POST /v1/geoms, POST /v1/geoms/NAME/destroy, POST /v1/exports, POST /v1/exports/NAME/remove and GET /v1/config")
+            default:
+                return failure(.methodNotAllowed, "GET or POST")
+            }
+        } catch let error as DecodingError {
+            return failure(.badRequest, "the body does not fit the route: \(Self.describe(error))")
+        } catch let error as SettingError {
+            return failure(.badRequest, "\(error)")
+        } catch let error as StrataError {
+            return failure(error.code == .noDevice ? .notFound : .conflict, "\(error)")
+        } catch {
+            return failure(.internalServerError, "\(error)")
+        }
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .keyNotFound(let key, _): "\(key.stringValue) is missing"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
+            context.codingPath.isEmpty ? "not a JSON object" : "\(context.codingPath.map(\.stringValue).joined(separator: ".")) has the wrong type"
+        @unknown default: "\(error)"
+        }
     }
 
     /// `GET|POST /v1/CLASS/TARGET/VERB`: a verb of a class (`ClassVerb`), with its
@@ -118,6 +175,29 @@ public final class ControlServer: Sendable {
     private func failure(_ status: HTTPResponseStatus, _ message: String) -> (HTTPResponseStatus, String, Data) {
         (status, "application/json", (try? JSONEncoder().encode(["error": message])) ?? Data())
     }
+}
+
+/// `POST /v1/geoms`: `{"class", "name", "consumers": [...], "settings": {KEY: VALUE}}`.
+struct GeomRequest: Decodable {
+    var `class`: String
+    var name: String
+    var consumers: [String]?
+    var settings: [String: VerbBody.Scalar]?
+}
+
+/// `POST /v1/exports`: `{"name", "provider", "read-only", "description", "default"}`.
+struct ExportRequest: Decodable {
+    var name: String
+    var provider: String
+    var readOnly: Bool?
+    var description: String?
+    var isDefault: Bool?
+    enum CodingKeys: String, CodingKey { case name, provider, readOnly = "read-only", description, isDefault = "default" }
+}
+
+/// The body of a destroy or remove: `{"force": true}`, or nothing.
+struct ForceRequest: Decodable {
+    var force: Bool?
 }
 
 /// A verb's body: a JSON object whose values are strings, numbers or booleans, each

@@ -52,9 +52,13 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "strata")
 
+        // The file, with the changes made at run time before (the state file).
         var configuration: Configuration
+        let changes: TopologyChanges
         do {
-            configuration = try loadConfiguration()
+            let file = try loadConfiguration()
+            changes = try TopologyChanges.load(for: file)
+            configuration = try changes.applied(to: file)
         } catch let error as ConfigError {
             throw FailureExit(message: "\(error)")
         }
@@ -74,7 +78,8 @@ struct Serve: AsyncParsableCommand {
 
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"),
                                   limits: configuration.limits, busyPoll: configuration.busyPoll)
-        let control = ControlServer(topology: topology) { StatisticsPublisher.ServerGauges(server) }
+        let running = RunningTopology(topology: topology, server: server, configuration: configuration, changes: changes)
+        let control = ControlServer(topology: topology, running: running) { StatisticsPublisher.ServerGauges(server) }
         do {
             try await control.start(path: configuration.control)
         } catch {

@@ -38,6 +38,8 @@ public protocol ClassDefinition: Sendable {
     static func geomName(forEntry name: String) -> String
     /// Whether the geom of entry `entry` may offer a provider named `provider`.
     static func offers(_ provider: String, entry: String) -> Bool
+    /// The entry name of a geom the class made (the inverse of `geomName(forEntry:)`).
+    static func entryName(of geom: Geom) -> String
 }
 
 extension ClassDefinition {
@@ -48,6 +50,11 @@ extension ClassDefinition {
     public static var taster: (any GeomClass)? { nil }
     public static func geomName(forEntry name: String) -> String { name }
     public static func offers(_ provider: String, entry: String) -> Bool { provider == geomName(forEntry: entry) }
+
+    public static func entryName(of geom: Geom) -> String {
+        let prefix = geomName(forEntry: "")
+        return geom.name.hasPrefix(prefix) ? String(geom.name.dropFirst(prefix.count)) : geom.name
+    }
 
     /// Makes a geom from an entry whose settings are still text: each is checked
     /// against its key first.

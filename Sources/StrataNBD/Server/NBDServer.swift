@@ -47,16 +47,7 @@ public final class NBDServer: Sendable {
                 limits: Limits = Limits(), threads: Int = System.coreCount, busyPoll: Duration = .zero) throws {
         var served: [ServedExport] = []
         for export in exports {
-            guard let provider = topology.provider(named: export.provider) else {
-                throw StrataError(.noDevice, "export \(export.name): no provider named \(export.provider)")
-            }
-            if served.contains(where: { $0.export.name == export.name }) {
-                throw StrataError(.exists, "two exports are named \(export.name)")
-            }
-            let geom = NBDExportGeom(exportName: export.name)
-            try topology.add(geom)
-            served.append(ServedExport(export: export, provider: provider, geom: geom,
-                                       canDelete: NBDServer.canDelete(provider, through: geom, in: topology)))
+            served.append(try NBDServer.prepare(export, in: topology, besides: served))
         }
         core = NBDServerCore(topology: topology, exports: served, logger: logger, limits: limits)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(threads, 1))
@@ -64,6 +55,54 @@ public final class NBDServer: Sendable {
         for loop in group.makeIterator() { pollers[ObjectIdentifier(loop)] = BusyPoller(limit: busyPoll) }
         self.pollers = pollers
     }
+
+    /// An export ready to serve: its provider found, its name free, its geom added.
+    private static func prepare(_ export: NBDExport, in topology: Topology, besides served: [ServedExport]) throws -> ServedExport {
+        guard let provider = topology.provider(named: export.provider) else {
+            throw StrataError(.noDevice, "export \(export.name): no provider named \(export.provider)")
+        }
+        if served.contains(where: { $0.export.name == export.name }) {
+            throw StrataError(.exists, "two exports are named \(export.name)")
+        }
+        let geom = NBDExportGeom(exportName: export.name)
+        try topology.add(geom)
+        return ServedExport(export: export, provider: provider, geom: geom,
+                            canDelete: NBDServer.canDelete(provider, through: geom, in: topology))
+    }
+
+    /// Serves one more export, from now on (`strata export add`).
+    /// - Throws: `StrataError` when its provider does not exist or its name is taken.
+    public func add(_ export: NBDExport) throws {
+        try core.changeExports { exports in
+            exports.append(try NBDServer.prepare(export, in: core.topology, besides: exports))
+        }
+    }
+
+    /// Stops serving an export (`strata export remove`): refused (EBUSY) while clients
+    /// have it open, unless `force`, which closes their connections first.
+    /// - Throws: `StrataError` naming the export.
+    public func remove(exportNamed name: String, force: Bool = false) throws {
+        guard let served = core.exports.first(where: { $0.export.name == name }) else {
+            throw StrataError(.noDevice, "no export named \(name)")
+        }
+        let open = served.statistics.connections
+        guard open == 0 || force else {
+            throw StrataError(.busy, "export \(name) has \(open) client\(open == 1 ? "" : "s") connected; --force closes them")
+        }
+        // Out of the table first: no new client finds it.
+        try core.changeExports { exports in exports.removeAll { $0 === served } }
+        for connection in core.connections {
+            connection.eventLoop.execute { if connection.served === served { connection.close(.now) } }
+        }
+        // Closing takes a turn of each connection's event loop.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while served.statistics.connections > 0 && ContinuousClock.now < deadline { usleep(2000) }
+        core.topology.wither(served.geom)
+        core.topology.waitUntilGone(served.geom, seconds: 2)
+    }
+
+    /// The exports served now.
+    public var exports: [NBDExport] { core.exports.map(\.export) }
 
     /// Asks the provider whether DELETE frees space, so TRIM is advertised truthfully.
     private static func canDelete(_ provider: Provider, through geom: Geom, in topology: Topology) -> Bool {
@@ -222,7 +261,8 @@ public final class NBDServer: Sendable {
 /// What the connections of one server share.
 final class NBDServerCore: Sendable {
     let topology: Topology
-    let exports: [ServedExport]
+    /// What is served; changed at run time, read only during handshakes and scrapes.
+    private let exportTable: NIOLockedValueBox<[ServedExport]>
     let logger: Logger
     let limits: NBDServer.Limits
     private let state = NIOLockedValueBox<(connections: [ObjectIdentifier: NBDConnectionHandler], stopping: Bool)>(([:], false))
@@ -235,13 +275,20 @@ final class NBDServerCore: Sendable {
 
     init(topology: Topology, exports: [ServedExport], logger: Logger, limits: NBDServer.Limits) {
         self.topology = topology
-        self.exports = exports
+        exportTable = NIOLockedValueBox(exports)
         self.logger = logger
         self.limits = limits
     }
 
+    var exports: [ServedExport] { exportTable.withLockedValue { $0 } }
+
+    func changeExports(_ change: (inout [ServedExport]) throws -> Void) rethrows {
+        try exportTable.withLockedValue(change)
+    }
+
     /// The export a client asks for by name; the empty name is the default export.
     func export(named name: String) -> ServedExport? {
+        let exports = self.exports
         if name.isEmpty {
             return exports.first { $0.export.isDefault } ?? exports.first
         }
