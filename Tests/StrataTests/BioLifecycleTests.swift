@@ -114,6 +114,29 @@ import Testing
         #expect(tiny.statistics.waits >= 1)
     }
 
+    @Test func callerTagsAreReadBackAsTheTypeThatKeptThem() {
+        struct Shift: BioCallerTag, Equatable {
+            let bytes: Int64
+            init(_ bytes: Int64) { self.bytes = bytes }
+            init(rawBits: UInt) { bytes = Int64(Int(bitPattern: rawBits)) }
+            var rawBits: UInt { UInt(bitPattern: Int(bytes)) }
+        }
+        let bio = AnyBioSet.shared.alloc()
+        let untagged = bio.callerTag(.caller1, as: Shift.self)
+        bio.setCallerTag(Shift(-4096), in: .caller1)
+        bio.setCallerTag(Shift(1 << 40), in: .caller2)
+        let kept = [bio.callerTag(.caller1, as: Shift.self), bio.callerTag(.caller2, as: Shift.self)]
+        let words = (bio.caller1, bio.caller2)
+        bio.reset()
+        let afterReset = [bio.callerTag(.caller1, as: Shift.self), bio.callerTag(.caller2, as: Shift.self)]
+        bio.destroy()
+        #expect(untagged == Shift(0), "a word never set reads as the bits 0")
+        #expect(kept == [Shift(-4096), Shift(1 << 40)])
+        #expect(words.0 == UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: -4096))
+                && words.1 == UnsafeMutableRawPointer(bitPattern: 1 << 40), "each tag in its own word")
+        #expect(afterReset == [Shift(0), Shift(0)])
+    }
+
     @Test func resetReturnsToTheInitialStateAndKeepsTheAllocation() throws {
         let set = BioSet(name: "reset", reserve: 1, segments: 4, initialPad: UInt64(0xfeed))
         let bio = set.alloc(segments: 4)

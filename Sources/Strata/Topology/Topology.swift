@@ -24,8 +24,9 @@ public final class Topology: @unchecked Sendable {
     private var providersByName: [String: Provider] = [:]
     private var withering: [Geom] = []
     /// Geoms tasting has begun that wait for more components before they start
-    /// (`beginGathering`).
+    /// (`beginGathering`), and the condition `waitWhileGathering` waits on.
     private var gathering = 0
+    private let gatheringChanged = ConditionLock()
     /// Objects classes keep per topology (`shared`), by type.
     private var sharedObjects: [ObjectIdentifier: AnyObject] = [:]
     /// Providers tasting leaves alone (`claim`).
@@ -222,17 +223,25 @@ public final class Topology: @unchecked Sendable {
     /// components (a mirror): assembly waits for it too (`waitWhileGathering`). Each call
     /// is matched by one `endGathering`.
     public func beginGathering() {
-        withLock { gathering += 1 }
+        gatheringChanged.withLock { gathering += 1 }
     }
 
     public func endGathering() {
-        withLock { gathering -= 1 }
+        gatheringChanged.withLock {
+            gathering -= 1
+            gatheringChanged.broadcast()
+        }
     }
 
     /// Waits until no geom is gathering components, or `seconds` pass.
     public func waitWhileGathering(seconds: Double) {
         let deadline = monotonicSeconds() + seconds
-        while withLock({ gathering > 0 }) && monotonicSeconds() < deadline { sleepSeconds(0.005) }
+        gatheringChanged.withLock {
+            while gathering > 0 {
+                let left = deadline - monotonicSeconds()
+                if left <= 0 || !gatheringChanged.wait(seconds: left) { break }
+            }
+        }
         settle()
     }
 

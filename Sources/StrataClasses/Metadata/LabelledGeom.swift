@@ -152,14 +152,13 @@ open class LabelledGeom: Geom, @unchecked Sendable {
                 return
             }
             clone.offset = place.offset
-            clone.caller1 = UnsafeMutableRawPointer(bitPattern: place.component + 1)
+            clone.setCallerTag(ComponentIndex(place.component), in: .caller1)
             clones.append(clone)
             done += piece
         }
         bio.awaitChildren()
         while let clone = clones.popFirst() {
-            let component = Int(bitPattern: clone.caller1) - 1
-            ordered[component].request(clone)
+            ordered[clone.callerTag(.caller1, as: ComponentIndex.self).value].request(clone)
         }
     }
 
@@ -175,13 +174,13 @@ open class LabelledGeom: Geom, @unchecked Sendable {
         clone.offset = place.offset
         clone.length = length
         // The shift back, kept in the consumer-private field for the done routine.
-        clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: Int(bio.offset - place.offset)))
+        clone.setCallerTag(ExtentsShift(bio.offset - place.offset), in: .caller1)
         clone.done = .handler(self)
         passOn(bio, clone, to: orderedReferences[place.component])
     }
 
     override open func bioDone(_ bio: consuming Bio) {
-        bio.shiftExtents(by: Int64(Int(bitPattern: UInt(bitPattern: bio.caller1))))
+        bio.shiftExtents(by: bio.callerTag(.caller1, as: ExtentsShift.self).bytes)
         bio.finishClone()
     }
 }

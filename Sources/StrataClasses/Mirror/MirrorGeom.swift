@@ -31,7 +31,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         let syncOffset = Atomic<Int64>(0)
         let inFlight = Atomic<Int>(0)
         var consumer: Consumer?
-        /// Read and written only by `writeMetadata` (under its lock) and during assembly.
+        /// Read and written only by `writeMetadata` (under `metadataLock`) and during assembly.
         var metadata: MirrorMetadata?
         /// For `prefer`: set when the component is attached, before it is published.
         var priority = 0
@@ -52,26 +52,24 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     public let slice: Int
     let expected: Int
     let slots: [Slot]
-    /// Guards metadata (genid, syncid, dirty), the rebuild gate and parked writes.
-    private let lock = ConditionLock()
-    private var genid: UInt32
-    private var syncid: UInt32
-    private var dirty = false
+    /// What changes under the lock: the fields every component's metadata shares, the
+    /// component being rebuilt, and the rebuild gate. Nothing else reaches them.
+    private let shared: ConditionMutex<SharedState>
     private let roundRobin = Atomic<Int>(0)
     /// Metadata writes happen here, never on an I/O thread.
     private let metadataQueue: DispatchQueue
     /// One metadata write at a time, whoever asks (ejection, rebuild, insert, access).
     private let metadataLock = ConditionLock()
 
-    // The rebuild gate: while a rebuild runs, writes register their ranges, and writes
-    // that overlap the chunk being copied wait.
+    /// Up while a rebuild runs: writes then go through the rebuild gate. Written and
+    /// read, as `untrackedWrites` is, sequentially consistent (see `write`).
     private let rebuildActive = Atomic<Bool>(false)
+    /// Writes in flight that did not go through the gate (clones count one each), and
+    /// writes between counting themselves and looking at `rebuildActive`.
     private let untrackedWrites = Atomic<Int>(0)
-    private var copying: Range<Int64>?
-    private var tracked: [Int: Range<Int64>] = [:]
-    private var nextTrackingID = 2
-    private var parked = BioQueue()
-    private var rebuilding: Int?
+    /// Up while a rebuild waits for `untrackedWrites` to reach 0: the write that brings it
+    /// there wakes the rebuild. Otherwise finishing an untracked write takes no lock.
+    private let rebuildAwaitsUntrackedWrites = Atomic<Bool>(false)
     /// Bytes per second a rebuild may copy (0: no limit).
     public let rebuildRate = Atomic<Int>(0)
     /// Set when the mirror starts to wither: nothing is ejected or copied after that.
@@ -88,8 +86,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         self.balance = balance
         self.slice = slice
         self.expected = expected
-        self.genid = genid
-        self.syncid = syncid
+        shared = ConditionMutex(SharedState(metadata: SharedMetadata(genid: genid, syncid: syncid)))
         slots = (0..<MirrorGeom.maximumComponents).map(Slot.init)
         metadataQueue = DispatchQueue(label: "strata.mirror.\(name)")
         super.init(name: name, className: "MIRROR")
@@ -140,9 +137,9 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         return best
     }
 
-    private func send(_ clone: consuming Bio, to slot: Slot, tag: Int) {
-        clone.caller1 = UnsafeMutableRawPointer(bitPattern: slot.index + 1)
-        clone.caller2 = UnsafeMutableRawPointer(bitPattern: tag)
+    private func send(_ clone: consuming Bio, to slot: Slot, tracking: WriteTracking) {
+        clone.setCallerTag(ComponentIndex(slot.index), in: .caller1)
+        clone.setCallerTag(tracking, in: .caller2)
         clone.done = .handler(self)
         slot.inFlight.wrappingAdd(1, ordering: .relaxed)
         slot.consumer!.request(clone)
@@ -175,7 +172,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             return
         }
         clone.consumerFlags = 1 << UInt32(slot.index)
-        send(clone, to: slot, tag: 0)
+        send(clone, to: slot, tracking: .none)
         bio.awaitChildren()
     }
 
@@ -198,7 +195,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         bio.awaitChildren()
         while let clone = clones.popFirst() {
             let slot = slots[clone.consumerFlags.trailingZeroBitCount]
-            send(clone, to: slot, tag: 0)
+            send(clone, to: slot, tracking: .none)
         }
     }
 
@@ -206,23 +203,35 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
 
     private func write(_ bio: consuming ProviderBio) {
         let range = bio.offset..<(bio.offset + max(bio.length, 0))
-        // Writes count themselves before looking at the rebuild flag, so a rebuild that
-        // starts waits for them (see `startRebuild`).
+        // Writes count themselves before looking at the rebuild flag, which the rebuild
+        // raises before looking at the count: either the write sees the flag and goes
+        // through the gate, or the rebuild waits for it (`waitForUntrackedWrites`).
         untrackedWrites.wrappingAdd(1, ordering: .sequentiallyConsistent)
-        var tag = 1
-        if rebuildActive.load(ordering: .sequentiallyConsistent) {
-            untrackedWrites.wrappingSubtract(1, ordering: .sequentiallyConsistent)
-            lock.lock()
-            if bio.command != .flush, let copying, copying.overlaps(range) {
-                parked.append(bio)
-                lock.unlock()
-                return
-            }
-            tag = nextTrackingID
-            nextTrackingID += 1
-            tracked[tag] = range
-            lock.unlock()
+        guard rebuildActive.load(ordering: .sequentiallyConsistent) else {
+            replicate(bio, over: range, tracking: .untracked)
+            return
         }
+        finishUntrackedWrite()
+        // The gate's test and the parking are one step under the lock: the rebuild lets
+        // parked writes go after each chunk, and one parked after the last would wait
+        // for ever.
+        let isFlush = bio.command == .flush
+        var admitted: ProviderBio? = bio
+        let id = shared.withLock { state -> TrackingID? in
+            guard let id = state.gate.register(range, isFlush: isFlush) else {
+                state.gate.parked.append(admitted.take()!)
+                return nil
+            }
+            return id
+        }
+        if let id, let bio = admitted.take() {
+            replicate(bio, over: range, tracking: .tracked(id))
+        }
+    }
+
+    /// Sends a write to every component that must take it: the ACTIVE ones, and a
+    /// SYNCHRONIZING one when the write starts below its sync offset (a flush to all).
+    private func replicate(_ bio: consuming ProviderBio, over range: Range<Int64>, tracking: WriteTracking) {
         var targets = SlotMask()
         for index in 0..<expected {
             let slot = slots[index]
@@ -234,7 +243,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             }
         }
         guard !targets.isEmpty else {
-            finishTracking(tag)
+            finishTracking(tracking)
             bio.deliver(.io)
             return
         }
@@ -243,45 +252,47 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         for _ in 0..<targets.count {
             guard let clone = bio.clone() else {
                 clones.destroyAll()
-                finishTracking(tag)
+                finishTracking(tracking)
                 bio.deliver(.noMemory)
                 return
             }
             clones.append(clone)
         }
-        // One tracking entry per write, released by its last clone.
-        if tag == 1 { untrackedWrites.wrappingAdd(targets.count - 1, ordering: .sequentiallyConsistent) }
-        else { lock.withLock { trackedClones[tag] = targets.count } }
+        // The write counted once so far; from here each clone counts, and its completion
+        // takes it off.
+        switch tracking {
+        case .none: preconditionFailure("a write is always counted")
+        case .untracked: untrackedWrites.wrappingAdd(targets.count - 1, ordering: .sequentiallyConsistent)
+        case .tracked(let id): shared.withLock { $0.gate.expect(clones: targets.count, for: id) }
+        }
         bio.awaitChildren()
-        while let index = targets.popFirst() { send(clones.popFirst()!, to: slots[index], tag: tag) }
+        while let index = targets.popFirst() { send(clones.popFirst()!, to: slots[index], tracking: tracking) }
     }
 
-    private var trackedClones: [Int: Int] = [:]
+    /// A write's clone completed, or the write ended before sending any: it counts one
+    /// less.
+    private func finishTracking(_ tracking: WriteTracking) {
+        switch tracking {
+        case .none:
+            break
+        case .untracked:
+            finishUntrackedWrite()
+        case .tracked(let id):
+            if shared.withLock({ $0.gate.finish(id) }) { shared.wakeWaiters() }
+        }
+    }
 
-    private func finishTracking(_ tag: Int) {
-        if tag == 1 {
-            untrackedWrites.wrappingSubtract(1, ordering: .sequentiallyConsistent)
-            return
-        }
-        lock.withLock {
-            let left = (trackedClones[tag] ?? 1) - 1
-            if left <= 0 {
-                trackedClones[tag] = nil
-                tracked[tag] = nil
-                lock.broadcast()
-            } else {
-                trackedClones[tag] = left
-            }
-        }
+    private func finishUntrackedWrite() {
+        let left = untrackedWrites.wrappingSubtract(1, ordering: .sequentiallyConsistent).newValue
+        if left == 0 && rebuildAwaitsUntrackedWrites.load(ordering: .sequentiallyConsistent) { shared.wakeWaiters() }
     }
 
     // MARK: Completion
 
     override public func bioDone(_ bio: consuming Bio) {
-        let slot = slots[Int(bitPattern: bio.caller1) - 1]
-        let tag = Int(bitPattern: bio.caller2)
+        let slot = slots[bio.callerTag(.caller1, as: ComponentIndex.self).value]
         slot.inFlight.wrappingSubtract(1, ordering: .relaxed)
-        if tag != 0 { finishTracking(tag) }
+        finishTracking(bio.callerTag(.caller2, as: WriteTracking.self))
         guard let error = bio.error else {
             bio.finishClone()
             return
@@ -292,7 +303,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             if let other = chooseReader(end: end, tried: bio.consumerFlags) {
                 // Retry the same clone on another component.
                 bio.consumerFlags |= 1 << UInt32(other.index)
-                send(bio, to: other, tag: 0)
+                send(bio, to: other, tracking: .none)
                 return
             }
             bio.finishClone()
@@ -325,7 +336,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         slot.set(.broken)
         topology.emit(.warning, "mirror \(name): component \(slot.name) failed (\(error)); ejected, mirror degraded")
         metadataQueue.async { [self] in
-            lock.withLock { genid &+= 1 }
+            shared.withLock { $0.metadata.genid &+= 1 }
             writeMetadata()
         }
     }
@@ -347,14 +358,14 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         // the writers above.
         let writers = provider.accessCounts.write
         if writers == 0 && write > 0 {
-            lock.withLock {
-                dirty = true
-                syncid &+= 1
+            shared.withLock {
+                $0.metadata.dirty = true
+                $0.metadata.syncid &+= 1
             }
             writeMetadata()
         } else if writers > 0 && writers + write == 0 {
             flushComponents()
-            lock.withLock { dirty = false }
+            shared.withLock { $0.metadata.dirty = false }
             writeMetadata()
         }
     }
@@ -369,16 +380,16 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     func writeMetadata() {
         metadataLock.lock()
         defer { metadataLock.unlock() }
-        let (genid, syncid, dirty) = lock.withLock { (self.genid, self.syncid, self.dirty) }
+        let recorded = shared.withLock { $0.metadata }
         for slot in slots.prefix(expected) {
             let state = slot.state
             guard state == .active || state == .synchronizing, let consumer = slot.consumer,
                   let provider = consumer.provider, var metadata = slot.metadata else { continue }
-            metadata.genid = genid
-            metadata.syncid = syncid
+            metadata.genid = recorded.genid
+            metadata.syncid = recorded.syncid
             metadata.balance = balance
             metadata.slice = slice
-            metadata.flags = dirty ? [.dirty] : []
+            metadata.flags = recorded.dirty ? [.dirty] : []
             if state == .synchronizing {
                 metadata.flags.insert(.synchronizing)
                 metadata.syncOffset = slot.syncOffset.load(ordering: .acquiring)
@@ -401,19 +412,18 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     /// sync offset on; the offset is saved as it goes, so a restart resumes. One rebuild
     /// at a time; the next waiting component follows.
     func startRebuild() {
-        let next: Slot? = lock.withLock {
-            guard rebuilding == nil,
+        let next: Slot? = shared.withLock { state in
+            guard state.rebuilding == nil,
                   let slot = slots.prefix(expected).first(where: { $0.state == .synchronizing }) else { return nil }
-            rebuilding = slot.index
+            state.rebuilding = slot.index
             return slot
         }
         guard let slot = next else { return }
         startWorkerThread { [self] in
             rebuildActive.store(true, ordering: .sequentiallyConsistent)
-            // Writes that began before the flag was up are not tracked: let them finish.
-            while untrackedWrites.load(ordering: .sequentiallyConsistent) > 0 { sleepSeconds(0.001) }
+            waitForUntrackedWrites()
             let finished = copy(into: slot)
-            lock.withLock { copying = nil }
+            shared.withLock { $0.gate.copying = nil }
             rebuildActive.store(false, ordering: .sequentiallyConsistent)
             releaseParked()
             if finished {
@@ -423,9 +433,20 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             metadataQueue.sync { writeMetadata() }
             // Only now, with the copy's end on every component, is the mirror COMPLETE:
             // stopped a moment earlier, it would copy again at the next start.
-            lock.withLock { rebuilding = nil }
+            shared.withLock { $0.rebuilding = nil }
             startRebuild()
         }
+    }
+
+    /// Writes that counted themselves before the rebuild flag was up are not tracked: the
+    /// rebuild lets them finish first. It sleeps on the lock's condition; the write that
+    /// brings the count to 0 sees `rebuildAwaitsUntrackedWrites` and wakes it. Flag and
+    /// count are sequentially consistent, so either that write sees the flag or this test
+    /// sees its decrement: the wake-up cannot be missed.
+    private func waitForUntrackedWrites() {
+        rebuildAwaitsUntrackedWrites.store(true, ordering: .sequentiallyConsistent)
+        shared.wait { _ in untrackedWrites.load(ordering: .sequentiallyConsistent) == 0 }
+        rebuildAwaitsUntrackedWrites.store(false, ordering: .sequentiallyConsistent)
     }
 
     /// Starts the rebuild of what is synchronizing once the topology's assembly is
@@ -443,25 +464,24 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         while offset < mirrorSize {
             guard target.state == .synchronizing, topology != nil, !stopping.load(ordering: .acquiring) else { return false }
             let range = offset..<min(offset + MirrorGeom.chunk, mirrorSize)
-            lock.withLock {
-                copying = range
-                while tracked.values.contains(where: { $0.overlaps(range) }) { lock.wait() }
-            }
+            // Writes over the chunk park from here on; those registered over it finish first.
+            shared.withLock { $0.gate.copying = range }
+            shared.wait { !$0.gate.overlapsTrackedWrite(range) }
             guard let data = readChunk(range), target.state == .synchronizing else {
-                lock.withLock { copying = nil }
+                shared.withLock { $0.gate.copying = nil }
                 releaseParked()
                 return false
             }
             do {
                 try target.consumer!.writeSync(data, at: range.lowerBound)
             } catch {
-                lock.withLock { copying = nil }
+                shared.withLock { $0.gate.copying = nil }
                 eject(target, because: (error as? StrataError)?.code ?? .io)
                 releaseParked()
                 return false
             }
             target.syncOffset.store(range.upperBound, ordering: .releasing)
-            lock.withLock { copying = nil }
+            shared.withLock { $0.gate.copying = nil }
             releaseParked()
             offset = range.upperBound
             copied += Int64(range.count)
@@ -511,8 +531,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     }
 
     private func releaseParked() {
-        var waiting = BioQueue()
-        lock.withLock { swap(&waiting, &parked) }
+        var waiting = shared.withLock { $0.gate.takeParked() }
         while let bio = waiting.popFirst() { start(bio) }
     }
 
@@ -522,7 +541,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     public var status: (state: String, progress: Double, components: [(name: String, state: String)]) {
         let used = slots.prefix(expected)
         let components = used.map { ($0.name, $0.state.name) }
-        if let index = lock.withLock({ rebuilding }) {
+        if let index = shared.withLock({ $0.rebuilding }) {
             let done = Double(slots[index].syncOffset.load(ordering: .relaxed)) / Double(max(mirrorSize, 1))
             return ("SYNCHRONIZING", done, components)
         }
@@ -531,14 +550,33 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     }
 
     func bumpGeneration() {
-        lock.withLock { genid &+= 1 }
+        shared.withLock { $0.metadata.genid &+= 1 }
     }
 
     func updateGenerations(_ genid: UInt32, _ syncid: UInt32) {
-        lock.withLock {
-            self.genid = genid
-            self.syncid = syncid
+        shared.withLock {
+            $0.metadata.genid = genid
+            $0.metadata.syncid = syncid
         }
+    }
+}
+
+extension MirrorGeom {
+    /// What the mirror's lock guards (`shared`).
+    struct SharedState: ~Copyable {
+        var metadata: SharedMetadata
+        /// The slot being rebuilt, from the start of its rebuild until the end is in every
+        /// component's metadata.
+        var rebuilding: Int?
+        var gate = RebuildGate()
+    }
+
+    /// The fields every component's metadata records of the mirror as a whole.
+    struct SharedMetadata {
+        var genid: UInt32
+        var syncid: UInt32
+        /// Open for writing: a mirror found dirty at assembly was not closed cleanly.
+        var dirty = false
     }
 }
 

@@ -70,7 +70,7 @@ public final class PartGeom: Geom, @unchecked Sendable {
         }
         clone.offset += start
         if bio.command == .getattr && bio.attribute == .extents {
-            clone.caller1 = UnsafeMutableRawPointer(bitPattern: UInt(start))
+            clone.setCallerTag(ExtentsShift(-start), in: .caller1)
             clone.done = .handler(self)
         }
         passOnToFirstConsumer(bio, clone)
@@ -78,7 +78,7 @@ public final class PartGeom: Geom, @unchecked Sendable {
 
     /// Extents come back in disk coordinates: shift them into the partition's.
     override public func bioDone(_ bio: consuming Bio) {
-        bio.shiftExtents(by: -Int64(UInt(bitPattern: bio.caller1)))
+        bio.shiftExtents(by: bio.callerTag(.caller1, as: ExtentsShift.self).bytes)
         bio.finishClone()
     }
 }

@@ -325,6 +325,36 @@ struct MirrorConcurrency {
         #expect(try await MirrorTests.identical(disks[0].provider, disks[2].provider, in: topology, size: mirror.mirrorSize))
     }
 
+    /// A write that began before the rebuild is not tracked by its gate: the rebuild waits
+    /// for it. Copying at once would read the source before the write reached it, and
+    /// put the old data over what the write left on the target.
+    @Test func aRebuildWaitsForAWriteThatBeganBeforeIt() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<2).map { try MemoryDisk.create(in: topology, name: "wb\($0)", size: 4 << 20) }
+        let slow = try NopGeom.create(in: topology, name: "wb-slow", over: disks[0].provider)
+        let mirror = try MirrorGeom.create(in: topology, name: "mw", over: [slow.providers[0], disks[1].provider])
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        try await device.write(MirrorTests.pattern(65536, seed: 1), at: 0)
+        // The write reaches wb1 at once and the source, wb0, 400 ms later; the rebuild's
+        // reads of wb0 are not held.
+        try slow.configure(.init(delayMilliseconds: 400))
+        let write = Task { try await device.write(MirrorTests.pattern(65536, seed: 2), at: 0) }
+        let copy = try BlockDevice(opening: disks[1].provider, in: topology, writable: false)
+        defer { copy.close() }
+        // Once wb1 has it, the write is in flight to wb0.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while try await copy.read(at: 0, count: 65536) != MirrorTests.pattern(65536, seed: 2), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        try slow.configure(.init())
+        try mirror.rebuild("wb1", in: topology)
+        try await write.value
+        #expect(try await MirrorTests.waitFor(mirror, state: "COMPLETE"), "\(mirror.status)")
+        #expect(try await copy.read(at: 0, count: 65536) == MirrorTests.pattern(65536, seed: 2))
+        #expect(try await MirrorTests.identical(disks[0].provider, disks[1].provider, in: topology, size: mirror.mirrorSize))
+    }
 }
 
 /// The mirror operations and a rebuild that resumes.
