@@ -25,6 +25,20 @@ public final class ConditionMutex<Value: ~Copyable>: @unchecked Sendable {
         while !ready(value) { lock.wait() }
     }
 
+    /// `wait(until:)` for at most `seconds`. Returns whether `ready` held.
+    @discardableResult
+    public func wait(until ready: (borrowing Value) -> Bool, seconds: Double) -> Bool {
+        let deadline = monotonicSeconds() + seconds
+        lock.lock()
+        defer { lock.unlock() }
+        while !ready(value) {
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { return false }
+            lock.wait(seconds: left)
+        }
+        return true
+    }
+
     /// Wakes every thread in `wait(until:)` to test its condition again. Call it after a
     /// change that may let a waiter go on, outside `withLock`. It takes the lock, so a
     /// waiter between its test and its sleep cannot miss the wake-up, even when the

@@ -24,9 +24,8 @@ public final class Topology: @unchecked Sendable {
     private var providersByName: [String: Provider] = [:]
     private var withering: [Geom] = []
     /// Geoms tasting has begun that wait for more components before they start
-    /// (`beginGathering`), and the condition `waitWhileGathering` waits on.
-    private var gathering = 0
-    private let gatheringChanged = ConditionLock()
+    /// (`beginGathering`), with the condition `waitWhileGathering` waits on.
+    private let gathering = ConditionMutex(0)
     /// Objects classes keep per topology (`shared`), by type.
     private var sharedObjects: [ObjectIdentifier: AnyObject] = [:]
     /// Providers tasting leaves alone (`claim`).
@@ -223,25 +222,17 @@ public final class Topology: @unchecked Sendable {
     /// components (a mirror): assembly waits for it too (`waitWhileGathering`). Each call
     /// is matched by one `endGathering`.
     public func beginGathering() {
-        gatheringChanged.withLock { gathering += 1 }
+        gathering.withLock { $0 += 1 }
     }
 
     public func endGathering() {
-        gatheringChanged.withLock {
-            gathering -= 1
-            gatheringChanged.broadcast()
-        }
+        gathering.withLock { $0 -= 1 }
+        gathering.wakeWaiters()
     }
 
     /// Waits until no geom is gathering components, or `seconds` pass.
     public func waitWhileGathering(seconds: Double) {
-        let deadline = monotonicSeconds() + seconds
-        gatheringChanged.withLock {
-            while gathering > 0 {
-                let left = deadline - monotonicSeconds()
-                if left <= 0 || !gatheringChanged.wait(seconds: left) { break }
-            }
-        }
+        gathering.wait(until: { $0 == 0 }, seconds: seconds)
         settle()
     }
 
