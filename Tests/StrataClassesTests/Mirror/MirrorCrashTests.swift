@@ -322,15 +322,30 @@ struct MirrorCrashTests {
         }
     }
 
+    /// The workload with a rebuild with writers (of d2 after a replacement, else of d1),
+    /// run again, up to three times, until its writes below the copy landed while the
+    /// rebuild went on: on a loaded machine (AddressSanitizer beside other work) a small
+    /// mirror's rebuild can end before the test's thread gets to write.
+    static func runWithWritesBelowTheCopy(mirrorSize: Int, replacing: Bool) async throws -> Run {
+        var attempt = 1
+        while true {
+            let run = Run(mirrorSize: mirrorSize)
+            try await run.start()
+            if replacing { try await run.replaceWhileClosed() }
+            try await run.rebuildWithWriters(replacing ? "d2" : "d1")
+            run.finish()
+            if run.wroteBelowTheCopy || attempt == 3 { return run }
+            run.topology.shutdown()
+            attempt += 1
+        }
+    }
+
     /// Writes below a rebuild's saved offset go to the copy being rebuilt too. Cut the
     /// power when one of them has reached the source and not the copy: the copy must not
     /// resume at its saved offset, past the write it lacks.
     @Test func aCutDuringARebuildWithWritersRebuildsTheCopyFromTheStart() async throws {
-        let run = Run(mirrorSize: 20 << 20)
+        let run = try await Self.runWithWritesBelowTheCopy(mirrorSize: 20 << 20, replacing: false)
         defer { run.topology.shutdown() }
-        try await run.start()
-        try await run.rebuildWithWriters("d1")
-        run.finish()
         try #require(run.wroteBelowTheCopy, "the writes were meant to land below the saved offset during the rebuild")
         let write = run.record.writes[run.firstBelowTheCopy]
         let entries = run.log.entries[write.start..<write.acknowledged].filter {
@@ -348,12 +363,8 @@ struct MirrorCrashTests {
     }
 
     @Test func everyCrashPointOfASmallMirrorComesBackConsistentWithEveryDurableWrite() async throws {
-        let run = Run(mirrorSize: 3 << 20)
+        let run = try await Self.runWithWritesBelowTheCopy(mirrorSize: 3 << 20, replacing: true)
         defer { run.topology.shutdown() }
-        try await run.start()
-        try await run.replaceWhileClosed()
-        try await run.rebuildWithWriters("d2")
-        run.finish()
         #expect(run.wroteBelowTheCopy, "the last writes were meant to land below the copy during the rebuild")
         let states = try run.log.crashStates(at: 0...run.log.count, subsetsPerPoint: 6, seed: 20261121)
         let findings = try await Self.recover(states, of: run)
@@ -364,12 +375,8 @@ struct MirrorCrashTests {
     /// 20 chunks: a rebuild saves its offset after 16, so a cut can find a component
     /// whose metadata says it is rebuilt that far.
     @Test func crashPointsOfRebuildsThatSavedTheirOffsetComeBackConsistent() async throws {
-        let run = Run(mirrorSize: 20 << 20)
+        let run = try await Self.runWithWritesBelowTheCopy(mirrorSize: 20 << 20, replacing: true)
         defer { run.topology.shutdown() }
-        try await run.start()
-        try await run.replaceWhileClosed()
-        try await run.rebuildWithWriters("d2")
-        run.finish()
         #expect(run.wroteBelowTheCopy, "the last writes were meant to land below the saved offset during the rebuild")
         let sample = run.log.crashPoints(sampling: 25, seed: 17, within: run.milestones.rebuilding)
         let states = try run.log.crashStates(at: sample, subsetsPerPoint: 3, seed: 20261122)
