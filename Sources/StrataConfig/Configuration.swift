@@ -24,12 +24,16 @@ public struct Configuration: Sendable, Equatable {
     /// How long an NBD event loop serving one connection polls for the client's next
     /// request before it sleeps (`busy-poll-us`; 0 turns polling off).
     public var busyPoll: Duration = Configuration.defaultBusyPoll
+    /// How long a stop waits for clients to finish and requests in flight to complete
+    /// (`shutdown-grace`, seconds); what is still in flight then is logged and left.
+    public var shutdownGrace: Duration = Configuration.defaultShutdownGrace
 
     public static let defaultListen = [ListenURL.tcp(host: "127.0.0.1", port: 10809)]
     /// On by default: at queue depth 1 on a virtual machine, waking a sleeping event loop
     /// is most of a request's time (`BusyPoller`), and the window closes by itself when
     /// the client is not that quick.
     public static let defaultBusyPoll = Duration.microseconds(50)
+    public static let defaultShutdownGrace = Duration.seconds(10)
 }
 
 /// A place to listen: `tcp://HOST:PORT` or `unix:///absolute/path`.

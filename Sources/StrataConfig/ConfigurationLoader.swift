@@ -38,9 +38,10 @@ public struct ConfigurationLoader {
         return try loader.configuration(from: root)
     }
 
-    static let topKeys = ["listen", "control", "data-directory", "limits", "busy-poll-us", "disks", "geoms", "exports", "withdrawn"]
+    static let topKeys = ["listen", "control", "data-directory", "limits", "busy-poll-us", "shutdown-grace", "disks", "geoms",
+                          "exports", "withdrawn"]
     static let changeKeys = ["disks", "geoms", "exports", "removed", "removed-exports"]
-    static let limitKeys = ["requests", "connection-bytes", "server-bytes"]
+    static let limitKeys = ["requests", "connection-bytes", "server-bytes", "connections", "handshake-seconds"]
     static let geomKeys = ["name", "class", "consumers"]
     static let exportKeys = ["name", "provider", "read-only", "description", "default"]
 
@@ -64,6 +65,10 @@ public struct ConfigurationLoader {
         if let node = top["control"] { control = absolute(try scalar(node, key: "control")) }
 
         let limits = try top["limits"].map { try self.limits($0) } ?? NBDServer.Limits()
+        var shutdownGrace = Configuration.defaultShutdownGrace
+        if let node = top["shutdown-grace"] {
+            shutdownGrace = .seconds(try value(node, key: "shutdown-grace").integer(in: 1...3600))
+        }
         var busyPoll = Configuration.defaultBusyPoll
         if let node = top["busy-poll-us"] {
             busyPoll = .microseconds(try value(node, key: "busy-poll-us").integer(in: 0...1000))
@@ -106,7 +111,7 @@ public struct ConfigurationLoader {
         let withdrawn = try list(top["withdrawn"], key: "withdrawn").enumerated().map { try scalar($1, key: "withdrawn[\($0)]") }
         return Configuration(file: file, listen: listen, control: control, dataDirectory: dataDirectory, directory: baseDirectory,
                              disks: disks, geoms: geoms, withdrawn: withdrawn, exports: exports,
-                             limits: limits, busyPoll: busyPoll)
+                             limits: limits, busyPoll: busyPoll, shutdownGrace: shutdownGrace)
     }
 
     /// Reads a state file: the changes made at run time (`TopologyChanges`).
@@ -142,6 +147,12 @@ public struct ConfigurationLoader {
         var limits = NBDServer.Limits()
         if let requests = fields["requests"] {
             limits.requests = try value(requests, key: "limits.requests").integer(in: 1...65536)
+        }
+        if let connections = fields["connections"] {
+            limits.connections = try value(connections, key: "limits.connections").integer(in: 1...1_000_000)
+        }
+        if let seconds = fields["handshake-seconds"] {
+            limits.handshakeTimeout = .seconds(try value(seconds, key: "limits.handshake-seconds").integer(in: 1...3600))
         }
         // Below one maximum request (32 MiB) a connection could never take in a large one.
         let smallest: Int64 = 32 << 20

@@ -8,6 +8,7 @@ import StrataDisks
 import StrataConfig
 import StrataControl
 import StrataNBD
+import Synchronization
 import StrataNBDProtocol
 
 struct Serve: AsyncParsableCommand {
@@ -21,7 +22,8 @@ struct Serve: AsyncParsableCommand {
         and value, and nothing is served.
 
         On SIGINT or SIGTERM the server stops accepting, answers the requests in flight,
-        flushes and closes every geom, and exits 0.
+        flushes and closes every geom, and exits 0; what is still in flight after the
+        shutdown grace (10 s; `shutdown-grace`) is logged and left, and it exits 1.
         """)
 
     @Option(name: .long, help: "The topology file (YAML).")
@@ -44,6 +46,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         Self.keepLargeBuffersInTheHeap()
+        let descriptors = Self.raiseDescriptorLimit()
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -63,6 +66,16 @@ struct Serve: AsyncParsableCommand {
             throw FailureExit(message: "\(error)")
         }
         if !listen.isEmpty { configuration.listen = listen.compactMap(ListenURL.init) }
+        // Every connection is a descriptor; the disks, listeners and the control socket
+        // need theirs even when NBD clients fill the cap.
+        let reserve = 128
+        if configuration.limits.connections > descriptors - reserve {
+            let lowered = max(descriptors - reserve, 1)
+            logger.notice("limits.connections lowered to what the descriptor limit leaves",
+                          metadata: ["asked": "\(configuration.limits.connections)", "lowered": "\(lowered)",
+                                     "descriptors": "\(descriptors)"])
+            configuration.limits.connections = lowered
+        }
 
         let topology = Topology(log: { level, message in
             Logger(label: "strata.topology").log(level: level.swiftLog, "\(message)")
@@ -107,14 +120,42 @@ struct Serve: AsyncParsableCommand {
             logger.warning("listening on \(url), which is not loopback: NBD has no authentication")
         }
         server.accept()
+        // For the report of a stop that outlives its grace, should the topology's lock be
+        // held then.
+        let startingProviders = topology.providers
         printStartup(configuration: configuration, built: built, bound: bound)
 
         let signal = await stop.wait()
-        logger.info("signal \(signal): stopping")
-        await server.stop()
+        let grace = configuration.shutdownGrace
+        logger.info("signal \(signal): stopping", metadata: ["grace": "\(grace)"])
+        let seconds = Double(grace.wholeNanoseconds) / 1e9
+        let socket = configuration.control
+        // The watchdog is a thread of its own: a hung backend can hold the threads the stop
+        // below runs on, the cooperative pool's and Dispatch's with them.
+        let stopped = Atomic<Bool>(false)
+        Thread.detachNewThread {
+            Thread.sleep(forTimeInterval: seconds + 2)
+            guard !stopped.load(ordering: .acquiring) else { return }
+            // Requests a backend holds (a hung device, a nop's delay) are left: a mirror
+            // above them is still open for writing, so its metadata stays dirty and the
+            // next start resynchronizes it.
+            // A backend that hangs can hold the topology's lock (a mirror writing its
+            // metadata through it): the report does not wait for it.
+            let providers = topology.providersIfUnlocked ?? startingProviders
+            let list = providers.map { ($0.name, $0.statistics.snapshot.inFlight) }.filter { $0.1 > 0 }
+                    .map { "\($0.0): \($0.1)" }.joined(separator: ", ")
+            logger.error("stopped after the grace with requests still in flight, left unfinished; a mirror above them stays marked dirty and is resynchronized at the next start",
+                         metadata: ["grace": "\(grace)", "in-flight": "\(list.isEmpty ? "none counted" : list)"])
+            unlink(socket)
+            Foundation.exit(1)
+        }
+        let deadline = ContinuousClock.now + grace
+        await server.stop(seconds: seconds)
         await control.stop()
-        try? FileManager.default.removeItem(atPath: configuration.control)
-        topology.shutdown()
+        try? FileManager.default.removeItem(atPath: socket)
+        let clean = topology.shutdown(seconds: max(Double((deadline - ContinuousClock.now).wholeNanoseconds) / 1e9, 1))
+        stopped.store(true, ordering: .releasing)
+        guard clean else { throw FailureExit(message: "stopped with geoms that did not close") }
         logger.info("stopped")
     }
 
@@ -240,6 +281,24 @@ extension LogLevel {
 }
 
 extension Serve {
+    /// Raises the soft limit on open descriptors to the hard limit, as nginx and qemu do
+    /// (systemd starts services at 1024), and returns the limit now in force.
+    static func raiseDescriptorLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+        var ceiling = limit.rlim_max
+        if ceiling == rlim_t.max, let text = try? String(contentsOfFile: "/proc/sys/fs/nr_open", encoding: .utf8),
+           let open = rlim_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            ceiling = open
+        }
+        if limit.rlim_cur < ceiling {
+            var raised = limit
+            raised.rlim_cur = ceiling
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        return Int(clamping: limit.rlim_cur)
+    }
+
     /// A large NBD read's reply buffer (1 MiB rounds up to 2 MiB) is above glibc's mmap
     /// threshold, and freeing a batch of them trims the heap: either way the next one
     /// is fresh memory, and the disk's copy into it spent a fifth of its time in page

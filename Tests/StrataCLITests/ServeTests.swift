@@ -22,7 +22,9 @@ final class ServeProcess: @unchecked Sendable {
     private let outputHandle: FileHandle
     private let errorHandle: FileHandle
 
-    init(arguments: [String], directory: String? = nil, files: [String: String] = [:]) throws {
+    /// Runs `strata` (or `executable`, a wrapper such as prlimit that runs it) with
+    /// `arguments` in `directory`, with `files` written there first.
+    init(executable: String = strataBinary, arguments: [String], directory: String? = nil, files: [String: String] = [:]) throws {
         self.directory = directory ?? NSTemporaryDirectory() + "strata-cli-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         for (name, text) in files { try text.write(toFile: self.directory + "/" + name, atomically: true, encoding: .utf8) }
@@ -37,7 +39,7 @@ final class ServeProcess: @unchecked Sendable {
         }
         self.outputHandle = outputHandle
         self.errorHandle = errorHandle
-        process.executableURL = URL(fileURLWithPath: strataBinary)
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: self.directory)
         process.standardOutput = outputHandle

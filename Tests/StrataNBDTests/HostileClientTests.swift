@@ -228,7 +228,7 @@ struct HostileClientTests {
     /// 96 MiB announced, and serves the rest as the first ones complete.
     @Test func theServerBudgetBoundsPayloadTakenInAcrossConnections() async throws {
         let budget = 32 << 20
-        let fixture = try await ServerFixture(limits: NBDServer.Limits(serverBytes: budget)) { topology, _ in
+        let fixture = try await ServerFixture(limits: NBDServer.Limits(serverBytes: budget, handshakeTimeout: .seconds(600))) { topology, _ in
             let memory = try MemoryDisk.create(in: topology, name: "budget-md", size: 64 << 20)
             _ = try NopGeom.create(in: topology, name: "held", over: memory.provider,
                                    settings: NopGeom.Settings(delayMilliseconds: 1000))

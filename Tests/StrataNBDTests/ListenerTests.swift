@@ -16,7 +16,7 @@ struct ListenerTests {
         _ = try MemoryDisk.create(in: topology, name: "md", size: 1 << 20)
         var quiet = Logger(label: "test")
         quiet.logLevel = .critical
-        return try NBDServer(topology: topology, exports: [NBDExport(name: "md", provider: "md")], logger: quiet, threads: 1)
+        return try NBDServer(topology: topology, exports: [NBDExport(name: "md", provider: "md")], logger: quiet, limits: .patient, threads: 1)
     }
 
     func withDirectory(_ body: (String) async throws -> Void) async throws {

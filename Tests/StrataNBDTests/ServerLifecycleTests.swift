@@ -79,7 +79,8 @@ struct ServerLifecycleTests {
         let socket = directory + "/nbd.sock"
         var quiet = Logger(label: "test")
         quiet.logLevel = .critical
-        let server = try NBDServer(topology: topology, exports: [NBDExport(name: "slow", provider: "slow0")], logger: quiet)
+        let server = try NBDServer(topology: topology, exports: [NBDExport(name: "slow", provider: "slow0")], logger: quiet,
+                                   limits: .patient)
         try await server.start(listeningOn: [.unix(path: socket)])
         let script = """
         import nbd, threading
@@ -113,7 +114,7 @@ struct ServerLifecycleTests {
     @Test func disconnectFinishesRequestsInFlightThenCloses() async throws {
         let topology = Topology()
         _ = try SlowDisk.install(in: topology, name: "slow1", delay: .milliseconds(200))
-        let server = try NBDServer(topology: topology, exports: [NBDExport(name: "slow", provider: "slow1")])
+        let server = try NBDServer(topology: topology, exports: [NBDExport(name: "slow", provider: "slow1")], limits: .patient)
         let directory = NSTemporaryDirectory() + "strata-disc-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }

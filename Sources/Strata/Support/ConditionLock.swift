@@ -30,6 +30,8 @@ public final class ConditionLock: @unchecked Sendable {
 
     public func lock() { pthread_mutex_lock(mutex) }
     public func unlock() { pthread_mutex_unlock(mutex) }
+    /// Takes the lock if nobody holds it; returns whether it did.
+    public func tryLock() -> Bool { pthread_mutex_trylock(mutex) == 0 }
 
     public func withLock<T: ~Copyable>(_ body: () throws -> T) rethrows -> T {
         lock()

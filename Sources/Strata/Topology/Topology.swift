@@ -158,6 +158,14 @@ public final class Topology: @unchecked Sendable {
         withLock { providersByName.values.sorted { $0.name < $1.name } }
     }
 
+    /// The providers, or nil if the topology's lock is held: for a report that must not
+    /// wait (a stop whose grace is over while a class holds the lock for slow I/O).
+    public var providersIfUnlocked: [Provider]? {
+        guard lock.tryLock() else { return nil }
+        defer { lock.unlock() }
+        return providersByName.values.sorted { $0.name < $1.name }
+    }
+
     // MARK: Providers
 
     /// Makes a provider for `geom` and announces it: it is offered to every class.

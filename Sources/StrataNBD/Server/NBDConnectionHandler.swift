@@ -35,6 +35,9 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     @exclusivity(unchecked) var writable = true
     @exclusivity(unchecked) var logger: Logger
     @exclusivity(unchecked) var peer = "unknown peer"
+    /// Closes the connection if the client has not started transmission in time
+    /// (`Limits.handshakeTimeout`); cancelled once it has, or once it closed.
+    private var handshakeDeadline: Scheduled<Void>?
 
     // Negotiated in the handshake.
     @exclusivity(unchecked) var fixedNewstyle = false
@@ -119,6 +122,15 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         logger[metadataKey: "peer"] = "\(peer)"
         core.register(self)
         poller?.connections += 1
+        let limit = core.limits.handshakeTimeout
+        handshakeDeadline = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit.wholeNanoseconds))) { [self] in
+            switch session.phase {
+            case .clientFlags, .options: break
+            case .transmission, .closed: return
+            }
+            core.handshakeTimedOut(peer: peer, logger: logger)
+            close(.now)
+        }
         var greeting = context.channel.allocator.buffer(capacity: 18)
         greeting.writeNBDGreeting(flags: NBDHandshakeFlags.fixedNewstyle | NBDHandshakeFlags.noZeroes)
         context.writeAndFlush(wrapOutboundOut(greeting), promise: nil)
@@ -192,6 +204,8 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        handshakeDeadline?.cancel()
+        handshakeDeadline = nil
         poller?.connections -= 1
         session.phase = .closed
         perform(lifecycle.channelClosed(inFlight: requests.count))
@@ -411,6 +425,8 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         self.served = served
         logger[metadataKey: "export"] = "\(served.export.name)"
         session.phase = .transmission(extendedHeaders: extendedHeaders)
+        handshakeDeadline?.cancel()
+        handshakeDeadline = nil
         perform(lifecycle.transmissionStarted())
         logger.debug("transmission started", metadata: ["structured": "\(structuredReplies)", "extended": "\(extendedHeaders)"])
         return true

@@ -23,11 +23,21 @@ public final class NBDServer: Sendable {
         /// being read: what bounds the server's memory when many clients flood it at
         /// once, each within its own limits.
         public var serverBytes: Int
+        /// Connections open at once; one more is closed as soon as it is accepted, so
+        /// that idle or hostile clients cannot take every descriptor (the control socket
+        /// and the disks need some).
+        public var connections: Int
+        /// How long a client has from connecting to starting transmission (NBD_OPT_GO or
+        /// EXPORT_NAME) before its connection is closed.
+        public var handshakeTimeout: Duration
 
-        public init(requests: Int = 256, bytes: Int = 128 << 20, serverBytes: Int = 512 << 20) {
+        public init(requests: Int = 256, bytes: Int = 128 << 20, serverBytes: Int = 512 << 20, connections: Int = 1000,
+                    handshakeTimeout: Duration = .seconds(10)) {
             self.requests = requests
             self.bytes = bytes
             self.serverBytes = serverBytes
+            self.connections = connections
+            self.handshakeTimeout = handshakeTimeout
         }
     }
 
@@ -161,9 +171,14 @@ public final class NBDServer: Sendable {
     /// `net.core.wmem_max`.
     static let unixSendBuffer: SocketOptionValue = 4 << 20
 
-    /// Hands an accepted connection to an event loop, with the handler in its pipeline.
+    /// Hands an accepted connection to an event loop, with the handler in its pipeline;
+    /// one past `Limits.connections` is closed at once.
     private func adopt(_ descriptor: Int32, tcp: Bool) {
         let core = self.core
+        guard core.admit() else {
+            Glibc.close(descriptor)
+            return
+        }
         let pollers = self.pollers
         var bootstrap = ClientBootstrap(group: group)
             .channelOption(ChannelOptions.writeBufferWaterMark, value: .init(low: 1 << 20, high: 8 << 20))
@@ -184,6 +199,7 @@ public final class NBDServer: Sendable {
             bootstrap = bootstrap.channelOption(ChannelOptions.socketOption(.so_sndbuf), value: Self.unixSendBuffer)
         }
         bootstrap.withConnectedSocket(descriptor).whenFailure { error in
+            core.release()
             core.logger.warning("accepted connection not served", metadata: ["error": "\(error)"])
         }
     }
@@ -198,7 +214,9 @@ public final class NBDServer: Sendable {
     }
 
     /// Stops: no new connections; every connection finishes and answers the requests it
-    /// has in flight, then closes. Waits up to `seconds` for them.
+    /// has in flight, then closes. Waits up to `seconds` for them, then cuts them off;
+    /// one that still has not closed two seconds later (its event loop held by a backend)
+    /// is left, and so are the event loops.
     public func stop(seconds: Double = 10) async {
         core.beginStopping()
         let listening = listeners.withLockedValue { listeners in
@@ -217,7 +235,15 @@ public final class NBDServer: Sendable {
         for connection in core.connections {
             connection.eventLoop.execute { connection.close(.now) }
         }
-        while !core.connections.isEmpty { try? await Task.sleep(for: .milliseconds(5)) }
+        // A connection whose event loop a backend holds (a close that must write through a
+        // hung disk) may not get there: past a little more time, the stop gives up on it.
+        let cutOff = ContinuousClock.now + .seconds(2)
+        while !core.connections.isEmpty && ContinuousClock.now < cutOff { try? await Task.sleep(for: .milliseconds(5)) }
+        guard core.connections.isEmpty else {
+            core.logger.warning("connections still closing after the stop's deadline; left as they are",
+                                metadata: ["connections": "\(core.connections.count)"])
+            return
+        }
         for served in core.exports { core.topology.wither(served.geom) }
         // A server started again on this topology reuses the export geoms' names.
         for served in core.exports { core.topology.waitUntilGone(served.geom, seconds: 2) }
@@ -268,6 +294,14 @@ final class NBDServerCore: Sendable {
     private let state = NIOLockedValueBox<(connections: [ObjectIdentifier: NBDConnectionHandler], stopping: Bool)>(([:], false))
     /// Payload bytes in flight over all connections (`Limits.serverBytes`).
     private let bytesInFlight = Atomic<Int>(0)
+    /// Connections accepted and not yet closed (`Limits.connections`), counted from the
+    /// accept, before NIO has them.
+    private let admitted = Atomic<Int>(0)
+    /// Connections refused at the cap since it was last logged, and when that was:
+    /// a flood is logged once a second, not once a connection.
+    private let refusals = NIOLockedValueBox<(count: Int, lastLog: ContinuousClock.Instant?)>((0, nil))
+    /// Peers whose handshake timed out, logged once each (at most 4096 remembered).
+    private let slowPeers = NIOLockedValueBox<Set<String>>([])
     /// Connections that stopped reading because the server's budget was spent; woken
     /// when it falls to half, since with nothing of their own in flight no completion
     /// of theirs would.
@@ -309,7 +343,46 @@ final class NBDServerCore: Sendable {
         if refused { connection.eventLoop.execute { connection.stopGracefully() } }
     }
 
+    /// Counts an accepted connection in, or refuses it at the cap (logged at most once
+    /// a second, with how many were refused).
+    func admit() -> Bool {
+        if admitted.wrappingAdd(1, ordering: .relaxed).newValue <= limits.connections { return true }
+        admitted.wrappingSubtract(1, ordering: .relaxed)
+        let refused: Int? = refusals.withLockedValue { refusals in
+            refusals.count += 1
+            let now = ContinuousClock.now
+            if let last = refusals.lastLog, now - last < .seconds(1) { return nil }
+            defer { refusals = (0, now) }
+            return refusals.count
+        }
+        if let refused {
+            logger.warning("connection refused: the server has its maximum of connections open (limits.connections)",
+                           metadata: ["limit": "\(limits.connections)", "refused": "\(refused)"])
+        }
+        return false
+    }
+
+    /// An admitted connection closed.
+    func release() {
+        admitted.wrappingSubtract(1, ordering: .relaxed)
+    }
+
+    /// Logs a handshake that timed out, once per peer host.
+    func handshakeTimedOut(peer: String, logger: Logger) {
+        let host = peer.split(separator: ":").dropLast().joined(separator: ":")
+        let first = slowPeers.withLockedValue { peers in
+            guard peers.count < 4096 else { return false }
+            return peers.insert(host.isEmpty ? peer : host).inserted
+        }
+        if first {
+            logger.warning("handshake timed out; closing (logged once per peer)",
+                           metadata: ["seconds": "\(limits.handshakeTimeout)"])
+        }
+    }
+
     func unregister(_ connection: NBDConnectionHandler) {
+        // Only accepted connections were admitted (an embedded one has no descriptor).
+        if connection.descriptor >= 0 { release() }
         _ = state.withLockedValue { $0.connections.removeValue(forKey: ObjectIdentifier(connection)) }
         _ = starved.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(connection)) }
     }

@@ -15,7 +15,7 @@ final class ServerFixture: @unchecked Sendable {
     var tcpPort: Int?
 
     /// - Parameter disks: builds the disks and returns the exports to serve.
-    init(tcp: Bool = false, limits: NBDServer.Limits = NBDServer.Limits(), threads: Int = 2, busyPoll: Duration = .zero,
+    init(tcp: Bool = false, limits: NBDServer.Limits = .patient, threads: Int = 2, busyPoll: Duration = .zero,
          _ disks: (Topology, String) throws -> [NBDExport]) async throws {
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("strata-nbd-\(UUID().uuidString.prefix(8))").path
@@ -40,6 +40,17 @@ final class ServerFixture: @unchecked Sendable {
     func stop() async {
         await server.stop()
         try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+extension NBDServer.Limits {
+    /// The defaults with a handshake timeout of ten minutes, for servers whose clients
+    /// are this process's own: their handshakes await cooperative threads, which the crash
+    /// sweeps of the suites beside them can hold for tens of seconds.
+    static var patient: Self {
+        var limits = Self()
+        limits.handshakeTimeout = .seconds(600)
+        return limits
     }
 }
 

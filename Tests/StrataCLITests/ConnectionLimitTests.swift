@@ -1,0 +1,167 @@
+import Foundation
+import Testing
+
+/// Clients that connect and say nothing, or too many of them, cannot lock anyone out:
+/// the descriptor limit is raised, connections past the cap are refused at once, idle
+/// handshakes are closed, and the control socket keeps answering. A stop takes no longer
+/// than its grace, whatever a backend holds.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct ConnectionLimitTests {
+    /// Starts `strata serve` under `prlimit --nofile=SOFT:HARD` in a directory of its own.
+    static func serve(_ topology: String, soft: Int, hard: Int, prefix: String) throws -> (ServeProcess, String, String) {
+        let directory = NSTemporaryDirectory() + "\(prefix)-\(UUID().uuidString.prefix(8))"
+        let socket = directory + "/nbd.sock"
+        let control = directory + "/control.sock"
+        let file = "listen: [unix://\(socket)]\ncontrol: \(control)\n" + topology
+        let server = try ServeProcess(executable: "/usr/bin/prlimit",
+                                      arguments: ["--nofile=\(soft):\(hard)", strataBinary, "serve", "--config", "t.yaml"],
+                                      directory: directory, files: ["t.yaml": file])
+        return (server, socket, control)
+    }
+
+    /// One line a child wrote (a pipe may hand it over in pieces).
+    static func line(from pipe: Pipe) -> String {
+        var bytes = Data()
+        while !bytes.contains(UInt8(ascii: "\n")) {
+            let more = pipe.fileHandleForReading.availableData
+            if more.isEmpty { break }
+            bytes.append(more)
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    @Test func idleConnectionsPastTheCapAreRefusedTimedOutAndLoggedOnceWhileTheControlSocketAnswers() throws {
+        let (server, socket, control) = try Self.serve("""
+            limits: {handshake-seconds: 2}
+            disks:
+              - {name: m0, memory: 16MiB}
+            exports:
+              - {name: vol, provider: m0}
+            """, soft: 256, hard: 256, prefix: "strata-idle")
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        #expect(server.stderr.contains("limits.connections lowered"), "256 descriptors leave 128 connections: \(server.stderr)")
+        // 300 connections that send nothing; the script reports how many the server had
+        // closed at once (past the cap) and, after the timeout, how many it closed.
+        let idle = Process()
+        idle.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        idle.arguments = ["-c", """
+            import socket, select, sys, time
+            conns = []
+            for i in range(300):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect("\(socket)")
+                conns.append(s)
+            time.sleep(0.5)
+            def closed(s):
+                try:
+                    r, _, _ = select.select([s], [], [], 0)
+                    if not r:
+                        return False
+                    while True:
+                        data = s.recv(4096)
+                        if not data:
+                            return True
+                        r, _, _ = select.select([s], [], [], 0)
+                        if not r:
+                            return False
+                except OSError:
+                    return True
+            print("refused", sum(closed(s) for s in conns), flush=True)
+            sys.stdin.readline()
+            time.sleep(2.5)
+            print("timedout", sum(closed(s) for s in conns), flush=True)
+            """]
+        let toScript = Pipe()
+        let fromScript = Pipe()
+        idle.standardInput = toScript
+        idle.standardOutput = fromScript
+        try idle.run()
+        let first = Self.line(from: fromScript)
+        let refused = Int(first.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+        #expect(refused >= 300 - 128 && refused < 300, "connections refused at the cap: \(first)")
+        // With the cap full of idle clients, the control socket answers and a new client
+        // is refused (it sees the connection closed).
+        #expect(try runProgram(strataBinary, ["list", "--control", control]).0 == 0)
+        let refusedClient = try runProgram("/usr/bin/nbdinfo", ["nbd+unix:///vol?socket=\(socket)"])
+        #expect(refusedClient.0 != 0, "\(refusedClient)")
+        toScript.fileHandleForWriting.write(Data("go\n".utf8))
+        let second = Self.line(from: fromScript)
+        #expect(second.contains("timedout 300"), "every idle connection closed after the handshake timeout: \(second)")
+        idle.waitUntilExit()
+        let served = try runProgram("/usr/bin/nbdinfo", ["nbd+unix:///vol?socket=\(socket)"])
+        #expect(served.0 == 0 && served.1.contains("export-size: 16777216"), "\(served)")
+        #expect(server.stop() == 0)
+        let log = server.stderr
+        #expect(log.components(separatedBy: "handshake timed out").count - 1 == 1, "logged once per peer: \(log)")
+        #expect(log.contains("connection refused: the server has its maximum of connections open"), "\(log)")
+    }
+
+    @Test func theSoftDescriptorLimitIsRaisedToTheHardOne() throws {
+        let (server, _, _) = try Self.serve("disks:\n  - {name: m0, memory: 1MiB}\n", soft: 1024, hard: 8192, prefix: "strata-nofile")
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        let child = try runProgram("/usr/bin/pgrep", ["-P", "\(server.process.processIdentifier)", "strata"])
+        let pid = child.1.split(separator: "\n").first.map(String.init) ?? "\(server.process.processIdentifier)"
+        let limits = (try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)) ?? ""
+        let line = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") } ?? ""
+        #expect(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).prefix(2) == ["8192", "8192"], "\(line)")
+        #expect(server.stop() == 0)
+    }
+
+    @Test func aStopTakesItsGraceWhateverABackendHoldsAndTheMirrorIsResynchronizedAfter() throws {
+        let directory = NSTemporaryDirectory() + "strata-grace-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let topology = """
+            listen: [unix://\(directory)/nbd.sock]
+            control: \(directory)/control.sock
+            shutdown-grace: 2
+            disks:
+              - {name: d0, file: d0.img, size: 8MiB}
+              - {name: d1, file: d1.img, size: 8MiB}
+            geoms:
+              - {name: n0, class: nop, consumers: [d0]}
+              - {name: m0, class: mirror, consumers: [n0, d1]}
+            exports:
+              - {name: vol, provider: m0}
+            """
+        let server = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: ["t.yaml": topology])
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        // Once the client is in transmission, the nop holds what comes: a write below the
+        // mirror that will not finish within the grace.
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        writer.arguments = ["-c", """
+            import nbd, sys, time
+            h = nbd.NBD()
+            h.connect_uri("nbd+unix:///vol?socket=\(directory)/nbd.sock")
+            print("connected", flush=True)
+            sys.stdin.readline()
+            h.aio_pwrite(b"w" * 4096, 0)
+            time.sleep(120)
+            """]
+        let toWriter = Pipe()
+        let fromWriter = Pipe()
+        writer.standardInput = toWriter
+        writer.standardOutput = fromWriter
+        try writer.run()
+        defer { kill(writer.processIdentifier, SIGKILL) }
+        #expect(Self.line(from: fromWriter).contains("connected"))
+        #expect(try runProgram(strataBinary, ["nop", "configure", "n0", "--delay-ms", "60000",
+                                              "--control", directory + "/control.sock"]).0 == 0)
+        toWriter.fileHandleForWriting.write(Data("go\n".utf8))
+        // The write waits in the nop once the mirror's clone reaches it.
+        let deadline = Date().addingTimeInterval(10)
+        while !(try runProgram(strataBinary, ["stat", "--once", "--json", "--control", directory + "/control.sock"]).1
+                .contains("\"inFlight\" : 1")) && Date() < deadline { usleep(50_000) }
+        let started = Date()
+        let status = server.stop(seconds: 20)
+        let took = Date().timeIntervalSince(started)
+        #expect(status == 1 && took < 8, "exit \(String(describing: status)) after \(took) s: \(server.stderr)")
+        #expect(server.stderr.contains("requests still in flight") && server.stderr.contains("n0: 1"), "\(server.stderr)")
+        let again = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory)
+        #expect(again.waitForOutput("control socket"), "\(again.stderr)")
+        #expect(again.stderr.contains("was not closed cleanly"), "the dirty record was truthful: \(again.stderr)")
+        #expect(again.stop() == 0)
+    }
+}
