@@ -26,6 +26,15 @@ int strata_zero_range(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
 }
 
+int strata_lock_whole_file(int fd, int exclusive) {
+    struct flock lock = {0};
+    lock.l_type = exclusive ? F_WRLCK : F_RDLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = 0;
+    lock.l_len = 0;
+    return fcntl(fd, F_OFD_SETLK, &lock);
+}
+
 int64_t strata_seek_data(int fd, int64_t offset) { return lseek(fd, offset, SEEK_DATA); }
 int64_t strata_seek_hole(int fd, int64_t offset) { return lseek(fd, offset, SEEK_HOLE); }
 

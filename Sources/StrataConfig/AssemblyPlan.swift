@@ -1,8 +1,8 @@
 import Strata
 
-/// What a configuration asks to build, checked before any disk is opened: the order the
-/// entries can be made in, and what tasting must leave alone. (Each entry's class and
-/// keys were checked as the file was read.)
+/// What a configuration asks to build, checked before any disk is opened: that no two
+/// entries open one file, the order the entries can be made in, and what tasting must
+/// leave alone. (Each entry's class and keys were checked as the file was read.)
 struct AssemblyPlan {
     struct Step {
         /// The entry's index in `Configuration.geoms`.
@@ -19,8 +19,10 @@ struct AssemblyPlan {
     /// tasting never makes one.
     let reservedGeomNames: Set<String>
 
-    /// - Throws: `ConfigError` for entries that consume each other in a cycle.
+    /// - Throws: `ConfigError` for two entries that open one file, or entries that
+    ///   consume each other in a cycle.
     init(_ configuration: Configuration) throws {
+        try AssemblyPlan.checkMedia(of: configuration)
         let specs = configuration.geoms
         let steps = specs.enumerated().map { index, spec in Step(index: index, definition: ClassRegistry.named(spec.className)!) }
         // The entries each entry waits for: those that may offer a provider it consumes.
@@ -45,6 +47,29 @@ struct AssemblyPlan {
         claimed = Set(specs.flatMap(\.consumers) + configuration.exports.map(\.provider))
         reservedGeomNames = Set(steps.map { $0.definition.geomName(forEntry: specs[$0.index].name) }
             + configuration.withdrawn.flatMap { name in registeredClasses.map { $0.geomName(forEntry: name) } })
+    }
+
+    /// Refuses two entries that open one file or device, however their paths name it
+    /// (links, `..`): two disks writing one file overwrite each other, and a mirror of a
+    /// file with itself would call one copy two.
+    /// - Throws: `ConfigError` at the second entry, naming the first.
+    private static func checkMedia(of configuration: Configuration) throws {
+        var opened: [String: (entry: EntrySpec, medium: Medium)] = [:]
+        for spec in configuration.disks + configuration.geoms {
+            let definition = ClassRegistry.named(spec.className)!
+            for medium in definition.media(settings: spec.settings, relativeTo: configuration.directory) {
+                guard let first = opened[medium.identity] else {
+                    opened[medium.identity] = (spec, medium)
+                    continue
+                }
+                let written = first.entry.parameters[first.medium.key]
+                let place = written.map { value in
+                    "\(value.file)\(value.line.map { ":\($0)" } ?? ""): \(value.key): '\(value.text)'"
+                } ?? first.entry.path
+                let problem = "is the file \(first.entry.name) opens (\(place)); a file can be one disk only"
+                throw spec.error(SettingError(key: medium.key, value: medium.name, problem: problem), in: configuration.file)
+            }
+        }
     }
 
     /// The error for entries that wait on each other: one cycle among them, named.

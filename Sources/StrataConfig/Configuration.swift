@@ -167,12 +167,13 @@ public struct ConfigValue: Sendable, Equatable {
 public struct ExportSpec: Sendable, Equatable {
     public var name: String
     public var provider: String
-    public var readOnly: Bool
+    /// As written; nil: read-only if the provider is (`export(in:)`).
+    public var readOnly: Bool?
     public var description: String?
     public var isDefault: Bool
     public var line: Int?
 
-    public init(name: String, provider: String, readOnly: Bool = false, description: String? = nil,
+    public init(name: String, provider: String, readOnly: Bool? = nil, description: String? = nil,
                 isDefault: Bool = false, line: Int? = nil) {
         self.name = name
         self.provider = provider
@@ -180,5 +181,24 @@ public struct ExportSpec: Sendable, Equatable {
         self.description = description
         self.isDefault = isDefault
         self.line = line
+    }
+}
+
+extension ExportSpec {
+    /// The export to serve from `topology`: read-only as written, or, where the entry
+    /// does not say, as the provider is (a provider that cannot be opened for writing
+    /// would refuse a writable export's every client).
+    /// - Throws: `StrataError` when the provider does not exist, or is read-only and the
+    ///   entry asks for a writable export.
+    public func export(in topology: Topology) throws -> NBDExport {
+        guard let found = topology.provider(named: provider) else {
+            throw StrataError(.noDevice, "export \(name): no provider named \(provider)")
+        }
+        let providerIsReadOnly = topology.isReadOnly(found)
+        if readOnly == false && providerIsReadOnly {
+            throw StrataError(.readOnly, "export \(name): provider \(provider) is read-only, so the export cannot be writable; leave read-only out or set it to true")
+        }
+        return NBDExport(name: name, provider: provider, readOnly: readOnly ?? providerIsReadOnly, description: description,
+                         isDefault: isDefault)
     }
 }

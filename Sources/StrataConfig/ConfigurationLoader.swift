@@ -229,7 +229,7 @@ public struct ConfigurationLoader {
         try checkKeys(fields, allowed: Self.exportKeys, path: path)
         let name = try required(fields, "name", path: path, in: node)
         let provider = try required(fields, "provider", path: path, in: node)
-        let readOnly = try fields["read-only"].map { try boolean($0, key: "\(path).read-only") } ?? false
+        let readOnly = try fields["read-only"].map { try boolean($0, key: "\(path).read-only") }
         let isDefault = try fields["default"].map { try boolean($0, key: "\(path).default") } ?? false
         let description = try fields["description"].map { try scalar($0, key: "\(path).description") }
         return ExportSpec(name: name, provider: provider, readOnly: readOnly, description: description,

@@ -41,6 +41,16 @@ public final class RunningTopology: Sendable {
         if definition.shape == .disk, !names.isEmpty {
             throw SettingError(key: "consumers", value: names.joined(separator: ","), problem: "a \(className) disk consumes nothing")
         }
+        // Two disks on one file would overwrite each other: the topology file's rule. (Two
+        // such changes at once pass this check, and the second is refused by the lock.)
+        for medium in definition.media(settings: settings, relativeTo: configuration.directory) {
+            for geom in topology.geoms where !geom.isWithering {
+                guard let other = ClassRegistry.of(geom),
+                      let same = other.media(of: geom).first(where: { $0.identity == medium.identity }) else { continue }
+                throw SettingError(key: medium.key, value: settings.last { $0.key == medium.key }?.text ?? medium.name,
+                                   problem: "is the file \(other.entryName(of: geom)) opens (\(same.name)); a file can be one disk only")
+            }
+        }
         var consumers: [Provider] = []
         for consumer in names {
             guard let provider = topology.provider(named: consumer) else {
@@ -110,8 +120,7 @@ public final class RunningTopology: Sendable {
         if spec.isDefault, let other = server.exports.first(where: \.isDefault) {
             throw StrataError(.exists, "\(other.name) is the default export already")
         }
-        try server.add(NBDExport(name: spec.name, provider: spec.provider, readOnly: spec.readOnly,
-                                 description: spec.description, isDefault: spec.isDefault))
+        try server.add(try spec.export(in: topology))
         topology.claim([spec.provider])
         do {
             try record { changes in
@@ -191,7 +200,7 @@ public final class RunningTopology: Sendable {
             changes.disks = disks
             changes.geoms = transforms
             changes.exports = server.exports.map {
-                ExportSpec(name: $0.name, provider: $0.provider, readOnly: $0.readOnly, description: $0.description,
+                ExportSpec(name: $0.name, provider: $0.provider, readOnly: $0.readOnly ? true : nil, description: $0.description,
                            isDefault: $0.isDefault)
             }
             return text + changes.entriesYAML

@@ -101,8 +101,12 @@ public enum TopologyBuilder {
                 throw missingProvider(spec.provider, key: "exports[\(index)].provider", line: spec.line,
                                       configuration: configuration, topology: topology)
             }
-            exports.append(NBDExport(name: spec.name, provider: spec.provider, readOnly: spec.readOnly,
-                                     description: spec.description, isDefault: spec.isDefault))
+            do {
+                exports.append(try spec.export(in: topology))
+            } catch let error as StrataError where error.code == .readOnly {
+                throw ConfigError(file: configuration.file, line: spec.line, key: "exports[\(index)].read-only", value: "false",
+                                  problem: "provider \(spec.provider) is read-only; leave read-only out or set it to true")
+            }
         }
         return BuiltTopology(topology: topology, disks: disks, geoms: geoms, exports: exports)
     }

@@ -141,7 +141,7 @@ extension ExportSpec {
     /// The export as a topology file writes it.
     var node: Node {
         var pairs: [(Node, Node)] = [("name", Node(name)), ("provider", Node(provider))]
-        if readOnly { pairs.append(("read-only", "true")) }
+        if readOnly == true { pairs.append(("read-only", "true")) }
         if let description { pairs.append(("description", Node(description))) }
         if isDefault { pairs.append(("default", "true")) }
         return .mapping(Node.Mapping(pairs, .implicit, .flow))

@@ -90,7 +90,7 @@ public final class ControlServer: Sendable {
                 return json(["destroyed": parts[1]])
             case (.POST, 1, "exports", _):
                 let request = try JSONDecoder().decode(ExportRequest.self, from: body)
-                try running.addExport(ExportSpec(name: request.name, provider: request.provider, readOnly: request.readOnly ?? false,
+                try running.addExport(ExportSpec(name: request.name, provider: request.provider, readOnly: request.readOnly,
                                                  description: request.description, isDefault: request.isDefault ?? false))
                 return json(["added": request.name])
             case (.POST, 3, "exports", "remove"):

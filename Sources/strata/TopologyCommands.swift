@@ -69,12 +69,14 @@ struct ExportCommand: ParsableCommand {
         @OptionGroup var control: ControlOptions
         @Argument(help: "The export's name.") var name: String
         @Argument(help: "The provider to serve.") var provider: String
-        @Flag(name: .long, help: "Refuse writes.") var readOnly = false
+        @Flag(name: .long, help: "Refuse writes (the default for a read-only provider).") var readOnly = false
         @Option(name: .long, help: "What nbdinfo --list shows.") var description: String?
         @Flag(name: .long, help: "Answer the empty export name.") var `default` = false
 
         func run() throws {
-            var body: [String: Any] = ["name": name, "provider": provider, "read-only": readOnly, "default": `default`]
+            var body: [String: Any] = ["name": name, "provider": provider, "default": `default`]
+            // Left out, the server decides: read-only for a read-only provider.
+            if readOnly { body["read-only"] = true }
             if let description { body["description"] = description }
             let client = try control.client()
             print(String(decoding: try talkingToServer { try client.post("/v1/exports", json: try JSONSerialization.data(withJSONObject: body)) },

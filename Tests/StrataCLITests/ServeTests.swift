@@ -24,7 +24,10 @@ final class ServeProcess: @unchecked Sendable {
 
     /// Runs `strata` (or `executable`, a wrapper such as prlimit that runs it) with
     /// `arguments` in `directory`, with `files` written there first.
-    init(executable: String = strataBinary, arguments: [String], directory: String? = nil, files: [String: String] = [:]) throws {
+    /// - Parameter user: runs the server as this user and group (through setpriv, with
+    ///   no supplementary groups) rather than as the test's user.
+    init(executable: String = strataBinary, arguments: [String], directory: String? = nil, files: [String: String] = [:],
+         user: (name: String, group: String)? = nil) throws {
         self.directory = directory ?? NSTemporaryDirectory() + "strata-cli-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         for (name, text) in files { try text.write(toFile: self.directory + "/" + name, atomically: true, encoding: .utf8) }
@@ -39,8 +42,13 @@ final class ServeProcess: @unchecked Sendable {
         }
         self.outputHandle = outputHandle
         self.errorHandle = errorHandle
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
+        if let user {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=\(user.name)", "--regid=\(user.group)", "--clear-groups", executable] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+        }
         process.currentDirectoryURL = URL(fileURLWithPath: self.directory)
         process.standardOutput = outputHandle
         process.standardError = errorHandle

@@ -32,6 +32,12 @@ int strata_block_sector_size(int fd, int *bytes);
 int strata_block_discard(int fd, uint64_t offset, uint64_t length);
 int strata_block_zeroout(int fd, uint64_t offset, uint64_t length);
 
+/// fcntl(F_OFD_SETLK) over the whole file: a write (exclusive) lock if `exclusive`, else a
+/// read (shared) lock, held by the open file description until its last descriptor
+/// closes. Fails with EAGAIN (or EACCES) when another open file description holds a
+/// conflicting lock; never waits.
+int strata_lock_whole_file(int fd, int exclusive);
+
 /// fstatfs(fd).f_type: the file system's magic number (TMPFS_MAGIC, ...), or -1.
 int64_t strata_file_system_type(int fd);
 

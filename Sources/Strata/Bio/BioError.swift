@@ -27,6 +27,7 @@ public struct BioError: Error, Hashable, Sendable, CustomStringConvertible {
     public static let loop = BioError(errno: ELOOP)
     public static let exists = BioError(errno: EEXIST)
     public static let shutdown = BioError(errno: ESHUTDOWN)
+    public static let readOnly = BioError(errno: EROFS)
 
     /// The symbolic name where it is a common one, else the number.
     public var name: String {

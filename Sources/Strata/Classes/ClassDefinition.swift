@@ -40,6 +40,10 @@ public protocol ClassDefinition: Sendable {
     static func offers(_ provider: String, entry: String) -> Bool
     /// The entry name of a geom the class made (the inverse of `geomName(forEntry:)`).
     static func entryName(of geom: Geom) -> String
+    /// What an entry with these settings opens that no other entry may open too (a
+    /// disk's file), so that two entries naming one file by different paths are refused
+    /// before anything is opened. None by default.
+    static func media(of settings: Settings) -> [Medium]
 }
 
 extension ClassDefinition {
@@ -54,6 +58,19 @@ extension ClassDefinition {
     public static func entryName(of geom: Geom) -> String {
         let prefix = geomName(forEntry: "")
         return geom.name.hasPrefix(prefix) ? String(geom.name.dropFirst(prefix.count)) : geom.name
+    }
+
+    public static func media(of settings: Settings) -> [Medium] { [] }
+
+    /// The media of an entry whose settings are still text; none if they do not parse
+    /// (making the entry reports that).
+    public static func media(settings values: [(key: String, text: String)], relativeTo directory: String) -> [Medium] {
+        (try? Settings.parse(values, relativeTo: directory)).map(media(of:)) ?? []
+    }
+
+    /// The media a running geom of the class holds open.
+    public static func media(of geom: Geom) -> [Medium] {
+        settings(of: geom).map(media(of:)) ?? []
     }
 
     /// Makes a geom from an entry whose settings are still text: each is checked
@@ -85,6 +102,22 @@ extension ClassDefinition {
     /// from the defaults), or nil when the class cannot write it as an entry.
     public static func writtenSettings(of geom: Geom) -> [(key: String, text: String)]? {
         settings(of: geom)?.written
+    }
+}
+
+/// A file or device an entry opens, known by what identifies it whatever path names it.
+public struct Medium: Sendable, Equatable {
+    /// The setting that names it (`file`), for messages.
+    public let key: String
+    /// The same for every path that reaches the medium (a file's device and inode).
+    public let identity: String
+    /// The medium as the entry names it, resolved (an absolute path), for messages.
+    public let name: String
+
+    public init(key: String, identity: String, name: String) {
+        self.key = key
+        self.identity = identity
+        self.name = name
     }
 }
 

@@ -22,6 +22,10 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var stripeSize: Int64
     /// Offset of the first stripe boundary.
     public internal(set) var stripeOffset: Int64
+    /// The medium refuses writes (a read-only disk): no consumer may open the provider
+    /// for writing, so every write, DELETE and WRITE_ZEROES fails the entry check with
+    /// EPERM. A geom over it is read-only too (`Topology.isReadOnly`).
+    public let isReadOnly: Bool
 
     private let mediaSizeStorage: Atomic<Int64>
     private let errorStorage = Atomic<Int32>(0)
@@ -39,8 +43,10 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
     /// A consumer was spoiled: taste again when the last writer closes.
     var needsRetaste = false
 
-    init(name: String, geom: Geom, mediaSize: Int64, sectorSize: Int, stripeSize: Int64, stripeOffset: Int64, index: Int) {
+    init(name: String, geom: Geom, mediaSize: Int64, sectorSize: Int, stripeSize: Int64, stripeOffset: Int64, index: Int,
+         isReadOnly: Bool = false) {
         self.name = name
+        self.isReadOnly = isReadOnly
         self.index = index
         self.geomReference = Unmanaged.passUnretained(geom)
         self.mediaSizeStorage = Atomic(mediaSize)

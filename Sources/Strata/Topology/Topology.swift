@@ -166,6 +166,15 @@ public final class Topology: @unchecked Sendable {
         return providersByName.values.sorted { $0.name < $1.name }
     }
 
+    /// Whether `provider` cannot be opened for writing: it is read-only, or its geom
+    /// consumes one that cannot be (a geom opens what it consumes as it is opened, so a
+    /// write open would reach the read-only provider and be refused there).
+    public func isReadOnly(_ provider: Provider) -> Bool {
+        withLock {
+            provider.isReadOnly || provider.geom.consumers.contains { $0.provider.map(isReadOnly) ?? false }
+        }
+    }
+
     // MARK: Providers
 
     /// Makes a provider for `geom` and announces it: it is offered to every class.
@@ -173,7 +182,7 @@ public final class Topology: @unchecked Sendable {
     @discardableResult
     public func createProvider(for geom: Geom, name: String, mediaSize: Int64, sectorSize: Int,
                                stripeSize: Int64 = 0, stripeOffset: Int64 = 0, index: Int = 0,
-                               announce: Bool = true) throws -> Provider {
+                               readOnly: Bool = false, announce: Bool = true) throws -> Provider {
         guard sectorSize > 0, sectorSize & (sectorSize - 1) == 0 else {
             throw StrataError(.invalid, "provider \(name): sector size \(sectorSize) is not a power of two")
         }
@@ -186,7 +195,7 @@ public final class Topology: @unchecked Sendable {
                 throw StrataError(.exists, "a provider named \(name) exists already")
             }
             let provider = Provider(name: name, geom: geom, mediaSize: mediaSize, sectorSize: sectorSize,
-                                    stripeSize: stripeSize, stripeOffset: stripeOffset, index: index)
+                                    stripeSize: stripeSize, stripeOffset: stripeOffset, index: index, isReadOnly: readOnly)
             geom.providers.append(provider)
             providersByName[name] = provider
             if announce { self.announce(provider) }
@@ -353,9 +362,10 @@ public final class Topology: @unchecked Sendable {
     ///
     /// GEOM's rules: no count goes below zero; exclusive access is refused while
     /// another consumer writes, and writing is refused while another holds exclusive
-    /// access (EPERM); opening a provider that has an error fails with it; the
-    /// provider's geom may refuse. The first writer spoils consumers that tasted the
-    /// provider without opening it; the last writer closing has it tasted again.
+    /// access (EPERM); writing a read-only provider is refused (EROFS); opening a
+    /// provider that has an error fails with it; the provider's geom may refuse. The
+    /// first writer spoils consumers that tasted the provider without opening it; the
+    /// last writer closing has it tasted again.
     public func access(_ consumer: Consumer, read: Int, write: Int, exclusive: Int) throws {
         try withLock {
             guard let provider = consumer.provider else {
@@ -372,6 +382,9 @@ public final class Topology: @unchecked Sendable {
             }
             if write > 0 && otherExclusive > 0 {
                 throw StrataError(.permission, "write open of \(provider.name): it is open exclusively")
+            }
+            if write > 0 && provider.isReadOnly {
+                throw StrataError(.readOnly, "write open of \(provider.name): it is read-only")
             }
             let opening = read > 0 || write > 0 || exclusive > 0
             if opening, let error = provider.error {

@@ -18,9 +18,10 @@ open class Disk: Geom, @unchecked Sendable {
     /// The disk's provider (named after the disk).
     public var provider: Provider { providers[0] }
 
-    /// Adds the disk to `topology` and makes its provider. On failure the disk is
-    /// released (`destroyed()`) and leaves nothing in the topology.
-    func install(in topology: Topology, mediaSize: Int64, sectorSize: Int) throws {
+    /// Adds the disk to `topology` and makes its provider (read-only if `readOnly`: no
+    /// consumer may open it for writing). On failure the disk is released
+    /// (`destroyed()`) and leaves nothing in the topology.
+    func install(in topology: Topology, mediaSize: Int64, sectorSize: Int, readOnly: Bool = false) throws {
         do {
             try Disk.validate(sectorSize: sectorSize, for: name)
             try topology.add(self)
@@ -30,7 +31,8 @@ open class Disk: Geom, @unchecked Sendable {
         }
         do {
             try topology.createProvider(for: self, name: name,
-                                        mediaSize: mediaSize / Int64(sectorSize) * Int64(sectorSize), sectorSize: sectorSize)
+                                        mediaSize: mediaSize / Int64(sectorSize) * Int64(sectorSize), sectorSize: sectorSize,
+                                        readOnly: readOnly)
         } catch {
             topology.remove(self)
             throw error

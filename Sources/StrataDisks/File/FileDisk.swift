@@ -16,9 +16,16 @@ import Synchronization
 /// WRITE_ZEROES punches a hole or zeroes the range in place (NO_HOLE) without writing
 /// zeros where the file system can. Failures are reported once through the topology's
 /// log with the path and errno, and delivered as that errno.
+///
+/// The disk holds an open file description lock on the whole file while it is open:
+/// exclusive if it writes, shared if it is read-only, so a second opener, in this
+/// process or another, is refused at once (`InUse`).
 public final class FileDisk: Disk, @unchecked Sendable {
     public let path: String
     public let isBlockDevice: Bool
+    /// Opened `O_RDONLY` under a shared lock; its provider is read-only, so no write
+    /// reaches it.
+    public let isReadOnly: Bool
     /// How the I/O is done: `.inline`, `.uring` or `.threads`, never `.automatic`.
     public let engine: Engine
     /// The engine the disk was asked for (`.automatic` unless one was named), to write
@@ -49,12 +56,17 @@ public final class FileDisk: Disk, @unchecked Sendable {
     ///   - engine: how the I/O is done; `.automatic` chooses `.inline` for a file in
     ///     memory (tmpfs, ramfs), else `.uring` where the kernel allows it, else `.threads`.
     ///   - workers: threads doing the I/O that io_uring does not (all of it with `.threads`).
-    /// - Throws: `StrataError` naming the path and the failing call; with `.uring`, also
-    ///   when the kernel refuses io_uring.
+    ///   - readOnly: open the file `O_RDONLY` under a shared lock (it must exist), and
+    ///     make the provider read-only: every write, DELETE and WRITE_ZEROES is refused
+    ///     with EPERM, and opening it for writing with EROFS.
+    /// - Throws: `InUse` when another opener holds a conflicting lock on the file;
+    ///   `StrataError` naming the path and the failing call; with `.uring`, also when the
+    ///   kernel refuses io_uring.
     public static func create(in topology: Topology, name: String, path: String, size: Int64? = nil,
-                              sectorSize: Int = 512, engine: Engine = .automatic, workers: Int = 4) throws -> FileDisk {
+                              sectorSize: Int = 512, engine: Engine = .automatic, workers: Int = 4,
+                              readOnly: Bool = false) throws -> FileDisk {
         try Disk.validate(sectorSize: sectorSize, for: name)
-        let opened = try FileDisk.open(path: path, size: size, sectorSize: sectorSize)
+        let opened = try FileDisk.open(path: path, size: size, sectorSize: sectorSize, readOnly: readOnly)
         let workerCount = max(workers, 1)
         var chosen = engine
         var ring: FileRing?
@@ -75,10 +87,11 @@ public final class FileDisk: Disk, @unchecked Sendable {
             }
         }
         let disk = FileDisk(name: name, path: path, descriptor: opened.descriptor, isBlockDevice: opened.isBlockDevice,
-                            engine: chosen, ring: ring, workers: chosen == .inline ? 0 : workerCount)
+                            isReadOnly: readOnly, engine: chosen, ring: ring, workers: chosen == .inline ? 0 : workerCount)
         disk.requestedEngine = engine
-        try disk.holdWritesWhileAssembling(topology, sectorSize: sectorSize, created: opened.created)
-        try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize)
+        // Nothing is written to a read-only disk, so there is nothing to hold.
+        if !readOnly { try disk.holdWritesWhileAssembling(topology, sectorSize: sectorSize, created: opened.created) }
+        try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize, readOnly: readOnly)
         if let refusal {
             topology.emit(.notice, "file disk \(name): io_uring unavailable (\(refusal)); using \(workerCount) threads")
         }
@@ -112,11 +125,12 @@ public final class FileDisk: Disk, @unchecked Sendable {
     /// seccomp filter or `kernel.io_uring_disabled` may forbid it).
     public static let isUringAvailable: Bool = FileRing.isAvailable
 
-    private init(name: String, path: String, descriptor: Int32, isBlockDevice: Bool, engine: Engine, ring: FileRing?,
-                 workers: Int) {
+    private init(name: String, path: String, descriptor: Int32, isBlockDevice: Bool, isReadOnly: Bool, engine: Engine,
+                 ring: FileRing?, workers: Int) {
         self.path = path
         self.descriptor = descriptor
         self.isBlockDevice = isBlockDevice
+        self.isReadOnly = isReadOnly
         self.engine = engine
         self.ring = ring
         self.zeros = .allocate(byteCount: FileDisk.zeroChunk, alignment: 4096)
@@ -129,18 +143,28 @@ public final class FileDisk: Disk, @unchecked Sendable {
         }
     }
 
-    private static func open(path: String, size: Int64?, sectorSize: Int)
+    private static func open(path: String, size: Int64?, sectorSize: Int, readOnly: Bool)
         throws -> (descriptor: Int32, size: Int64, isBlockDevice: Bool, created: Bool) {
         if let size, size < Int64(sectorSize) {
             throw StrataError(.invalid, "file disk \(path): size \(size) is less than one \(sectorSize)-byte sector")
         }
-        var descriptor = retryingOnInterrupt { Glibc.open(path, O_RDWR | O_CLOEXEC) }
+        var descriptor = retryingOnInterrupt { Glibc.open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC) }
         if descriptor < 0 && errno == ENOENT {
+            if readOnly {
+                throw StrataError(BioError(errno: ENOENT), "open \(path): the file does not exist (a read-only disk is not created)")
+            }
             guard let size else {
                 throw StrataError(BioError(errno: ENOENT), "open \(path): the file does not exist and no size was given to create it")
             }
             descriptor = retryingOnInterrupt { Glibc.open(path, O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0o644) }
             guard descriptor >= 0 else { throw StrataError(BioError(errno: errno), "create \(path)") }
+            do {
+                try lock(descriptor, path: path, exclusive: true)
+            } catch {
+                // Another process opened the new file meanwhile: it is theirs to remove.
+                close(descriptor)
+                throw error
+            }
             guard ftruncate(descriptor, off_t(size)) == 0 else {
                 let error = BioError(errno: errno)
                 close(descriptor)
@@ -149,7 +173,20 @@ public final class FileDisk: Disk, @unchecked Sendable {
             }
             return (descriptor, size, false, true)
         }
-        guard descriptor >= 0 else { throw StrataError(BioError(errno: errno), "open \(path)") }
+        guard descriptor >= 0 else {
+            let error = BioError(errno: errno)
+            if !readOnly && [EACCES, EPERM, EROFS].contains(error.errno) {
+                let why = error.errno == EROFS ? "its file system is read-only" : "permission denied"
+                throw StrataError(error, "open \(path) for writing: \(why) (a read-only disk opens it read-only)")
+            }
+            throw StrataError(error, "open \(path)")
+        }
+        do {
+            try lock(descriptor, path: path, exclusive: !readOnly)
+        } catch {
+            close(descriptor)
+            throw error
+        }
         var status = stat()
         guard fstat(descriptor, &status) == 0 else {
             let error = BioError(errno: errno)

@@ -13,6 +13,7 @@ public enum FileDiskDefinition: ClassDefinition {
         public var size: Int64?
         public var sectorSize = 512
         public var engine = FileDisk.Engine.automatic
+        public var readOnly = false
 
         public init() {}
 
@@ -22,13 +23,19 @@ public enum FileDiskDefinition: ClassDefinition {
             SettingKey("sector-size", \.sectorSize, names: sectorSizeNames, help: "512 (the default) or 4096."),
             SettingKey("io", \.engine, names: FileDisk.Engine.allCases.map { ($0.rawValue, $0) },
                        help: "How the I/O is done: automatic (the default), inline, uring or threads."),
+            SettingKey("read-only", \.readOnly, .boolean,
+                       help: "Open the file read-only under a shared lock: writes are refused with EPERM, exports default to read-only."),
         ]
     }
 
     public static func make(_ entry: ClassEntry<Settings>, in topology: Topology) throws -> Geom {
         let settings = entry.settings
-        return try FileDisk.create(in: topology, name: entry.name, path: settings.path, size: settings.size,
-                                   sectorSize: settings.sectorSize, engine: settings.engine)
+        do {
+            return try FileDisk.create(in: topology, name: entry.name, path: settings.path, size: settings.size,
+                                       sectorSize: settings.sectorSize, engine: settings.engine, readOnly: settings.readOnly)
+        } catch let error as FileDisk.InUse {
+            throw SettingError(key: "file", value: settings.path, problem: "is in use: \(error.path) is locked by \(error.lockedBy)")
+        }
     }
 
     public static func settings(of geom: Geom) -> Settings? {
@@ -37,6 +44,12 @@ public enum FileDiskDefinition: ClassDefinition {
         settings.path = disk.path
         settings.sectorSize = disk.provider.sectorSize
         settings.engine = disk.requestedEngine
+        settings.readOnly = disk.isReadOnly
         return settings
+    }
+
+    public static func media(of settings: Settings) -> [Medium] {
+        guard let identity = FileDisk.identity(ofPath: settings.path) else { return [] }
+        return [Medium(key: "file", identity: identity, name: settings.path)]
     }
 }

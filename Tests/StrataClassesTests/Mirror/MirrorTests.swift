@@ -167,10 +167,16 @@ struct MirrorTests {
             // A crash never closes the device: keep it open for good.
             _ = Unmanaged.passRetained(device)
         }
+        // A crash leaves the files as they are now. The crashed topology still holds
+        // them, locks and all, so the next start opens copies.
+        let crashed = try paths.map { path in
+            try FileManager.default.copyItem(atPath: path, toPath: path + ".crashed")
+            return path + ".crashed"
+        }
         let topology = Topology()
         defer { topology.shutdown() }
         topology.register(MirrorClass())
-        for (index, path) in paths.enumerated() { _ = try FileDisk.create(in: topology, name: "c\(index)", path: path) }
+        for (index, path) in crashed.enumerated() { _ = try FileDisk.create(in: topology, name: "c\(index)", path: path) }
         topology.settle()
         let mirror = try #require(topology.geom(named: "persist") as? MirrorGeom)
         #expect(try await Self.waitFor(mirror, state: "COMPLETE"), "\(mirror.status)")
