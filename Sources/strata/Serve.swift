@@ -12,7 +12,7 @@ import StrataNBDProtocol
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve a topology over NBD until SIGINT or SIGTERM.",
+        abstract: "Serve a topology over NBD until SIGINT, SIGTERM, SIGHUP or SIGQUIT.",
         discussion: """
         The topology comes from --config, else ./strata.yaml if it exists, else the
         built-in default: a 1 GiB sparse file ./strata-data/disk0.img (created on first
@@ -20,8 +20,12 @@ struct Serve: AsyncParsableCommand {
         tcp://127.0.0.1:10809. A bad topology file is reported with its file, line, key
         and value, and nothing is served.
 
-        On SIGINT or SIGTERM the server stops accepting, answers the requests in flight,
-        flushes and closes every geom, and exits 0.
+        On SIGINT, SIGTERM, SIGHUP or SIGQUIT the server stops accepting, answers the
+        requests in flight, flushes and closes every geom, and exits 0.
+
+        Under systemd: sockets passed by socket activation (LISTEN_FDS) are served
+        instead of the listen addresses, and readiness is said on NOTIFY_SOCKET
+        (Type=notify); see contrib/strata.service and contrib/strata.socket.
         """)
 
     @Option(name: .long, help: "The topology file (YAML).")
@@ -51,6 +55,7 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "strata")
+        let manager = try ServiceManager.take()
 
         // The file, with the changes made at run time before (the state file).
         var configuration: Configuration
@@ -79,17 +84,25 @@ struct Serve: AsyncParsableCommand {
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"),
                                   limits: configuration.limits, busyPoll: configuration.busyPoll)
         let running = RunningTopology(topology: topology, server: server, configuration: configuration, changes: changes)
-        let control = ControlServer(topology: topology, running: running) { StatisticsPublisher.ServerGauges(server) }
+        let controlLogger = Logger(label: "strata.control")
+        let control = ControlServer(topology: topology, running: running,
+                                    writableDirectories: configuration.controlWritableDirectories,
+                                    group: configuration.controlGroup.map { ControlServer.Group(name: $0.name, id: $0.id) },
+                                    log: { controlLogger.warning("\($0)") }) { StatisticsPublisher.ServerGauges(server) }
         do {
             try await control.start(path: configuration.control)
         } catch {
             built.abandon()
             throw FailureExit(message: "cannot open the control socket \(configuration.control): \(error)")
         }
-        let stop = SignalWaiter(signals: [SIGINT, SIGTERM])
+        let stop = SignalWaiter(signals: [SIGINT, SIGTERM, SIGHUP, SIGQUIT])
         let bound: [NBDListenAddress]
         do {
-            bound = try await server.start(listeningOn: configuration.listen.map(\.nbd), accepting: false)
+            // Sockets a service manager passed replace the listen addresses: it bound
+            // them, and they are what its clients connect to.
+            bound = manager.descriptors.isEmpty
+                ? try await server.start(listeningOn: configuration.listen.map(\.nbd), accepting: false)
+                : try await server.start(listeningOn: [], inherited: manager.descriptors, accepting: false)
         } catch {
             await control.stop()
             built.abandon()
@@ -103,17 +116,22 @@ struct Serve: AsyncParsableCommand {
             topology.shutdown()
             throw FailureExit(message: "cannot start: \(error)")
         }
-        for url in configuration.listen where !url.isLoopback {
+        for url in configuration.listen where !url.isLoopback && manager.descriptors.isEmpty {
             logger.warning("listening on \(url), which is not loopback: NBD has no authentication")
         }
         server.accept()
-        printStartup(configuration: configuration, built: built, bound: bound)
+        printStartup(configuration: configuration, built: built, bound: bound, passed: !manager.descriptors.isEmpty)
+        let exports = built.exports.count
+        if let problem = manager.notify(["READY=1", "STATUS=serving \(exports) export\(exports == 1 ? "" : "s")"]) {
+            logger.warning("\(problem)")
+        }
 
         let signal = await stop.wait()
         logger.info("signal \(signal): stopping")
+        _ = manager.notify(["STOPPING=1", "STATUS=stopping on \(signal)"])
         await server.stop()
+        // Closing removes the control socket's file, if it is still the one it bound.
         await control.stop()
-        try? FileManager.default.removeItem(atPath: configuration.control)
         topology.shutdown()
         logger.info("stopped")
     }
@@ -137,7 +155,7 @@ struct Serve: AsyncParsableCommand {
         """, file: "<default>", baseDirectory: directory)
     }
 
-    private func printStartup(configuration: Configuration, built: BuiltTopology, bound: [NBDListenAddress]) {
+    private func printStartup(configuration: Configuration, built: BuiltTopology, bound: [NBDListenAddress], passed: Bool) {
         var lines = ["strata serving \(built.exports.count) export\(built.exports.count == 1 ? "" : "s")"]
         for export in built.exports {
             let provider = built.topology.provider(named: export.provider)
@@ -152,7 +170,7 @@ struct Serve: AsyncParsableCommand {
         for case let disk as FileDisk in built.disks {
             lines.append("  file disk \(disk.name): \(disk.path), io \(disk.engine.rawValue)")
         }
-        for address in bound { lines.append("  listening on \(address)") }
+        for address in bound { lines.append("  listening on \(address)" + (passed ? " (passed by the service manager)" : "")) }
         // Said at start because it keeps a core busy while a client at queue depth 1 works.
         let microseconds = configuration.busyPoll.wholeNanoseconds / 1000
         lines.append(microseconds == 0 ? "  busy polling off"
@@ -174,7 +192,9 @@ extension FailureExit: LocalizedError {
     var errorDescription: String? { message }
 }
 
-/// Turns SIGINT and SIGTERM into something to await.
+/// Turns the stopping signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT) into something to
+/// await: each stops the server cleanly. SIGHUP's default would kill it with mirrors
+/// open, so the next start resynchronizes them in full; SIGQUIT's would also dump core.
 final class SignalWaiter: @unchecked Sendable {
     private var sources: [any DispatchSourceSignal] = []
     private let received = DispatchSemaphore(value: 0)
@@ -200,7 +220,8 @@ final class SignalWaiter: @unchecked Sendable {
             DispatchQueue.global().async { [self] in
                 received.wait()
                 let number = lock.withLock { which }
-                continuation.resume(returning: number == SIGINT ? "SIGINT" : "SIGTERM")
+                let names = [SIGINT: "SIGINT", SIGTERM: "SIGTERM", SIGHUP: "SIGHUP", SIGQUIT: "SIGQUIT"]
+                continuation.resume(returning: names[number] ?? "signal \(number)")
             }
         }
     }

@@ -22,7 +22,12 @@ final class ServeProcess: @unchecked Sendable {
     private let outputHandle: FileHandle
     private let errorHandle: FileHandle
 
-    init(arguments: [String], directory: String? = nil, files: [String: String] = [:]) throws {
+    /// - Parameters:
+    ///   - executable: what to run, `strata` unless a wrapper starts it
+    ///     (`systemd-socket-activate`, a shell that sets the umask).
+    ///   - environment: the whole environment, when not the test's.
+    init(arguments: [String], directory: String? = nil, files: [String: String] = [:], executable: String = strataBinary,
+         environment: [String: String]? = nil) throws {
         self.directory = directory ?? NSTemporaryDirectory() + "strata-cli-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         for (name, text) in files { try text.write(toFile: self.directory + "/" + name, atomically: true, encoding: .utf8) }
@@ -37,8 +42,9 @@ final class ServeProcess: @unchecked Sendable {
         }
         self.outputHandle = outputHandle
         self.errorHandle = errorHandle
-        process.executableURL = URL(fileURLWithPath: strataBinary)
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if let environment { process.environment = environment }
         process.currentDirectoryURL = URL(fileURLWithPath: self.directory)
         process.standardOutput = outputHandle
         process.standardError = errorHandle
