@@ -209,7 +209,8 @@ struct ServiceTests {
         let deadline = Date().addingTimeInterval(20)
         while !FileManager.default.fileExists(atPath: socket) && Date() < deadline { usleep(10_000) }
         // Bounded: a server that ignored the passed socket would leave the client waiting.
-        let client = try runProgram("/usr/bin/timeout", ["30", "/usr/bin/python3", "-c", """
+        // KILL: the test runner's children inherit SIGTERM ignored.
+        let client = try runProgram("/usr/bin/timeout", ["-s", "KILL", "30", "/usr/bin/python3", "-c", """
             import nbd
             h = nbd.NBD()
             h.connect_uri("nbd+unix:///vol?socket=\(socket)")
