@@ -69,7 +69,7 @@ let package = Package(
         ], swiftSettings: strictSwift),
         // The control endpoint (HTTP/JSON on a Unix socket) and its client.
         .target(name: "StrataControl", dependencies: [
-            "Strata", "StrataConfig", "StrataNBD",
+            "Strata", "StrataConfig", "StrataNBD", "CStrataSystem",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -8,6 +8,12 @@ public struct Configuration: Sendable, Equatable {
     public var listen: [ListenURL]
     /// The control socket's path, absolute.
     public var control: String
+    /// The group besides root and the server's own user that may use the control
+    /// socket (`control-group`), by name and id; nil lets no group in.
+    public var controlGroup: ControlGroup?
+    /// Directories, absolute, beneath which the control socket may have the server
+    /// write besides the data directory (`writable-directories`).
+    public var writableDirectories: [String] = []
     /// Where the server keeps what it writes of its own (`data-directory`; by default
     /// `strata-data` beside the file): the state file of changes made at run time.
     public var dataDirectory: String
@@ -28,12 +34,27 @@ public struct Configuration: Sendable, Equatable {
     /// (`shutdown-grace`, seconds); what is still in flight then is logged and left.
     public var shutdownGrace: Duration = Configuration.defaultShutdownGrace
 
+    /// Where a path given through the control socket may lie: the data directory, then
+    /// `writable-directories`.
+    public var controlWritableDirectories: [String] { [dataDirectory] + writableDirectories }
+
     public static let defaultListen = [ListenURL.tcp(host: "127.0.0.1", port: 10809)]
     /// On by default: at queue depth 1 on a virtual machine, waking a sleeping event loop
     /// is most of a request's time (`BusyPoller`), and the window closes by itself when
     /// the client is not that quick.
     public static let defaultBusyPoll = Duration.microseconds(50)
     public static let defaultShutdownGrace = Duration.seconds(10)
+}
+
+/// A group of the system, by name and id.
+public struct ControlGroup: Sendable, Equatable {
+    public var name: String
+    public var id: UInt32
+
+    public init(name: String, id: UInt32) {
+        self.name = name
+        self.id = id
+    }
 }
 
 /// A place to listen: `tcp://HOST:PORT` or `unix:///absolute/path`.

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Strata
 import StrataNBD
 import Yams
@@ -38,8 +41,8 @@ public struct ConfigurationLoader {
         return try loader.configuration(from: root)
     }
 
-    static let topKeys = ["listen", "control", "data-directory", "limits", "busy-poll-us", "shutdown-grace", "disks", "geoms",
-                          "exports", "withdrawn"]
+    static let topKeys = ["listen", "control", "control-group", "data-directory", "writable-directories", "limits", "busy-poll-us",
+                          "shutdown-grace", "disks", "geoms", "exports", "withdrawn"]
     static let changeKeys = ["disks", "geoms", "exports", "removed", "removed-exports"]
     static let limitKeys = ["requests", "connection-bytes", "server-bytes", "connections", "handshake-seconds"]
     static let geomKeys = ["name", "class", "consumers"]
@@ -63,6 +66,12 @@ public struct ConfigurationLoader {
         if let node = top["data-directory"] { dataDirectory = absolute(try scalar(node, key: "data-directory")) }
         var control = dataDirectory + "/control.sock"
         if let node = top["control"] { control = absolute(try scalar(node, key: "control")) }
+        let controlGroup = try top["control-group"].map { try systemGroup($0, key: "control-group") }
+        let writableDirectories = try list(top["writable-directories"], key: "writable-directories").enumerated().map { index, item in
+            let text = try scalar(item, key: "writable-directories[\(index)]")
+            guard !text.isEmpty else { throw error(item, "writable-directories[\(index)]", text, "must be a directory") }
+            return absolutePath(text, relativeTo: baseDirectory)
+        }
 
         let limits = try top["limits"].map { try self.limits($0) } ?? NBDServer.Limits()
         var shutdownGrace = Configuration.defaultShutdownGrace
@@ -109,7 +118,8 @@ public struct ConfigurationLoader {
             throw error(second, "exports.default", "true", "only one export can be the default (\(defaults[0].name) is)")
         }
         let withdrawn = try list(top["withdrawn"], key: "withdrawn").enumerated().map { try scalar($1, key: "withdrawn[\($0)]") }
-        return Configuration(file: file, listen: listen, control: control, dataDirectory: dataDirectory, directory: baseDirectory,
+        return Configuration(file: file, listen: listen, control: control, controlGroup: controlGroup,
+                             writableDirectories: writableDirectories, dataDirectory: dataDirectory, directory: baseDirectory,
                              disks: disks, geoms: geoms, withdrawn: withdrawn, exports: exports,
                              limits: limits, busyPoll: busyPoll, shutdownGrace: shutdownGrace)
     }
@@ -165,6 +175,21 @@ public struct ConfigurationLoader {
             limits[keyPath: keyPath] = Int(bytes)
         }
         return limits
+    }
+
+    /// A group of the system by its name, looked up once here: a group that does not
+    /// exist is a mistake in the file, not a surprise at the first connection.
+    private func systemGroup(_ node: Node, key: String) throws -> ControlGroup {
+        let name = try scalar(node, key: key)
+        var entry = Glibc.group()
+        var result: UnsafeMutablePointer<Glibc.group>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        let status = getgrnam_r(name, &entry, &buffer, buffer.count, &result)
+        guard !name.isEmpty, status == 0, result != nil else {
+            throw error(node, key, name, status == 0 || status == ENOENT ? "names no group of this system"
+                        : "cannot be looked up: \(String(cString: strerror(status)))")
+        }
+        return ControlGroup(name: name, id: entry.gr_gid)
     }
 
     private func disk(_ node: Node, path: String) throws -> EntrySpec {

@@ -58,6 +58,12 @@ public final class RunningTopology: Sendable {
             }
             consumers.append(provider)
         }
+        // A disk made here opens, and may create, the file its path names, on behalf of
+        // whoever asked through the control socket.
+        for (key, text) in settings where definition.settingKeys.contains(where: { $0.name == key && $0.kind == .path }) {
+            try checkBeneath(absolutePath(text, relativeTo: configuration.directory), configuration.controlWritableDirectories,
+                             key: key, text: text)
+        }
         let geom = try definition.make(name: name, consumers: consumers, settings: settings,
                                        relativeTo: configuration.directory, in: topology)
         topology.claim(names)
@@ -178,6 +184,10 @@ public final class RunningTopology: Sendable {
                                  ("connection-bytes", Node(formatByteSize(Int64(limits.bytes)))),
                                  ("server-bytes", Node(formatByteSize(Int64(limits.serverBytes))))])),
             ]
+            if let group = configuration.controlGroup { header.insert(("control-group", Node(group.name)), at: 2) }
+            if !configuration.writableDirectories.isEmpty {
+                header.append(("writable-directories", .sequence(Node.Sequence(configuration.writableDirectories.map { Node($0) }, .implicit, .flow))))
+            }
             let withdrawn = configuration.withdrawn + self.changes.withLock(\.removed).filter { !configuration.withdrawn.contains($0) }
             if !withdrawn.isEmpty { header.append(("withdrawn", .sequence(Node.Sequence(withdrawn.map { Node($0) }, .implicit, .flow)))) }
             let text = "# The running topology of strata serve (\(configuration.file)).\n"

@@ -39,6 +39,10 @@ public struct ControlClient: Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard connected == 0 else {
+            if errno == EACCES {
+                throw Failure(description: "the control socket \(path) is not open to this user (\(String(cString: strerror(errno)))): "
+                              + "it serves root, the server's own user and the topology file's control-group")
+            }
             throw Failure(description: "no strata server answers on \(path): \(String(cString: strerror(errno))) (is `strata serve` running? use --control)")
         }
         var request = Array("\(method) \(route) HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n".utf8)

@@ -1,51 +1,132 @@
+import CStrataSystem
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Strata
 import StrataConfig
+import StrataNBD
 
 /// The control endpoint of a running server: HTTP/1.1 with JSON bodies on a Unix
 /// socket, so `curl --unix-socket SOCK http://strata/v1/topology` works as well as the
 /// `strata` verbs. Routes are listed in docs/CONTROL.md.
+///
+/// The socket is its owner's: its file is 0600 (0660 for a `control-group`) from the
+/// moment it exists, and a connection from anyone but root, the server's own user or
+/// that group is answered 403 whatever it asks. Paths it is given are used only
+/// beneath `writableDirectories`.
 public final class ControlServer: Sendable {
+    /// The group besides root and the server's own user that may use the socket
+    /// (`control-group:` in the topology file).
+    public struct Group: Sendable, Equatable {
+        public var name: String
+        public var id: gid_t
+
+        public init(name: String, id: gid_t) {
+            self.name = name
+            self.id = id
+        }
+    }
+
     let topology: Topology
     /// The NBD server's gauges for `/metrics`, when one serves this topology.
     let serverGauges: @Sendable () -> StatisticsPublisher.ServerGauges?
     let metrics = PrometheusEndpoint()
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    private let channel = NIOLockedBox<(any Channel)?>(nil)
+    private let listener = NIOLockedBox<NBDListener?>(nil)
+    /// Who may use the socket besides root and the server's own user.
+    private let allowedGroup: Group?
+    /// The only directories beneath which a path given to a verb may lie.
+    let writableDirectories: [String]
+    /// Says a refused user once, so a user who keeps trying cannot fill the log.
+    private let log: @Sendable (String) -> Void
+    private let refusedUsers = NIOLockedBox<Set<uid_t>>([])
 
     /// What changes the topology at run time (`/v1/geoms`, `/v1/exports`, `/v1/config`),
     /// when the server has one.
     let running: RunningTopology?
 
-    public init(topology: Topology, running: RunningTopology? = nil,
+    /// - Parameters:
+    ///   - writableDirectories: where a path a verb is given may lie (the data
+    ///     directory and `writable-directories`); a verb given a path elsewhere is
+    ///     refused with 400. Run-time changes (`running`) keep to their configuration's.
+    ///   - group: the group besides root and the server's own user that may connect.
+    ///   - log: where a refused user is said, once per user.
+    public init(topology: Topology, running: RunningTopology? = nil, writableDirectories: [String] = [],
+                group: Group? = nil, log: @escaping @Sendable (String) -> Void = { _ in },
                 serverGauges: @escaping @Sendable () -> StatisticsPublisher.ServerGauges? = { nil }) {
         self.topology = topology
         self.running = running
+        self.writableDirectories = writableDirectories
+        self.allowedGroup = group
+        self.log = log
         self.serverGauges = serverGauges
     }
 
-    /// Listens on the Unix socket at `path` (replacing a stale socket file).
+    /// Listens on the Unix socket at `path`: a stale socket file there (nobody listens
+    /// on it) is replaced; a socket another process serves on, or any other file, is
+    /// refused and left alone.
+    /// - Throws: `StrataError` naming the path.
     public func start(path: String) async throws {
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let bound = try await ServerBootstrap(group: group)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(ControlHandler(server: self))
-                }
+        let access = NBDListener.FileAccess(mode: allowedGroup == nil ? 0o600 : 0o660, group: allowedGroup?.id)
+        let bound = try NBDListener(.unix(path: path), access: access) { [weak self] descriptor in
+            guard let self else {
+                Glibc.close(descriptor)
+                return
             }
-            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
-            .get()
-        channel.set(bound)
+            adopt(descriptor)
+        }
+        listener.set(bound)
+        bound.accept()
     }
 
     public func stop() async {
-        if let channel = channel.get() { try? await channel.close() }
+        // Closing removes the socket's file, if it is still the one bound.
+        listener.get()?.close()
+        listener.set(nil)
         try? await group.shutdownGracefully()
+    }
+
+    /// Serves an accepted connection: every request answered, or, for a peer that may
+    /// not use the socket, answered 403.
+    private func adopt(_ descriptor: Int32) {
+        let refusal = refusal(of: descriptor)
+        ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(ControlHandler(server: self, refusal: refusal))
+                }
+            }
+            .withConnectedSocket(descriptor)
+            .whenFailure { [log] error in log("control connection not served: \(error)") }
+    }
+
+    /// Why the peer of a connection may not use the socket, or nil when it may: root,
+    /// the server's own user, and the members of its group may (by the credentials
+    /// the kernel recorded at connect, which the peer cannot choose).
+    func refusal(of descriptor: Int32) -> String? {
+        var uid: UInt32 = 0
+        var gid: UInt32 = 0
+        var pid: Int32 = 0
+        guard strata_peer_credentials(descriptor, &uid, &gid, &pid) == 0 else {
+            return "the server cannot tell who is connected (SO_PEERCRED: \(String(cString: strerror(errno))))"
+        }
+        let own = geteuid()
+        if uid == 0 || uid == own { return nil }
+        if let allowedGroup, strata_peer_in_group(descriptor, allowedGroup.id) == 1 { return nil }
+        let served = ["root"] + (own == 0 ? [] : ["uid \(own) (the server's own)"])
+            + (allowedGroup.map { ["the members of group \($0.name)"] } ?? [])
+        let serves = served.count == 1 ? served[0] : served.dropLast().joined(separator: ", ") + " and " + served.last!
+        let message = "the control socket serves \(serves); uid \(uid) is not one of them"
+        let first = refusedUsers.update { users in users.count < 1024 && users.insert(uid).inserted }
+        if first { log("control socket: refused uid \(uid) (pid \(pid)): \(message); later refusals of uid \(uid) are not logged") }
+        return message
     }
 
     /// Answers one request: status, content type, body.
@@ -153,7 +234,7 @@ public final class ControlServer: Sendable {
         let arguments = verb.arguments.compactMap { given[$0.name] }
         let options = given.filter { key, _ in !verb.arguments.contains { $0.name == key } }
         do {
-            let values = try verb.check(arguments: arguments, options: options)
+            let values = try verb.check(arguments: arguments, options: options, writableDirectories: writableDirectories)
             let call = VerbCall(topology: topology, geom: geom, provider: provider, values: values,
                                 optionTexts: options.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
             return json(try verb.run(call))
@@ -260,13 +341,14 @@ public struct ClassReport: Codable, Sendable {
     }
 }
 
-/// A value behind a lock (the listening channel, set once).
+/// A value behind a lock (the listener; the users refused).
 final class NIOLockedBox<Value: Sendable>: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Value
     init(_ value: Value) { self.value = value }
     func get() -> Value { lock.withLock { value } }
     func set(_ newValue: Value) { lock.withLock { value = newValue } }
+    func update<Result>(_ change: (inout Value) -> Result) -> Result { lock.withLock { change(&value) } }
 }
 
 /// One control connection: a request in, a response out, then close.
@@ -275,10 +357,15 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let server: ControlServer
+    /// Why this peer may not use the socket: every request is answered 403 with it.
+    private let refusal: String?
     private var head: HTTPRequestHead?
     private var body = Data()
 
-    init(server: ControlServer) { self.server = server }
+    init(server: ControlServer, refusal: String?) {
+        self.server = server
+        self.refusal = refusal
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -287,10 +374,14 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
             body = Data()
         case .body(let part):
             // Control requests are small; anything past 64 KiB is not one.
-            if body.count < 65536 { body.append(contentsOf: part.readableBytesView) }
+            if refusal == nil, body.count < 65536 { body.append(contentsOf: part.readableBytesView) }
         case .end:
             guard let head else { return }
-            let (status, type, body) = server.respond(method: head.method, path: head.uri, body: self.body)
+            let (status, type, body) = if let refusal {
+                (HTTPResponseStatus.forbidden, "application/json", (try? JSONEncoder().encode(["error": refusal])) ?? Data())
+            } else {
+                server.respond(method: head.method, path: head.uri, body: self.body)
+            }
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: type)
             headers.add(name: "Content-Length", value: "\(body.count)")

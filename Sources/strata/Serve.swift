@@ -13,7 +13,7 @@ import StrataNBDProtocol
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve a topology over NBD until SIGINT or SIGTERM.",
+        abstract: "Serve a topology over NBD until SIGINT, SIGTERM, SIGHUP or SIGQUIT.",
         discussion: """
         The topology comes from --config, else ./strata.yaml if it exists, else the
         built-in default: a 1 GiB sparse file ./strata-data/disk0.img (created on first
@@ -21,9 +21,14 @@ struct Serve: AsyncParsableCommand {
         tcp://127.0.0.1:10809. A bad topology file is reported with its file, line, key
         and value, and nothing is served.
 
-        On SIGINT or SIGTERM the server stops accepting, answers the requests in flight,
-        flushes and closes every geom, and exits 0; what is still in flight after the
-        shutdown grace (10 s; `shutdown-grace`) is logged and left, and it exits 1.
+        On SIGINT, SIGTERM, SIGHUP or SIGQUIT the server stops accepting, answers the
+        requests in flight, flushes and closes every geom, and exits 0; what is still in
+        flight after the shutdown grace (10 s; `shutdown-grace`) is logged and left, and
+        it exits 1.
+
+        Under systemd: sockets passed by socket activation (LISTEN_FDS) are served
+        instead of the listen addresses, and readiness is said on NOTIFY_SOCKET
+        (Type=notify); see contrib/strata.service and contrib/strata.socket.
         """)
 
     @Option(name: .long, help: "The topology file (YAML).")
@@ -54,6 +59,7 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "strata")
+        let manager = try ServiceManager.take()
 
         // The file, with the changes made at run time before (the state file).
         var configuration: Configuration
@@ -92,17 +98,25 @@ struct Serve: AsyncParsableCommand {
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"),
                                   limits: configuration.limits, busyPoll: configuration.busyPoll)
         let running = RunningTopology(topology: topology, server: server, configuration: configuration, changes: changes)
-        let control = ControlServer(topology: topology, running: running) { StatisticsPublisher.ServerGauges(server) }
+        let controlLogger = Logger(label: "strata.control")
+        let control = ControlServer(topology: topology, running: running,
+                                    writableDirectories: configuration.controlWritableDirectories,
+                                    group: configuration.controlGroup.map { ControlServer.Group(name: $0.name, id: $0.id) },
+                                    log: { controlLogger.warning("\($0)") }) { StatisticsPublisher.ServerGauges(server) }
         do {
             try await control.start(path: configuration.control)
         } catch {
             built.abandon()
             throw FailureExit(message: "cannot open the control socket \(configuration.control): \(error)")
         }
-        let stop = SignalWaiter(signals: [SIGINT, SIGTERM])
+        let stop = SignalWaiter(signals: [SIGINT, SIGTERM, SIGHUP, SIGQUIT])
         let bound: [NBDListenAddress]
         do {
-            bound = try await server.start(listeningOn: configuration.listen.map(\.nbd), accepting: false)
+            // Sockets a service manager passed replace the listen addresses: it bound
+            // them, and they are what its clients connect to.
+            bound = manager.descriptors.isEmpty
+                ? try await server.start(listeningOn: configuration.listen.map(\.nbd), accepting: false)
+                : try await server.start(listeningOn: [], inherited: manager.descriptors, accepting: false)
         } catch {
             await control.stop()
             built.abandon()
@@ -116,20 +130,24 @@ struct Serve: AsyncParsableCommand {
             topology.shutdown()
             throw FailureExit(message: "cannot start: \(error)")
         }
-        for url in configuration.listen where !url.isLoopback {
+        for url in configuration.listen where !url.isLoopback && manager.descriptors.isEmpty {
             logger.warning("listening on \(url), which is not loopback: NBD has no authentication")
         }
         server.accept()
         // For the report of a stop that outlives its grace, should the topology's lock be
         // held then.
         let startingProviders = topology.providers
-        printStartup(configuration: configuration, built: built, bound: bound)
+        printStartup(configuration: configuration, built: built, bound: bound, passed: !manager.descriptors.isEmpty)
+        let exports = built.exports.count
+        if let problem = manager.notify(["READY=1", "STATUS=serving \(exports) export\(exports == 1 ? "" : "s")"]) {
+            logger.warning("\(problem)")
+        }
 
         let signal = await stop.wait()
         let grace = configuration.shutdownGrace
         logger.info("signal \(signal): stopping", metadata: ["grace": "\(grace)"])
+        _ = manager.notify(["STOPPING=1", "STATUS=stopping on \(signal)"])
         let seconds = Double(grace.wholeNanoseconds) / 1e9
-        let socket = configuration.control
         // The watchdog is a thread of its own: a hung backend can hold the threads the stop
         // below runs on, the cooperative pool's and Dispatch's with them.
         let stopped = Atomic<Bool>(false)
@@ -138,21 +156,21 @@ struct Serve: AsyncParsableCommand {
             guard !stopped.load(ordering: .acquiring) else { return }
             // Requests a backend holds (a hung device, a nop's delay) are left: a mirror
             // above them is still open for writing, so its metadata stays dirty and the
-            // next start resynchronizes it.
-            // A backend that hangs can hold the topology's lock (a mirror writing its
-            // metadata through it): the report does not wait for it.
+            // next start resynchronizes it. A backend that hangs can hold the topology's
+            // lock (a mirror writing its metadata through it): the report does not wait
+            // for it. The control socket's file stays; nothing answers on it, so the next
+            // start replaces it.
             let providers = topology.providersIfUnlocked ?? startingProviders
             let list = providers.map { ($0.name, $0.statistics.snapshot.inFlight) }.filter { $0.1 > 0 }
-                    .map { "\($0.0): \($0.1)" }.joined(separator: ", ")
+                .map { "\($0.0): \($0.1)" }.joined(separator: ", ")
             logger.error("stopped after the grace with requests still in flight, left unfinished; a mirror above them stays marked dirty and is resynchronized at the next start",
                          metadata: ["grace": "\(grace)", "in-flight": "\(list.isEmpty ? "none counted" : list)"])
-            unlink(socket)
             Foundation.exit(1)
         }
         let deadline = ContinuousClock.now + grace
         await server.stop(seconds: seconds)
+        // Closing removes the control socket's file, if it is still the one it bound.
         await control.stop()
-        try? FileManager.default.removeItem(atPath: socket)
         let clean = topology.shutdown(seconds: max(Double((deadline - ContinuousClock.now).wholeNanoseconds) / 1e9, 1))
         stopped.store(true, ordering: .releasing)
         guard clean else { throw FailureExit(message: "stopped with geoms that did not close") }
@@ -178,7 +196,7 @@ struct Serve: AsyncParsableCommand {
         """, file: "<default>", baseDirectory: directory)
     }
 
-    private func printStartup(configuration: Configuration, built: BuiltTopology, bound: [NBDListenAddress]) {
+    private func printStartup(configuration: Configuration, built: BuiltTopology, bound: [NBDListenAddress], passed: Bool) {
         var lines = ["strata serving \(built.exports.count) export\(built.exports.count == 1 ? "" : "s")"]
         for export in built.exports {
             let provider = built.topology.provider(named: export.provider)
@@ -193,7 +211,7 @@ struct Serve: AsyncParsableCommand {
         for case let disk as FileDisk in built.disks {
             lines.append("  file disk \(disk.name): \(disk.path), io \(disk.engine.rawValue)")
         }
-        for address in bound { lines.append("  listening on \(address)") }
+        for address in bound { lines.append("  listening on \(address)" + (passed ? " (passed by the service manager)" : "")) }
         // Said at start because it keeps a core busy while a client at queue depth 1 works.
         let microseconds = configuration.busyPoll.wholeNanoseconds / 1000
         lines.append(microseconds == 0 ? "  busy polling off"
@@ -215,7 +233,9 @@ extension FailureExit: LocalizedError {
     var errorDescription: String? { message }
 }
 
-/// Turns SIGINT and SIGTERM into something to await.
+/// Turns the stopping signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT) into something to
+/// await: each stops the server cleanly. SIGHUP's default would kill it with mirrors
+/// open, so the next start resynchronizes them in full; SIGQUIT's would also dump core.
 final class SignalWaiter: @unchecked Sendable {
     private var sources: [any DispatchSourceSignal] = []
     private let received = DispatchSemaphore(value: 0)
@@ -241,7 +261,8 @@ final class SignalWaiter: @unchecked Sendable {
             DispatchQueue.global().async { [self] in
                 received.wait()
                 let number = lock.withLock { which }
-                continuation.resume(returning: number == SIGINT ? "SIGINT" : "SIGTERM")
+                let names = [SIGINT: "SIGINT", SIGTERM: "SIGTERM", SIGHUP: "SIGHUP", SIGQUIT: "SIGQUIT"]
+                continuation.resume(returning: names[number] ?? "signal \(number)")
             }
         }
     }

@@ -7,6 +7,7 @@ import Testing
 struct PowerCutVerbTests {
     @Test func crashImagesOfADiskServedOverNBDAreWrittenForUsersToCheck() throws {
         let (server, socket, control) = try ServeProcess.serving("""
+            writable-directories: [crash]
             disks:
               - name: pc0
                 powercut: 4MiB
@@ -47,6 +48,18 @@ struct PowerCutVerbTests {
         }
         #expect(everything[1048576..<(1048576 + 65536)].allSatisfy { $0 == UInt8(ascii: "b") }, "kept")
         #expect(nothing[1048576..<(1048576 + 65536)].allSatisfy { $0 == 0 }, "lost")
+
+        // The server writes only beneath its data directory and writable-directories,
+        // whoever asks: not in /etc, nor beside the topology file.
+        for elsewhere in ["/etc/strata-powercut-\(UUID().uuidString.prefix(8))", server.directory + "/elsewhere"] {
+            let refused = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", elsewhere, "--control", control])
+            #expect(refused.0 == 1 && refused.2.contains("400") && refused.2.contains("must be beneath")
+                    && refused.2.contains("strata-data or ") && refused.2.contains("writable-directories"), "\(refused)")
+            #expect(!FileManager.default.fileExists(atPath: elsewhere))
+        }
+        let inData = server.directory + "/strata-data/crash/first"
+        let written = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", inData, "--points", "1", "--control", control])
+        #expect(written.0 == 0 && FileManager.default.fileExists(atPath: inData + "/states.txt"), "\(written)")
 
         let bad = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", out, "--subsets", "0", "--control", control])
         #expect(bad.0 == 1 && bad.2.contains("subsets '0': must be a whole number from 1 to 64"), "\(bad)")

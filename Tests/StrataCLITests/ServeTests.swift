@@ -22,12 +22,14 @@ final class ServeProcess: @unchecked Sendable {
     private let outputHandle: FileHandle
     private let errorHandle: FileHandle
 
-    /// Runs `strata` (or `executable`, a wrapper such as prlimit that runs it) with
-    /// `arguments` in `directory`, with `files` written there first.
-    /// - Parameter user: runs the server as this user and group (through setpriv, with
-    ///   no supplementary groups) rather than as the test's user.
+    /// - Parameters:
+    ///   - executable: what to run, `strata` unless a wrapper starts it
+    ///     (`systemd-socket-activate`, prlimit, a shell that sets the umask).
+    ///   - environment: the whole environment, when not the test's.
+    ///   - user: runs the server as this user and group (through setpriv, with no
+    ///     supplementary groups) rather than as the test's user.
     init(executable: String = strataBinary, arguments: [String], directory: String? = nil, files: [String: String] = [:],
-         user: (name: String, group: String)? = nil) throws {
+         environment: [String: String]? = nil, user: (name: String, group: String)? = nil) throws {
         self.directory = directory ?? NSTemporaryDirectory() + "strata-cli-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         for (name, text) in files { try text.write(toFile: self.directory + "/" + name, atomically: true, encoding: .utf8) }
@@ -49,6 +51,7 @@ final class ServeProcess: @unchecked Sendable {
             process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = arguments
         }
+        if let environment { process.environment = environment }
         process.currentDirectoryURL = URL(fileURLWithPath: self.directory)
         process.standardOutput = outputHandle
         process.standardError = errorHandle

@@ -116,6 +116,22 @@ import Testing
         #expect(failure("busy-poll-us: 50us") == "strata.yaml:1: busy-poll-us: '50us': must be a whole number from 0 to 1000")
     }
 
+    @Test func theControlSocketsGroupIsLookedUpAsTheFileIsRead() throws {
+        #expect(try load("").controlGroup == nil)
+        // Group 0 is root on every system.
+        #expect(try load("control-group: root").controlGroup == ControlGroup(name: "root", id: 0))
+        #expect(failure("control: /run/s.sock\ncontrol-group: no-such-group-here")
+                == "strata.yaml:2: control-group: 'no-such-group-here': names no group of this system")
+    }
+
+    @Test func writableDirectoriesAreAbsoluteAndFollowTheDataDirectory() throws {
+        let plain = try load("")
+        #expect(plain.writableDirectories.isEmpty && plain.controlWritableDirectories == ["/etc/strata/strata-data"])
+        let configuration = try load("data-directory: /var/lib/strata\nwritable-directories: [crash, /srv/images/]")
+        #expect(configuration.controlWritableDirectories == ["/var/lib/strata", "/etc/strata/crash", "/srv/images"])
+        #expect(failure("writable-directories: /srv") == "strata.yaml:1: writable-directories: '/srv': must be a list")
+    }
+
     @Test func anUnknownKeyNamesTheNearestKnownOne() {
         #expect(failure("lisen: [tcp://127.0.0.1:1]") == "strata.yaml:1: lisen: is not a known key; did you mean 'listen'?")
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    sector_size: 512")

@@ -68,6 +68,62 @@ struct ListenerTests {
         }
     }
 
+    @Test func aSocketAnotherServerServesOnIsRefusedAndKeepsServing() async throws {
+        try await withDirectory { directory in
+            let path = directory + "/nbd.sock"
+            let first = try server()
+            try await first.start(listeningOn: [.unix(path: path)])
+            let second = try server()
+            do {
+                try await second.start(listeningOn: [.unix(path: path)])
+                Issue.record("bound over a socket another server serves on")
+            } catch let error as StrataError {
+                #expect("\(error)".contains("another process is serving on \(path)"), "\(error)")
+            }
+            await second.stop()
+            // The first server's socket is still there, and still its own.
+            #expect(try await readsABlock(at: .unix(path: path)))
+            await first.stop()
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+    }
+
+    @Test func aSocketPassedByAServiceManagerIsServedAndItsFileKept() async throws {
+        try await withDirectory { directory in
+            let path = directory + "/passed.sock"
+            // What systemd does for socket activation: bind and listen, then hand it over.
+            let passed = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let bound = try SocketAddress(unixDomainSocketPath: path).withSockAddr { bind(passed, $0, socklen_t($1)) }
+            #expect(bound == 0 && listen(passed, 16) == 0)
+            let server = try server()
+            let addresses = try await server.start(listeningOn: [], inherited: [passed])
+            #expect(addresses == [.unix(path: path)])
+            #expect(try await readsABlock(at: .unix(path: path)))
+            await server.stop()
+            #expect(FileManager.default.fileExists(atPath: path), "the manager's socket file is the manager's")
+            // The server closed the descriptor it was given: nothing listens there now.
+            await #expect(throws: (any Error).self) { _ = try await readsABlock(at: .unix(path: path)) }
+        }
+    }
+
+    @Test func aPassedDescriptorThatIsNotAListeningSocketIsRefusedByNumber() async throws {
+        var ends: [Int32] = [-1, -1]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        let unbound = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(unbound) }
+        for (descriptor, problem) in [(ends[0], "is not a socket"), (unbound, "is not a listening stream socket")] {
+            let server = try server()
+            do {
+                try await server.start(listeningOn: [], inherited: [descriptor])
+                Issue.record("served descriptor \(descriptor)")
+            } catch let error as StrataError {
+                #expect("\(error)".contains("descriptor \(descriptor) passed by the service manager \(problem)"), "\(error)")
+            }
+            await server.stop()
+        }
+    }
+
     @Test func aTCPPortInUseIsAnErrorNamingTheAddressAndNothingStaysBound() async throws {
         try await withDirectory { directory in
             let first = try server()

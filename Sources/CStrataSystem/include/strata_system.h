@@ -7,6 +7,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "strata_socket.h"
 #include "strata_uring.h"
 
 /// Starts fetching the cache line at `address` (and the page walk to reach it) for a

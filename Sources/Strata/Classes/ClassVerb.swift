@@ -36,16 +36,19 @@ public struct ClassVerb: Sendable {
     }
 
     /// Checks what a caller gave, once, against the declarations.
+    /// - Parameter writableDirectories: when given, a path (`.path`) must lie beneath
+    ///   one of them: the server writes where a verb's path says (`powercut images
+    ///   --out`), and the caller may be less trusted than the server.
     /// - Throws: `SettingError` naming the argument or option.
-    public func check(arguments given: [String], options values: [String: String],
-                      relativeTo directory: String = "/") throws(SettingError) -> [String: SettingValue] {
+    public func check(arguments given: [String], options values: [String: String], relativeTo directory: String = "/",
+                      writableDirectories: [String]? = nil) throws(SettingError) -> [String: SettingValue] {
         guard given.count == arguments.count else {
             let names = arguments.map { $0.name.uppercased() }.joined(separator: " ")
             throw SettingError(key: name, value: nil, problem: "takes \(arguments.isEmpty ? "no arguments" : names) after its target")
         }
         var checked: [String: SettingValue] = [:]
         for (parameter, text) in zip(arguments, given) {
-            checked[parameter.name] = try parameter.check(text, relativeTo: directory)
+            checked[parameter.name] = try parameter.check(text, relativeTo: directory, writableDirectories: writableDirectories)
         }
         for (key, text) in values.sorted(by: { $0.key < $1.key }) {
             guard let parameter = options.first(where: { $0.name == key }) else {
@@ -54,7 +57,7 @@ public struct ClassVerb: Sendable {
                 if let guess = nearestWord(key, among: known) { problem = "is not an option of \(name); did you mean '\(guess)'?" }
                 throw SettingError(key: key, value: nil, problem: problem)
             }
-            checked[key] = try parameter.check(text, relativeTo: directory)
+            checked[key] = try parameter.check(text, relativeTo: directory, writableDirectories: writableDirectories)
         }
         return checked
     }
@@ -77,9 +80,13 @@ public struct VerbParameter: Sendable, Equatable {
         keys.filter(\.changesAtRunTime).map { VerbParameter($0.name, $0.kind, help: $0.help) }
     }
 
-    func check(_ text: String, relativeTo directory: String) throws(SettingError) -> SettingValue {
+    func check(_ text: String, relativeTo directory: String, writableDirectories: [String]?) throws(SettingError) -> SettingValue {
         switch kind.parse(text, relativeTo: directory) {
-        case .success(let value): return value
+        case .success(let value):
+            if let writableDirectories, kind == .path, case .text(let path) = value {
+                try checkBeneath(path, writableDirectories, key: name, text: text)
+            }
+            return value
         case .failure(let problem): throw SettingError(key: name, value: text, problem: problem.text)
         }
     }

@@ -14,7 +14,13 @@ extension PowerCutLog {
     ///   does not fit the log.
     @discardableResult
     public func writeCrashImages(_ states: [CrashState], to directory: String) throws -> [String] {
-        try makeDirectory(directory)
+        // Its parents too: a directory beneath the data directory may be the first thing
+        // written there.
+        var parent = directory.hasPrefix("/") ? "" : "."
+        for component in directory.split(separator: "/") {
+            parent += "/" + component
+            try makeDirectory(parent)
+        }
         var folders: [String] = []
         var manifest = ""
         for (index, state) in states.enumerated() {

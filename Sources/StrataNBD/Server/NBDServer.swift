@@ -1,3 +1,4 @@
+import CStrataSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -134,23 +135,25 @@ public final class NBDServer: Sendable {
 
     /// Starts listening and, unless `accepting` is false, accepting (else connections
     /// wait in the kernel's queue until `accept()`). Returns the addresses bound, with
-    /// the port a TCP port of 0 got.
-    /// - Throws: `StrataError` naming the address that could not be bound; nothing is
-    ///   left listening then.
+    /// the port a TCP port of 0 got, then those of the `inherited` sockets.
+    /// - Parameter inherited: listening sockets a service manager handed over
+    ///   (systemd's `LISTEN_FDS`), accepted on as they are; the server owns them from now
+    ///   on, and closes them when it stops.
+    /// - Throws: `StrataError` naming the address that could not be bound, or the
+    ///   descriptor that is not a listening socket; nothing is left listening then.
     @discardableResult
-    public func start(listeningOn addresses: [NBDListenAddress], accepting: Bool = true) async throws -> [NBDListenAddress] {
+    public func start(listeningOn addresses: [NBDListenAddress], inherited: [Int32] = [],
+                      accepting: Bool = true) async throws -> [NBDListenAddress] {
         var started: [NBDListener] = []
         do {
             for address in addresses {
                 let tcp = if case .tcp = address { true } else { false }
-                // Weak: the server holds its listeners until it stops.
-                started.append(try NBDListener(address) { [weak self] descriptor in
-                    guard let self else {
-                        Glibc.close(descriptor)
-                        return
-                    }
-                    adopt(descriptor, tcp: tcp)
-                })
+                started.append(try NBDListener(address, accepted: adopter(tcp: tcp)))
+            }
+            for descriptor in inherited {
+                // A descriptor that is no listening socket at all is refused by the listener.
+                let tcp = strata_listening_family(descriptor) != AF_UNIX
+                started.append(try NBDListener(inherited: descriptor, accepted: adopter(tcp: tcp)))
             }
         } catch {
             for listener in started { listener.close() }
@@ -160,6 +163,18 @@ public final class NBDServer: Sendable {
         for listener in started { core.logger.info("listening", metadata: ["address": "\(listener.address)"]) }
         if accepting { accept() }
         return started.map(\.address)
+    }
+
+    /// What a listener does with a connection it accepts. Weak: the server holds its
+    /// listeners until it stops.
+    private func adopter(tcp: Bool) -> @Sendable (Int32) -> Void {
+        { [weak self] descriptor in
+            guard let self else {
+                Glibc.close(descriptor)
+                return
+            }
+            adopt(descriptor, tcp: tcp)
+        }
     }
 
     /// Starts accepting connections on every address `start` bound.
