@@ -167,7 +167,8 @@ public final class RunningTopology: Sendable {
                 ("busy-poll-us", Node("\(configuration.busyPoll.wholeNanoseconds / 1000)")),
                 ("limits", flow([("requests", Node("\(limits.requests)")),
                                  ("connection-bytes", Node(formatByteSize(Int64(limits.bytes)))),
-                                 ("server-bytes", Node(formatByteSize(Int64(limits.serverBytes))))])),
+                                 ("server-bytes", Node(formatByteSize(Int64(limits.serverBytes)))),
+                                 ("max-request", Node(formatByteSize(Int64(limits.maximumRequest))))])),
             ]
             let withdrawn = configuration.withdrawn + self.changes.withLock(\.removed).filter { !configuration.withdrawn.contains($0) }
             if !withdrawn.isEmpty { header.append(("withdrawn", .sequence(Node.Sequence(withdrawn.map { Node($0) }, .implicit, .flow)))) }

@@ -86,6 +86,12 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     let poller: BusyPoller?
     /// Requests in the input read since the last `channelReadComplete`.
     @exclusivity(unchecked) var requestsThisRead = 0
+    /// By slot: the read-modify-writes (`SectorLocks` holds) waiting for this
+    /// connection's write in that slot to complete. Empty unless unaligned writes meet
+    /// aligned ones on the provider; a request's completion looks only at its count.
+    @exclusivity(unchecked) var fenceWaiters: [Int: [UInt64]] = [:]
+    /// The slots of aligned writes parked behind read-modify-writes, by their hold.
+    @exclusivity(unchecked) var parkedWrites: [UInt64: Int] = [:]
 
     init(core: NBDServerCore, eventLoop: any EventLoop, largeReadQueue: DispatchQueue? = nil,
          descriptor: Int32 = -1, poller: BusyPoller? = nil) {
@@ -95,7 +101,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         self.descriptor = descriptor
         self.poller = descriptor >= 0 ? poller : nil
         self.logger = core.logger
-        input = NBDServerInput(session: session)
+        input = NBDServerInput(session: session, maximumPayload: core.limits.maximumRequest)
     }
 
     // MARK: Channel events
@@ -224,7 +230,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         case .request(let header, let payload):
             handleRequest(header, payload: payload)
         case .oversizedRequest(let header):
-            refuse(header, .invalid, "payload over \(NBDLimits.maximumPayload) bytes")
+            refuse(header, .overflow, "payload of \(header.length) bytes is over the \(core.limits.maximumRequest)-byte maximum")
         case .protocolViolation(let reason):
             violation(reason)
         }
@@ -324,7 +330,8 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             let bytes = Array(description.utf8)
             sendOptionReply(code, .info) { $0.writeInteger(NBDInfo.description.rawValue); $0.writeBytes(bytes) }
         }
-        // Always sent: the server enforces sector alignment, which is not the default.
+        // Always sent, for the maximum payload. The minimum is 1: any byte range is
+        // served (NBD.md, "Any byte range").
         sendOptionReply(code, .info) {
             $0.writeInteger(NBDInfo.blockSize.rawValue)
             $0.writeInteger(UInt32(served.minimumBlockSize))
@@ -399,6 +406,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             }
             self.consumer = consumer
             served.opened(consumer)
+            served.sectorLocks.register(self)
         } catch {
             logger.warning("cannot open export", metadata: ["export": "\(served.export.name)", "error": "\(error)"])
             if let option {
