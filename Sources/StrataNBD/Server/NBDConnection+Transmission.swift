@@ -17,16 +17,19 @@ struct RequestSlot {
     var bytes = 0
     /// A TRIM or WRITE_ZEROES with FUA whose flush is under way.
     var flushing = false
-    /// How the request reaches the provider.
+    /// How the request reaches the provider. One byte, in the slot's padding: a case
+    /// holding the read-modify-write itself made every slot larger, and every aligned
+    /// request's insertion and removal with it.
     var route = Route.sent
 
-    enum Route {
+    enum Route: UInt8 {
         /// As one request of its own: every aligned request.
         case sent
         /// An aligned write parked behind a read-modify-write of its sectors, not sent yet.
         case parked
-        /// An unaligned write, done by a read-modify-write (`UnalignedWrite`).
-        case rewrite(UnalignedWrite)
+        /// An unaligned write, done by a read-modify-write (`UnalignedWrite`, kept in
+        /// the connection's `rewrites`).
+        case rewrite
     }
 
     /// What a free place in the table holds.
@@ -83,7 +86,7 @@ struct RequestTable {
     func sentWrites(overlapping range: Range<UInt64>) -> [Int] {
         slots.indices.filter { index in
             let slot = slots[index]
-            guard case .sent = slot.route, slot.command.writesData else { return false }
+            guard slot.route == .sent, slot.command.writesData else { return false }
             return slot.header.offset < range.upperBound && range.lowerBound < slot.header.offset + slot.header.length
         }
     }
@@ -332,7 +335,9 @@ extension NBDConnectionHandler {
     }
 
     /// Answers the request in `index` (unless the connection is closing) and lets go of
-    /// it: its slot, its bytes, and the read-modify-writes that waited for it.
+    /// it: its slot, its bytes, and the read-modify-writes that waited for it. Inlined
+    /// into `complete`, every request's path, as it was written there.
+    @inline(__always)
     func finish(_ index: Int, error: BioError?, readAsZeros: Bool, extents: [BioExtent]) {
         let slot = requests.remove(index)
         core.refund(slot.bytes)
@@ -352,7 +357,7 @@ extension NBDConnectionHandler {
         }
         // The read-modify-writes that waited for this write may start (as tasks of
         // their own). One load when none waits.
-        if !fenceWaiters.isEmpty { releaseFences(of: index) }
+        if fencedWrites != 0 { releaseFences(of: index) }
     }
 
     // MARK: Replies

@@ -84,15 +84,18 @@ extension NBDConnectionHandler {
         let index = requests.insert(slot)
         let rewrite = UnalignedWrite(connection: self, index: index, header: header, command: command, payload: payload,
                                      sectorSize: served.sectorSize, locks: served.sectorLocks, range: range)
-        requests.route(index, .rewrite(rewrite))
+        requests.route(index, .rewrite)
+        rewrites[index] = rewrite
         core.charge(requests.bytes(of: index))
         updateReading()
         rewrite.begin()
     }
 
-    /// The end of a read-modify-write: its answer.
+    /// The end of a read-modify-write: its answer. It is let go of after that.
     func finishRewrite(_ index: Int, error: BioError?) {
+        let rewrite = rewrites.removeValue(forKey: index)
         finish(index, error: error, readAsZeros: false, extents: [])
+        withExtendedLifetime(rewrite) {}
     }
 
     // MARK: Aligned writes while sectors are held
@@ -135,13 +138,16 @@ extension NBDConnectionHandler {
     func fence(_ hold: UInt64, range: Range<UInt64>, for locks: SectorLocks) {
         let writes = requests.sentWrites(overlapping: range)
         for index in writes { fenceWaiters[index, default: []].append(hold) }
+        fencedWrites = fenceWaiters.count
         locks.perform(locks.fenced(hold, writes: writes.count), inline: true)
     }
 
     /// The request in `index` is done: the read-modify-writes that waited for it are
     /// told.
     func releaseFences(of index: Int) {
-        guard let holds = fenceWaiters.removeValue(forKey: index), let locks = served?.sectorLocks else { return }
+        guard let holds = fenceWaiters.removeValue(forKey: index) else { return }
+        fencedWrites = fenceWaiters.count
+        guard let locks = served?.sectorLocks else { return }
         locks.perform(locks.writeCompleted(awaitedBy: holds), inline: false)
     }
 }

@@ -88,10 +88,14 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     @exclusivity(unchecked) var requestsThisRead = 0
     /// By slot: the read-modify-writes (`SectorLocks` holds) waiting for this
     /// connection's write in that slot to complete. Empty unless unaligned writes meet
-    /// aligned ones on the provider; a request's completion looks only at its count.
+    /// aligned ones on the provider.
     @exclusivity(unchecked) var fenceWaiters: [Int: [UInt64]] = [:]
+    /// `fenceWaiters.count`, all a request's completion looks at: one load.
+    @exclusivity(unchecked) var fencedWrites = 0
     /// The slots of aligned writes parked behind read-modify-writes, by their hold.
     @exclusivity(unchecked) var parkedWrites: [UInt64: Int] = [:]
+    /// The read-modify-writes of this connection's unaligned writes, by slot.
+    @exclusivity(unchecked) var rewrites: [Int: UnalignedWrite] = [:]
 
     init(core: NBDServerCore, eventLoop: any EventLoop, largeReadQueue: DispatchQueue? = nil,
          descriptor: Int32 = -1, poller: BusyPoller? = nil) {

@@ -49,8 +49,8 @@ final class UnalignedRead: BioDoneHandler, @unchecked Sendable {
 /// sectors it covers: zeroing the partial ones would cost a read and a write for a hint.
 ///
 /// Everything here runs on the connection's event loop: completions from other threads
-/// hop to it. The request's slot holds this object until `finish`, whose last step
-/// gives the slot up.
+/// hop to it. The connection holds this object (`rewrites`) until `finish`, whose last
+/// step gives it up.
 final class UnalignedWrite: BioDoneHandler, @unchecked Sendable {
     enum Stage {
         /// Waiting for the hold.
@@ -224,8 +224,8 @@ final class UnalignedWrite: BioDoneHandler, @unchecked Sendable {
         send(.flush, offset: 0, length: 0, data: [])
     }
 
-    /// Gives the range back and answers the request. Its slot holds this object: the
-    /// answer, last, may free it.
+    /// Gives the range back and answers the request. The connection holds this object
+    /// until then: the answer, last, may free it.
     private func finish() {
         let actions = locks.release(hold)
         sectors?.deallocate()
