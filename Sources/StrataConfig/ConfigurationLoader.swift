@@ -44,7 +44,7 @@ public struct ConfigurationLoader {
     static let topKeys = ["listen", "control", "control-group", "data-directory", "writable-directories", "limits", "busy-poll-us",
                           "shutdown-grace", "disks", "geoms", "exports", "withdrawn"]
     static let changeKeys = ["disks", "geoms", "exports", "removed", "removed-exports"]
-    static let limitKeys = ["requests", "connection-bytes", "server-bytes", "connections", "handshake-seconds"]
+    static let limitKeys = ["requests", "connection-bytes", "server-bytes", "max-request", "connections", "handshake-seconds"]
     static let geomKeys = ["name", "class", "consumers"]
     static let exportKeys = ["name", "provider", "read-only", "description", "default"]
 
@@ -164,13 +164,30 @@ public struct ConfigurationLoader {
         if let seconds = fields["handshake-seconds"] {
             limits.handshakeTimeout = .seconds(try value(seconds, key: "limits.handshake-seconds").integer(in: 1...3600))
         }
-        // Below one maximum request (32 MiB) a connection could never take in a large one.
-        let smallest: Int64 = 32 << 20
+        if let field = fields["max-request"] {
+            let bytes = try size(field, key: "limits.max-request")
+            let allowed = NBDLimits.maximumRequestRange
+            guard allowed.contains(Int(clamping: bytes)) else {
+                throw error(field, "limits.max-request", try scalar(field, key: "limits.max-request"),
+                            "must be from \(formatByteSize(Int64(allowed.lowerBound))) to \(formatByteSize(Int64(allowed.upperBound)))")
+            }
+            limits.maximumRequest = Int(bytes)
+        }
+        // The byte limits hold at least one request of the largest size: the budget is
+        // what bounds memory, and a request is taken in whole or not at all.
+        let smallest = Int64(limits.maximumRequest)
         for (key, keyPath) in [("connection-bytes", \NBDServer.Limits.bytes), ("server-bytes", \.serverBytes)] {
-            guard let field = fields[key] else { continue }
+            guard let field = fields[key] else {
+                guard limits[keyPath: keyPath] >= limits.maximumRequest else {
+                    throw error(fields["max-request"]!, "limits.max-request", try scalar(fields["max-request"]!, key: "limits.max-request"),
+                                "is over the default limits.\(key) (\(formatByteSize(Int64(limits[keyPath: keyPath])))); raise that too")
+                }
+                continue
+            }
             let bytes = try size(field, key: "limits.\(key)")
             guard bytes >= smallest else {
-                throw error(field, "limits.\(key)", try scalar(field, key: "limits.\(key)"), "must be at least 32MiB")
+                throw error(field, "limits.\(key)", try scalar(field, key: "limits.\(key)"),
+                            "must be at least limits.max-request (\(formatByteSize(smallest)))")
             }
             limits[keyPath: keyPath] = Int(bytes)
         }

@@ -182,7 +182,8 @@ public final class RunningTopology: Sendable {
                 ("busy-poll-us", Node("\(configuration.busyPoll.wholeNanoseconds / 1000)")),
                 ("limits", flow([("requests", Node("\(limits.requests)")),
                                  ("connection-bytes", Node(formatByteSize(Int64(limits.bytes)))),
-                                 ("server-bytes", Node(formatByteSize(Int64(limits.serverBytes))))])),
+                                 ("server-bytes", Node(formatByteSize(Int64(limits.serverBytes)))),
+                                 ("max-request", Node(formatByteSize(Int64(limits.maximumRequest))))])),
             ]
             if let group = configuration.controlGroup { header.insert(("control-group", Node(group.name)), at: 2) }
             if !configuration.writableDirectories.isEmpty {

@@ -288,7 +288,7 @@ enum SeedCorpus {
         }
         seed("simple-write-over-maximum") { wire in
             go(&wire, "disk0")
-            wire.request(.write, cookie: 1, length: 33 << 20, payload: sector)
+            wire.request(.write, cookie: 1, length: 65 << 20, payload: sector)
         }
         seed("simple-write-cut") { wire in
             go(&wire, "disk0")
@@ -331,6 +331,24 @@ enum SeedCorpus {
             wire.request(.blockStatus, cookie: 3, offset: 1 << 20, length: 512)
             wire.request(.read, cookie: 4, offset: 3, length: 512)
         }
+        seed("structured-byte-ranges") { wire in
+            structuredGo(&wire, "disk0")
+            wire.request(.write, cookie: 1, offset: 511, length: 3, payload: [1, 2, 3])
+            wire.request(.read, cookie: 2, offset: 510, length: 5)
+            wire.request(.write, flags: .fua, cookie: 3, offset: 1000, length: 512, payload: sector)
+            wire.request(.writeZeroes, cookie: 4, offset: 1001, length: 1500)
+            wire.request(.writeZeroes, flags: .fastZero, cookie: 5, offset: 1, length: 3)
+            wire.request(.trim, flags: .fua, cookie: 6, offset: 7, length: 5000)
+            wire.request(.trim, cookie: 7, offset: 7, length: 3)
+            wire.request(.blockStatus, cookie: 8, offset: 3, length: 4000)
+            wire.request(.read, cookie: 9, offset: (1 << 20) - 3, length: 3)
+        }
+        seed("simple-4k-byte-ranges") { wire in
+            go(&wire, "4k")
+            wire.request(.write, cookie: 1, offset: 4095, length: 2, payload: [7, 7])
+            wire.request(.read, cookie: 2, offset: 4094, length: 4)
+            wire.request(.writeZeroes, flags: .noHole, cookie: 3, offset: 1, length: 9000)
+        }
         seed("structured-block-status-without-context") { wire in
             wire.option(.structuredReply)
             go(&wire, "disk0")
@@ -360,7 +378,7 @@ enum SeedCorpus {
         }
         seed("extended-payload-over-maximum") { wire in
             extendedGo(&wire, "disk0")
-            wire.request(.write, flags: .payloadLength, cookie: 1, length: 64 << 20, payload: sector, extended: true)
+            wire.request(.write, flags: .payloadLength, cookie: 1, length: 65 << 20, payload: sector, extended: true)
         }
         seed("extended-4k-read-only-mix") { wire in
             wire.option(.extendedHeaders)

@@ -126,6 +126,7 @@ public final class NBDClient: Sendable {
         do {
             try await handler.eventLoop.submit { handler.armHandshakeTimeout(configuration.handshakeTimeout) }.get()
             let export = try await handshake.negotiate(configuration)
+            try await handler.eventLoop.submit { handler.acceptReads(upTo: export.blockSizes.maximumPayload) }.get()
             return NBDClient(channel: channel, handler: handler, export: export)
         } catch {
             await handshake.abort()

@@ -67,6 +67,10 @@ package final class NBDClientSession {
     package var phase: Phase
     /// Bytes of data a successful simple reply carries, by cookie: READs only.
     package var simpleReplyDataLength: [UInt64: Int] = [:]
+    /// Longest chunk payload accepted: 64 MiB (a read of the default 32 MiB maximum
+    /// payload plus its offset, or 2^20 extended block-status descriptors, with room to
+    /// spare), or a read of the maximum payload the server advertised, if longer.
+    package var maximumChunkLength: UInt64 = 64 << 20
 
     package init(_ phase: Phase = .greeting) {
         self.phase = phase
@@ -88,10 +92,6 @@ package struct NBDClientDecoder: NIOSingleStepByteToMessageDecoder {
     /// Longest option reply payload accepted (names and descriptions are at most 4 KiB;
     /// anything far larger is not an honest server).
     static let maximumOptionReplyLength = 1 << 20
-    /// Longest chunk payload accepted: a 32 MiB read plus its offset, or 2^20 extended
-    /// block-status descriptors, with room to spare.
-    static let maximumChunkLength: UInt64 = 64 << 20
-
     private let session: NBDClientSession
 
     package init(session: NBDClientSession) {
@@ -207,7 +207,7 @@ package struct NBDClientDecoder: NIOSingleStepByteToMessageDecoder {
         let cookie: UInt64 = buffer.getInteger(at: start + 8)!
         let requestOffset: UInt64? = extended ? buffer.getInteger(at: start + 16)! : nil
         let length: UInt64 = extended ? buffer.getInteger(at: start + 24)! : UInt64(buffer.getInteger(at: start + 16, as: UInt32.self)!)
-        guard length <= Self.maximumChunkLength else {
+        guard length <= session.maximumChunkLength else {
             return .protocolViolation("reply chunk of \(length) bytes is too long")
         }
         guard buffer.readableBytes >= headerSize + Int(length) else { return nil }

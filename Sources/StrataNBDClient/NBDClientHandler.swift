@@ -78,6 +78,11 @@ final class NBDClientHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Requests sent and not yet answered.
     var requestsInFlight: Int { requests.count }
 
+    /// Lets READ replies as long as the server's maximum payload through the decoder.
+    func acceptReads(upTo maximumPayload: UInt32) {
+        session.maximumChunkLength = max(session.maximumChunkLength, UInt64(maximumPayload) + 8)
+    }
+
     // MARK: Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {

@@ -94,6 +94,7 @@ struct RuntimeChangeTests {
 
         let dumped = try strata(control, ["config", "dump"])
         #expect(dumped.0 == 0 && dumped.1.contains("{name: n9, class: nop, consumers: [m0], delay-ms: 1}"), "\(dumped)")
+        #expect(dumped.1.contains("max-request: 64MiB"), "\(dumped)")
         #expect(server.stop() == 0)
 
         // Restarted on the same file: the changes are there, and the stripe's labels on

@@ -101,10 +101,27 @@ import Testing
         #expect(try load("").limits == NBDServer.Limits())
         let limits = try load("limits:\n  requests: 64\n  connection-bytes: 64MiB\n  server-bytes: 1GiB").limits
         #expect(limits == NBDServer.Limits(requests: 64, bytes: 64 << 20, serverBytes: 1 << 30))
-        #expect(failure("limits:\n  server-bytes: 1MiB") == "strata.yaml:2: limits.server-bytes: '1MiB': must be at least 32MiB")
+        #expect(failure("limits:\n  server-bytes: 1MiB")
+                == "strata.yaml:2: limits.server-bytes: '1MiB': must be at least limits.max-request (64MiB)")
         #expect(failure("limits:\n  requests: 0").hasPrefix("strata.yaml:2: limits.requests: '0': must be"))
         #expect(failure("limits:\n  server_bytes: 1GiB")
                 == "strata.yaml:2: limits.server_bytes: is not a known key; did you mean 'server-bytes'?")
+    }
+
+    @Test func theMaximumRequestIsReadAndBoundedAndTheByteLimitsHoldOne() throws {
+        #expect(try load("").limits.maximumRequest == 64 << 20)
+        #expect(try load("limits:\n  max-request: 1MiB\n  connection-bytes: 1MiB\n  server-bytes: 1MiB").limits
+                == NBDServer.Limits(bytes: 1 << 20, serverBytes: 1 << 20, maximumRequest: 1 << 20))
+        #expect(try load("limits:\n  max-request: 1GiB\n  connection-bytes: 1GiB\n  server-bytes: 2GiB").limits.maximumRequest
+                == 1 << 30)
+        #expect(failure("limits:\n  max-request: 512KiB")
+                == "strata.yaml:2: limits.max-request: '512KiB': must be from 1MiB to 1GiB")
+        #expect(failure("limits:\n  max-request: 2GiB")
+                == "strata.yaml:2: limits.max-request: '2GiB': must be from 1MiB to 1GiB")
+        #expect(failure("limits:\n  max-request: 256MiB\n  server-bytes: 1GiB")
+                == "strata.yaml:2: limits.max-request: '256MiB': is over the default limits.connection-bytes (128MiB); raise that too")
+        #expect(failure("limits:\n  max-request: 128MiB\n  connection-bytes: 64MiB")
+                == "strata.yaml:3: limits.connection-bytes: '64MiB': must be at least limits.max-request (128MiB)")
     }
 
     @Test func busyPollingIsOnByDefaultAndReadInMicroseconds() throws {

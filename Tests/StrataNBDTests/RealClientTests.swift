@@ -45,9 +45,9 @@ struct RealClientTests {
         let info = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]
         let export = (info?["exports"] as? [[String: Any]])?.first
         #expect(export?["export-size"] as? Int == Int(Self.size))
-        #expect(export?["block_size_minimum"] as? Int == 512)
+        #expect(export?["block_size_minimum"] as? Int == 1)
         #expect(export?["block_size_preferred"] as? Int == 4096)
-        #expect(export?["block_size_maximum"] as? Int == 32 << 20)
+        #expect(export?["block_size_maximum"] as? Int == 64 << 20)
         #expect(export?["is_read_only"] as? Bool == false)
         #expect(export?["can_multi_conn"] as? Bool == true)
         #expect(export?["can_trim"] as? Bool == true)

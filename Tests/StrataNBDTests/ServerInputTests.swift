@@ -119,7 +119,7 @@ import Testing
     }
 
     @Test func aHeaderAloneDoesNotReserveTheMaximumPayload() {
-        let payload = [UInt8](repeating: 0x11, count: NBDLimits.maximumPayload)
+        let payload = [UInt8](repeating: 0x11, count: NBDLimits.defaultMaximumRequest)
         let (bytes, expected) = DecoderTests.request(.write, cookie: 9, offset: 0, payload: payload)
         var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
         var messages: [NBDClientMessage] = []
@@ -136,12 +136,12 @@ import Testing
         }
         #expect(messages == [expected])
         #expect(input.heldBytes == 0)
-        // Let go once its message is out, so an idle connection holds no 32 MiB.
+        // Let go once its message is out, so an idle connection holds no 64 MiB.
         #expect(input.reservedBytes <= NBDServerInput.largestReservation)
     }
 
     @Test func anOversizedPayloadIsDroppedAcrossReads() {
-        let oversized = [UInt8](repeating: 0, count: NBDLimits.maximumPayload + 4096)
+        let oversized = [UInt8](repeating: 0, count: NBDLimits.defaultMaximumRequest + 4096)
         var bytes = DecoderTests.request(.write, cookie: 21, offset: 0, payload: oversized).0
         let (flush, flushMessage) = DecoderTests.request(.flush, cookie: 22, offset: 0, payload: nil)
         bytes.writeImmutableBuffer(flush)

@@ -17,6 +17,20 @@ struct RequestSlot {
     var bytes = 0
     /// A TRIM or WRITE_ZEROES with FUA whose flush is under way.
     var flushing = false
+    /// How the request reaches the provider. One byte, in the slot's padding: a case
+    /// holding the read-modify-write itself made every slot larger, and every aligned
+    /// request's insertion and removal with it.
+    var route = Route.sent
+
+    enum Route: UInt8 {
+        /// As one request of its own: every aligned request.
+        case sent
+        /// An aligned write parked behind a read-modify-write of its sectors, not sent yet.
+        case parked
+        /// An unaligned write, done by a read-modify-write (`UnalignedWrite`, kept in
+        /// the connection's `rewrites`).
+        case rewrite
+    }
 
     /// What a free place in the table holds.
     static var vacant: RequestSlot {
@@ -61,8 +75,21 @@ struct RequestTable {
     /// The command of the request in `index`.
     func command(_ index: Int) -> NBDCommand { slots[index].command }
 
+    /// Sets how the request in `index` reaches the provider.
+    mutating func route(_ index: Int, _ route: RequestSlot.Route) { slots[index].route = route }
+
     /// The payload bytes the request in `index` counts against the limits.
     func bytes(of index: Int) -> Int { slots[index].bytes }
+
+    /// The writes (WRITE, TRIM, WRITE_ZEROES) sent to the provider as themselves whose
+    /// range overlaps `range`: what a read-modify-write of it must wait for.
+    func sentWrites(overlapping range: Range<UInt64>) -> [Int] {
+        slots.indices.filter { index in
+            let slot = slots[index]
+            guard slot.route == .sent, slot.command.writesData else { return false }
+            return slot.header.offset < range.upperBound && range.lowerBound < slot.header.offset + slot.header.length
+        }
+    }
 
     /// Takes the slot out (swapped with a vacant one, not copied: a copy would retain its
     /// buffer).
@@ -109,6 +136,17 @@ extension NBDConnectionHandler {
             sendSuccess(header)
             return
         }
+        // The one branch on alignment. A FLUSH's range is zero, so it is aligned.
+        if (header.offset | header.length) & served.sectorMask != 0 {
+            issueUnaligned(header, command: command, payload: payload, served: served, consumer: consumer)
+            return
+        }
+        if command.writesData && served.sectorLocks.isActive {
+            // A read-modify-write holds sectors of this provider: this write may have to
+            // wait for it (`SectorLocks`).
+            issueBesideHolds(header, command: command, payload: payload, served: served, consumer: consumer)
+            return
+        }
         issue(header, command: command, payload: payload, served: served, consumer: consumer)
     }
 
@@ -132,7 +170,7 @@ extension NBDConnectionHandler {
         if header.flags.contains(.dontFragment) && !structuredReplies {
             return (.invalid, "DF needs structured replies")
         }
-        let changes = command == .write || command == .trim || command == .writeZeroes
+        let changes = command.writesData
         if command == .flush {
             // The spec reserves a FLUSH's offset and length: both must be zero. Checking
             // them also means every request that reaches `prepare` has a range that fits
@@ -142,16 +180,14 @@ extension NBDConnectionHandler {
             }
         } else {
             if header.length == 0 { return (.invalid, "\(command) of no bytes") }
-            if (header.offset | header.length) & served.blockMask != 0 {
-                return (.invalid, "\(command) at \(header.offset)+\(header.length) is not aligned to \(served.minimumBlockSize) bytes")
-            }
             if header.offset > served.size || header.length > served.size - header.offset {
                 return (changes ? .noSpace : .invalid,
                         "\(command) at \(header.offset)+\(header.length) runs past the end (\(served.size) bytes)")
             }
         }
         if command == .read && header.length > UInt64(served.maximumPayload) {
-            return (.invalid, "READ of \(header.length) bytes is over the \(served.maximumPayload)-byte maximum")
+            // The spec's answer to a request over the advertised maximum payload.
+            return (.overflow, "READ of \(header.length) bytes is over the \(served.maximumPayload)-byte maximum")
         }
         if command == .blockStatus && !allocationContext {
             return (.invalid, "BLOCK_STATUS without a negotiated metadata context")
@@ -162,8 +198,8 @@ extension NBDConnectionHandler {
         return nil
     }
 
-    private func issue(_ header: NBDRequestHeader, command: NBDCommand, payload: ByteBuffer?, served: ServedExport,
-                       consumer: Consumer) {
+    func issue(_ header: NBDRequestHeader, command: NBDCommand, payload: ByteBuffer?, served: ServedExport,
+               consumer: Consumer) {
         let bio = AnyBioSet.shared.alloc(segments: 1)
         // The slot goes straight into the table, which then holds the only reference
         // to its buffer: a memory disk completes inside `request`, and the reply
@@ -191,8 +227,8 @@ extension NBDConnectionHandler {
 
     /// Fills in the request for an NBD command and returns what the connection keeps
     /// about it until completion.
-    private func prepare(_ bio: borrowing Bio, _ header: NBDRequestHeader, command: NBDCommand, payload: ByteBuffer?,
-                         served: ServedExport) -> RequestSlot {
+    func prepare(_ bio: borrowing Bio, _ header: NBDRequestHeader, command: NBDCommand, payload: ByteBuffer?,
+                 served: ServedExport) -> RequestSlot {
         bio.offset = Int64(header.offset)
         bio.length = Int64(header.length)
         var slot = RequestSlot(header: header, command: command)
@@ -234,7 +270,13 @@ extension NBDConnectionHandler {
         case .blockStatus:
             bio.command = .getattr
             bio.attribute = .extents
-            let blocks = header.length / UInt64(served.minimumBlockSize) + 1
+            // The provider answers for whole sectors: the ones the range touches. The
+            // reply starts the first extent at the client's offset (`sendBlockStatus`).
+            let lower = header.offset & ~served.sectorMask
+            bio.offset = Int64(lower)
+            bio.length = Int64((header.offset + header.length + served.sectorMask) & ~served.sectorMask - lower)
+            // At most one extent a sector, the range touching one more than it fills.
+            let blocks = header.length / UInt64(served.sectorSize) + 2
             let records = header.flags.contains(.requestOne) ? 1 : Int(min(UInt64(NBDLimits.maximumExtents), blocks))
             let answer = UnsafeMutableRawBufferPointer.allocate(byteCount: records * BioExtent.encodedSize, alignment: 8)
             bio.setData(answer)
@@ -289,6 +331,14 @@ extension NBDConnectionHandler {
         }
         let extents = requests.command(index) == .blockStatus && error == nil ? bio.attributeExtents : []
         bio.destroy()
+        finish(index, error: error, readAsZeros: flags.contains(.readAsZeros), extents: extents)
+    }
+
+    /// Answers the request in `index` (unless the connection is closing) and lets go of
+    /// it: its slot, its bytes, and the read-modify-writes that waited for it. Inlined
+    /// into `complete`, every request's path, as it was written there.
+    @inline(__always)
+    func finish(_ index: Int, error: BioError?, readAsZeros: Bool, extents: [BioExtent]) {
         let slot = requests.remove(index)
         core.refund(slot.bytes)
         slot.answer?.deallocate()
@@ -298,13 +348,16 @@ extension NBDConnectionHandler {
                 refuse(slot.header, NBDError(errno: error.errno), "\(slot.command) failed: \(error)", command: slot.command,
                        log: false)
             } else {
-                reply(to: consume slot, readAsZeros: flags.contains(.readAsZeros), extents: extents)
+                reply(to: consume slot, readAsZeros: readAsZeros, extents: extents)
             }
             updateReading()
             perform(then)
         case .discard(let then):
             perform(then)
         }
+        // The read-modify-writes that waited for this write may start (as tasks of
+        // their own). One load when none waits.
+        if fencedWrites != 0 { releaseFences(of: index) }
     }
 
     // MARK: Replies
@@ -380,13 +433,20 @@ extension NBDConnectionHandler {
             return
         }
         let requestOne = header.flags.contains(.requestOne)
-        // Compact descriptors carry 32-bit lengths: longer extents are cut, on block
+        let sectorSize = UInt64(served!.sectorSize)
+        // Compact descriptors carry 32-bit lengths: longer extents are cut, on sector
         // boundaries, into pieces that fit.
-        let largest = extendedHeaders ? UInt64.max : UInt64(UInt32.max) / UInt64(served!.minimumBlockSize) * UInt64(served!.minimumBlockSize)
+        let largest = extendedHeaders ? UInt64.max : UInt64(UInt32.max) / sectorSize * sectorSize
         var descriptors: [(length: UInt64, status: UInt32)] = []
         let end = header.offset + header.length
+        // The provider's first extent starts at the sector holding the offset; the
+        // reply's starts at the offset.
+        var skip = header.offset & (sectorSize - 1)
         for extent in extents {
             var remaining = UInt64(extent.length)
+            let skipped = min(skip, remaining)
+            remaining -= skipped
+            skip -= skipped
             var status: UInt32 = 0
             if extent.kind.contains(.hole) { status |= NBDAllocationFlags.hole }
             if extent.kind.contains(.zero) { status |= NBDAllocationFlags.zero }
@@ -395,6 +455,10 @@ extension NBDConnectionHandler {
                 descriptors.append((piece, status))
                 remaining -= piece
             }
+        }
+        guard !descriptors.isEmpty else {
+            refuse(header, .io, "no extents reported past the offset", command: .blockStatus)
+            return
         }
         if requestOne {
             descriptors = [(min(descriptors[0].length, end - header.offset), descriptors[0].status)]
@@ -419,7 +483,7 @@ extension NBDConnectionHandler {
         send(chunk)
     }
 
-    private func sendSuccess(_ header: NBDRequestHeader) {
+    func sendSuccess(_ header: NBDRequestHeader) {
         let extended = extendedHeaders
         sendBatched(bytes: ByteBuffer.nbdChunkHeaderSize(extended: extended)) { reply in
             if extended {

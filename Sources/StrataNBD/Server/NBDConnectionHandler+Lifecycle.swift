@@ -62,6 +62,7 @@ extension NBDConnectionHandler {
         guard let consumer else { return }
         self.consumer = nil
         served?.closed(consumer)
+        served?.sectorLocks.unregister(self)
         if consumer.provider != nil {
             try? core.topology.access(consumer, read: -consumer.readCount, write: -consumer.writeCount,
                                       exclusive: -consumer.exclusiveCount)

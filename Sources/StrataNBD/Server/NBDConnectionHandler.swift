@@ -89,6 +89,16 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     let poller: BusyPoller?
     /// Requests in the input read since the last `channelReadComplete`.
     @exclusivity(unchecked) var requestsThisRead = 0
+    /// By slot: the read-modify-writes (`SectorLocks` holds) waiting for this
+    /// connection's write in that slot to complete. Empty unless unaligned writes meet
+    /// aligned ones on the provider.
+    @exclusivity(unchecked) var fenceWaiters: [Int: [UInt64]] = [:]
+    /// `fenceWaiters.count`, all a request's completion looks at: one load.
+    @exclusivity(unchecked) var fencedWrites = 0
+    /// The slots of aligned writes parked behind read-modify-writes, by their hold.
+    @exclusivity(unchecked) var parkedWrites: [UInt64: Int] = [:]
+    /// The read-modify-writes of this connection's unaligned writes, by slot.
+    @exclusivity(unchecked) var rewrites: [Int: UnalignedWrite] = [:]
 
     init(core: NBDServerCore, eventLoop: any EventLoop, largeReadQueue: DispatchQueue? = nil,
          descriptor: Int32 = -1, poller: BusyPoller? = nil) {
@@ -98,7 +108,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         self.descriptor = descriptor
         self.poller = descriptor >= 0 ? poller : nil
         self.logger = core.logger
-        input = NBDServerInput(session: session)
+        input = NBDServerInput(session: session, maximumPayload: core.limits.maximumRequest)
     }
 
     // MARK: Channel events
@@ -238,7 +248,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         case .request(let header, let payload):
             handleRequest(header, payload: payload)
         case .oversizedRequest(let header):
-            refuse(header, .invalid, "payload over \(NBDLimits.maximumPayload) bytes")
+            refuse(header, .overflow, "payload of \(header.length) bytes is over the \(core.limits.maximumRequest)-byte maximum")
         case .protocolViolation(let reason):
             violation(reason)
         }
@@ -338,7 +348,8 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             let bytes = Array(description.utf8)
             sendOptionReply(code, .info) { $0.writeInteger(NBDInfo.description.rawValue); $0.writeBytes(bytes) }
         }
-        // Always sent: the server enforces sector alignment, which is not the default.
+        // Always sent, for the maximum payload. The minimum is 1: any byte range is
+        // served (NBD.md, "Any byte range").
         sendOptionReply(code, .info) {
             $0.writeInteger(NBDInfo.blockSize.rawValue)
             $0.writeInteger(UInt32(served.minimumBlockSize))
@@ -413,6 +424,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             }
             self.consumer = consumer
             served.opened(consumer)
+            served.sectorLocks.register(self)
         } catch {
             logger.warning("cannot open export", metadata: ["export": "\(served.export.name)", "error": "\(error)"])
             if let option {

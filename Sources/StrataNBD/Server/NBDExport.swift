@@ -30,12 +30,20 @@ final class ServedExport: @unchecked Sendable {
     let provider: Provider
     let geom: NBDExportGeom
     let flags: NBDTransmissionFlags
-    let minimumBlockSize: Int
-    /// `minimumBlockSize - 1`: a sector size is a power of two (the topology refuses any
+    /// The provider's sector: what it reads and writes at least, and aligned to.
+    let sectorSize: Int
+    /// `sectorSize - 1`: a sector size is a power of two (the topology refuses any
     /// other), so alignment is a mask rather than two divisions per request.
-    let blockMask: UInt64
+    let sectorMask: UInt64
+    /// Advertised: any byte range is served, a range the sectors do not fit through a
+    /// read-modify-write (`issueUnaligned`).
+    let minimumBlockSize = 1
     let preferredBlockSize: Int
+    /// The longest READ or WRITE (`NBDServer.Limits.maximumRequest`).
     let maximumPayload: Int
+    /// Orders the read-modify-writes of unaligned writes against the other writes of the
+    /// provider; shared by every export of it.
+    let sectorLocks: SectorLocks
     /// The consumers of the connections in transmission on this export. Changed when a
     /// connection opens or closes the export, read when metrics are scraped; never touched
     /// per request.
@@ -43,14 +51,16 @@ final class ServedExport: @unchecked Sendable {
 
     var size: UInt64 { UInt64(provider.mediaSize) }
 
-    init(export: NBDExport, provider: Provider, geom: NBDExportGeom, canDelete: Bool) {
+    init(export: NBDExport, provider: Provider, geom: NBDExportGeom, canDelete: Bool, maximumPayload: Int,
+         sectorLocks: SectorLocks) {
         self.export = export
         self.provider = provider
         self.geom = geom
-        minimumBlockSize = provider.sectorSize
-        blockMask = UInt64(provider.sectorSize - 1)
+        sectorSize = provider.sectorSize
+        sectorMask = UInt64(provider.sectorSize - 1)
         preferredBlockSize = max(4096, provider.sectorSize)
-        maximumPayload = NBDLimits.maximumPayload
+        self.maximumPayload = maximumPayload
+        self.sectorLocks = sectorLocks
         // Advertise what is true of this export. A flush on any connection reaches the
         // provider, which flushes every write completed before it from any connection:
         // that is what CAN_MULTI_CONN promises.

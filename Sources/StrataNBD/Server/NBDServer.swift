@@ -24,6 +24,9 @@ public final class NBDServer: Sendable {
         /// being read: what bounds the server's memory when many clients flood it at
         /// once, each within its own limits.
         public var serverBytes: Int
+        /// The longest READ or WRITE, advertised as the maximum payload; within
+        /// `NBDLimits.maximumRequestRange`. Longer ones are refused with EOVERFLOW.
+        public var maximumRequest: Int
         /// Connections open at once; one more is closed as soon as it is accepted, so
         /// that idle or hostile clients cannot take every descriptor (the control socket
         /// and the disks need some).
@@ -32,11 +35,13 @@ public final class NBDServer: Sendable {
         /// EXPORT_NAME) before its connection is closed.
         public var handshakeTimeout: Duration
 
-        public init(requests: Int = 256, bytes: Int = 128 << 20, serverBytes: Int = 512 << 20, connections: Int = 1000,
+        public init(requests: Int = 256, bytes: Int = 128 << 20, serverBytes: Int = 512 << 20,
+                    maximumRequest: Int = NBDLimits.defaultMaximumRequest, connections: Int = 1000,
                     handshakeTimeout: Duration = .seconds(10)) {
             self.requests = requests
             self.bytes = bytes
             self.serverBytes = serverBytes
+            self.maximumRequest = maximumRequest
             self.connections = connections
             self.handshakeTimeout = handshakeTimeout
         }
@@ -52,13 +57,17 @@ public final class NBDServer: Sendable {
     /// - Parameter busyPoll: how long an event loop serving one connection polls for the
     ///   client's next request before it sleeps (`BusyPoller`); zero, the default, never
     ///   polls. `strata serve` polls for 50 µs unless told otherwise.
-    /// - Throws: `StrataError` naming an export whose provider does not exist, or two
-    ///   exports with one name.
+    /// - Throws: `StrataError` naming an export whose provider does not exist, two
+    ///   exports with one name, or a maximum request outside `NBDLimits.maximumRequestRange`.
     public init(topology: Topology, exports: [NBDExport], logger: Logger = Logger(label: "strata.nbd"),
                 limits: Limits = Limits(), threads: Int = System.coreCount, busyPoll: Duration = .zero) throws {
+        guard NBDLimits.maximumRequestRange.contains(limits.maximumRequest) else {
+            throw StrataError(.invalid, "maximum request of \(limits.maximumRequest) bytes: must be from "
+                + "\(NBDLimits.maximumRequestRange.lowerBound) to \(NBDLimits.maximumRequestRange.upperBound)")
+        }
         var served: [ServedExport] = []
         for export in exports {
-            served.append(try NBDServer.prepare(export, in: topology, besides: served))
+            served.append(try NBDServer.prepare(export, in: topology, besides: served, maximumPayload: limits.maximumRequest))
         }
         core = NBDServerCore(topology: topology, exports: served, logger: logger, limits: limits)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(threads, 1))
@@ -68,7 +77,8 @@ public final class NBDServer: Sendable {
     }
 
     /// An export ready to serve: its provider found, its name free, its geom added.
-    private static func prepare(_ export: NBDExport, in topology: Topology, besides served: [ServedExport]) throws -> ServedExport {
+    private static func prepare(_ export: NBDExport, in topology: Topology, besides served: [ServedExport],
+                                maximumPayload: Int) throws -> ServedExport {
         guard let provider = topology.provider(named: export.provider) else {
             throw StrataError(.noDevice, "export \(export.name): no provider named \(export.provider)")
         }
@@ -77,15 +87,19 @@ public final class NBDServer: Sendable {
         }
         let geom = NBDExportGeom(exportName: export.name)
         try topology.add(geom)
+        // Exports of one provider share its locks: their clients write the same sectors.
+        let locks = served.first { $0.provider === provider }?.sectorLocks ?? SectorLocks()
         return ServedExport(export: export, provider: provider, geom: geom,
-                            canDelete: NBDServer.canDelete(provider, through: geom, in: topology))
+                            canDelete: NBDServer.canDelete(provider, through: geom, in: topology),
+                            maximumPayload: maximumPayload, sectorLocks: locks)
     }
 
     /// Serves one more export, from now on (`strata export add`).
     /// - Throws: `StrataError` when its provider does not exist or its name is taken.
     public func add(_ export: NBDExport) throws {
         try core.changeExports { exports in
-            exports.append(try NBDServer.prepare(export, in: core.topology, besides: exports))
+            exports.append(try NBDServer.prepare(export, in: core.topology, besides: exports,
+                                                 maximumPayload: core.limits.maximumRequest))
         }
     }
 

@@ -23,8 +23,8 @@ struct NBDServerInput {
     /// payload, and an idle connection keeps no more than this.
     static let largestReservation = 1 << 20
 
-    init(session: NBDSessionPhase) {
-        decoder = NBDServerDecoder(session: session)
+    init(session: NBDSessionPhase, maximumPayload: Int = NBDLimits.defaultMaximumRequest) {
+        decoder = NBDServerDecoder(session: session, maximumPayload: maximumPayload)
     }
 
     /// Bytes held back: an unfinished message's, or those waiting while paused.

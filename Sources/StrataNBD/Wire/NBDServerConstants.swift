@@ -2,8 +2,14 @@ import StrataNBDProtocol
 
 /// Sizes the server works with.
 public enum NBDLimits {
-    /// Largest READ or WRITE payload (and advertised maximum).
-    public static let maximumPayload = 32 << 20
+    /// The longest READ or WRITE unless the server is told otherwise
+    /// (`NBDServer.Limits.maximumRequest`): nbdkit's maximum; real traces send requests
+    /// of up to about 50 MiB.
+    public static let defaultMaximumRequest = 64 << 20
+    /// The range `NBDServer.Limits.maximumRequest` may take. One request's payload (or a
+    /// READ's reply) is held whole in memory, so the top bounds what one request costs;
+    /// the wire's 32-bit lengths would allow 4 GiB.
+    public static let maximumRequestRange = (1 << 20)...(1 << 30)
     /// Largest option payload kept in memory; longer ones are discarded and refused.
     public static let maximumOptionLength = 16 << 10
     /// Extents reported in one block-status chunk at most.

@@ -61,17 +61,20 @@ public final class NBDSessionPhase {
 /// Splits a client's byte stream into whole NBD messages, in either phase.
 ///
 /// Option data beyond `NBDLimits.maximumOptionLength` and WRITE payloads beyond
-/// `NBDLimits.maximumPayload` are consumed as they arrive and dropped, so no client
-/// can make the server buffer more than a bounded amount.
+/// `maximumPayload` are consumed as they arrive and dropped, so no client can make the
+/// server buffer more than a bounded amount.
 public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = NBDClientMessage
 
     private let session: NBDSessionPhase
+    /// The longest payload a request may carry (the server's maximum request).
+    public let maximumPayload: Int
     /// Bytes still to drop, and what to report once they are gone.
     private var discarding: (remaining: UInt64, then: NBDClientMessage)?
 
-    public init(session: NBDSessionPhase) {
+    public init(session: NBDSessionPhase, maximumPayload: Int = NBDLimits.defaultMaximumRequest) {
         self.session = session
+        self.maximumPayload = maximumPayload
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> NBDClientMessage? {
@@ -100,7 +103,7 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
             let headerSize = Self.requestHeaderSize(extended: extended)
             guard let request = Self.requestHeader(in: buffer, extended: extended) else { return lacking(headerSize) }
             let payload = Self.payloadLength(of: request.header, extended: extended)
-            return payload > UInt64(NBDLimits.maximumPayload) ? 0 : lacking(headerSize + Int(payload))
+            return payload > UInt64(maximumPayload) ? 0 : lacking(headerSize + Int(payload))
         case .closed:
             return 0
         }
@@ -196,16 +199,16 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         }
         let headerSize = Self.requestHeaderSize(extended: extended)
         let payload = Self.payloadLength(of: header, extended: extended)
-        if extended && payload > UInt64(NBDLimits.maximumPayload) {
+        if extended && payload > UInt64(maximumPayload) {
             // The extension asks for a hard disconnect here rather than reading it all.
-            return .protocolViolation("payload of \(payload) bytes is over the \(NBDLimits.maximumPayload)-byte maximum")
+            return .protocolViolation("payload of \(payload) bytes is over the \(maximumPayload)-byte maximum")
         }
         return take(header, headerSize: headerSize, payload: payload, from: &buffer)
     }
 
     private mutating func take(_ header: NBDRequestHeader, headerSize: Int, payload: UInt64,
                                from buffer: inout ByteBuffer) -> NBDClientMessage? {
-        if payload > UInt64(NBDLimits.maximumPayload) {
+        if payload > UInt64(maximumPayload) {
             buffer.moveReaderIndex(forwardBy: headerSize)
             discarding = (payload, .oversizedRequest(header))
             return decodeNext(&buffer)

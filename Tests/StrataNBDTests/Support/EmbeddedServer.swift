@@ -12,9 +12,10 @@ final class EmbeddedServer {
     let server: NBDServer
     let channel = EmbeddedChannel()
 
-    /// A 1 MiB memory disk exported as "disk0" (default) and read-only as "ro".
-    init(limits: NBDServer.Limits = NBDServer.Limits()) throws {
-        _ = try MemoryDisk.create(in: topology, name: "md0", size: 1 << 20)
+    /// A memory disk of `size` bytes (1 MiB unless asked) exported as "disk0" (default)
+    /// and read-only as "ro".
+    init(limits: NBDServer.Limits = NBDServer.Limits(), size: Int64 = 1 << 20) throws {
+        _ = try MemoryDisk.create(in: topology, name: "md0", size: size)
         var logger = Logger(label: "strata.nbd.embedded")
         logger.logLevel = .critical
         server = try NBDServer(topology: topology, exports: [
