@@ -26,6 +26,24 @@ public struct BioAttribute: Hashable, Sendable, CustomStringConvertible {
     /// "STRATA::extents": the data, hole and zero ranges of `offset ..< offset+length`,
     /// as `BioExtent` records (what NBD block status reports).
     @inlinable public static var extents: BioAttribute { BioAttribute(builtIn: 2) }
+    /// "STRATA::dirty-bitmaps": the names of the bitmaps `dirtyBitmap(_:)` can be asked
+    /// for, as a string of names each ended by a newline (a thin volume's: the snapshots
+    /// it can be compared with).
+    @inlinable public static var dirtyBitmaps: BioAttribute { BioAttribute(builtIn: 3) }
+
+    /// "STRATA::dirty-bitmap:NAME": which ranges of `offset ..< offset+length` changed
+    /// since the point in time NAME stands for, as `BioExtent` records whose kind is
+    /// `.dirty` or empty (what NBD's `qemu:dirty-bitmap:NAME` context reports).
+    public static func dirtyBitmap(_ name: String) -> BioAttribute { BioAttribute(Self.dirtyBitmapPrefix + name) }
+
+    /// The bitmap this attribute asks for, if it is a `dirtyBitmap(_:)`.
+    public var dirtyBitmapName: String? {
+        guard number >= UInt32(AttributeNames.builtIn.count) else { return nil }
+        let name = self.name
+        return name.hasPrefix(Self.dirtyBitmapPrefix) ? String(name.dropFirst(Self.dirtyBitmapPrefix.count)) : nil
+    }
+
+    static let dirtyBitmapPrefix = "STRATA::dirty-bitmap:"
 }
 
 /// The names of the attributes the process has made, each under its own number. Names
@@ -35,7 +53,7 @@ enum AttributeNames {
     // A pthread lock, not Synchronization's Mutex: ThreadSanitizer sees it.
     private static let lock = ConditionLock()
     /// The names of `BioAttribute`'s constants, at their numbers.
-    static let builtIn = ["GEOM::candelete", "GEOM::ident", "STRATA::extents"]
+    static let builtIn = ["GEOM::candelete", "GEOM::ident", "STRATA::extents", "STRATA::dirty-bitmaps"]
     nonisolated(unsafe) private static var names: [String] = builtIn
     nonisolated(unsafe) private static var numbers = Dictionary(uniqueKeysWithValues: builtIn.enumerated().map { ($1, UInt32($0)) })
 
@@ -63,6 +81,10 @@ enum AttributeNames {
         public static let hole = Kind(rawValue: 1)
         /// Reads as zeros (NBD_STATE_ZERO).
         public static let zero = Kind(rawValue: 2)
+        /// In a dirty bitmap's answer: changed since the bitmap's point in time (the bit
+        /// `qemu:dirty-bitmap` contexts report). The same bit as `hole`, which only an
+        /// extents answer carries.
+        public static let dirty = Kind(rawValue: 1)
     }
 
     public var offset: Int64

@@ -43,6 +43,13 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
     @inlinable public var providerIndex: Int {
         header.pointee.to!._withUnsafeGuaranteedRef { $0.index }
     }
+    /// Counts `bytes` the provider completed itself towards `completed`, for a request
+    /// it also gives to clones (a thin volume's read that fills its unmapped ranges with
+    /// zeros): the clones' completions add to the same count, so call it before
+    /// `awaitChildren()`.
+    @inlinable public func addCompleted(_ bytes: Int64) {
+        header.pointee.completed.wrappingAdd(bytes, ordering: .relaxed)
+    }
     /// How this request's clones are folded together; `.firstError` unless the class
     /// chooses otherwise before cloning.
     @inlinable public var combine: BioCombine {

@@ -58,6 +58,8 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
     /// Bytes of media.
     public var mediaSize: Int64 { mediaSizeStorage.load(ordering: .relaxed) }
 
+    func setMediaSize(_ size: Int64) { mediaSizeStorage.store(size, ordering: .relaxed) }
+
     /// The error every request gets while it is set (`g_error_provider`), or nil.
     public var error: BioError? {
         let code = errorCode

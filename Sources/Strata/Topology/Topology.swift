@@ -203,6 +203,15 @@ public final class Topology: @unchecked Sendable {
         }
     }
 
+    /// Gives `provider` a new size (`g_resize_provider`): requests are checked against
+    /// it from now on, and an NBD client sees it when it next connects.
+    public func resize(_ provider: Provider, to mediaSize: Int64) {
+        withLock {
+            provider.setMediaSize(mediaSize)
+            emit(.info, "provider \(provider.name) resized to \(mediaSize) bytes")
+        }
+    }
+
     /// Offers `provider` to every class (tasting).
     public func announce(_ provider: Provider) {
         post { [weak self] in
