@@ -16,6 +16,7 @@ public let registeredClasses: [any ClassDefinition.Type] = [
     LabelDefinition.self,
     PartDefinition.self,
     MirrorDefinition.self,
+    ThinDefinition.self,
 ]
 
 /// Finding classes in `registeredClasses`.

@@ -112,12 +112,19 @@ public final class BlockDevice: @unchecked Sendable {
     }
 
     /// The data, hole and zero extents of `offset ..< offset+length` (at most `limit`).
-    public func extents(at offset: Int64, length: Int64, limit: Int = 1024) async throws -> [BioExtent] {
-        try await getattr(.extents, capacity: limit * BioExtent.encodedSize, offset: offset, length: length) { $0.attributeExtents }
+    /// Extent records of `offset ..< offset+length`: the data, hole and zero ranges
+    /// (`.extents`), or what another attribute of the kind reports (a dirty bitmap).
+    public func extents(attribute: BioAttribute = .extents, at offset: Int64, length: Int64, limit: Int = 1024) async throws -> [BioExtent] {
+        try await getattr(attribute, capacity: limit * BioExtent.encodedSize, offset: offset, length: length) { $0.attributeExtents }
     }
 
     /// Asks for `attribute` with an answer buffer of `capacity` bytes and reads the
     /// answer with `decode` (one of `Bio`'s attribute readers) before the request goes.
+    /// A string attribute (`.ident`, `.dirtyBitmaps`).
+    public func attributeString(_ attribute: BioAttribute, capacity: Int = 4096) async throws -> String {
+        try await getattr(attribute, capacity: capacity) { $0.attributeString ?? "" }
+    }
+
     private func getattr<Answer: Sendable>(_ attribute: BioAttribute, capacity: Int, offset: Int64 = 0, length: Int64 = 0,
                                            decode: @escaping @Sendable (borrowing Bio) -> Answer) async throws -> Answer {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)

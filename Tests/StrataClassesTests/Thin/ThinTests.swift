@@ -1,0 +1,256 @@
+import Foundation
+import Strata
+@testable import StrataClasses
+import StrataDisks
+import Testing
+
+/// THIN: volumes, snapshots, clones, revert, delete, TRIM, block status and changed
+/// blocks, space, and a pool reopened from its metadata.
+@Suite struct ThinTests {
+    static let chunk = 64 << 10
+
+    /// A pool `tp` over a 64 MiB memory disk (or `disk` if given).
+    static func pool(in topology: Topology, size: Int64 = 64 << 20, settings: [(key: String, text: String)] = [])
+        throws -> (Provider, ThinPoolGeom) {
+        let disk = try MemoryDisk.create(in: topology, name: "md", size: size)
+        let pool = try ThinDefinition.make(name: "tp", consumers: [disk.provider], settings: settings, relativeTo: "/", in: topology)
+        return (disk.provider, pool as! ThinPoolGeom)
+    }
+
+    static func open(_ pool: ThinPoolGeom, _ name: String, in topology: Topology, writable: Bool = true) throws -> BlockDevice {
+        try BlockDevice(opening: topology.provider(named: "tp/\(name)")!, in: topology, writable: writable)
+    }
+
+    static func pattern(_ count: Int, seed: Int) -> [UInt8] {
+        (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ seed &* 13 &+ ($0 >> 9)) }
+    }
+
+    @Test func aNewVolumeReadsZerosAndKeepsWhatIsWritten() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology)
+        _ = try pool.create("vm1", size: 1 << 30, in: topology)
+        let volume = try Self.open(pool, "vm1", in: topology)
+        defer { volume.close() }
+        #expect(topology.provider(named: "tp/vm1")!.mediaSize == 1 << 30)
+        #expect(try await volume.read(at: 900 << 20, count: 8192) == [UInt8](repeating: 0, count: 8192))
+        // A write inside one chunk, one across two, and a whole chunk.
+        let small = Self.pattern(4096, seed: 1)
+        let across = Self.pattern(Self.chunk, seed: 2)
+        let whole = Self.pattern(Self.chunk, seed: 3)
+        try await volume.write(small, at: 12288)
+        try await volume.write(across, at: Int64(5 * Self.chunk - 8192))
+        try await volume.write(whole, at: Int64(700 * Self.chunk))
+        #expect(try await volume.read(at: 12288, count: 4096) == small)
+        #expect(try await volume.read(at: 0, count: 12288) == [UInt8](repeating: 0, count: 12288), "the rest of a new chunk is zeros")
+        #expect(try await volume.read(at: Int64(5 * Self.chunk - 8192), count: Self.chunk) == across)
+        #expect(try await volume.read(at: Int64(700 * Self.chunk), count: Self.chunk) == whole)
+        // Overwrites in place, then a read spanning mapped and unmapped chunks.
+        let again = Self.pattern(8192, seed: 4)
+        try await volume.write(again, at: 12288)
+        var expected = [UInt8](repeating: 0, count: 3 * Self.chunk)
+        expected.replaceSubrange(12288..<(12288 + 8192), with: again)
+        #expect(try await volume.read(at: 0, count: 3 * Self.chunk) == expected)
+        let list = try pool.list()
+        #expect(list.volumes.map(\.allocated) == [Int64(4 * Self.chunk)])
+        #expect(list.pool.dataUsed == Int64(4 * Self.chunk))
+    }
+
+    @Test func aSnapshotKeepsItsPointInTimeWhileTheOriginChanges() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology)
+        _ = try pool.create("vm1", size: 64 << 20, in: topology)
+        let volume = try Self.open(pool, "vm1", in: topology)
+        defer { volume.close() }
+        let before = Self.pattern(4 * Self.chunk, seed: 5)
+        try await volume.write(before, at: 0)
+        let started = monotonicSeconds()
+        let snapshot = try pool.share("vm1", as: "s1", snapshot: true, in: topology)
+        #expect(monotonicSeconds() - started < 0.5)
+        #expect(snapshot.kind == "snapshot" && snapshot.parent == "vm1" && snapshot.shared == Int64(4 * Self.chunk))
+        let after = Self.pattern(4096, seed: 6)
+        try await volume.write(after, at: 4096)
+        let view = try Self.open(pool, "s1", in: topology, writable: false)
+        defer { view.close() }
+        #expect(try await view.read(at: 0, count: 4 * Self.chunk) == before, "the snapshot still reads the old data")
+        var now = before
+        now.replaceSubrange(4096..<8192, with: after)
+        #expect(try await volume.read(at: 0, count: 4 * Self.chunk) == now)
+        // Only the written chunk was copied.
+        let list = try pool.list()
+        #expect(list.pool.dataUsed == Int64(5 * Self.chunk))
+        #expect(list.volumes.first { $0.name == "vm1" }?.shared == Int64(3 * Self.chunk))
+        // A snapshot cannot be written.
+        #expect(throws: (any Error).self) { try BlockDevice(opening: topology.provider(named: "tp/s1")!, in: topology, writable: true) }
+    }
+
+    @Test func clonesRevertAndDeleteShareAndFreeChunks() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology)
+        _ = try pool.create("vm1", size: 16 << 20, in: topology)
+        do {
+            let volume = try Self.open(pool, "vm1", in: topology)
+            try await volume.write(Self.pattern(2 * Self.chunk, seed: 7), at: 0)
+            volume.close()
+        }
+        _ = try pool.share("vm1", as: "s1", snapshot: true, in: topology)
+        #expect(throws: StrataError.self) { _ = try pool.share("vm1", as: "c1", snapshot: false, in: topology) }
+        _ = try pool.share("s1", as: "c1", snapshot: false, in: topology)
+        let clone = try Self.open(pool, "c1", in: topology)
+        try await clone.write(Self.pattern(4096, seed: 8), at: 0)
+        #expect(try await clone.read(at: Int64(Self.chunk), count: 4096) == Array(Self.pattern(2 * Self.chunk, seed: 7)[Self.chunk..<(Self.chunk + 4096)]))
+        // Snapshots of clones and of snapshots.
+        _ = try pool.share("c1", as: "c1s", snapshot: true, in: topology)
+        _ = try pool.share("s1", as: "s1s", snapshot: true, in: topology)
+        clone.close()
+        // Revert: the volume reads as the snapshot again.
+        do {
+            let volume = try Self.open(pool, "vm1", in: topology)
+            try await volume.write(Self.pattern(8192, seed: 9), at: 0)
+            #expect(throws: StrataError.self) { _ = try pool.revert("vm1", to: "s1", force: false, in: topology) }
+            volume.close()
+        }
+        _ = try pool.revert("vm1", to: "s1", force: false, in: topology)
+        do {
+            let volume = try Self.open(pool, "vm1", in: topology)
+            #expect(try await volume.read(at: 0, count: 2 * Self.chunk) == Self.pattern(2 * Self.chunk, seed: 7))
+            volume.close()
+        }
+        // Deleting everything frees every chunk.
+        for name in ["c1s", "c1", "s1s", "vm1", "s1"] { _ = try pool.delete(name, force: false, in: topology) }
+        let list = try pool.list()
+        #expect(list.volumes.isEmpty && list.pool.dataUsed == 0)
+        #expect(topology.provider(named: "tp/vm1") == nil)
+        let check = try pool.check()
+        #expect(check.problems.isEmpty && check.dataChunksUsed == 0 && check.nodes == 0)
+    }
+
+    @Test func trimUnmapsWholeChunksAndZeroesTheRest() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology)
+        _ = try pool.create("vm1", size: 16 << 20, in: topology)
+        let volume = try Self.open(pool, "vm1", in: topology)
+        defer { volume.close() }
+        try await volume.write(Self.pattern(4 * Self.chunk, seed: 10), at: 0)
+        #expect(try await volume.canDelete())
+        try await volume.delete(at: 4096, length: Int64(2 * Self.chunk))
+        var expected = Self.pattern(4 * Self.chunk, seed: 10)
+        expected.replaceSubrange(4096..<(4096 + 2 * Self.chunk), with: [UInt8](repeating: 0, count: 2 * Self.chunk))
+        #expect(try await volume.read(at: 0, count: 4 * Self.chunk) == expected)
+        #expect(try pool.list().volumes[0].allocated == Int64(3 * Self.chunk), "the chunk trimmed whole was freed")
+        try await volume.writeZeroes(at: Int64(2 * Self.chunk), length: Int64(2 * Self.chunk))
+        #expect(try pool.list().volumes[0].allocated == Int64(Self.chunk))
+        let extents = try await volume.extents(at: 0, length: 16 << 20)
+        #expect(extents.first == BioExtent(offset: 0, length: Int64(Self.chunk), kind: []))
+        #expect(extents.dropFirst().first == BioExtent(offset: Int64(Self.chunk), length: (16 << 20) - Int64(Self.chunk), kind: [.hole, .zero]))
+    }
+
+    @Test func changedBlocksBetweenSnapshotsComeFromTheMaps() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology)
+        _ = try pool.create("vm1", size: 64 << 20, in: topology)
+        let volume = try Self.open(pool, "vm1", in: topology)
+        defer { volume.close() }
+        try await volume.write(Self.pattern(8 * Self.chunk, seed: 11), at: 0)
+        _ = try pool.share("vm1", as: "s1", snapshot: true, in: topology)
+        try await volume.write(Self.pattern(4096, seed: 12), at: Int64(2 * Self.chunk))
+        try await volume.write(Self.pattern(4096, seed: 13), at: Int64(600 * Self.chunk))
+        try await volume.delete(at: Int64(5 * Self.chunk), length: Int64(Self.chunk))
+        _ = try pool.share("vm1", as: "s2", snapshot: true, in: topology)
+        try await volume.write(Self.pattern(4096, seed: 14), at: Int64(7 * Self.chunk))
+        let provider = topology.provider(named: "tp/s2")!
+        let view = try BlockDevice(opening: provider, in: topology, writable: false)
+        defer { view.close() }
+        let bitmaps = try await view.attributeString(.dirtyBitmaps)
+        #expect(bitmaps == "s1\n")
+        let dirty = try await view.extents(attribute: .dirtyBitmap("s1"), at: 0, length: 64 << 20)
+            .filter { $0.kind.contains(.dirty) }.map { ($0.offset / Int64(Self.chunk), $0.length / Int64(Self.chunk)) }
+        #expect(dirty.map(\.0) == [2, 5, 600] && dirty.map(\.1) == [1, 1, 1])
+        // The live volume against s2: only what was written since.
+        let live = try await volume.extents(attribute: .dirtyBitmap("s2"), at: 0, length: 64 << 20)
+            .filter { $0.kind.contains(.dirty) }.map { $0.offset / Int64(Self.chunk) }
+        #expect(live == [7])
+    }
+
+    @Test func runningOutOfSpaceFailsTheWriteAndKeepsTheRest() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology, size: 4 << 20, settings: [("low-water", "1m")])
+        _ = try pool.create("vm1", size: 64 << 20, in: topology)
+        let volume = try Self.open(pool, "vm1", in: topology)
+        defer { volume.close() }
+        let chunks = Int(pool.geometry.dataChunks)
+        for index in 0..<chunks { try await volume.write(Self.pattern(4096, seed: index), at: Int64(index * Self.chunk)) }
+        do {
+            try await volume.write(Self.pattern(4096, seed: 99), at: Int64(chunks * Self.chunk))
+            Issue.record("a write past the pool's space succeeded")
+        } catch let error as StrataError {
+            #expect(error.code == .noSpace)
+        }
+        #expect(pool.report.state == "OUT OF DATA SPACE")
+        for index in 0..<chunks {
+            #expect(try await volume.read(at: Int64(index * Self.chunk), count: 4096) == Self.pattern(4096, seed: index))
+        }
+        // Freeing space lets writes in again.
+        try await volume.delete(at: 0, length: Int64(2 * Self.chunk))
+        try await volume.flush()
+        try await volume.write(Self.pattern(4096, seed: 98), at: Int64(chunks * Self.chunk))
+        #expect(try pool.check().problems.isEmpty)
+    }
+
+    @Test func aPoolComesBackFromItsMetadata() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("thin-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/pool.img"
+        let data = Self.pattern(3 * Self.chunk, seed: 15)
+        do {
+            let topology = Topology()
+            let disk = try FileDisk.create(in: topology, name: "fd", path: path, size: 32 << 20)
+            let pool = try ThinDefinition.make(name: "tp", consumers: [disk.provider], settings: [("volumes", "vm1:8m, vm2:1g")],
+                                               relativeTo: "/", in: topology) as! ThinPoolGeom
+            let volume = try Self.open(pool, "vm1", in: topology)
+            try await volume.write(data, at: 8192)
+            _ = try pool.share("vm1", as: "s1", snapshot: true, in: topology)
+            try await volume.write(Self.pattern(4096, seed: 16), at: 8192)
+            volume.close()
+            topology.shutdown()
+        }
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disk = try FileDisk.create(in: topology, name: "fd", path: path)
+        let pool = try ThinDefinition.make(name: "tp", consumers: [disk.provider], settings: [], relativeTo: "/", in: topology) as! ThinPoolGeom
+        #expect(try pool.list().volumes.map(\.name) == ["vm1", "vm2", "s1"])
+        #expect(topology.provider(named: "tp/vm2")!.mediaSize == 1 << 30)
+        let snapshot = try Self.open(pool, "s1", in: topology, writable: false)
+        #expect(try await snapshot.read(at: 8192, count: data.count) == data)
+        snapshot.close()
+        let volume = try Self.open(pool, "vm1", in: topology)
+        #expect(try await volume.read(at: 8192, count: 4096) == Self.pattern(4096, seed: 16))
+        volume.close()
+        #expect(try pool.check().problems.isEmpty)
+    }
+
+    @Test func settingsAndProvidersAreChecked() throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology)
+        #expect(throws: SettingError.self) { _ = try pool.create("a/b", size: 1 << 20, in: topology) }
+        #expect(throws: SettingError.self) { _ = try pool.create("odd", size: 1000, in: topology) }
+        _ = try pool.create("vm1", size: 1 << 20, in: topology)
+        #expect(throws: StrataError.self) { _ = try pool.create("vm1", size: 1 << 20, in: topology) }
+        #expect(throws: StrataError.self) { _ = try pool.share("nope", as: "s", snapshot: true, in: topology) }
+        // A provider holding something else is not formatted.
+        let other = try MemoryDisk.create(in: topology, name: "md2", contents: [UInt8](repeating: 0x5a, count: 8 << 20))
+        #expect(throws: StrataError.self) {
+            _ = try ThinDefinition.make(name: "tp2", consumers: [other.provider], settings: [], relativeTo: "/", in: topology)
+        }
+        #expect(throws: SettingError.self) {
+            _ = try ThinDefinition.make(name: "tp3", consumers: [other.provider], settings: [("chunk-size", "3k")], relativeTo: "/", in: topology)
+        }
+    }
+}
