@@ -1,0 +1,173 @@
+import Foundation
+import Testing
+
+/// The thin class through `strata serve`: its verbs on the command line, real clients on
+/// exported volumes and snapshots, a restart, and kill -9 under fio.
+@Suite(.serialized, .timeLimit(.minutes(4)))
+struct ThinVerbTests {
+    static let pool = """
+        disks:
+          - {name: d0, file: pool.img, size: 96MiB}
+        geoms:
+          - {name: tp, class: thin, consumers: [d0], volumes: "vm1:32m, vm2:32m"}
+        exports:
+          - {name: vol1, provider: tp/vm1}
+          - {name: vol2, provider: tp/vm2}
+        """
+
+    static func serve(in directory: String) throws -> ServeProcess {
+        try RestartTests.serve(pool, in: directory)
+    }
+
+    static func strata(_ arguments: [String], _ directory: String) throws -> (Int32, String, String) {
+        try runProgram(strataBinary, arguments + ["--control", directory + "/control.sock"])
+    }
+
+    static func python(_ script: String) throws -> (Int32, String, String) {
+        try runProgram("/usr/bin/python3", ["-c", "import nbd, sys, hashlib\n" + script])
+    }
+
+    static func uri(_ export: String, _ directory: String) -> String { "nbd+unix:///\(export)?socket=\(directory)/nbd.sock" }
+
+    /// The SHA-256 of a whole export, read by nbdcopy.
+    static func digest(_ export: String, _ directory: String) throws -> String {
+        let result = try runProgram("/bin/sh", ["-c", "nbdcopy '\(uri(export, directory))' - | sha256sum"])
+        #expect(result.0 == 0, "\(result)")
+        return String(result.1.prefix(64))
+    }
+
+    static func json(_ text: String) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    @Test func verbsSnapshotsAndExportsWithRealClientsAndARestart() throws {
+        let directory = NSTemporaryDirectory() + "strata-thin-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var server = try Self.serve(in: directory)
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        // A client writes the first 2 MiB, then a snapshot, then chunks 4 and 100 change.
+        let first = try Self.python("""
+            h = nbd.NBD(); h.connect_uri("\(Self.uri("vol1", directory))")
+            h.pwrite(bytes([7]) * (2 << 20), 0); h.flush(); h.shutdown()
+            """)
+        #expect(first.0 == 0, "\(first)")
+        let snapshot = try Self.strata(["thin", "snapshot", "tp", "vm1", "s1"], directory)
+        #expect(snapshot.0 == 0 && Self.json(snapshot.1)["kind"] as? String == "snapshot", "\(snapshot)")
+        let second = try Self.python("""
+            h = nbd.NBD(); h.connect_uri("\(Self.uri("vol1", directory))")
+            h.pwrite(bytes([9]) * 4096, 4 * 65536); h.pwrite(bytes([9]) * 4096, 100 * 65536); h.flush(); h.shutdown()
+            """)
+        #expect(second.0 == 0, "\(second)")
+        // The snapshot, exported at run time, still reads the first data, read-only.
+        let added = try Self.strata(["export", "add", "snap1", "tp/s1"], directory)
+        #expect(added.0 == 0, "\(added)")
+        let snapshotRead = try Self.python("""
+            h = nbd.NBD(); h.connect_uri("\(Self.uri("snap1", directory))")
+            print(h.is_read_only(), h.pread(4096, 4 * 65536) == bytes([7]) * 4096, h.pread(4096, 100 * 65536) == bytes(4096))
+            """)
+        #expect(snapshotRead.1.contains("True True True"), "\(snapshotRead)")
+        let map = try runProgram("/usr/bin/nbdinfo", ["--map", Self.uri("snap1", directory)])
+        #expect(map.0 == 0 && map.1.contains("2097152    0  data") && map.1.contains("3  hole,zero"), "\(map)")
+        // qemu-img sees a 32 MiB image with 2 MiB allocated.
+        let info = try runProgram("/usr/bin/qemu-img", ["map", "--output=json", "--image-opts",
+                                                       "driver=nbd,path=\(directory)/nbd.sock,export=snap1"])
+        #expect(info.0 == 0 && info.1.contains("\"length\": 2097152, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true"), "\(info)")
+        // A clone of the snapshot, and the list.
+        #expect(try Self.strata(["thin", "clone", "tp", "s1", "c1"], directory).0 == 0)
+        let list = try Self.strata(["thin", "list", "tp"], directory)
+        let volumes = (Self.json(list.1)["volumes"] as? [[String: Any]]) ?? []
+        #expect(volumes.map { $0["name"] as? String } == ["vm1", "vm2", "s1", "c1"], "\(list)")
+        #expect(volumes.first { $0["name"] as? String == "c1" }?["parent"] as? String == "s1", "\(list)")
+        #expect(volumes.first { $0["name"] as? String == "vm1" }?["allocated"] as? Int == (2 << 20) + 65536, "\(list)")
+        // Refusals, each with its reason.
+        let holder = try Self.python("""
+            import time
+            h = nbd.NBD(); h.connect_uri("\(Self.uri("vol1", directory))")
+            print("open", flush=True)
+            r = __import__("subprocess").run(["\(strataBinary)", "thin", "delete", "tp", "vm1", "--control", "\(directory)/control.sock"], capture_output=True, text=True)
+            print(r.returncode, r.stderr)
+            """)
+        #expect(holder.1.contains("1 ") && holder.1.contains("is open") && holder.1.contains("--force"), "\(holder)")
+        let duplicate = try Self.strata(["thin", "create", "tp", "vm2", "--size", "1g"], directory)
+        #expect(duplicate.0 == 1 && duplicate.2.contains("has a volume or snapshot named vm2"), "\(duplicate)")
+        let badSize = try Self.strata(["thin", "create", "tp", "vm3", "--size", "lots"], directory)
+        #expect(badSize.0 == 1 && badSize.2.contains("size 'lots'"), "\(badSize)")
+        let check = try Self.strata(["thin", "check", "tp"], directory)
+        #expect(check.0 == 0 && (Self.json(check.1)["problems"] as? [Any])?.isEmpty == true, "\(check)")
+        let status = try Self.strata(["status", "--json"], directory)
+        #expect(status.1.contains("\"thin\"") && status.1.contains("\"OK\""), "\(status)")
+        let dump = try Self.strata(["config", "dump"], directory)
+        #expect(dump.1.contains("volumes:") && dump.1.contains("vm1:32MiB"), "\(dump)")
+        let digest = try Self.digest("snap1", directory)
+        #expect(server.stop() == 0, "\(server.stderr)")
+        // After a restart: the same volumes and snapshot, its data the same.
+        server = try Self.serve(in: directory)
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        let again = try Self.strata(["thin", "list", "tp"], directory)
+        #expect(((Self.json(again.1)["volumes"] as? [[String: Any]]) ?? []).map { $0["name"] as? String } == ["vm1", "vm2", "s1", "c1"], "\(again)")
+        let kept = try Self.strata(["config", "dump"], directory)
+        #expect(kept.1.contains("snap1"), "the runtime export is kept: \(kept)")
+        #expect(try Self.digest("snap1", directory) == digest)
+        #expect(try Self.strata(["thin", "delete", "tp", "c1"], directory).0 == 0)
+        #expect(server.stop() == 0, "\(server.stderr)")
+    }
+
+    /// fio writes (and verifies) one region of two volumes at QD32 and flushes, a
+    /// snapshot of one keeps its digest, and writes elsewhere go on while the server is
+    /// killed with SIGKILL; ten times over, each start finds every flushed write, the
+    /// snapshot whole and the pool's metadata sound.
+    @Test func killedTenTimesUnderFioTheFlushedWritesAndTheSnapshotStay() throws {
+        let directory = NSTemporaryDirectory() + "strata-thinkill-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func fio(_ export: String, _ arguments: [String]) -> Process {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/fio")
+            process.arguments = ["--name=\(export)", "--ioengine=nbd", "--uri=\(Self.uri(export, directory))", "--bs=4k",
+                                 "--iodepth=32", "--output=/dev/null"] + arguments
+            return process
+        }
+        var snapshotDigest: String?
+        for round in 1...10 {
+            let server = try Self.serve(in: directory)
+            #expect(server.waitForOutput("control socket"), "round \(round): \(server.stderr)")
+            let check = try Self.strata(["thin", "check", "tp"], directory)
+            #expect((Self.json(check.1)["problems"] as? [Any])?.isEmpty == true, "round \(round): \(check)")
+            if round > 1 {
+                // The snapshot's export, if a runtime change did not keep it.
+                _ = try Self.strata(["export", "add", "snap1", "tp/s1"], directory)
+                // What the last round wrote and flushed is there.
+                for export in ["vol1", "vol2"] {
+                    let verify = fio(export, ["--rw=write", "--size=8m", "--verify=crc32c", "--verify_only",
+                                              "--randseed=\(round - 1)"])
+                    try verify.run()
+                    verify.waitUntilExit()
+                    #expect(verify.terminationStatus == 0, "round \(round): \(export) lost flushed writes")
+                }
+                #expect(try Self.digest("snap1", directory) == snapshotDigest, "round \(round): the snapshot changed")
+            }
+            for export in ["vol1", "vol2"] {
+                let write = fio(export, ["--rw=write", "--size=8m", "--verify=crc32c", "--do_verify=1", "--end_fsync=1",
+                                         "--randseed=\(round)"])
+                try write.run()
+                write.waitUntilExit()
+                #expect(write.terminationStatus == 0, "round \(round): fio on \(export)")
+            }
+            if round == 1 {
+                #expect(try Self.strata(["thin", "snapshot", "tp", "vm1", "s1"], directory).0 == 0)
+                #expect(try Self.strata(["export", "add", "snap1", "tp/s1"], directory).0 == 0)
+                snapshotDigest = try Self.digest("snap1", directory)
+            }
+            // Random writes past the verified region, unflushed, while the server dies.
+            let storm = fio("vol1", ["--rw=randwrite", "--offset=16m", "--size=16m", "--time_based", "--runtime=30"])
+            let storm2 = fio("vol2", ["--rw=randwrite", "--offset=16m", "--size=16m", "--time_based", "--runtime=30"])
+            try storm.run()
+            try storm2.run()
+            usleep(UInt32(300_000 + round * 50_000))
+            #expect(server.stop(signal: SIGKILL) != nil)
+            for process in [storm, storm2] {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+    }
+}
