@@ -155,14 +155,26 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
 
     // MARK: The I/O path
 
-    @inline(__always) private func volume(at index: Int) -> ThinVolume? {
-        let bits = slots[index].load(ordering: .acquiring)
-        guard bits != 0 else { return nil }
-        return Unmanaged<ThinVolume>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).takeUnretainedValue()
+    /// The volume a provider index serves, unretained (the slot holds it while its
+    /// provider exists), as `Unmanaged<ThinVolume>` bits; 0 for none.
+    @inline(__always) private func volumeBits(at index: Int) -> UInt {
+        slots[index].load(ordering: .acquiring)
+    }
+
+    @inline(__always) private static func root(of volumeBits: UInt) -> UInt64 {
+        Unmanaged<ThinVolume>.fromOpaque(UnsafeRawPointer(bitPattern: volumeBits)!)._withUnsafeGuaranteedRef {
+            $0.root.load(ordering: .acquiring)
+        }
+    }
+
+    /// The volume, retained: for the slow paths.
+    private static func volume(_ volumeBits: UInt) -> ThinVolume {
+        Unmanaged<ThinVolume>.fromOpaque(UnsafeRawPointer(bitPattern: volumeBits)!).takeUnretainedValue()
     }
 
     override public func start(_ bio: consuming ProviderBio) {
-        guard let volume = volume(at: bio.providerIndex) else {
+        let volume = volumeBits(at: bio.providerIndex)
+        guard volume != 0 else {
             bio.deliver(.noDevice)
             return
         }
@@ -172,14 +184,14 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         case .write:
             let mustCommit = bio.flags.contains(.preflush) || bio.flags.contains(.fua) && uncommitted.load(ordering: .acquiring)
             if mustCommit {
-                enqueue(bio, volume)
+                enqueue(bio, Self.volume(volume))
             } else {
                 writeInPlace(bio, volume)
             }
         case .getattr:
-            attribute(bio, volume)
+            attribute(bio, Self.volume(volume))
         case .delete, .writeZeroes, .flush:
-            enqueue(bio, volume)
+            enqueue(bio, Self.volume(volume))
         }
     }
 
@@ -207,12 +219,13 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         requestOnFirstConsumer(clone)
     }
 
-    private func read(_ bio: consuming ProviderBio, _ volume: ThinVolume) {
+    private func read(_ bio: consuming ProviderBio, _ volume: UInt) {
         let shift = Int64(geometry.chunkShift)
         let first = bio.offset >> shift
         let last = (bio.offset + bio.length - 1) >> shift
+        // In the epoch before the root is read: a root taken out after is kept for us.
         let parity = epochs.enter()
-        let root = volume.root.load(ordering: .acquiring)
+        let root = Self.root(of: volume)
         if first == last {
             let entry = ThinLookup.entry(root: root, chunk: first)
             guard entry != 0 else {
@@ -261,16 +274,16 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
 
     /// A write whose every chunk the volume owns alone goes straight to them; any other
     /// goes to the metadata thread.
-    private func writeInPlace(_ bio: consuming ProviderBio, _ volume: ThinVolume) {
+    private func writeInPlace(_ bio: consuming ProviderBio, _ volume: UInt) {
         let shift = Int64(geometry.chunkShift)
         let first = bio.offset >> shift
         let last = (bio.offset + bio.length - 1) >> shift
         let parity = epochs.enter()
-        let root = volume.root.load(ordering: .acquiring)
+        let root = Self.root(of: volume)
         if first == last {
             guard let data = ThinLookup.exclusiveChunk(root: root, chunk: first, references: references!) else {
                 epochs.leave(parity)
-                enqueue(bio, volume)
+                enqueue(bio, Self.volume(volume))
                 return
             }
             guard let clone = bio.clone() else {
@@ -286,7 +299,7 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         }
         for chunk in first...last where ThinLookup.exclusiveChunk(root: root, chunk: chunk, references: references!) == nil {
             epochs.leave(parity)
-            enqueue(bio, volume)
+            enqueue(bio, Self.volume(volume))
             return
         }
         var position = bio.offset
@@ -620,22 +633,41 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         }
         do {
             let old = ThinLookup.entry(root: root, chunk: chunk)
-            if length != geometry.chunkSize {
-                if old != 0 {
+            let target = geometry.offset(ofChunk: data)
+            if length == geometry.chunkSize || old != 0 {
+                // The whole chunk: the write's bytes over a copy of the old chunk.
+                if length != geometry.chunkSize {
                     try consumer.performSync(.read, offset: geometry.offset(ofChunk: Int64(old - 1)), length: geometry.chunkSize,
                                              buffer: chunkBuffer)
-                } else {
-                    chunkBuffer.initializeMemory(as: UInt8.self, repeating: 0)
                 }
+                fill(chunkBuffer.baseAddress! + Int(inChunk))
+                try consumer.performSync(.write, offset: target, length: geometry.chunkSize, buffer: chunkBuffer)
+            } else {
+                // A new chunk partly written: zeros below (cheap where the provider can
+                // punch them), then the bytes.
+                try zeroes(at: target, length: geometry.chunkSize)
+                fill(chunkBuffer.baseAddress!)
+                try consumer.performSync(.write, offset: target + inChunk, length: length,
+                                         buffer: UnsafeMutableRawBufferPointer(rebasing: chunkBuffer[0..<Int(length)]))
             }
-            fill(chunkBuffer.baseAddress! + Int(inChunk))
-            try consumer.performSync(.write, offset: geometry.offset(ofChunk: data), length: geometry.chunkSize, buffer: chunkBuffer)
         } catch {
             metadata.unallocate(data)
             throw error
         }
         metadata.map(volume, chunk: chunk, to: data)
         checkLowWater()
+    }
+
+    /// Makes a range of the pool's provider read as zeros: WRITE_ZEROES, or zeros
+    /// written where the provider has no such command.
+    private func zeroes(at offset: Int64, length: Int64) throws {
+        do {
+            try consumers[0].performSync(.writeZeroes, offset: offset, length: length)
+        } catch let error as StrataError where error.code == .notSupported {
+            chunkBuffer.initializeMemory(as: UInt8.self, repeating: 0)
+            try consumers[0].performSync(.write, offset: offset, length: length,
+                                         buffer: UnsafeMutableRawBufferPointer(rebasing: chunkBuffer[0..<Int(length)]))
+        }
     }
 
     private func checkLowWater() {

@@ -76,16 +76,34 @@ struct ThinGeometry: Sendable {
 /// Reading a volume's map without a lock: the I/O path's view. Every caller is inside an
 /// epoch (`ThinEpochs.enter`), so no node it reaches is freed under it.
 enum ThinLookup {
+    /// The entries of the node an entry points at, without reference counting (the
+    /// caller is inside an epoch: the node outlives the look).
+    @inline(__always) static func entries(of entry: UInt64) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        Unmanaged<ThinNode>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(entry))!)._withUnsafeGuaranteedRef { $0.entries }
+    }
+
+    @inline(__always) static func level(of entry: UInt64) -> Int {
+        Unmanaged<ThinNode>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(entry))!)._withUnsafeGuaranteedRef { $0.level }
+    }
+
+    @inline(__always) static func isShared(_ entry: UInt64) -> Bool {
+        Unmanaged<ThinNode>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(entry))!)._withUnsafeGuaranteedRef {
+            $0.parents.load(ordering: .acquiring) != 1
+        }
+    }
+
     /// The leaf entry for virtual chunk `chunk` (0: unmapped; else data chunk + 1).
     @inline(__always) static func entry(root: UInt64, chunk: Int64) -> UInt64 {
-        guard var node = ThinNode.child(root) else { return 0 }
-        guard chunk / ThinGeometry.span(node.level) < Int64(ThinFormat.fanout) else { return 0 }
-        while node.level > 0 {
-            let next = node[ThinGeometry.index(of: chunk, at: node.level)]
-            guard let child = ThinNode.child(next) else { return 0 }
-            node = child
+        guard root != 0 else { return 0 }
+        var level = level(of: root)
+        guard chunk / ThinGeometry.span(level) < Int64(ThinFormat.fanout) else { return 0 }
+        var entry = root
+        while true {
+            let next = entries(of: entry)[ThinGeometry.index(of: chunk, at: level)].load(ordering: .acquiring)
+            if level == 0 || next == 0 { return next }
+            entry = next
+            level -= 1
         }
-        return node[ThinGeometry.index(of: chunk, at: 0)]
     }
 
     /// The data chunk of `chunk` when a write may go to it in place: every node on the
@@ -93,16 +111,21 @@ enum ThinLookup {
     /// or shared with a snapshot: the write must allocate).
     @inline(__always) static func exclusiveChunk(root: UInt64, chunk: Int64,
                                                  references: UnsafeMutablePointer<Atomic<UInt32>>) -> Int64? {
-        guard var node = ThinNode.child(root), node.parents.load(ordering: .acquiring) == 1 else { return nil }
-        guard chunk / ThinGeometry.span(node.level) < Int64(ThinFormat.fanout) else { return nil }
-        while node.level > 0 {
-            guard let child = ThinNode.child(node[ThinGeometry.index(of: chunk, at: node.level)]),
-                  child.parents.load(ordering: .acquiring) == 1 else { return nil }
-            node = child
+        guard root != 0 else { return nil }
+        var level = level(of: root)
+        guard chunk / ThinGeometry.span(level) < Int64(ThinFormat.fanout) else { return nil }
+        var entry = root
+        while true {
+            guard !isShared(entry) else { return nil }
+            let next = entries(of: entry)[ThinGeometry.index(of: chunk, at: level)].load(ordering: .acquiring)
+            guard next != 0 else { return nil }
+            if level == 0 {
+                guard references[Int(next - 1)].load(ordering: .acquiring) == 1 else { return nil }
+                return Int64(next - 1)
+            }
+            entry = next
+            level -= 1
         }
-        let entry = node[ThinGeometry.index(of: chunk, at: 0)]
-        guard entry != 0, references[Int(entry - 1)].load(ordering: .acquiring) == 1 else { return nil }
-        return Int64(entry - 1)
     }
 
     /// Calls `body` with each run of virtual chunks from `first` up to `end`, whether
