@@ -35,7 +35,7 @@ let package = Package(
         // The I/O path's clock: the CPU's time-stamp counter where the kernel keeps
         // time by it, else clock_gettime (part of Strata).
         .target(name: "CStrataClock"),
-        // Transform classes: nop, concat, stripe, label, part, mirror.
+        // Transform classes: nop, concat, stripe, label, part, mirror, thin.
         .target(name: "StrataClasses", dependencies: ["Strata"], swiftSettings: strictSwift),
         // Linux calls that need _GNU_SOURCE, for the disks.
         .target(name: "CStrataSystem"),
