@@ -302,7 +302,8 @@ final class ThinMetadata {
         if old != 0 { releasedChunks.append(Int64(old - 1)) }
     }
 
-    /// Unmaps virtual chunk `chunk` of `volume` (nothing if it is unmapped).
+    /// Unmaps virtual chunk `chunk` of `volume` (nothing if it is unmapped). Nodes left
+    /// empty go, so a volume's map stays in proportion to what it maps.
     func unmap(_ volume: ThinVolume, chunk: Int64) {
         guard ThinLookup.entry(root: volume.root.load(ordering: .acquiring), chunk: chunk) != 0 else { return }
         let leaf = exclusiveLeaf(volume, chunk)
@@ -310,6 +311,34 @@ final class ThinMetadata {
         let old = leaf[index]
         leaf[index] = 0
         if old != 0 { releasedChunks.append(Int64(old - 1)) }
+        pruneEmptyNodes(of: volume, above: chunk)
+    }
+
+    private static func isEmpty(_ node: ThinNode) -> Bool {
+        (0..<ThinFormat.fanout).allSatisfy { node[$0] == 0 }
+    }
+
+    /// Takes out the nodes on the way to `chunk` that map nothing, from the leaf up
+    /// (the way is the volume's own: `exclusiveLeaf` made it so).
+    private func pruneEmptyNodes(of volume: ThinVolume, above chunk: Int64) {
+        var path: [(node: ThinNode, index: Int)] = []
+        var entry = volume.root.load(ordering: .acquiring)
+        while let node = ThinNode.child(entry), node.level > 0 {
+            let index = ThinGeometry.index(of: chunk, at: node.level)
+            path.append((node, index))
+            entry = node[index]
+        }
+        guard let leaf = ThinNode.child(entry), Self.isEmpty(leaf) else { return }
+        var emptied = entry
+        for (parent, index) in path.reversed() {
+            parent[index] = 0
+            drop(emptied)
+            retiredEntries.append(emptied)
+            guard Self.isEmpty(parent) else { return }
+            emptied = ThinNode.entry(unretained: parent)
+        }
+        // Every node of the map is empty: the volume maps nothing.
+        dropRoot(of: volume)
     }
 
     /// Takes away one reference to the node `entry` points at (a root's or a parent's

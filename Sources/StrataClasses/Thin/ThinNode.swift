@@ -55,6 +55,11 @@ final class ThinNode: @unchecked Sendable {
         UInt64(UInt(bitPattern: Unmanaged.passRetained(node).toOpaque()))
     }
 
+    /// The bits every entry pointing at `node` holds, without taking a reference.
+    static func entry(unretained node: ThinNode) -> UInt64 {
+        UInt64(UInt(bitPattern: Unmanaged.passUnretained(node).toOpaque()))
+    }
+
     /// Gives back the reference an entry (or a root) held.
     static func release(_ entry: UInt64) {
         guard entry != 0 else { return }
@@ -136,5 +141,52 @@ final class ThinEpochs: Sendable {
             spins += 1
             if spins > 100 { sleepSeconds(0.000_05) }
         }
+    }
+}
+
+/// Delivers the requests the metadata thread finished, from a thread of its own: an
+/// issuer's done routine may send its next request at once (a load generator's does),
+/// and must not run on, and hold, the metadata thread while it does.
+final class ThinCompletions: Sendable {
+    private struct State {
+        var finished: [(UnmanagedBio, BioError?)] = []
+        var stopping = false
+        var stopped = false
+    }
+
+    private let state = ConditionMutex(State())
+
+    init() {
+        startWorkerThread { [self] in run() }
+    }
+
+    func deliver(_ bio: consuming ProviderBio, _ error: BioError?) {
+        let reference = bio.unmanaged()
+        state.withLock { $0.finished.append((reference, error)) }
+        state.wakeWaiters()
+    }
+
+    private func run() {
+        while true {
+            var batch: [(UnmanagedBio, BioError?)] = []
+            state.wait { !$0.finished.isEmpty || $0.stopping }
+            let stop = state.withLock { state in
+                swap(&batch, &state.finished)
+                return state.stopping && batch.isEmpty
+            }
+            for (reference, error) in batch {
+                if let error { reference.takeProviderBio().deliver(error) } else { reference.takeProviderBio().deliverAll() }
+            }
+            if stop { break }
+        }
+        state.withLock { $0.stopped = true }
+        state.wakeWaiters()
+    }
+
+    /// Delivers what is left, then ends the thread.
+    func stop() {
+        state.withLock { $0.stopping = true }
+        state.wakeWaiters()
+        state.wait { $0.stopped }
     }
 }

@@ -38,6 +38,7 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
     private var chunkBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     private var warnedLowWater = false
     private var lastCommit = monotonicSeconds()
+    private let completions = ThinCompletions()
 
     private init(name: String, lowWater: Int64) {
         slots = .allocate(capacity: Self.maximumVolumes)
@@ -489,9 +490,11 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
             queue.stopping = true
             return running
         }
-        guard running else { return }
-        queue.wakeWaiters()
-        queue.wait(until: { $0.stopped }, seconds: 30)
+        if running {
+            queue.wakeWaiters()
+            queue.wait(until: { $0.stopped }, seconds: 30)
+        }
+        completions.stop()
     }
 
     private func commitLogging() {
@@ -546,11 +549,11 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
                 break
             }
             if bio.flags.contains(.fua) { try commit() }
-            bio.deliverAll()
+            completions.deliver(bio, nil)
         } catch let error as StrataError {
-            bio.deliver(BioError(errno: error.code.errno))
+            completions.deliver(bio, BioError(errno: error.code.errno))
         } catch {
-            bio.deliver(.io)
+            completions.deliver(bio, .io)
         }
     }
 
