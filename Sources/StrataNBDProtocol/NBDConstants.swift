@@ -167,7 +167,22 @@ public enum NBDAllocationFlags {
     public static let zero: UInt32 = 1 << 1
 }
 
-/// Metadata contexts: the one Strata serves and its client selects.
+/// `qemu:dirty-bitmap:` status flags (qemu's docs/interop/nbd.rst).
+public enum NBDDirtyBitmapFlags {
+    /// The extent changed since the bitmap's point in time.
+    public static let dirty: UInt32 = 1 << 0
+}
+
+/// Metadata contexts: their names, and the namespaces queries name them by.
 public enum NBDMetaContext {
     public static let baseAllocation = "base:allocation"
+    /// The `base` namespace: a wildcard in LIST, ignored in SET.
+    public static let baseNamespace = "base:"
+    /// The `qemu` namespace: a wildcard in LIST, ignored in SET.
+    public static let qemuNamespace = "qemu:"
+    /// The start of a dirty bitmap's context name (`qemu:dirty-bitmap:NAME`); alone, a
+    /// wildcard for every bitmap in LIST.
+    public static let dirtyBitmapPrefix = "qemu:dirty-bitmap:"
+    /// The longest string the protocol carries, a context name among them.
+    public static let maximumNameLength = 4096
 }

@@ -38,6 +38,13 @@ struct RequestSlot {
     }
 }
 
+/// A BLOCK_STATUS whose selected contexts are being asked one after another: how many
+/// have answered, and their chunks.
+struct PartialStatusReply {
+    var answered = 0
+    var chunks: ByteBuffer?
+}
+
 /// The requests of one connection, by slot; a request's slot number travels in its
 /// `caller1`.
 ///
@@ -74,6 +81,12 @@ struct RequestTable {
 
     /// The command of the request in `index`.
     func command(_ index: Int) -> NBDCommand { slots[index].command }
+
+    /// The header of the request in `index`.
+    func header(_ index: Int) -> NBDRequestHeader { slots[index].header }
+
+    /// The block-status answer buffer of the request in `index`.
+    func answer(_ index: Int) -> UnsafeMutableRawBufferPointer? { slots[index].answer }
 
     /// Sets how the request in `index` reaches the provider.
     mutating func route(_ index: Int, _ route: RequestSlot.Route) { slots[index].route = route }
@@ -189,8 +202,8 @@ extension NBDConnectionHandler {
             // The spec's answer to a request over the advertised maximum payload.
             return (.overflow, "READ of \(header.length) bytes is over the \(served.maximumPayload)-byte maximum")
         }
-        if command == .blockStatus && !allocationContext {
-            return (.invalid, "BLOCK_STATUS without a negotiated metadata context")
+        if command == .blockStatus && metaContexts.isEmpty {
+            return (.invalid, "BLOCK_STATUS without a metadata context selected for this export")
         }
         if changes && served.export.readOnly {
             return (.permission, "\(command) on a read-only export")
@@ -268,23 +281,30 @@ extension NBDConnectionHandler {
             if header.flags.contains(.fastZero) { flags.insert(.fastZero) }
             bio.flags = flags
         case .blockStatus:
-            bio.command = .getattr
-            bio.attribute = .extents
-            // The provider answers for whole sectors: the ones the range touches. The
-            // reply starts the first extent at the client's offset (`sendBlockStatus`).
-            let lower = header.offset & ~served.sectorMask
-            bio.offset = Int64(lower)
-            bio.length = Int64((header.offset + header.length + served.sectorMask) & ~served.sectorMask - lower)
             // At most one extent a sector, the range touching one more than it fills.
             let blocks = header.length / UInt64(served.sectorSize) + 2
             let records = header.flags.contains(.requestOne) ? 1 : Int(min(UInt64(NBDLimits.maximumExtents), blocks))
             let answer = UnsafeMutableRawBufferPointer.allocate(byteCount: records * BioExtent.encodedSize, alignment: 8)
-            bio.setData(answer)
+            ask(bio, about: header, in: metaContexts[0], served: served, answer: answer)
             slot.answer = answer
         case .cache, .disconnect:
             preconditionFailure("\(command) is answered without a request")
         }
         return slot
+    }
+
+    /// Fills in the GETATTR that asks what `context` reports of a BLOCK_STATUS's range,
+    /// its extents answered into `answer`.
+    func ask(_ bio: borrowing Bio, about header: NBDRequestHeader, in context: SelectedMetaContext, served: ServedExport,
+             answer: UnsafeMutableRawBufferPointer) {
+        bio.command = .getattr
+        bio.attribute = context.attribute
+        // The provider answers for whole sectors: the ones the range touches. The reply
+        // starts the first extent at the client's offset (`writeStatusChunk`).
+        let lower = header.offset & ~served.sectorMask
+        bio.offset = Int64(lower)
+        bio.length = Int64((header.offset + header.length + served.sectorMask) & ~served.sectorMask - lower)
+        bio.setData(answer)
     }
 
     // MARK: Completion
@@ -329,16 +349,54 @@ extension NBDConnectionHandler {
             consumer.request(bio)
             return
         }
-        let extents = requests.command(index) == .blockStatus && error == nil ? bio.attributeExtents : []
+        if requests.command(index) == .blockStatus {
+            statusAnswered(bio, index: index)
+            return
+        }
         bio.destroy()
-        finish(index, error: error, readAsZeros: flags.contains(.readAsZeros), extents: extents)
+        finish(index, error: error, readAsZeros: flags.contains(.readAsZeros), status: nil)
+    }
+
+    /// A selected context has answered a BLOCK_STATUS: its chunk is written, and the next
+    /// context asked with the same request, one after another in the order selected, the
+    /// last chunk DONE. With one context selected (the usual `base:allocation` alone) that
+    /// is all; with several, the chunks so far wait in `statusReplies`. An error, the
+    /// provider's or an answer that says nothing of the range, answers the request
+    /// instead, and no chunk goes out.
+    private func statusAnswered(_ bio: consuming Bio, index: Int) {
+        var error = bio.error
+        var reply = metaContexts.count == 1 ? PartialStatusReply()
+            : statusReplies.removeValue(forKey: index) ?? PartialStatusReply()
+        let header = requests.header(index)
+        let context = metaContexts[reply.answered]
+        let last = reply.answered + 1 == metaContexts.count
+        if error == nil,
+           !writeStatusChunk(header, extents: bio.attributeExtents, of: context, done: last, into: &reply.chunks) {
+            logger.notice("request refused", metadata: ["cookie": "\(header.cookie)",
+                                                        "reason": "\(context.name): no extents reported past the offset"])
+            error = .io
+        }
+        reply.answered += 1
+        // Once the channel has closed nothing is answered: the contexts left are not asked.
+        guard error == nil, !last, lifecycle.channelIsOpen, let consumer, let served,
+              let answer = requests.answer(index) else {
+            bio.destroy()
+            finish(index, error: error, readAsZeros: false, status: reply.chunks)
+            return
+        }
+        statusReplies[index] = reply
+        bio.reset()
+        ask(bio, about: header, in: metaContexts[reply.answered], served: served, answer: answer)
+        bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
+        bio.done = .handler(self)
+        consumer.request(bio)
     }
 
     /// Answers the request in `index` (unless the connection is closing) and lets go of
     /// it: its slot, its bytes, and the read-modify-writes that waited for it. Inlined
     /// into `complete`, every request's path, as it was written there.
     @inline(__always)
-    func finish(_ index: Int, error: BioError?, readAsZeros: Bool, extents: [BioExtent]) {
+    func finish(_ index: Int, error: BioError?, readAsZeros: Bool, status: ByteBuffer?) {
         let slot = requests.remove(index)
         core.refund(slot.bytes)
         slot.answer?.deallocate()
@@ -348,7 +406,7 @@ extension NBDConnectionHandler {
                 refuse(slot.header, NBDError(errno: error.errno), "\(slot.command) failed: \(error)", command: slot.command,
                        log: false)
             } else {
-                reply(to: consume slot, readAsZeros: readAsZeros, extents: extents)
+                reply(to: consume slot, readAsZeros: readAsZeros, status: status)
             }
             updateReading()
             perform(then)
@@ -370,7 +428,7 @@ extension NBDConnectionHandler {
     /// without data.
     static let replyBatchCapacity = 64 << 10
 
-    private func reply(to slot: consuming RequestSlot, readAsZeros: Bool, extents: [BioExtent]) {
+    private func reply(to slot: consuming RequestSlot, readAsZeros: Bool, status: ByteBuffer?) {
         let header = slot.header
         switch slot.command {
         case .read:
@@ -409,7 +467,8 @@ extension NBDConnectionHandler {
             send(buffer)
             readReplyBuffers.keep(buffer)
         case .blockStatus:
-            sendBlockStatus(header, extents: extents)
+            // Every selected context's chunk, written as each answered (`statusAnswered`).
+            if let status { send(status) }
         default:
             sendSuccess(header)
         }
@@ -427,11 +486,12 @@ extension NBDConnectionHandler {
         }
     }
 
-    private func sendBlockStatus(_ header: NBDRequestHeader, extents: [BioExtent]) {
-        guard !extents.isEmpty else {
-            refuse(header, .io, "no extents reported", command: .blockStatus)
-            return
-        }
+    /// Writes the BLOCK_STATUS chunk of one context, from the extents its provider
+    /// reported for the sectors the range touches, into `reply`, after the chunks of the
+    /// contexts before it. Returns false when the extents say nothing of the range from the
+    /// offset on.
+    private func writeStatusChunk(_ header: NBDRequestHeader, extents: [BioExtent], of context: SelectedMetaContext,
+                                  done: Bool, into reply: inout ByteBuffer?) -> Bool {
         let requestOne = header.flags.contains(.requestOne)
         let sectorSize = UInt64(served!.sectorSize)
         // Compact descriptors carry 32-bit lengths: longer extents are cut, on sector
@@ -447,29 +507,25 @@ extension NBDConnectionHandler {
             let skipped = min(skip, remaining)
             remaining -= skipped
             skip -= skipped
-            var status: UInt32 = 0
-            if extent.kind.contains(.hole) { status |= NBDAllocationFlags.hole }
-            if extent.kind.contains(.zero) { status |= NBDAllocationFlags.zero }
+            let status = context.status(of: extent.kind)
             while remaining > 0 {
                 let piece = min(remaining, largest)
                 descriptors.append((piece, status))
                 remaining -= piece
             }
         }
-        guard !descriptors.isEmpty else {
-            refuse(header, .io, "no extents reported past the offset", command: .blockStatus)
-            return
-        }
+        guard !descriptors.isEmpty else { return false }
         if requestOne {
             descriptors = [(min(descriptors[0].length, end - header.offset), descriptors[0].status)]
         }
         let count = min(descriptors.count, NBDLimits.maximumExtents)
         let length = extendedHeaders ? 8 + 16 * count : 4 + 8 * count
-        var chunk = allocator.buffer(capacity: 32 + length)
-        chunk.writeNBDChunkHeader(extended: extendedHeaders, flags: NBDReplyFlags.done,
+        // Taken out, so the buffer has one reference and grows in place.
+        var chunk = reply.take() ?? allocator.buffer(capacity: 32 + length)
+        chunk.writeNBDChunkHeader(extended: extendedHeaders, flags: done ? NBDReplyFlags.done : 0,
                                   type: extendedHeaders ? .blockStatusExtended : .blockStatus,
                                   cookie: header.cookie, requestOffset: header.offset, length: length)
-        chunk.writeInteger(NBDMetaContext.baseAllocationID)
+        chunk.writeInteger(context.id)
         if extendedHeaders { chunk.writeInteger(UInt32(count)) }
         for descriptor in descriptors.prefix(count) {
             if extendedHeaders {
@@ -480,7 +536,8 @@ extension NBDConnectionHandler {
                 chunk.writeInteger(descriptor.status)
             }
         }
-        send(chunk)
+        reply = chunk
+        return true
     }
 
     func sendSuccess(_ header: NBDRequestHeader) {
@@ -551,7 +608,8 @@ extension NBDConnectionHandler {
         } else if core.budgetSpent {
             pauseReading()
             core.starve(self)
-        } else if session.paused && requests.count <= limits.requests / 2 && requests.bytes <= limits.bytes / 2 {
+        } else if session.paused && awaitedMetaContext == nil && requests.count <= limits.requests / 2
+                    && requests.bytes <= limits.bytes / 2 {
             // Its own requests allow it; the server's budget must be back to half too,
             // or the connection waits to be woken when it is.
             guard core.budgetRecovered else {

@@ -94,7 +94,7 @@ extension NBDConnectionHandler {
     /// The end of a read-modify-write: its answer. It is let go of after that.
     func finishRewrite(_ index: Int, error: BioError?) {
         let rewrite = rewrites.removeValue(forKey: index)
-        finish(index, error: error, readAsZeros: false, extents: [])
+        finish(index, error: error, readAsZeros: false, status: nil)
         withExtendedLifetime(rewrite) {}
     }
 
@@ -128,7 +128,7 @@ extension NBDConnectionHandler {
             issue(slot.header, command: slot.command, payload: slot.buffer, served: served, consumer: consumer)
         } else {
             // Not reached: the consumer is given back once nothing is in flight.
-            finish(index, error: .noDevice, readAsZeros: false, extents: [])
+            finish(index, error: .noDevice, readAsZeros: false, status: nil)
         }
         served.sectorLocks.perform(served.sectorLocks.release(hold), inline: false)
     }

@@ -1,4 +1,5 @@
 import NIOCore
+import Strata
 
 extension NBDConnectionHandler {
     // MARK: Lifecycle
@@ -63,6 +64,11 @@ extension NBDConnectionHandler {
         self.consumer = nil
         served?.closed(consumer)
         served?.sectorLocks.unregister(self)
+        giveBack(consumer)
+    }
+
+    /// Closes and destroys a consumer of an export's provider (`openConsumer`).
+    func giveBack(_ consumer: Consumer) {
         if consumer.provider != nil {
             try? core.topology.access(consumer, read: -consumer.readCount, write: -consumer.writeCount,
                                       exclusive: -consumer.exclusiveCount)

@@ -44,7 +44,14 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     @exclusivity(unchecked) var noZeroes = false
     @exclusivity(unchecked) var structuredReplies = false
     @exclusivity(unchecked) var extendedHeaders = false
-    @exclusivity(unchecked) var allocationContext = false
+    /// The metadata contexts BLOCK_STATUS reports, in the order its chunks go out: the
+    /// last SET_META_CONTEXT's, if it named the export transmission started on.
+    @exclusivity(unchecked) var metaContexts: [SelectedMetaContext] = []
+    /// The export the last SET_META_CONTEXT named.
+    @exclusivity(unchecked) var metaContextExport: ServedExport?
+    /// A LIST or SET_META_CONTEXT whose export's provider has not listed its dirty
+    /// bitmaps yet. Options are not read meanwhile (`session.paused`).
+    @exclusivity(unchecked) var awaitedMetaContext: MetaContextQuery?
 
     // Transmission state.
     @exclusivity(unchecked) var served: ServedExport?
@@ -99,6 +106,9 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     @exclusivity(unchecked) var parkedWrites: [UInt64: Int] = [:]
     /// The read-modify-writes of this connection's unaligned writes, by slot.
     @exclusivity(unchecked) var rewrites: [Int: UnalignedWrite] = [:]
+    /// By slot: the BLOCK_STATUS requests whose contexts are asked one after another, with
+    /// the chunks of those that have answered. Empty unless several contexts are selected.
+    @exclusivity(unchecked) var statusReplies: [Int: PartialStatusReply] = [:]
 
     init(core: NBDServerCore, eventLoop: any EventLoop, largeReadQueue: DispatchQueue? = nil,
          descriptor: Int32 = -1, poller: BusyPoller? = nil) {
@@ -364,64 +374,10 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         sendOptionReply(code, .ack)
     }
 
-    private func metaContext(code: UInt32, data: ByteBuffer, set: Bool) {
-        guard structuredReplies else {
-            return reject(option: code, .errorInvalid, "negotiate structured replies first")
-        }
-        var data = data
-        guard let nameLength = data.readInteger(as: UInt32.self), Int(nameLength) <= data.readableBytes,
-              let name = data.readString(length: Int(nameLength)),
-              let count = data.readInteger(as: UInt32.self) else {
-            return reject(option: code, .errorInvalid, "malformed meta context request")
-        }
-        var queries: [String] = []
-        for _ in 0..<count {
-            guard let length = data.readInteger(as: UInt32.self), Int(length) <= data.readableBytes,
-                  let query = data.readString(length: Int(length)) else {
-                return reject(option: code, .errorInvalid, "malformed meta context query")
-            }
-            queries.append(query)
-        }
-        guard data.readableBytes == 0 else { return reject(option: code, .errorInvalid, "trailing bytes in meta context request") }
-        guard core.export(named: name) != nil else {
-            return reject(option: code, .errorUnknown, "no export named '\(name)'")
-        }
-        let matches: Bool
-        if set {
-            matches = queries.contains(NBDMetaContext.baseAllocation)
-            allocationContext = matches
-        } else {
-            matches = queries.isEmpty || queries.contains { $0 == NBDMetaContext.baseAllocation || $0 == "base:" }
-        }
-        if matches {
-            let bytes = Array(NBDMetaContext.baseAllocation.utf8)
-            sendOptionReply(code, .metaContext) {
-                $0.writeInteger(NBDMetaContext.baseAllocationID)
-                $0.writeBytes(bytes)
-            }
-        }
-        sendOptionReply(code, .ack)
-    }
-
     /// Opens the export for this connection and switches to transmission.
     private func startTransmission(_ served: ServedExport, option: UInt32? = nil) -> Bool {
         do {
-            let topology = core.topology
-            // Under the topology lock: a server stopping withers its export geoms once the
-            // connections it knows of have closed, and a connection accepted just before
-            // the stop may reach GO after that.
-            let consumer = try topology.withLock {
-                guard served.geom.topology === topology else { throw StrataError(.shutdown, "the server is stopping") }
-                let consumer = topology.createConsumer(for: served.geom)
-                do {
-                    try topology.attach(consumer, to: served.provider)
-                    try topology.access(consumer, read: 1, write: served.export.readOnly ? 0 : 1, exclusive: 0)
-                } catch {
-                    topology.destroy(consumer)
-                    throw error
-                }
-                return consumer
-            }
+            let consumer = try openConsumer(of: served, writing: !served.export.readOnly)
             self.consumer = consumer
             served.opened(consumer)
             served.sectorLocks.register(self)
@@ -436,12 +392,42 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         }
         self.served = served
         logger[metadataKey: "export"] = "\(served.export.name)"
+        if metaContextExport !== served {
+            // The spec's contexts are an export's: a client must select them for the export
+            // it goes on to use. BLOCK_STATUS is refused until it has.
+            if !metaContexts.isEmpty {
+                logger.notice("metadata contexts selected for another export dropped",
+                              metadata: ["selected-for": "\(metaContextExport?.export.name ?? "")"])
+            }
+            metaContexts = []
+        }
+        metaContextExport = nil
         session.phase = .transmission(extendedHeaders: extendedHeaders)
         handshakeDeadline?.cancel()
         handshakeDeadline = nil
         perform(lifecycle.transmissionStarted())
         logger.debug("transmission started", metadata: ["structured": "\(structuredReplies)", "extended": "\(extendedHeaders)"])
         return true
+    }
+
+    /// A consumer of the export's provider, open for reading, and for writing if
+    /// `writing`. Under the topology lock: a server stopping withers its export geoms once
+    /// the connections it knows of have closed, and a connection accepted just before the
+    /// stop may get here after that.
+    func openConsumer(of served: ServedExport, writing: Bool) throws -> Consumer {
+        let topology = core.topology
+        return try topology.withLock {
+            guard served.geom.topology === topology else { throw StrataError(.shutdown, "the server is stopping") }
+            let consumer = topology.createConsumer(for: served.geom)
+            do {
+                try topology.attach(consumer, to: served.provider)
+                try topology.access(consumer, read: 1, write: writing ? 1 : 0, exclusive: 0)
+            } catch {
+                topology.destroy(consumer)
+                throw error
+            }
+            return consumer
+        }
     }
 
     // MARK: Replies during the handshake
@@ -458,7 +444,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     /// Refuses an option with an error reply carrying a short message, logged once.
-    private func reject(option: UInt32, _ type: NBDOptionReply, _ message: String) {
+    func reject(option: UInt32, _ type: NBDOptionReply, _ message: String) {
         logger.notice("option refused", metadata: ["option": "\(option)", "reason": "\(message)"])
         guard fixedNewstyle else {
             // Old-style newstyle clients cannot read error replies.

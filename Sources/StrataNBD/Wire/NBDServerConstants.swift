@@ -16,9 +16,16 @@ public enum NBDLimits {
     public static let maximumExtents = 1 << 16
     /// Bytes of an error message at most (qemu hangs up on non-data payloads over 1000).
     public static let maximumMessage = 200
+    /// Metadata contexts one SET_META_CONTEXT may select: each costs every BLOCK_STATUS a
+    /// GETATTR and a chunk of up to `maximumExtents` extents. More is ERR_TOO_BIG.
+    public static let maximumMetaContexts = 16
+    /// Room for a provider's list of dirty bitmaps (`STRATA::dirty-bitmaps`); names past
+    /// it are not offered.
+    public static let dirtyBitmapListLength = 64 << 10
 }
 
 extension NBDMetaContext {
-    /// The id the server gives `base:allocation` on every connection.
+    /// The id the server gives `base:allocation` on every connection; dirty bitmaps
+    /// selected with it number on from here.
     public static let baseAllocationID: UInt32 = 1
 }

@@ -49,8 +49,9 @@ public final class NBDSessionPhase {
     // the connection's one thread: unchecked, so no access pays Swift's run-time
     // exclusivity check (see `NBDConnectionHandler`).
     @exclusivity(unchecked) public var phase: Phase
-    /// While set, no further request is decoded: requests already received stay
-    /// buffered until the connection has room for them again (backpressure).
+    /// While set, no further option or request is decoded: what was already received
+    /// stays buffered until the connection has room for it again (backpressure), or, in
+    /// the handshake, until the option being answered has its answer.
     @exclusivity(unchecked) public var paused = false
 
     public init(_ phase: Phase = .clientFlags) {
@@ -125,6 +126,7 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         case .clientFlags:
             return buffer.readInteger(as: UInt32.self).map(NBDClientMessage.clientFlags)
         case .options:
+            if session.paused { return nil }
             return decodeOption(&buffer)
         case .transmission(let extended):
             if session.paused { return nil }

@@ -12,13 +12,15 @@ final class EmbeddedServer {
     let server: NBDServer
     let channel = EmbeddedChannel()
 
-    /// A memory disk of `size` bytes (1 MiB unless asked) exported as "disk0" (default)
-    /// and read-only as "ro".
-    init(limits: NBDServer.Limits = NBDServer.Limits(), size: Int64 = 1 << 20) throws {
-        _ = try MemoryDisk.create(in: topology, name: "md0", size: size)
+    /// A memory disk "md0" of `size` bytes (1 MiB unless asked) exported as "disk0"
+    /// (default) and read-only as "ro", unless `exports` stacks something on it and says
+    /// what to export instead.
+    init(limits: NBDServer.Limits = NBDServer.Limits(), size: Int64 = 1 << 20,
+         exports: ((Topology, Provider) throws -> [NBDExport])? = nil) throws {
+        let disk = try MemoryDisk.create(in: topology, name: "md0", size: size)
         var logger = Logger(label: "strata.nbd.embedded")
         logger.logLevel = .critical
-        server = try NBDServer(topology: topology, exports: [
+        server = try NBDServer(topology: topology, exports: try exports?(topology, disk.provider) ?? [
             NBDExport(name: "disk0", provider: "md0", description: "embedded", isDefault: true),
             NBDExport(name: "ro", provider: "md0", readOnly: true),
         ], logger: logger, limits: limits, threads: 1)
