@@ -2,6 +2,7 @@ import Foundation
 import Strata
 @testable import StrataClasses
 import StrataDisks
+import Synchronization
 import Testing
 
 /// THIN: volumes, snapshots, clones, revert, delete, TRIM, block status and changed
@@ -253,4 +254,121 @@ import Testing
             _ = try ThinDefinition.make(name: "tp3", consumers: [other.provider], settings: [("chunk-size", "3k")], relativeTo: "/", in: topology)
         }
     }
+
+    /// Four threads write their own regions of a volume while snapshots are taken and
+    /// dropped under them: each snapshot holds, for every block, a write that had started
+    /// before the snapshot ended and none older than the newest one that had finished
+    /// before it began; the volume holds every block's last write; the pool checks sound
+    /// and, everything deleted, empty.
+    @Test func snapshotsTakenUnderConcurrentWritesAreConsistentPointsInTime() throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        // Each request below the pool is held a millisecond, so that writes are in
+        // flight while snapshots are taken.
+        let disk = try MemoryDisk.create(in: topology, name: "md", size: 96 << 20)
+        let delay = try NopGeom.create(in: topology, name: "slow", over: disk.provider, settings: .init(delayMilliseconds: 1))
+        let pool = try ThinDefinition.make(name: "tp", consumers: [delay.providers[0]], settings: [], relativeTo: "/",
+                                           in: topology) as! ThinPoolGeom
+        _ = try pool.create("vm1", size: 16 << 20, in: topology)
+        let device = try Self.open(pool, "vm1", in: topology)
+        defer { device.close() }
+        let consumer = device.consumerForBenchmark
+        // Every chunk mapped first: the writes below then go to chunks the volume owns
+        // until a snapshot shares them.
+        for offset in stride(from: 0, to: 16 << 20, by: 1 << 20) {
+            try consumer.writeSync([UInt8](repeating: 0, count: 1 << 20), at: Int64(offset))
+        }
+        let blocks = (16 << 20) / 4096
+        let writers = 4
+        let clock = OrderClock()
+        let tick: @Sendable () -> Int = { clock.tick() }
+        let logs = WriteLogs(writers)
+        let done = DispatchGroup()
+        for writer in 0..<writers {
+            done.enter()
+            Thread.detachNewThread {
+                defer { done.leave() }
+                var generator = SystemRandomNumberGenerator()
+                var log: [StampedWrite] = []
+                for sequence in 1...300 {
+                    let block = writer * blocks / writers + Int.random(in: 0..<(blocks / writers), using: &generator)
+                    let stamp = UInt64(writer) << 32 | UInt64(sequence)
+                    let data = withUnsafeBytes(of: stamp) { [UInt8]($0) } + [UInt8](repeating: UInt8(writer), count: 4088)
+                    let began = tick()
+                    try? consumer.writeSync(data, at: Int64(block * 4096))
+                    log.append(StampedWrite(block: block, stamp: stamp, began: began, ended: tick()))
+                }
+                logs.set(writer, log)
+            }
+        }
+        var snapshots: [(name: String, began: Int, ended: Int)] = []
+        var firstReads: [String: [UInt8]] = [:]
+        for index in 0..<12 {
+            let began = tick()
+            _ = try pool.share("vm1", as: "s\(index)", snapshot: true, in: topology)
+            snapshots.append(("s\(index)", began, tick()))
+            // Read at once, while the writes go on: it must never change afterwards.
+            let reader = try BlockDevice(opening: topology.provider(named: "tp/s\(index)")!, in: topology, writable: false)
+            firstReads["s\(index)"] = try reader.consumerForBenchmark.readSync(at: 0, count: 16 << 20)
+            reader.close()
+            if index % 4 == 3 { _ = try pool.delete("s\(index - 2)", force: false, in: topology) }
+            usleep(2000)
+        }
+        done.wait()
+        let writes = logs.all
+        let byBlock = Dictionary(grouping: writes, by: \.block)
+        func stamp(in bytes: [UInt8], block: Int) -> UInt64 {
+            bytes[(block * 4096)..<(block * 4096 + 8)].withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        }
+        var problems: [String] = []
+        for snapshot in snapshots where !snapshot.name.hasSuffix("s1") && !snapshot.name.hasSuffix("s5") && !snapshot.name.hasSuffix("s9") {
+            let reader = try BlockDevice(opening: topology.provider(named: "tp/\(snapshot.name)")!, in: topology, writable: false)
+            let bytes = try reader.consumerForBenchmark.readSync(at: 0, count: 16 << 20)
+            reader.close()
+            if bytes != firstReads[snapshot.name] { problems.append("\(snapshot.name) changed after it was taken") }
+            for (block, history) in byBlock where problems.count < 5 {
+                let found = stamp(in: bytes, block: block)
+                let newestDone = history.filter { $0.ended < snapshot.began }.map(\.stamp).max() ?? 0
+                let candidates = Set(history.filter { $0.began < snapshot.ended && $0.stamp >= newestDone }.map(\.stamp))
+                    .union(newestDone == 0 ? [0] : [])
+                if !candidates.contains(found) {
+                    problems.append("\(snapshot.name) block \(block): stamp \(found), expected one of \(candidates.sorted())")
+                }
+            }
+        }
+        let live = try consumer.readSync(at: 0, count: 16 << 20)
+        for (block, history) in byBlock where problems.count < 5 {
+            let last = history.max { $0.ended < $1.ended }!.stamp
+            if stamp(in: live, block: block) != last { problems.append("vm1 block \(block) lost its last write") }
+        }
+        #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")
+        #expect(try pool.check().problems.isEmpty)
+        device.close()
+        for name in try pool.list().volumes.map(\.name) { _ = try pool.delete(name, force: false, in: topology) }
+        let check = try pool.check()
+        #expect(check.problems.isEmpty && check.dataChunksUsed == 0 && check.nodes == 0, "\(check)")
+    }
+}
+
+/// A write of the concurrency test: its block, its stamp, and the order clock's reading
+/// before it began and after it ended.
+struct StampedWrite: Sendable {
+    let block: Int
+    let stamp: UInt64
+    let began: Int
+    let ended: Int
+}
+
+/// A counter every thread of a test reads in one order.
+final class OrderClock: Sendable {
+    private let value = Mutex(0)
+    func tick() -> Int { value.withLock { $0 += 1; return $0 } }
+}
+
+/// Each writer thread's log, handed over when it ends.
+final class WriteLogs: Sendable {
+    private let logs: Mutex<[[StampedWrite]]>
+    init(_ writers: Int) { logs = Mutex(Array(repeating: [], count: writers)) }
+    func set(_ writer: Int, _ log: [StampedWrite]) { logs.withLock { $0[writer] = log } }
+    var all: [StampedWrite] { logs.withLock { $0.flatMap { $0 } } }
 }
