@@ -296,7 +296,7 @@ import Testing
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: mirorr\n    consumers: [d0]")
                 == "t.yaml:6: geoms[0].class: 'mirorr': is not a known class; did you mean 'mirror'?")
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: bogus\n    consumers: [d0]")
-                == "t.yaml:6: geoms[0].class: 'bogus': is not a known class (known: nop, concat, stripe, label, part, mirror)")
+                == "t.yaml:6: geoms[0].class: 'bogus': is not a known class (known: nop, concat, stripe, label, part, mirror, thin)")
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: nopp\n    consumers: [d0]")
                 == "t.yaml:6: geoms[0].class: 'nopp': is not a known class; did you mean 'nop'?")
     }
