@@ -163,11 +163,16 @@ struct HostileClientTests {
     /// worker, here a slow disk) left that request to call a freed handler; found by the
     /// whole suite crashing in the done routine. The handler now stays for it.
     @Test func aRequestInFlightKeepsItsHandlerAfterTheClientHangsUp() async throws {
+        // The read is held until the test lets it go, however loaded the machine.
+        let gate = DispatchSemaphore(value: 0)
         let fixture = try await ServerFixture { topology, _ in
-            _ = try SlowDisk.install(in: topology, name: "slow2", delay: .seconds(4))
+            _ = try SlowDisk.install(in: topology, name: "slow2", delay: .zero, gate: gate)
             return [NBDExport(name: "slow", provider: "slow2")]
         }
-        defer { Task { await fixture.stop() } }
+        defer {
+            gate.signal()
+            Task { await fixture.stop() }
+        }
         weak var handler: NBDConnectionHandler?
         do {
             let client = try RawClient(path: fixture.socket)
@@ -192,7 +197,7 @@ struct HostileClientTests {
             Issue.record("the handler was freed with a request in flight")
             return
         }
-        // The disk holds the read 4 s, long past the hang-up even on a loaded machine.
+        gate.signal()
         let released = ContinuousClock.now + .seconds(8)
         while handler != nil && ContinuousClock.now < released { try await Task.sleep(for: .milliseconds(20)) }
         #expect(handler == nil, "the last completion lets the handler go")

@@ -7,31 +7,41 @@ import StrataNBD
 import Synchronization
 import Testing
 
-/// A disk whose requests complete after a delay, on a thread of its own: requests in
-/// flight for as long as a test needs.
+/// A disk whose requests complete after a delay, or whose reads wait until a test lets
+/// them go (`gate`), on a thread of their own: requests in flight for as long as a test
+/// needs.
 final class SlowDisk: Geom, @unchecked Sendable {
     let delay: Duration
+    let gate: DispatchSemaphore?
     let started = Atomic<Int>(0)
 
-    init(name: String, delay: Duration) {
+    init(name: String, delay: Duration, gate: DispatchSemaphore? = nil) {
         self.delay = delay
+        self.gate = gate
         super.init(name: name, className: "SLOW")
     }
 
     override func start(_ bio: consuming ProviderBio) {
         started.wrappingAdd(1, ordering: .relaxed)
+        // With a gate only reads wait, at it: the server's own questions (GETATTR) pass.
+        let gate = bio.command == .read ? self.gate : nil
+        let sleeps = self.gate == nil
         let request = bio.unmanaged()
         let delay = self.delay
         Thread.detachNewThread {
-            Thread.sleep(forTimeInterval: Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
+            if let gate {
+                gate.wait()
+            } else if sleeps {
+                Thread.sleep(forTimeInterval: Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
+            }
             let bio = request.takeProviderBio()
             if bio.command == .read { bio.data.zero() }
             bio.deliverAll()
         }
     }
 
-    static func install(in topology: Topology, name: String, delay: Duration) throws -> SlowDisk {
-        let disk = SlowDisk(name: name, delay: delay)
+    static func install(in topology: Topology, name: String, delay: Duration, gate: DispatchSemaphore? = nil) throws -> SlowDisk {
+        let disk = SlowDisk(name: name, delay: delay, gate: gate)
         try topology.add(disk)
         try topology.createProvider(for: disk, name: name, mediaSize: 1 << 20, sectorSize: 512)
         return disk
