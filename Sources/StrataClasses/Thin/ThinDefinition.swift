@@ -39,6 +39,7 @@ public enum ThinDefinition: ClassDefinition {
             guard parts.count == 2, !parts[0].isEmpty, let size = parseByteSize(parts[1]), size > 0 else {
                 throw SettingError(key: "volumes", value: text, problem: "must list NAME:SIZE items separated by commas (vm1:10g, vm2:20g)")
             }
+            try ThinMetadata.checkName(parts[0], key: "volumes")
             return (parts[0], size)
         }
     }

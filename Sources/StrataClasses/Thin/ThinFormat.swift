@@ -30,14 +30,13 @@ public enum ThinFormat {
 /// A pool's superblock: which commit is current and where its volume table is.
 ///
 /// Layout: magic "STRTHIN1" (8) · CRC-32 (4, over the block with this field zero) ·
-/// version u32 · generation u64 · pool id (16) · chunk size u32 · low-water percent u32 ·
+/// version u32 · generation u64 · pool id (16) · chunk size u32 · 4 zero bytes ·
 /// metadata blocks u64 · data chunks u64 · data start u64 · volume table block u64 ·
 /// next volume id u32 · name length u8 · name (63).
 public struct ThinSuperblock: Equatable, Sendable {
     public var generation: UInt64
     public var poolID: [UInt8]
     public var chunkSize: Int
-    public var lowWaterPercent: Int
     public var metadataBlocks: Int64
     public var dataChunks: Int64
     public var dataStart: Int64
@@ -53,7 +52,7 @@ public struct ThinSuperblock: Equatable, Sendable {
         block.integer(generation)
         block.bytes(poolID)
         block.integer(UInt32(chunkSize))
-        block.integer(UInt32(lowWaterPercent))
+        block.integer(UInt32(0))
         block.integer(UInt64(metadataBlocks))
         block.integer(UInt64(dataChunks))
         block.integer(UInt64(dataStart))
@@ -72,14 +71,14 @@ public struct ThinSuperblock: Equatable, Sendable {
         let generation = reader.integer(UInt64.self)
         let poolID = reader.bytes(16)
         let chunkSize = Int(reader.integer(UInt32.self))
-        let lowWater = Int(reader.integer(UInt32.self))
+        _ = reader.integer(UInt32.self)
         let metadataBlocks = Int64(bitPattern: reader.integer(UInt64.self))
         let dataChunks = Int64(bitPattern: reader.integer(UInt64.self))
         let dataStart = Int64(bitPattern: reader.integer(UInt64.self))
         let volumeTable = reader.integer(UInt64.self)
         let nextVolumeID = reader.integer(UInt32.self)
         guard let name = reader.name() else { return nil }
-        return ThinSuperblock(generation: generation, poolID: poolID, chunkSize: chunkSize, lowWaterPercent: lowWater,
+        return ThinSuperblock(generation: generation, poolID: poolID, chunkSize: chunkSize,
                               metadataBlocks: metadataBlocks, dataChunks: dataChunks, dataStart: dataStart,
                               volumeTable: volumeTable, nextVolumeID: nextVolumeID, name: name)
     }

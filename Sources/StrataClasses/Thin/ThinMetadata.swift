@@ -89,7 +89,7 @@ final class ThinMetadata {
         }
         var id = [UInt8](repeating: 0, count: 16)
         for index in id.indices { id[index] = UInt8.random(in: 0...255) }
-        let superblock = ThinSuperblock(generation: 1, poolID: id, chunkSize: Int(chunkSize), lowWaterPercent: 0,
+        let superblock = ThinSuperblock(generation: 1, poolID: id, chunkSize: Int(chunkSize),
                                         metadataBlocks: metadataBytes / Int64(ThinFormat.blockSize), dataChunks: dataChunks,
                                         dataStart: metadataBytes, volumeTable: 0, nextVolumeID: 1, name: name)
         let block = superblock.encoded()
@@ -369,12 +369,17 @@ final class ThinMetadata {
     func volume(named name: String) -> ThinVolume? { volumes.first { $0.name == name } }
     func volume(id: UInt32) -> ThinVolume? { volumes.first { $0.id == id } }
 
-    private func checkNewName(_ name: String) throws {
+    /// Checks that `name` may name a volume or snapshot.
+    static func checkName(_ name: String, key: String = "name") throws(SettingError) {
         guard !name.isEmpty, name.utf8.count <= ThinFormat.maximumNameLength,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.:+@".contains($0)) }) else {
-            throw SettingError(key: "name", value: name,
+            throw SettingError(key: key, value: name,
                                problem: "must be 1 to \(ThinFormat.maximumNameLength) letters, digits or - _ . : + @")
         }
+    }
+
+    private func checkNewName(_ name: String) throws {
+        try Self.checkName(name)
         guard volume(named: name) == nil else { throw StrataError(.exists, "pool \(superblock.name) has a volume or snapshot named \(name)") }
     }
 
@@ -462,7 +467,6 @@ final class ThinMetadata {
             for (start, count) in mapped {
                 for chunk in start..<(start + count) { unmap(volume, chunk: chunk) }
             }
-            // A partly kept last chunk reads zeros past the end if it grows again.
         }
         volume.size = size
         changed()

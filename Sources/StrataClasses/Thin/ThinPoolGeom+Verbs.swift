@@ -118,7 +118,18 @@ extension ThinPoolGeom {
             guard metadata.hasMetadataRoom(forNodes: 2 * ThinFormat.maximumDepth) else {
                 throw StrataError(.noSpace, "thin pool \(self.name): its metadata area is full")
             }
+            let oldSize = volume.size
             try metadata.resize(volume, to: size)
+            // A volume that grows reads zeros past its old end, though the old end's chunk
+            // may hold bytes past it (written before a shrink).
+            let chunkSize = self.geometry.chunkSize
+            let tail = oldSize % chunkSize
+            if size > oldSize && tail != 0,
+               ThinLookup.entry(root: volume.root.load(ordering: .acquiring), chunk: oldSize / chunkSize) != 0 {
+                try self.write(volume, chunk: oldSize / chunkSize, at: tail, length: chunkSize - tail) { buffer in
+                    buffer.initializeMemory(as: UInt8.self, repeating: 0, count: Int(chunkSize - tail))
+                }
+            }
             try self.commitLogged(metadata)
         }
         if let provider = volume.provider { topology.resize(provider, to: size) }

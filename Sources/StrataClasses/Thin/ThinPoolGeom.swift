@@ -72,6 +72,8 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         guard !provider.isReadOnly else {
             throw StrataError(.readOnly, "\(provider.name) is read-only; a thin pool writes its metadata")
         }
+        // Checked before anything is written: a pool that cannot be made is not formatted.
+        let wantedVolumes = try ThinDefinition.volumes(settings.volumes)
         let pool = ThinPoolGeom(name: name, lowWater: settings.lowWater)
         try topology.add(pool)
         do {
@@ -95,7 +97,7 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
             let metadata = try ThinMetadata.open(consumer, superblock: superblock, epochs: pool.epochs)
             pool.adopt(metadata)
             var created = false
-            for wanted in try ThinDefinition.volumes(settings.volumes) where metadata.volume(named: wanted.name) == nil {
+            for wanted in wantedVolumes where metadata.volume(named: wanted.name) == nil {
                 _ = try metadata.createVolume(wanted.name, size: wanted.size)
                 created = true
             }
@@ -134,9 +136,17 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         }
     }
 
+    /// Empties a slot; the volume it held is let go once every request that may have
+    /// read the slot before has finished (on the metadata thread, which alone waits for
+    /// epochs).
     private func releaseSlot(_ slot: Int) {
         let bits = slots[slot].exchange(0, ordering: .acquiringAndReleasing)
-        if bits != 0 { Unmanaged<ThinVolume>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).release() }
+        guard bits != 0 else { return }
+        let volume = Unmanaged<ThinVolume>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!)
+        _ = try? perform { _ in
+            self.epochs.synchronize()
+            volume.release()
+        }
     }
 
     /// Takes a volume's provider away (deleted): requests fail from now on, and its slot
@@ -174,25 +184,35 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
     }
 
     override public func start(_ bio: consuming ProviderBio) {
+        // In the epoch before the slot is read: a volume taken out of its slot after is
+        // kept for this request (`releaseSlot`), as are the nodes its map leads to.
+        let parity = epochs.enter()
         let volume = volumeBits(at: bio.providerIndex)
         guard volume != 0 else {
+            epochs.leave(parity)
             bio.deliver(.noDevice)
             return
         }
         switch bio.command {
         case .read:
-            read(bio, volume)
+            read(bio, volume, parity)
         case .write:
             let mustCommit = bio.flags.contains(.preflush) || bio.flags.contains(.fua) && uncommitted.load(ordering: .acquiring)
             if mustCommit {
-                enqueue(bio, Self.volume(volume))
+                let retained = Self.volume(volume)
+                epochs.leave(parity)
+                enqueue(bio, retained)
             } else {
-                writeInPlace(bio, volume)
+                writeInPlace(bio, volume, parity)
             }
         case .getattr:
-            attribute(bio, Self.volume(volume))
+            let retained = Self.volume(volume)
+            epochs.leave(parity)
+            attribute(bio, retained)
         case .delete, .writeZeroes, .flush:
-            enqueue(bio, Self.volume(volume))
+            let retained = Self.volume(volume)
+            epochs.leave(parity)
+            enqueue(bio, retained)
         }
     }
 
@@ -220,12 +240,10 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         requestOnFirstConsumer(clone)
     }
 
-    private func read(_ bio: consuming ProviderBio, _ volume: UInt) {
+    private func read(_ bio: consuming ProviderBio, _ volume: UInt, _ parity: Int) {
         let shift = Int64(geometry.chunkShift)
         let first = bio.offset >> shift
         let last = (bio.offset + bio.length - 1) >> shift
-        // In the epoch before the root is read: a root taken out after is kept for us.
-        let parity = epochs.enter()
         let root = Self.root(of: volume)
         if first == last {
             let entry = ThinLookup.entry(root: root, chunk: first)
@@ -275,16 +293,16 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
 
     /// A write whose every chunk the volume owns alone goes straight to them; any other
     /// goes to the metadata thread.
-    private func writeInPlace(_ bio: consuming ProviderBio, _ volume: UInt) {
+    private func writeInPlace(_ bio: consuming ProviderBio, _ volume: UInt, _ parity: Int) {
         let shift = Int64(geometry.chunkShift)
         let first = bio.offset >> shift
         let last = (bio.offset + bio.length - 1) >> shift
-        let parity = epochs.enter()
         let root = Self.root(of: volume)
         if first == last {
             guard let data = ThinLookup.exclusiveChunk(root: root, chunk: first, references: references!) else {
+                let retained = Self.volume(volume)
                 epochs.leave(parity)
-                enqueue(bio, Self.volume(volume))
+                enqueue(bio, retained)
                 return
             }
             guard let clone = bio.clone() else {
@@ -299,8 +317,9 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
             return
         }
         for chunk in first...last where ThinLookup.exclusiveChunk(root: root, chunk: chunk, references: references!) == nil {
+            let retained = Self.volume(volume)
             epochs.leave(parity)
-            enqueue(bio, Self.volume(volume))
+            enqueue(bio, retained)
             return
         }
         var position = bio.offset
@@ -406,6 +425,8 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
 
     struct JobQueue {
         var jobs: [Job] = []
+        /// The metadata thread was started: jobs wait for it from now on.
+        var started = false
         var stopping = false
         var stopped = false
         var thread: pthread_t?
@@ -426,14 +447,15 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
     }
 
     /// Runs `body` with the metadata on the metadata thread and returns what it gives
-    /// (at once when called on that thread).
+    /// (at once when called on that thread, or when there is none: before it starts and
+    /// once it has stopped).
     func perform<Result>(_ body: @escaping (ThinMetadata) throws -> Result) throws -> Result {
         if isMetadataThread { return try body(metadata) }
         let outcome = ThinOutcome<Result>()
         let done = DispatchSemaphore(value: 0)
         let unsafeBody = UnsafeSendable(body)
         let accepted = queue.withLock { queue in
-            guard !queue.stopped else { return false }
+            guard queue.started && !queue.stopped else { return false }
             queue.jobs.append(.task { metadata in
                 outcome.value = Swift.Result { try unsafeBody.value(metadata) }
                 done.signal()
@@ -451,6 +473,7 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
     }
 
     private func startWorker() {
+        queue.withLock { $0.started = true }
         startWorkerThread { [self] in
             queue.withLock { $0.thread = pthread_self() }
             run()
@@ -612,7 +635,7 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
     /// Writes `length` bytes that `fill` puts in a buffer at `inChunk` of virtual chunk
     /// `chunk`: in place if the volume owns the chunk alone, else into a new chunk
     /// (copied from the old one, or zeros) that the map then takes.
-    private func write(_ volume: ThinVolume, chunk: Int64, at inChunk: Int64, length: Int64,
+    func write(_ volume: ThinVolume, chunk: Int64, at inChunk: Int64, length: Int64,
                        fill: (UnsafeMutableRawPointer) -> Void) throws {
         let consumer = consumers[0]
         let root = volume.root.load(ordering: .acquiring)

@@ -149,6 +149,40 @@ import Testing
         #expect(extents.dropFirst().first == BioExtent(offset: Int64(Self.chunk), length: (16 << 20) - Int64(Self.chunk), kind: [.hole, .zero]))
     }
 
+    @Test func resizeKeepsTheDataAndAShrunkTailReadsZerosOnceGrownAgain() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology)
+        _ = try pool.create("vm1", size: 1 << 20, in: topology)
+        let data = Self.pattern(1 << 20, seed: 20)
+        do {
+            let volume = try Self.open(pool, "vm1", in: topology)
+            try await volume.write(data, at: 0)
+            volume.close()
+        }
+        // Growing past what one node reaches adds a level above the old root.
+        _ = try pool.resize("vm1", to: 64 << 30, force: false, in: topology)
+        #expect(topology.provider(named: "tp/vm1")!.mediaSize == 64 << 30)
+        do {
+            let volume = try Self.open(pool, "vm1", in: topology)
+            #expect(try await volume.read(at: 0, count: 1 << 20) == data)
+            try await volume.write(Self.pattern(4096, seed: 21), at: 40 << 30)
+            #expect(try await volume.read(at: 40 << 30, count: 4096) == Self.pattern(4096, seed: 21))
+            #expect(throws: StrataError.self) { _ = try pool.resize("vm1", to: 1 << 20, force: false, in: topology) }
+            volume.close()
+        }
+        // Shrinking unmaps what lies past the end; a tail cut inside a chunk reads zeros
+        // once the volume grows again.
+        _ = try pool.resize("vm1", to: (1 << 20) - 8192, force: false, in: topology)
+        #expect(try pool.list().volumes[0].allocated == 1 << 20)
+        _ = try pool.resize("vm1", to: 2 << 20, force: false, in: topology)
+        let volume = try Self.open(pool, "vm1", in: topology)
+        defer { volume.close() }
+        #expect(try await volume.read(at: 0, count: (1 << 20) - 8192) == Array(data[0..<((1 << 20) - 8192)]))
+        #expect(try await volume.read(at: (1 << 20) - 8192, count: 8192) == [UInt8](repeating: 0, count: 8192))
+        #expect(try pool.check().problems.isEmpty)
+    }
+
     @Test func changedBlocksBetweenSnapshotsComeFromTheMaps() async throws {
         let topology = Topology()
         defer { topology.shutdown() }
