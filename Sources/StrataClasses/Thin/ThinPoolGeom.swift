@@ -660,40 +660,28 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         do {
             let old = ThinLookup.entry(root: root, chunk: chunk)
             let target = geometry.offset(ofChunk: data)
-            if length == geometry.chunkSize || old != 0 {
-                // The whole chunk: the write's bytes over a copy of the old chunk.
-                if length != geometry.chunkSize {
+            if length != geometry.chunkSize {
+                if old != 0 {
+                    // The write's bytes over a copy of the old chunk.
                     try consumer.performSync(.read, offset: geometry.offset(ofChunk: Int64(old - 1)), length: geometry.chunkSize,
                                              buffer: chunkBuffer)
+                } else {
+                    // Zeros around the bytes, in the same write: one request rather than
+                    // zeroing the chunk and then writing into it.
+                    let base = chunkBuffer.baseAddress!
+                    base.initializeMemory(as: UInt8.self, repeating: 0, count: Int(inChunk))
+                    (base + Int(inChunk + length)).initializeMemory(as: UInt8.self, repeating: 0,
+                                                                    count: Int(geometry.chunkSize - inChunk - length))
                 }
-                fill(chunkBuffer.baseAddress! + Int(inChunk))
-                try consumer.performSync(.write, offset: target, length: geometry.chunkSize, buffer: chunkBuffer)
-            } else {
-                // A new chunk partly written: zeros below (cheap where the provider can
-                // punch them), then the bytes.
-                try zeroes(at: target, length: geometry.chunkSize)
-                fill(chunkBuffer.baseAddress!)
-                try consumer.performSync(.write, offset: target + inChunk, length: length,
-                                         buffer: UnsafeMutableRawBufferPointer(rebasing: chunkBuffer[0..<Int(length)]))
             }
+            fill(chunkBuffer.baseAddress! + Int(inChunk))
+            try consumer.performSync(.write, offset: target, length: geometry.chunkSize, buffer: chunkBuffer)
         } catch {
             metadata.unallocate(data)
             throw error
         }
         metadata.map(volume, chunk: chunk, to: data)
         checkLowWater()
-    }
-
-    /// Makes a range of the pool's provider read as zeros: WRITE_ZEROES, or zeros
-    /// written where the provider has no such command.
-    private func zeroes(at offset: Int64, length: Int64) throws {
-        do {
-            try consumers[0].performSync(.writeZeroes, offset: offset, length: length)
-        } catch let error as StrataError where error.code == .notSupported {
-            chunkBuffer.initializeMemory(as: UInt8.self, repeating: 0)
-            try consumers[0].performSync(.write, offset: offset, length: length,
-                                         buffer: UnsafeMutableRawBufferPointer(rebasing: chunkBuffer[0..<Int(length)]))
-        }
     }
 
     private func checkLowWater() {

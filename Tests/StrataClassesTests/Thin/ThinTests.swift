@@ -57,6 +57,31 @@ import Testing
         #expect(list.pool.dataUsed == Int64(4 * Self.chunk))
     }
 
+    @Test func aChunkThatHeldADeletedVolumesDataReadsZerosAroundANewWrite() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology, size: 4 << 20)
+        let chunks = Int(pool.geometry.dataChunks)
+        _ = try pool.create("old", size: 64 << 20, in: topology)
+        let old = try Self.open(pool, "old", in: topology)
+        for index in 0..<chunks { try await old.write([UInt8](repeating: 0xA5, count: Self.chunk), at: Int64(index * Self.chunk)) }
+        try await old.flush()
+        old.close()
+        _ = try pool.delete("old", force: false, in: topology)
+        // Every chunk of the pool held 0xA5: each first write below gets one of them.
+        _ = try pool.create("new", size: 64 << 20, in: topology)
+        let new = try Self.open(pool, "new", in: topology)
+        defer { new.close() }
+        for index in 0..<chunks {
+            let bytes = Self.pattern(4096, seed: index)
+            try await new.write(bytes, at: Int64(index * Self.chunk + 8192))
+            var expected = [UInt8](repeating: 0, count: Self.chunk)
+            expected.replaceSubrange(8192..<(8192 + 4096), with: bytes)
+            #expect(try await new.read(at: Int64(index * Self.chunk), count: Self.chunk) == expected, "chunk \(index)")
+        }
+        #expect(try pool.check().problems.isEmpty)
+    }
+
     @Test func aSnapshotKeepsItsPointInTimeWhileTheOriginChanges() async throws {
         let topology = Topology()
         defer { topology.shutdown() }
