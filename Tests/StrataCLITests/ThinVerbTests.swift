@@ -40,6 +40,49 @@ struct ThinVerbTests {
         (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]) ?? [:]
     }
 
+    /// A second server given the same pool image stops at once, naming the first, and
+    /// writes nothing: no second metadata thread ever commits over the first one's.
+    @Test func aSecondServerOfTheSamePoolStopsAtOnceAndTheFirstGoesOn() throws {
+        let first = try RestartTests.serve(Self.pool, in: NSTemporaryDirectory() + "strata-thin-\(UUID().uuidString.prefix(8))")
+        defer { first.removeDirectory() }
+        #expect(first.waitForOutput("control socket"), "\(first.stderr)")
+        let write = try Self.python("""
+            h = nbd.NBD(); h.connect_uri("\(Self.uri("vol1", first.directory))")
+            h.pwrite(bytes([3]) * (1 << 20), 65536); h.flush(); h.shutdown()
+            """)
+        #expect(write.0 == 0, "\(write)")
+        #expect(try Self.strata(["thin", "snapshot", "tp", "vm1", "s1"], first.directory).0 == 0)
+        let image = URL(fileURLWithPath: first.directory + "/pool.img")
+        let before = try Data(contentsOf: image)
+        let second = try RestartTests.serve("""
+            disks:
+              - {name: d0, file: \(first.directory)/pool.img}
+            geoms:
+              - {name: tp, class: thin, consumers: [d0], volumes: "vm1:32m, vm9:1g"}
+            exports:
+              - {name: vol1, provider: tp/vm1}
+            """, in: NSTemporaryDirectory() + "strata-thin-second-\(UUID().uuidString.prefix(8))")
+        defer {
+            if second.process.isRunning { _ = second.stop(signal: SIGKILL) }
+            second.removeDirectory()
+        }
+        #expect(second.waitForExit() == 1, "\(second.stdout)")
+        #expect(second.stderr.contains("is locked by PID \(first.process.processIdentifier) (strata)"), "\(second.stderr)")
+        #expect(try Data(contentsOf: image) == before, "the second server wrote to the pool")
+        // The first server goes on: its volume, snapshot and metadata as they were.
+        let check = try Self.strata(["thin", "check", "tp"], first.directory)
+        #expect(check.0 == 0 && (Self.json(check.1)["problems"] as? [Any])?.isEmpty == true, "\(check)")
+        let list = try Self.strata(["thin", "list", "tp"], first.directory)
+        let names = (Self.json(list.1)["volumes"] as? [[String: Any]])?.compactMap { $0["name"] as? String }
+        #expect(names == ["vm1", "vm2", "s1"], "\(list)")
+        let read = try Self.python("""
+            h = nbd.NBD(); h.connect_uri("\(Self.uri("vol1", first.directory))")
+            assert h.pread(1 << 20, 65536) == bytes([3]) * (1 << 20); h.shutdown()
+            """)
+        #expect(read.0 == 0, "\(read)")
+        #expect(first.stop() == 0)
+    }
+
     @Test func verbsSnapshotsAndExportsWithRealClientsAndARestart() throws {
         let directory = NSTemporaryDirectory() + "strata-thin-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -34,12 +34,16 @@ public enum ThinDefinition: ClassDefinition {
     /// The volumes a `volumes` setting lists.
     static func volumes(_ text: String?) throws -> [(name: String, size: Int64)] {
         guard let text else { return [] }
+        var names: Set<String> = []
         return try text.split(separator: ",").map { item in
             let parts = item.split(separator: ":", maxSplits: 1).map { $0.trimmingSpaces }
             guard parts.count == 2, !parts[0].isEmpty, let size = parseByteSize(parts[1]), size > 0 else {
                 throw SettingError(key: "volumes", value: text, problem: "must list NAME:SIZE items separated by commas (vm1:10g, vm2:20g)")
             }
             try ThinMetadata.checkName(parts[0], key: "volumes")
+            guard names.insert(parts[0]).inserted else {
+                throw SettingError(key: "volumes", value: text, problem: "names \(parts[0]) twice")
+            }
             return (parts[0], size)
         }
     }

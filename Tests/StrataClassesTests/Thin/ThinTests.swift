@@ -262,6 +262,82 @@ import Testing
         #expect(try pool.check().problems.isEmpty)
     }
 
+    /// Snapshot churn until the metadata area is full: the write or snapshot that finds
+    /// no room fails with ENOSPC and changes nothing; every acknowledged write and every
+    /// snapshot stays; the pool says so in its state, checks sound, comes back from its
+    /// metadata, and takes writes and snapshots again once snapshots are deleted.
+    @Test func fillingTheMetadataAreaWithSnapshotsFailsCleanly() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("thin-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/pool.img"
+        let places: [Int64] = [0, 300, 600, 900].map { Int64($0 * Self.chunk + 4096) }
+        var latest: [Int64: [UInt8]] = [:]
+        var snapshots: [(name: String, contents: [Int64: [UInt8]])] = []
+        var refusal: StrataError?
+        do {
+            let topology = Topology()
+            defer { topology.shutdown() }
+            let disk = try FileDisk.create(in: topology, name: "fd", path: path, size: 128 << 20)
+            let pool = try ThinDefinition.make(name: "tp", consumers: [disk.provider],
+                                               settings: [("metadata-size", "1m"), ("volumes", "vm1:64m")],
+                                               relativeTo: "/", in: topology) as! ThinPoolGeom
+            let volume = try Self.open(pool, "vm1", in: topology)
+            defer { volume.close() }
+            churn: for round in 0..<1000 {
+                for (index, place) in places.enumerated() {
+                    let bytes = Self.pattern(4096, seed: round * 8 + index)
+                    do {
+                        try await volume.write(bytes, at: place, fua: true)
+                        latest[place] = bytes
+                    } catch let error as StrataError {
+                        refusal = error
+                        break churn
+                    }
+                }
+                let before = try pool.list().volumes.map(\.name)
+                do {
+                    _ = try pool.share("vm1", as: "s\(round)", snapshot: true, in: topology)
+                    snapshots.append(("s\(round)", latest))
+                } catch let error as StrataError {
+                    refusal = error
+                    #expect(try pool.list().volumes.map(\.name) == before, "a refused snapshot left nothing behind")
+                    #expect(topology.provider(named: "tp/s\(round)") == nil)
+                    break churn
+                }
+            }
+            #expect(refusal?.code == .noSpace, "the metadata area filled with ENOSPC: \(String(describing: refusal))")
+            #expect(pool.report.state == "OUT OF METADATA SPACE")
+            #expect(snapshots.count > 10)
+            #expect(try pool.check().problems.isEmpty)
+            for (place, bytes) in latest { #expect(try await volume.read(at: place, count: 4096) == bytes) }
+            for snapshot in [snapshots.first!, snapshots.last!] {
+                let device = try Self.open(pool, snapshot.name, in: topology, writable: false)
+                for (place, bytes) in snapshot.contents { #expect(try await device.read(at: place, count: 4096) == bytes) }
+                device.close()
+            }
+        }
+        // Reopened: the same, and room again once half the snapshots are gone.
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disk = try FileDisk.create(in: topology, name: "fd", path: path)
+        let pool = try ThinDefinition.make(name: "tp", consumers: [disk.provider], settings: [], relativeTo: "/", in: topology) as! ThinPoolGeom
+        #expect(try pool.list().volumes.map(\.name) == ["vm1"] + snapshots.map(\.name))
+        #expect(try pool.check().problems.isEmpty)
+        let volume = try Self.open(pool, "vm1", in: topology)
+        defer { volume.close() }
+        for (place, bytes) in latest { #expect(try await volume.read(at: place, count: 4096) == bytes) }
+        for snapshot in snapshots.prefix(snapshots.count / 2) { _ = try pool.delete(snapshot.name, force: false, in: topology) }
+        try await volume.write(Self.pattern(4096, seed: 7777), at: places[0], fua: true)
+        _ = try pool.share("vm1", as: "again", snapshot: true, in: topology)
+        #expect(pool.report.state == "OK")
+        let kept = snapshots.last!
+        let device = try Self.open(pool, kept.name, in: topology, writable: false)
+        for (place, bytes) in kept.contents { #expect(try await device.read(at: place, count: 4096) == bytes) }
+        device.close()
+        #expect(try pool.check().problems.isEmpty)
+    }
+
     @Test func aPoolComesBackFromItsMetadata() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("thin-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -295,7 +371,7 @@ import Testing
         #expect(try pool.check().problems.isEmpty)
     }
 
-    @Test func settingsAndProvidersAreChecked() throws {
+    @Test func settingsAndProvidersAreChecked() async throws {
         let topology = Topology()
         defer { topology.shutdown() }
         let (_, pool) = try Self.pool(in: topology)
@@ -312,6 +388,18 @@ import Testing
         #expect(throws: SettingError.self) {
             _ = try ThinDefinition.make(name: "tp3", consumers: [other.provider], settings: [("chunk-size", "3k")], relativeTo: "/", in: topology)
         }
+        // Settings that cannot make a pool leave a blank provider blank.
+        let blank = try MemoryDisk.create(in: topology, name: "md3", size: 8 << 20)
+        for settings in [[("volumes", "vm1:lots")], [("volumes", "a/b:1m")], [("volumes", "vm1:1m, vm1:2m")],
+                         [("chunk-size", "3k")], [("metadata-size", "64m")]] {
+            #expect(throws: (any Error).self) {
+                _ = try ThinDefinition.make(name: "tp4", consumers: [blank.provider], settings: settings, relativeTo: "/", in: topology)
+            }
+            #expect(topology.geom(named: "tp4") == nil)
+        }
+        let device = try BlockDevice(opening: blank.provider, in: topology, writable: false)
+        defer { device.close() }
+        #expect(try await device.read(at: 0, count: 1 << 20) == [UInt8](repeating: 0, count: 1 << 20), "nothing was formatted")
     }
 
     /// Four threads write their own regions of a volume while snapshots are taken and
