@@ -10,18 +10,18 @@ import StrataControl
 struct ClassCommand<Definition: ClassDefinition>: ParsableCommand {
     static var configuration: CommandConfiguration {
         CommandConfiguration(commandName: Definition.name, abstract: Definition.summary,
-                             usage: "strata \(Definition.name) VERB TARGET [ARGUMENTS] [--OPTION VALUE ...] [--control SOCKET]",
+                             usage: "strata \(Definition.name) VERB TARGET [ARGUMENTS] [--OPTION VALUE ...] [--json] [--control SOCKET]",
                              discussion: verbsHelp)
     }
 
     @OptionGroup var control: ControlOptions
 
-    @Argument(parsing: .allUnrecognized, help: "The verb, its target, its arguments and options.")
+    @Argument(parsing: .allUnrecognized, help: "The verb, its target, its arguments and options; --json prints the answer as JSON.")
     var words: [String] = []
 
     /// Every verb with its arguments and options, for --help.
     static var verbsHelp: String {
-        var lines = ["Verbs:"]
+        var lines = ["Every verb prints its answer as text; with --json, as the control socket's JSON.", "", "Verbs:"]
         for verb in Definition.verbs {
             let target = verb.target == .geom ? Definition.name.uppercased() : "PROVIDER"
             let arguments = ([target] + verb.arguments.map { $0.name.uppercased() }).joined(separator: " ")
@@ -37,7 +37,7 @@ struct ClassCommand<Definition: ClassDefinition>: ParsableCommand {
     }
 
     func run() throws {
-        let (verb, target, arguments, options) = try parse()
+        let (verb, target, arguments, options, json) = try parse()
         var body = options
         for (parameter, value) in zip(verb.arguments, arguments) { body[parameter.name] = value }
         let route = "/v1/\(Definition.name)/\(percentEncoded(target))/\(verb.name)"
@@ -45,13 +45,13 @@ struct ClassCommand<Definition: ClassDefinition>: ParsableCommand {
         let answer = try talkingToServer {
             verb.onlyLooks && body.isEmpty ? try client.get(route) : try client.post(route, json: try JSONEncoder().encode(body))
         }
-        print(String(decoding: answer, as: UTF8.self))
+        print(json ? String(decoding: answer, as: UTF8.self) : VerbAnswer.text(of: answer))
     }
 
     /// The verb, its target, its arguments and its options from the words given, each
     /// option checked against its declaration (a path made absolute here, where it was
-    /// typed).
-    func parse() throws -> (ClassVerb, String, [String], [String: String]) {
+    /// typed), and whether `--json` was given.
+    func parse() throws -> (ClassVerb, String, [String], [String: String], Bool) {
         let verbs = Definition.verbs.map(\.name).joined(separator: ", ")
         guard let name = words.first else { throw ValidationError("give a verb: \(verbs)") }
         guard let verb = Definition.verbs.first(where: { $0.name == name }) else {
@@ -60,7 +60,12 @@ struct ClassCommand<Definition: ClassDefinition>: ParsableCommand {
         var positional: [String] = []
         var options: [String: String] = [:]
         var rest = words.dropFirst()[...]
+        var json = false
         while let word = rest.popFirst() {
+            if word == "--json" {
+                json = true
+                continue
+            }
             guard word.hasPrefix("--") else {
                 positional.append(word)
                 continue
@@ -96,7 +101,7 @@ struct ClassCommand<Definition: ClassDefinition>: ParsableCommand {
         } catch {
             throw FailureExit(message: "\(error)")
         }
-        return (verb, positional[0], Array(positional.dropFirst()), options)
+        return (verb, positional[0], Array(positional.dropFirst()), options, json)
     }
 }
 

@@ -29,14 +29,14 @@ struct PowerCutVerbTests {
             """])
         #expect(client.1.contains("ok"), "\(client)")
 
-        let show = try runProgram(strataBinary, ["powercut", "show", "pc0", "--control", control])
+        let show = try runProgram(strataBinary, ["powercut", "show", "pc0", "--json", "--control", control])
         let log = try JSONSerialization.jsonObject(with: Data(show.1.utf8)) as? [String: Any]
         let entries = try #require(log?["entries"] as? Int, "\(show)")
         #expect(entries >= 3 && log?["disks"] as? [String] == ["pc0"] && log?["dataBytes"] as? Int == 131072, "\(show)")
 
         let out = server.directory + "/crash"
         let images = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", out, "--from", "\(entries)",
-                                                   "--subsets", "2", "--control", control])
+                                                   "--subsets", "2", "--json", "--control", control])
         #expect(images.0 == 0 && images.1.contains("\"states\" : 2"), "\(images)")
         let states = String(decoding: FileManager.default.contents(atPath: out + "/states.txt") ?? Data(), as: UTF8.self)
         #expect(states.hasPrefix("00001 crash at \(entries)"), "\(states)")

@@ -114,7 +114,7 @@ struct RuntimeChangeTests {
         #expect(fromDump.waitForOutput("control socket"), "\(fromDump.stderr)")
         let running2 = try geoms(control).filter { !$0.hasPrefix("nbd/") }
         #expect(running2 == ["d0:FILE", "d1:FILE", "m0:MEMORY", "n9:NOP"], "\(running2)")
-        #expect(try strata(control, ["nop", "show", "n9"]).1.contains("\"delay-ms\" : 1"))
+        #expect(try strata(control, ["nop", "show", "n9", "--json"]).1.contains("\"delay-ms\" : 1"))
         #expect(fromDump.stop() == 0)
     }
 

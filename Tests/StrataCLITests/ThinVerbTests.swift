@@ -20,7 +20,8 @@ struct ThinVerbTests {
     }
 
     static func strata(_ arguments: [String], _ directory: String) throws -> (Int32, String, String) {
-        try runProgram(strataBinary, arguments + ["--control", directory + "/control.sock"])
+        // A class verb's answer as JSON, to be read here.
+        try runProgram(strataBinary, arguments + (arguments.first == "thin" ? ["--json"] : []) + ["--control", directory + "/control.sock"])
     }
 
     static func python(_ script: String) throws -> (Int32, String, String) {
@@ -122,6 +123,13 @@ struct ThinVerbTests {
         #expect(volumes.map { $0["name"] as? String } == ["vm1", "vm2", "s1", "c1"], "\(list)")
         #expect(volumes.first { $0["name"] as? String == "c1" }?["parent"] as? String == "s1", "\(list)")
         #expect(volumes.first { $0["name"] as? String == "vm1" }?["allocated"] as? Int == (2 << 20) + 65536, "\(list)")
+        // Without --json: the pool's fields, then a table of volumes, sizes in units.
+        let text = try runProgram(strataBinary, ["thin", "list", "tp", "--control", directory + "/control.sock"])
+        let lines = text.1.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
+        #expect(lines.contains("chunk-size: 64KiB") && lines.contains("state: OK") && lines.contains("volumes:"), "\(text)")
+        #expect(lines.contains("NAME ALLOCATED CREATED KIND PARENT PROVIDER SHARED SIZE"), "\(text)")
+        #expect(lines.contains { $0.hasPrefix("vm1 2.1MiB ") && $0.hasSuffix(" volume - tp/vm1 1.9MiB 32MiB") }, "\(text)")
+        #expect(lines.contains { $0.hasPrefix("c1 2MiB ") && $0.hasSuffix(" volume s1 tp/c1 2MiB 32MiB") }, "\(text)")
         // Refusals, each with its reason.
         let holder = try Self.python("""
             import time
