@@ -240,6 +240,27 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         requestOnFirstConsumer(clone)
     }
 
+    /// Sends each piece of `bio` (one per chunk) whose chunk `root` maps to its data
+    /// chunk, and hands the others to `unmapped`: whether any piece went down, and the
+    /// bytes of those that did not.
+    @inline(__always)
+    private func sendMappedPieces(of bio: borrowing ProviderBio, root: UInt64,
+                                  unmapped: (_ relative: Int64, _ length: Int64) -> Void) -> (sent: Bool, unmappedBytes: Int64) {
+        var sent = false
+        var unmappedBytes: Int64 = 0
+        forEachPiece(of: bio) { chunk, _, length, relative in
+            let entry = ThinLookup.entry(root: root, chunk: chunk)
+            if entry == 0 {
+                unmapped(relative, length)
+                unmappedBytes += length
+            } else {
+                sendPiece(of: bio, relative: relative, length: length, toChunk: Int64(entry - 1))
+                sent = true
+            }
+        }
+        return (sent, unmappedBytes)
+    }
+
     private func read(_ bio: consuming ProviderBio, _ volume: UInt, _ parity: Int) {
         let shift = Int64(geometry.chunkShift)
         let first = bio.offset >> shift
@@ -263,22 +284,8 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
             passOnToFirstConsumer(bio, clone)
             return
         }
-        var zeroed: Int64 = 0
-        var sent = false
-        var position = bio.offset
-        let end = bio.offset + bio.length
-        while position < end {
-            let chunk = position >> shift
-            let pieceEnd = min(end, (chunk + 1) << shift)
-            let entry = ThinLookup.entry(root: root, chunk: chunk)
-            if entry == 0 {
-                bio.data.slice(offset: Int(position - bio.offset), count: Int(pieceEnd - position)).zero()
-                zeroed += pieceEnd - position
-            } else {
-                sendPiece(of: bio, relative: position - bio.offset, length: pieceEnd - position, toChunk: Int64(entry - 1))
-                sent = true
-            }
-            position = pieceEnd
+        let (sent, zeroed) = sendMappedPieces(of: bio, root: root) { relative, length in
+            bio.data.slice(offset: Int(relative), count: Int(length)).zero()
         }
         epochs.leave(parity)
         if sent {
@@ -322,24 +329,9 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
             enqueue(bio, retained)
             return
         }
-        var position = bio.offset
-        let end = bio.offset + bio.length
-        var dropped: Int64 = 0
-        var sent = false
-        while position < end {
-            let chunk = position >> shift
-            let pieceEnd = min(end, (chunk + 1) << shift)
-            let entry = ThinLookup.entry(root: root, chunk: chunk)
-            if entry == 0 {
-                // Unmapped since the test above by a TRIM racing this write: the bytes go
-                // as if the TRIM had come after.
-                dropped += pieceEnd - position
-            } else {
-                sendPiece(of: bio, relative: position - bio.offset, length: pieceEnd - position, toChunk: Int64(entry - 1))
-                sent = true
-            }
-            position = pieceEnd
-        }
+        // A piece unmapped since the test above, by a TRIM racing this write, is dropped:
+        // its bytes go as if the TRIM had come after.
+        let (sent, dropped) = sendMappedPieces(of: bio, root: root) { _, _ in }
         epochs.leave(parity)
         if sent {
             bio.addCompleted(dropped)
@@ -580,6 +572,7 @@ public final class ThinPoolGeom: Geom, @unchecked Sendable {
         }
     }
 
+    @inline(__always)
     private func forEachPiece(of bio: borrowing ProviderBio,
                               _ body: (_ chunk: Int64, _ inChunk: Int64, _ length: Int64, _ relative: Int64) throws -> Void) rethrows {
         let shift = Int64(geometry.chunkShift)
