@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     ],
     targets: [
         // The request system and the topology. Imports the toolchain only.
@@ -44,8 +46,8 @@ let package = Package(
         // The numbers of the NBD protocol and the listen address, which the server and
         // the client share. Imports the toolchain only.
         .target(name: "StrataNBDProtocol", swiftSettings: strictSwift),
-        // The NBD server: its wire codec and the connections (SwiftNIO, like the control
-        // socket below).
+        // The NBD server: its wire codec, the connections (SwiftNIO, like the control
+        // socket below) and TLS (swift-nio-ssl; swift-asn1 reads client certificates' names).
         .target(name: "StrataNBD", dependencies: [
             "Strata",
             "CStrataSystem",
@@ -53,6 +55,9 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),
         // The NBD client: its wire codec, the handshake and requests over one connection

@@ -33,6 +33,9 @@ public struct Configuration: Sendable, Equatable {
     /// How long a stop waits for clients to finish and requests in flight to complete
     /// (`shutdown-grace`, seconds); what is still in flight then is logged and left.
     public var shutdownGrace: Duration = Configuration.defaultShutdownGrace
+    /// TLS on the NBD listeners (`tls`, `tls-certificates`, `tls-verify-peer`,
+    /// `tls-psk-file`), paths absolute; the files are read when the server starts.
+    public var tls = NBDTLSSettings()
 
     /// Where a path given through the control socket may lie: the data directory, then
     /// `writable-directories`.
@@ -192,15 +195,18 @@ public struct ExportSpec: Sendable, Equatable {
     public var readOnly: Bool?
     public var description: String?
     public var isDefault: Bool
+    /// The names TLS must prove to open it (`tls-allow`); empty: anyone.
+    public var tlsAllow: [String]
     public var line: Int?
 
     public init(name: String, provider: String, readOnly: Bool? = nil, description: String? = nil,
-                isDefault: Bool = false, line: Int? = nil) {
+                isDefault: Bool = false, tlsAllow: [String] = [], line: Int? = nil) {
         self.name = name
         self.provider = provider
         self.readOnly = readOnly
         self.description = description
         self.isDefault = isDefault
+        self.tlsAllow = tlsAllow
         self.line = line
     }
 }
@@ -220,6 +226,6 @@ extension ExportSpec {
             throw StrataError(.readOnly, "export \(name): provider \(provider) is read-only, so the export cannot be writable; leave read-only out or set it to true")
         }
         return NBDExport(name: name, provider: provider, readOnly: readOnly ?? providerIsReadOnly, description: description,
-                         isDefault: isDefault)
+                         isDefault: isDefault, tlsAllow: tlsAllow)
     }
 }

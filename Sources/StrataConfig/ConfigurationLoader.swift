@@ -42,11 +42,12 @@ public struct ConfigurationLoader {
     }
 
     static let topKeys = ["listen", "control", "control-group", "data-directory", "writable-directories", "limits", "busy-poll-us",
-                          "shutdown-grace", "disks", "geoms", "exports", "withdrawn"]
+                          "shutdown-grace", "tls", "tls-certificates", "tls-verify-peer", "tls-psk-file", "disks", "geoms",
+                          "exports", "withdrawn"]
     static let changeKeys = ["disks", "geoms", "exports", "removed", "removed-exports"]
     static let limitKeys = ["requests", "connection-bytes", "server-bytes", "max-request", "connections", "handshake-seconds"]
     static let geomKeys = ["name", "class", "consumers"]
-    static let exportKeys = ["name", "provider", "read-only", "description", "default"]
+    static let exportKeys = ["name", "provider", "read-only", "description", "default", "tls-allow"]
 
     private func configuration(from root: Node) throws -> Configuration {
         let top = try mapping(root, key: "(top level)")
@@ -82,6 +83,8 @@ public struct ConfigurationLoader {
         if let node = top["busy-poll-us"] {
             busyPoll = .microseconds(try value(node, key: "busy-poll-us").integer(in: 0...1000))
         }
+
+        let tls = try self.tls(top)
 
         var names: [String: String] = [:]
         func claim(_ name: String, _ node: Node, _ key: String, as kind: String) throws {
@@ -121,7 +124,31 @@ public struct ConfigurationLoader {
         return Configuration(file: file, listen: listen, control: control, controlGroup: controlGroup,
                              writableDirectories: writableDirectories, dataDirectory: dataDirectory, directory: baseDirectory,
                              disks: disks, geoms: geoms, withdrawn: withdrawn, exports: exports,
-                             limits: limits, busyPoll: busyPoll, shutdownGrace: shutdownGrace)
+                             limits: limits, busyPoll: busyPoll, shutdownGrace: shutdownGrace, tls: tls)
+    }
+
+    /// The TLS keys: a mode, and with TLS on, either a certificates directory or a PSK
+    /// file (whose contents are read when the server starts).
+    private func tls(_ top: OrderedFields) throws -> NBDTLSSettings {
+        var settings = NBDTLSSettings()
+        if let node = top["tls"] {
+            let text = try scalar(node, key: "tls")
+            guard let mode = NBDTLSMode(rawValue: text) else { throw error(node, "tls", text, "must be off, allow or require") }
+            settings.mode = mode
+        }
+        settings.certificates = try top["tls-certificates"].map { absolutePath(try scalar($0, key: "tls-certificates"), relativeTo: baseDirectory) }
+        settings.pskFile = try top["tls-psk-file"].map { absolutePath(try scalar($0, key: "tls-psk-file"), relativeTo: baseDirectory) }
+        settings.verifyPeer = try top["tls-verify-peer"].map { try boolean($0, key: "tls-verify-peer") } ?? false
+        if settings.certificates != nil, settings.pskFile != nil, let node = top["tls-psk-file"] {
+            throw error(node, "tls-psk-file", settings.pskFile, "cannot be given with tls-certificates: a server uses one kind of credentials")
+        }
+        if settings.verifyPeer, settings.certificates == nil, let node = top["tls-verify-peer"] {
+            throw error(node, "tls-verify-peer", "true", "needs tls-certificates (its ca-cert.pem checks the clients' certificates)")
+        }
+        if settings.mode != .off, settings.certificates == nil, settings.pskFile == nil, let node = top["tls"] {
+            throw error(node, "tls", settings.mode.rawValue, "needs tls-certificates or tls-psk-file")
+        }
+        return settings
     }
 
     /// Reads a state file: the changes made at run time (`TopologyChanges`).
@@ -274,8 +301,13 @@ public struct ConfigurationLoader {
         let readOnly = try fields["read-only"].map { try boolean($0, key: "\(path).read-only") }
         let isDefault = try fields["default"].map { try boolean($0, key: "\(path).default") } ?? false
         let description = try fields["description"].map { try scalar($0, key: "\(path).description") }
+        let tlsAllow = try list(fields["tls-allow"], key: "\(path).tls-allow").enumerated().map { index, item in
+            let text = try scalar(item, key: "\(path).tls-allow[\(index)]")
+            guard !text.isEmpty else { throw error(item, "\(path).tls-allow[\(index)]", text, "must be a PSK identity or a distinguished name") }
+            return text
+        }
         return ExportSpec(name: name, provider: provider, readOnly: readOnly, description: description,
-                          isDefault: isDefault, line: line(node))
+                          isDefault: isDefault, tlsAllow: tlsAllow, line: line(node))
     }
 
     // MARK: Node helpers

@@ -122,6 +122,14 @@ public final class RunningTopology: Sendable {
     }
 
     /// Serves one more export (`strata export add`).
+    /// Reads the TLS credential files of the topology file again (`strata tls reload`).
+    /// - Returns: what the credentials now are.
+    /// - Throws: `NBDTLSError` naming a file that would not do (the old credentials stay),
+    ///   `StrataError` when the server serves no TLS.
+    public func reloadTLS() throws -> String {
+        try server.reloadTLS(configuration.tls)
+    }
+
     public func addExport(_ spec: ExportSpec) throws {
         if spec.isDefault, let other = server.exports.first(where: \.isDefault) {
             throw StrataError(.exists, "\(other.name) is the default export already")
@@ -186,6 +194,14 @@ public final class RunningTopology: Sendable {
                                  ("max-request", Node(formatByteSize(Int64(limits.maximumRequest))))])),
             ]
             if let group = configuration.controlGroup { header.insert(("control-group", Node(group.name)), at: 2) }
+            // The files' paths only: what they hold stays in them.
+            let tls = configuration.tls
+            if tls.mode != .off || tls.certificates != nil || tls.pskFile != nil {
+                header.append(("tls", Node(server.tlsMode.rawValue)))
+                if let directory = tls.certificates { header.append(("tls-certificates", Node(directory))) }
+                if tls.verifyPeer { header.append(("tls-verify-peer", "true")) }
+                if let file = tls.pskFile { header.append(("tls-psk-file", Node(file))) }
+            }
             if !configuration.writableDirectories.isEmpty {
                 header.append(("writable-directories", .sequence(Node.Sequence(configuration.writableDirectories.map { Node($0) }, .implicit, .flow))))
             }
@@ -212,7 +228,7 @@ public final class RunningTopology: Sendable {
             changes.geoms = transforms
             changes.exports = server.exports.map {
                 ExportSpec(name: $0.name, provider: $0.provider, readOnly: $0.readOnly ? true : nil, description: $0.description,
-                           isDefault: $0.isDefault)
+                           isDefault: $0.isDefault, tlsAllow: $0.tlsAllow)
             }
             return text + changes.entriesYAML
         }

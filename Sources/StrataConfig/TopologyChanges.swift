@@ -144,6 +144,7 @@ extension ExportSpec {
         if readOnly == true { pairs.append(("read-only", "true")) }
         if let description { pairs.append(("description", Node(description))) }
         if isDefault { pairs.append(("default", "true")) }
+        if !tlsAllow.isEmpty { pairs.append(("tls-allow", .sequence(Node.Sequence(tlsAllow.map { Node($0) }, .implicit, .flow)))) }
         return .mapping(Node.Mapping(pairs, .implicit, .flow))
     }
 }

@@ -66,7 +66,9 @@ public struct ControlClient: Sendable {
         let body = response[split.upperBound...]
         let status = head.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
         guard status == 200 else {
-            throw Failure(description: "\(route): \(status): \(String(decoding: body, as: UTF8.self))")
+            // The server's message as words, not as the JSON that carried it.
+            let message = (try? JSONDecoder().decode([String: String].self, from: body))?["error"]
+            throw Failure(description: "\(route): \(status): \(message ?? String(decoding: body, as: UTF8.self))")
         }
         return Data(body)
     }

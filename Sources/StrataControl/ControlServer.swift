@@ -141,7 +141,7 @@ public final class ControlServer: Sendable {
         case (.GET, "/metrics"): return (.ok, "text/plain; version=0.0.4", Data(metrics.scrape(StatsReport(topology), server: serverGauges())))
         default: break
         }
-        if parts.count >= 2, parts[0] == "v1", ["geoms", "exports", "config"].contains(parts[1]) {
+        if parts.count >= 2, parts[0] == "v1", ["geoms", "exports", "config", "tls"].contains(parts[1]) {
             return change(Array(parts.dropFirst()), method: method, body: body)
         }
         if parts.count == 3 || parts.count == 4, parts[0] == "v1", let definition = ClassRegistry.named(parts[1]) {
@@ -150,7 +150,7 @@ public final class ControlServer: Sendable {
         if ["/v1/topology", "/v1/status", "/v1/stats", "/v1/classes", "/metrics"].contains(route) {
             return failure(.methodNotAllowed, "only GET is served on \(route)")
         }
-        return failure(.notFound, "no route \(route) (routes: /v1/topology, /v1/status, /v1/stats, /v1/classes, /metrics, /v1/CLASS/NAME[/VERB], /v1/geoms, /v1/exports, /v1/config)")
+        return failure(.notFound, "no route \(route) (routes: /v1/topology, /v1/status, /v1/stats, /v1/classes, /metrics, /v1/CLASS/NAME[/VERB], /v1/geoms, /v1/exports, /v1/config, /v1/tls/reload)")
     }
 
     /// Run-time changes of the topology: `POST /v1/geoms`, `POST /v1/geoms/NAME/destroy`,
@@ -172,8 +172,11 @@ public final class ControlServer: Sendable {
             case (.POST, 1, "exports", _):
                 let request = try JSONDecoder().decode(ExportRequest.self, from: body)
                 try running.addExport(ExportSpec(name: request.name, provider: request.provider, readOnly: request.readOnly,
-                                                 description: request.description, isDefault: request.isDefault ?? false))
+                                                 description: request.description, isDefault: request.isDefault ?? false,
+                                                 tlsAllow: request.tlsAllow ?? []))
                 return json(["added": request.name])
+            case (.POST, 2, "tls", "reload"):
+                return json(["credentials": try running.reloadTLS()])
             case (.POST, 3, "exports", "remove"):
                 try running.removeExport(named: parts[1], force: try JSONDecoder().decode(ForceRequest.self, from: body.isEmpty ? Data("{}".utf8) : body).force ?? false)
                 return json(["removed": parts[1]])
@@ -188,6 +191,8 @@ public final class ControlServer: Sendable {
             return failure(.badRequest, "\(error)")
         } catch let error as StrataError {
             return failure(error.code == .noDevice ? .notFound : .conflict, "\(error)")
+        } catch let error as NBDTLSError {
+            return failure(.conflict, "\(error); the credentials in use stay")
         } catch {
             return failure(.internalServerError, "\(error)")
         }
@@ -266,14 +271,17 @@ struct GeomRequest: Decodable {
     var settings: [String: VerbBody.Scalar]?
 }
 
-/// `POST /v1/exports`: `{"name", "provider", "read-only", "description", "default"}`.
+/// `POST /v1/exports`: `{"name", "provider", "read-only", "description", "default", "tls-allow"}`.
 struct ExportRequest: Decodable {
     var name: String
     var provider: String
     var readOnly: Bool?
     var description: String?
     var isDefault: Bool?
-    enum CodingKeys: String, CodingKey { case name, provider, readOnly = "read-only", description, isDefault = "default" }
+    var tlsAllow: [String]?
+    enum CodingKeys: String, CodingKey {
+        case name, provider, readOnly = "read-only", description, isDefault = "default", tlsAllow = "tls-allow"
+    }
 }
 
 /// The body of a destroy or remove: `{"force": true}`, or nothing.

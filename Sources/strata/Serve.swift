@@ -40,9 +40,33 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Option(name: .long, help: "off, allow or require: TLS for NBD clients (replaces the file's `tls`; the credentials come from the file).")
+    var tls: String?
+
+    /// The TLS credentials the file names, read now, with `mode` (from --tls) in place of
+    /// the file's; nil with TLS off.
+    static func tlsCredentials(_ configuration: Configuration, mode: NBDTLSMode?) throws -> NBDTLSCredentials? {
+        var settings = configuration.tls
+        if let mode { settings.mode = mode }
+        guard settings.mode != .off else { return nil }
+        guard settings.certificates != nil || settings.pskFile != nil else {
+            throw FailureExit(message: "\(configuration.file): --tls \(settings.mode.rawValue) needs tls-certificates or tls-psk-file in the topology file")
+        }
+        do {
+            return try NBDTLSCredentials.load(settings)
+        } catch let error as NBDTLSError {
+            let key = settings.pskFile != nil ? "tls-psk-file" : "tls-certificates"
+            let value = settings.pskFile ?? settings.certificates!
+            throw FailureExit(message: "\(configuration.file): \(key): '\(value)': \(error)")
+        }
+    }
+
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        if let tls, NBDTLSMode(rawValue: tls) == nil {
+            throw ValidationError("--tls '\(tls)' is not one of off, allow, require")
         }
         for url in listen where ListenURL(url) == nil {
             throw ValidationError("--listen '\(url)' is not tcp://HOST:PORT or unix:///absolute/path")
@@ -72,6 +96,7 @@ struct Serve: AsyncParsableCommand {
             throw FailureExit(message: "\(error)")
         }
         if !listen.isEmpty { configuration.listen = listen.compactMap(ListenURL.init) }
+        let credentials = try Self.tlsCredentials(configuration, mode: tls.flatMap(NBDTLSMode.init))
         // Every connection is a descriptor; the disks, listeners and the control socket
         // need theirs even when NBD clients fill the cap.
         let reserve = 128
@@ -96,7 +121,7 @@ struct Serve: AsyncParsableCommand {
         }
 
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"),
-                                  limits: configuration.limits, busyPoll: configuration.busyPoll)
+                                  limits: configuration.limits, busyPoll: configuration.busyPoll, tls: credentials)
         let running = RunningTopology(topology: topology, server: server, configuration: configuration, changes: changes)
         let controlLogger = Logger(label: "strata.control")
         let control = ControlServer(topology: topology, running: running,
@@ -130,8 +155,11 @@ struct Serve: AsyncParsableCommand {
             topology.shutdown()
             throw FailureExit(message: "cannot start: \(error)")
         }
-        for url in configuration.listen where !url.isLoopback && manager.descriptors.isEmpty {
-            logger.warning("listening on \(url), which is not loopback: NBD has no authentication")
+        if let credentials {
+            logger.info("TLS \(credentials.mode.rawValue): \(credentials.summary)")
+        }
+        for url in configuration.listen where !url.isLoopback && manager.descriptors.isEmpty && server.tlsMode != .require {
+            logger.warning("listening on \(url), which is not loopback, without tls: require: NBD has no authentication without TLS")
         }
         server.accept()
         // For the report of a stop that outlives its grace, should the topology's lock be

@@ -11,7 +11,7 @@ struct StrataCommand: AsyncParsableCommand {
         as export disk0 on nbd://127.0.0.1:10809. Then: nbdinfo nbd://127.0.0.1:10809
         """,
         // Then a command for each class with verbs: strata nop configure, strata part add, …
-        subcommands: [Serve.self, List.self, Status.self, Stat.self, Bench.self, GeomCommand.self, ExportCommand.self,
+        subcommands: [Serve.self, List.self, Status.self, Stat.self, Bench.self, GeomCommand.self, ExportCommand.self, TLSCommand.self,
                       ConfigCommand.self]
             + registeredClasses.filter { !$0.verbs.isEmpty }.map { $0.command },
         defaultSubcommand: nil)

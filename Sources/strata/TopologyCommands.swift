@@ -72,12 +72,15 @@ struct ExportCommand: ParsableCommand {
         @Flag(name: .long, help: "Refuse writes (the default for a read-only provider).") var readOnly = false
         @Option(name: .long, help: "What nbdinfo --list shows.") var description: String?
         @Flag(name: .long, help: "Answer the empty export name.") var `default` = false
+        @Option(name: .long, help: "A client name TLS must prove to open it (a PSK identity or a certificate's distinguished name); repeatable.")
+        var tlsAllow: [String] = []
 
         func run() throws {
             var body: [String: Any] = ["name": name, "provider": provider, "default": `default`]
             // Left out, the server decides: read-only for a read-only provider.
             if readOnly { body["read-only"] = true }
             if let description { body["description"] = description }
+            if !tlsAllow.isEmpty { body["tls-allow"] = tlsAllow }
             let client = try control.client()
             print(String(decoding: try talkingToServer { try client.post("/v1/exports", json: try JSONSerialization.data(withJSONObject: body)) },
                          as: UTF8.self))
@@ -95,6 +98,23 @@ struct ExportCommand: ParsableCommand {
             let body = try JSONSerialization.data(withJSONObject: ["force": force])
             print(String(decoding: try talkingToServer { try client.post("/v1/exports/\(percentEncoded(name))/remove", json: body) },
                          as: UTF8.self))
+        }
+    }
+}
+
+/// `strata tls reload`.
+struct TLSCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tls", abstract: "The running server's TLS credentials.", subcommands: [Reload.self])
+
+    struct Reload: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Read the certificates or the PSK file again: connections that start TLS from now on use them. A file that does not do is reported and the old credentials stay.")
+        @OptionGroup var control: ControlOptions
+
+        func run() throws {
+            let client = try control.client()
+            print(String(decoding: try talkingToServer { try client.post("/v1/tls/reload", json: Data("{}".utf8)) }, as: UTF8.self))
         }
     }
 }

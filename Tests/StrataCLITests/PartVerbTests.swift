@@ -6,7 +6,7 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct PartVerbTests {
     func part(_ control: String, _ words: [String]) throws -> (Int32, String, String) {
-        try runProgram(strataBinary, ["part"] + words + ["--control", control])
+        try runProgram(strataBinary, ["part"] + words + ["--json", "--control", control])
     }
 
     func providers(_ control: String) throws -> [String] {

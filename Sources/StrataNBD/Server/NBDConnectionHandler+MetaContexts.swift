@@ -46,6 +46,7 @@ extension NBDConnectionHandler {
         guard let served = core.export(named: name) else {
             return reject(option: code, .errorUnknown, "no export named '\(name)'")
         }
+        if let refusal = refusal(of: served) { return reject(option: code, refusal.reply, refusal.message) }
         let query = MetaContextQuery(option: code, selects: set, export: served, queries: queries)
         guard MetaContextCatalog.needsBitmaps(queries, listing: !set) else {
             return answer(query, from: MetaContextCatalog())

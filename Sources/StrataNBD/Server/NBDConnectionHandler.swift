@@ -26,7 +26,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     // access to a class's stored property at run time (a thread-local lookup and a
     // record per access, about a tenth of the event loop's time under 4 KiB I/O);
     // the single-thread confinement is what keeps the accesses apart.
-    @exclusivity(unchecked) private var input: NBDServerInput
+    @exclusivity(unchecked) var input: NBDServerInput
     @exclusivity(unchecked) var context: ChannelHandlerContext?
     /// The channel's allocator and writability, kept here as they change (set when the
     /// handler is added, and on every writability change) rather than asked of the
@@ -52,6 +52,8 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// A LIST or SET_META_CONTEXT whose export's provider has not listed its dirty
     /// bitmaps yet. Options are not read meanwhile (`session.paused`).
     @exclusivity(unchecked) var awaitedMetaContext: MetaContextQuery?
+    /// Where TLS stands on this connection (`NBD_OPT_STARTTLS`).
+    @exclusivity(unchecked) var tls = ConnectionTLS.plain
 
     // Transmission state.
     @exclusivity(unchecked) var served: ServedExport?
@@ -168,6 +170,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         flushing.inputBegan()
         input.process(bytes) { message in handle(message) }
         flushing.inputEnded()
+        if case .starting = tls { beginTLS() }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -234,7 +237,11 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.info("connection error, closing", metadata: ["error": "\(error)"])
+        if case .handshaking = tls {
+            core.tlsHandshakeFailed(peer: peer, error: error, logger: logger)
+        } else {
+            logger.info("connection error, closing", metadata: ["error": "\(error)"])
+        }
         close(.now)
     }
 
@@ -267,6 +274,14 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     // MARK: Option haggling
 
     private func handleOption(code: UInt32, data: ByteBuffer) {
+        if core.tlsMode == .require, !tls.isUp, code != NBDOption.startTLS.rawValue, code != NBDOption.abort.rawValue {
+            guard code != NBDOption.exportName.rawValue else {
+                // EXPORT_NAME has no error reply: all the server can do is hang up.
+                logger.notice("refused EXPORT_NAME before TLS")
+                return close(.now)
+            }
+            return reject(option: code, .errorTLSRequired, "TLS is required: send STARTTLS first")
+        }
         guard let option = NBDOption(rawValue: code) else {
             reject(option: code, .errorUnsupported, "option \(code) is not supported")
             return
@@ -279,7 +294,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             close(.afterWrites)
         case .list:
             guard data.readableBytes == 0 else { return reject(option: code, .errorInvalid, "LIST takes no data") }
-            for served in core.exports {
+            for served in core.exports where refusal(of: served) == nil {
                 // The name, then (the spec's "details") the description, which
                 // `nbdinfo --list` shows.
                 let name = Array(served.export.name.utf8)
@@ -292,7 +307,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
             }
             sendOptionReply(code, .ack)
         case .startTLS:
-            reject(option: code, .errorUnsupported, "TLS is not available on this server")
+            startTLS(code: code, data: data)
         case .info, .go:
             infoOrGo(code: code, data: data, go: option == .go)
         case .structuredReply:
@@ -316,7 +331,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     private func exportName(_ data: ByteBuffer) {
         var data = data
         let name = data.readString(length: data.readableBytes) ?? ""
-        guard !extendedHeaders, let served = core.export(named: name) else {
+        guard !extendedHeaders, let served = core.export(named: name), refusal(of: served) == nil else {
             // EXPORT_NAME has no error reply: all the server can do is hang up.
             logger.notice("refused EXPORT_NAME", metadata: ["export": "\(name)"])
             close(.now)
@@ -342,6 +357,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         guard let served = core.export(named: name) else {
             return reject(option: code, .errorUnknown, "no export named '\(name)'")
         }
+        if let refusal = refusal(of: served) { return reject(option: code, refusal.reply, refusal.message) }
         if go, core.isStopping {
             return reject(option: code, .errorShutdown, "the server is shutting down")
         }

@@ -12,14 +12,20 @@ public struct NBDExport: Sendable {
     public var description: String?
     /// Answers the empty name. When no export says so, the first one does.
     public var isDefault: Bool
+    /// The clients that may open it, by the name TLS proved (a PSK identity, or the
+    /// distinguished name of a certificate the CA signed); empty lets any client in,
+    /// over TLS or not as the server's mode allows. An export with names is served
+    /// over TLS only.
+    public var tlsAllow: [String]
 
     public init(name: String, provider: String, readOnly: Bool = false, description: String? = nil,
-                isDefault: Bool = false) {
+                isDefault: Bool = false, tlsAllow: [String] = []) {
         self.name = name
         self.provider = provider
         self.readOnly = readOnly
         self.description = description
         self.isDefault = isDefault
+        self.tlsAllow = tlsAllow
     }
 }
 

@@ -59,8 +59,11 @@ public final class NBDServer: Sendable {
     ///   polls. `strata serve` polls for 50 µs unless told otherwise.
     /// - Throws: `StrataError` naming an export whose provider does not exist, two
     ///   exports with one name, or a maximum request outside `NBDLimits.maximumRequestRange`.
+    /// - Parameter tls: the credentials clients may start TLS with, and whether they
+    ///   must (`NBDTLSCredentials.load`); nil serves no TLS.
     public init(topology: Topology, exports: [NBDExport], logger: Logger = Logger(label: "strata.nbd"),
-                limits: Limits = Limits(), threads: Int = System.coreCount, busyPoll: Duration = .zero) throws {
+                limits: Limits = Limits(), threads: Int = System.coreCount, busyPoll: Duration = .zero,
+                tls: NBDTLSCredentials? = nil) throws {
         guard NBDLimits.maximumRequestRange.contains(limits.maximumRequest) else {
             throw StrataError(.invalid, "maximum request of \(limits.maximumRequest) bytes: must be from "
                 + "\(NBDLimits.maximumRequestRange.lowerBound) to \(NBDLimits.maximumRequestRange.upperBound)")
@@ -69,7 +72,10 @@ public final class NBDServer: Sendable {
         for export in exports {
             served.append(try NBDServer.prepare(export, in: topology, besides: served, maximumPayload: limits.maximumRequest))
         }
-        core = NBDServerCore(topology: topology, exports: served, logger: logger, limits: limits)
+        if let tls, tls.mode == .off {
+            throw StrataError(.invalid, "TLS credentials were given with TLS off")
+        }
+        core = NBDServerCore(topology: topology, exports: served, logger: logger, limits: limits, tls: tls)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(threads, 1))
         var pollers: [ObjectIdentifier: BusyPoller] = [:]
         for loop in group.makeIterator() { pollers[ObjectIdentifier(loop)] = BusyPoller(limit: busyPoll) }
@@ -92,6 +98,23 @@ public final class NBDServer: Sendable {
         return ServedExport(export: export, provider: provider, geom: geom,
                             canDelete: NBDServer.canDelete(provider, through: geom, in: topology),
                             maximumPayload: maximumPayload, sectorLocks: locks)
+    }
+
+    /// The TLS mode the server was started with.
+    public var tlsMode: NBDTLSMode { core.tlsMode }
+
+    /// Reads the TLS credential files again (`strata tls reload`): connections that start
+    /// TLS from now on use them; those already up keep theirs.
+    /// - Throws: `NBDTLSError` naming the file that would not do, and changes nothing;
+    ///   `StrataError` when the server serves no TLS.
+    public func reloadTLS(_ settings: NBDTLSSettings) throws -> String {
+        guard core.tlsMode != .off else { throw StrataError(.invalid, "the server was started with TLS off") }
+        var settings = settings
+        settings.mode = core.tlsMode
+        let credentials = try NBDTLSCredentials.load(settings)
+        core.replaceTLS(credentials)
+        core.logger.notice("TLS credentials reloaded", metadata: ["credentials": "\(credentials.summary)"])
+        return credentials.summary
     }
 
     /// Serves one more export, from now on (`strata export add`).
@@ -335,12 +358,24 @@ final class NBDServerCore: Sendable {
     /// when it falls to half, since with nothing of their own in flight no completion
     /// of theirs would.
     private let starved = NIOLockedValueBox<[ObjectIdentifier: NBDConnectionHandler]>([:])
+    /// The TLS credentials a connection starting TLS gets; replaced on reload, which
+    /// connections already up keep what they had.
+    private let tlsCredentials: NIOLockedValueBox<NBDTLSCredentials?>
+    let tlsMode: NBDTLSMode
 
-    init(topology: Topology, exports: [ServedExport], logger: Logger, limits: NBDServer.Limits) {
+    init(topology: Topology, exports: [ServedExport], logger: Logger, limits: NBDServer.Limits, tls: NBDTLSCredentials?) {
         self.topology = topology
         exportTable = NIOLockedValueBox(exports)
         self.logger = logger
         self.limits = limits
+        tlsCredentials = NIOLockedValueBox(tls)
+        tlsMode = tls?.mode ?? .off
+    }
+
+    var tls: NBDTLSCredentials? { tlsCredentials.withLockedValue { $0 } }
+
+    func replaceTLS(_ credentials: NBDTLSCredentials) {
+        tlsCredentials.withLockedValue { $0 = credentials }
     }
 
     var exports: [ServedExport] { exportTable.withLockedValue { $0 } }
@@ -356,6 +391,20 @@ final class NBDServerCore: Sendable {
             return exports.first { $0.export.isDefault } ?? exports.first
         }
         return exports.first { $0.export.name == name }
+    }
+
+    /// Peers whose TLS handshake failed, logged once each (at most 4096 remembered).
+    private let failedTLSPeers = NIOLockedValueBox<Set<String>>([])
+
+    /// A client that failed its TLS handshake (a wrong key, an untrusted certificate,
+    /// no suite in common): logged as a warning once per address, then at debug level.
+    func tlsHandshakeFailed(peer: String, error: any Error, logger: Logger) {
+        let host = peer.split(separator: ":").dropLast().joined(separator: ":")
+        let first = failedTLSPeers.withLockedValue { peers in
+            if peers.count >= 4096 { peers.removeAll() }
+            return peers.insert(host.isEmpty ? peer : host).inserted
+        }
+        logger.log(level: first ? .warning : .debug, "TLS handshake failed; closing", metadata: ["error": "\(error)"])
     }
 
     var isStopping: Bool { state.withLockedValue { $0.stopping } }
