@@ -41,8 +41,12 @@ let package = Package(
         .target(name: "StrataClasses", dependencies: ["Strata"], swiftSettings: strictSwift),
         // Linux calls that need _GNU_SOURCE, for the disks.
         .target(name: "CStrataSystem"),
-        // Bottom providers: memory, file, null and zero disks (POSIX).
-        .target(name: "StrataDisks", dependencies: ["Strata", "CStrataSystem"], swiftSettings: strictSwift),
+        // Bottom providers: memory, file, null and zero disks (POSIX), and remote disks
+        // (NBD exports elsewhere, through the NBD client).
+        .target(name: "StrataDisks", dependencies: [
+            "Strata", "CStrataSystem", "StrataNBDClient", "StrataNBDProtocol",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: strictSwift),
         // The numbers of the NBD protocol and the listen address, which the server and
         // the client share. Imports the toolchain only.
         .target(name: "StrataNBDProtocol", swiftSettings: strictSwift),
@@ -60,12 +64,13 @@ let package = Package(
             .product(name: "SwiftASN1", package: "swift-asn1"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),
-        // The NBD client: its wire codec, the handshake and requests over one connection
-        // (SwiftNIO). Needs neither the server nor the request system.
+        // The NBD client: its wire codec, the handshake (TLS with swift-nio-ssl) and requests
+        // over one connection (SwiftNIO). Needs neither the server nor the request system.
         .target(name: "StrataNBDClient", dependencies: [
             "StrataNBDProtocol",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strictSwift),
         // The topology file: YAML in, a checked configuration and a built topology out.
         .target(name: "StrataConfig", dependencies: [

@@ -10,6 +10,7 @@ public let registeredClasses: [any ClassDefinition.Type] = [
     NullDiskDefinition.self,
     ZeroDiskDefinition.self,
     PowerCutDiskDefinition.self,
+    RemoteDiskDefinition.self,
     NopDefinition.self,
     ConcatDefinition.self,
     StripeDefinition.self,

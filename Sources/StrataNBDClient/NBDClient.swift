@@ -39,16 +39,20 @@ public final class NBDClient: Sendable {
         public var connectTimeout: TimeAmount
         /// A server that stalls in the handshake is hung up on after this long.
         public var handshakeTimeout: TimeAmount
+        /// Start TLS (NBD_OPT_STARTTLS) before anything else, with these credentials; a
+        /// server that refuses it is not talked to in the clear.
+        public var tls: NBDClientTLS?
 
         public init(exportName: String = "", extendedHeaders: Bool = true, structuredReplies: Bool = true,
                     blockStatus: Bool = true, connectTimeout: TimeAmount = .seconds(10),
-                    handshakeTimeout: TimeAmount = .seconds(30)) {
+                    handshakeTimeout: TimeAmount = .seconds(30), tls: NBDClientTLS? = nil) {
             self.exportName = exportName
             self.extendedHeaders = extendedHeaders
             self.structuredReplies = structuredReplies
             self.blockStatus = blockStatus
             self.connectTimeout = connectTimeout
             self.handshakeTimeout = handshakeTimeout
+            self.tls = tls
         }
     }
 
@@ -123,6 +127,12 @@ public final class NBDClient: Sendable {
         let (channel, handler) = try await openChannel(to: address, group: group,
                                                        connectTimeout: configuration.connectTimeout)
         let handshake = NBDClientHandshake(handler: handler)
+        var configuration = configuration
+        if var tls = configuration.tls, tls.hostname == nil, case .tcp(let host, _) = address, !Self.isAddressLiteral(host) {
+            // The name connected to is the name the certificate must carry (and SNI's).
+            tls.hostname = host
+            configuration.tls = tls
+        }
         do {
             try await handler.eventLoop.submit { handler.armHandshakeTimeout(configuration.handshakeTimeout) }.get()
             let export = try await handshake.negotiate(configuration)
@@ -149,6 +159,12 @@ public final class NBDClient: Sendable {
             await handshake.abort()
             throw error
         }
+    }
+
+    /// Whether `host` is an IPv4 or IPv6 address rather than a name (TLS's server name
+    /// indication takes names only).
+    static func isAddressLiteral(_ host: String) -> Bool {
+        host.contains(":") || host.split(separator: ".").count == 4 && host.allSatisfy { $0.isNumber || $0 == "." }
     }
 
     private static func openChannel(to address: Address, group: (any EventLoopGroup)?,
@@ -252,6 +268,24 @@ public final class NBDClient: Sendable {
         }
         return extents.map { (length: $0.length, flags: UInt32(truncatingIfNeeded: $0.status)) }
     }
+
+    /// Sends a request from any thread and calls `done` with its outcome on the
+    /// connection's event loop: for callers that cannot await, such as a disk's `start`.
+    /// Errors are `NBDClientError`s: `.request` for the server's answer, `.connectionClosed`
+    /// when the connection went before the answer.
+    package func submit(_ command: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64, length: UInt64,
+                       payload: ByteBuffer? = nil, done: @escaping @Sendable (Result<NBDReplyOutcome, any Error>) -> Void) {
+        let handler = self.handler
+        handler.eventLoop.execute {
+            handler.submit(command, flags: flags, offset: offset, length: length, payload: payload).whenComplete(done)
+        }
+    }
+
+    /// Whether the connection is still open.
+    public var isConnected: Bool { channel.isActive }
+
+    /// Completes when the connection has closed, for whatever reason.
+    package var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
 
     /// Asks the server to bring the range into its cache. Sent even when the export does
     /// not advertise CACHE, as other clients do; such servers answer EINVAL.

@@ -1,8 +1,9 @@
 import NIOCore
+import NIOSSL
 import StrataNBDProtocol
 
 /// What a request's reply delivered, once its last chunk is in.
-enum NBDReplyOutcome: Sendable {
+package enum NBDReplyOutcome: Sendable {
     case done
     case data(ByteBuffer)
     case extents([NBDBlockExtent])
@@ -149,6 +150,16 @@ final class NBDClientHandler: ChannelInboundHandler, @unchecked Sendable {
         if let noZeroes = exportNameNoZeroes {
             session.phase = .exportNameReply(noZeroes: noZeroes)
         }
+    }
+
+    /// Puts TLS between the socket and this handler, once the server has accepted
+    /// STARTTLS. What is sent next waits in it until its handshake is done; a failed
+    /// handshake closes the connection, failing whatever waits.
+    func startTLS(context sslContext: NIOSSLContext, hostname: String?) throws {
+        eventLoop.assertInEventLoop()
+        guard let context else { throw NBDClientError.connectionClosed(reason: "no channel") }
+        try context.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: hostname),
+                                                       position: .first)
     }
 
     /// Hangs up if the handshake has not finished `timeout` from now, so a silent server

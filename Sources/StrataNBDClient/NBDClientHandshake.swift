@@ -94,6 +94,7 @@ struct NBDClientHandshake {
     /// context, then GO (or EXPORT_NAME for servers without GO).
     func negotiate(_ configuration: NBDClient.Configuration) async throws -> NBDNegotiatedExport {
         let noZeroes = try await greet()
+        if let tls = configuration.tls { try await startTLS(tls) }
         var settings = NBDTransmissionSettings(structuredReplies: false, extendedHeaders: false, metaContextID: nil)
 
         // Extended headers imply structured replies. A server without them answers
@@ -132,6 +133,17 @@ struct NBDClientHandshake {
             throw answer.refusal
         }
         return try Self.export(from: answer, requestedName: configuration.exportName, settings: settings)
+    }
+
+    /// NBD_OPT_STARTTLS, then TLS under everything that follows: a server that refuses
+    /// it is hung up on, never talked to in the clear.
+    private func startTLS(_ tls: NBDClientTLS) async throws {
+        let context = try tls.makeContext()
+        let answer = try await ask(.startTLS)
+        guard answer.accepted else { throw answer.refusal }
+        let handler = self.handler
+        let hostname = tls.hostname
+        try await handler.eventLoop.submit { try handler.startTLS(context: context, hostname: hostname) }.get()
     }
 
     /// NBD_OPT_SET_META_CONTEXT for `base:allocation`. Returns its id, or nil when the

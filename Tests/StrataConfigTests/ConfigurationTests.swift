@@ -168,7 +168,7 @@ import Testing
     }
 
     @Test func aDiskIsExactlyOneKind() {
-        #expect(failure("disks:\n  - name: a\n    size: 1M").contains("needs one of file, memory, null, zero or powercut"))
+        #expect(failure("disks:\n  - name: a\n    size: 1M").contains("needs one of file, memory, null, zero, powercut or remote"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    null: 1M").contains("has memory and null"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    size: 2M")
                 == "strata.yaml:4: disks[0].size: is not a key of memory disks (known: name, memory, sector-size)")

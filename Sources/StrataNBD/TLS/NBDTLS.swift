@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
+import StrataNBDProtocol
 import SwiftASN1
 
 /// Whether clients may, or must, start TLS (`NBD_OPT_STARTTLS`) before anything else.
@@ -118,52 +119,15 @@ public final class NBDTLSCredentials: Sendable {
                                     + (settings.verifyPeer ? ", client certificates checked against ca-cert.pem" : ""))
     }
 
-    /// The keys of a psktool file: `identity:hexkey` a line.
+    /// The keys of a psktool file.
     static func presharedKeys(in file: String) throws -> [String: [UInt8]] {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw NBDTLSError(file: file, problem: "cannot be read")
         }
-        var keys: [String: [UInt8]] = [:]
-        for (index, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let text = line.trimmingCharacters(in: .whitespaces)
-            if text.isEmpty { continue }
-            let number = index + 1
-            guard let colon = text.lastIndex(of: ":"), colon != text.startIndex else {
-                throw NBDTLSError(file: file, problem: "line \(number) is not IDENTITY:HEXKEY")
-            }
-            let identity = String(text[..<colon])
-            guard let key = hexBytes(text[text.index(after: colon)...]), !key.isEmpty else {
-                throw NBDTLSError(file: file, problem: "line \(number): the key of \(identity) is not hexadecimal")
-            }
-            guard keys[identity] == nil else {
-                throw NBDTLSError(file: file, problem: "line \(number): identity \(identity) appears twice")
-            }
-            keys[identity] = key
-        }
-        guard !keys.isEmpty else { throw NBDTLSError(file: file, problem: "holds no key") }
-        return keys
-    }
-
-    static func hexBytes(_ text: Substring) -> [UInt8]? {
-        let digits = Array(text.utf8)
-        guard digits.count % 2 == 0 else { return nil }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(digits.count / 2)
-        var index = 0
-        while index < digits.count {
-            guard let high = hexValue(digits[index]), let low = hexValue(digits[index + 1]) else { return nil }
-            bytes.append(high << 4 | low)
-            index += 2
-        }
-        return bytes
-    }
-
-    private static func hexValue(_ digit: UInt8) -> UInt8? {
-        switch digit {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): digit - UInt8(ascii: "A") + 10
-        default: nil
+        do {
+            return try PresharedKeyFile.keys(in: String(decoding: data, as: UTF8.self))
+        } catch {
+            throw NBDTLSError(file: file, problem: error.message)
         }
     }
 
