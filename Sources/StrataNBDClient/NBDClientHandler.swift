@@ -139,7 +139,12 @@ final class NBDClientHandler: ChannelInboundHandler, @unchecked Sendable {
         eventLoop.assertInEventLoop()
         if case .closed(let error) = state { return eventLoop.makeFailedFuture(error) }
         guard let context else { return eventLoop.makeFailedFuture(NBDClientError.connectionClosed(reason: "no channel")) }
-        return context.writeAndFlush(wrapOutboundOut(buffer))
+        // A write failed by the connection's end says why it ended (a TLS handshake that
+        // failed, say), not merely that the channel was closed.
+        return context.writeAndFlush(wrapOutboundOut(buffer)).flatMapError { [self] error in
+            if case .closed(let reason) = state { return eventLoop.makeFailedFuture(reason) }
+            return eventLoop.makeFailedFuture(error)
+        }
     }
 
     /// Says how replies will be framed once the server accepts the GO (or the

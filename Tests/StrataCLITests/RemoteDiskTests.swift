@@ -159,6 +159,58 @@ struct RemoteDiskTests {
         #expect(front.stop() == 0)
     }
 
+    /// Over TCP, with certificates checked both ways: the front presents the client
+    /// certificate the backend's CA signed, and checks the backend's against the same CA
+    /// and the name it connected to (localhost). fio verifies what it wrote.
+    @Test func anotherStrataOverTCPWithCertificatesCheckedBothWays() throws {
+        let directory = NSTemporaryDirectory() + "strata-remotetcp-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try TLSTests.makeCertificates(in: directory + "/keys")
+        let backend = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory + "/backend", files: ["t.yaml": """
+            listen: [tcp://127.0.0.1:0]
+            control: \(directory)/backend/control.sock
+            tls: require
+            tls-certificates: \(directory)/keys/pki
+            tls-verify-peer: true
+            disks:
+              - {name: m0, memory: 64MiB}
+            exports:
+              - {name: vol, provider: m0, tls-allow: ["\(TLSTests.clientName)"]}
+            """])
+        defer { _ = backend.stop() }
+        #expect(backend.waitForOutput("control socket"), "\(backend.stderr)")
+        let port = try #require(backend.tcpPort)
+        let front = try RestartTests.serve("""
+            disks:
+              - {name: r0, remote: "nbds://localhost:\(port)/vol", tls-certificates: \(directory)/keys/client}
+            exports:
+              - {name: vol, provider: r0}
+            """, in: directory + "/front")
+        defer { _ = front.stop() }
+        #expect(front.waitForOutput("control socket"), "\(front.stderr)")
+        let fio = try runProgram("/usr/bin/fio", ["--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///vol?socket=\(directory)/front/nbd.sock",
+                                                  "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=16m", "--verify=crc32c",
+                                                  "--do_verify=1", "--output-format=terse"])
+        #expect(fio.0 == 0 && !fio.1.contains("verify:") && !fio.2.contains("bad"), "\(fio)")
+        #expect(backend.stderr.contains("tls-client=\(TLSTests.clientName)"), "\(backend.stderr)")
+        // A front with the right client certificate but another CA refuses the backend's
+        // certificate, and says so.
+        let keys = directory + "/keys"
+        try FileManager.default.createDirectory(atPath: keys + "/distrust", withIntermediateDirectories: true)
+        for file in ["client-cert.pem", "client-key.pem"] {
+            try FileManager.default.copyItem(atPath: keys + "/client/" + file, toPath: keys + "/distrust/" + file)
+        }
+        try FileManager.default.copyItem(atPath: keys + "/rogue-ca/ca-cert.pem", toPath: keys + "/distrust/ca-cert.pem")
+        let untrusting = try RestartTests.serve("""
+            disks:
+              - {name: r0, remote: "nbds://localhost:\(port)/vol", tls-certificates: \(keys)/distrust}
+            """, in: directory + "/untrusting")
+        #expect(untrusting.waitForExit() == 1)
+        #expect(untrusting.stderr.contains("disks[0].remote") && untrusting.stderr.contains("cannot be opened")
+                && untrusting.stderr.contains("CERTIFICATE_VERIFY_FAILED"), "\(untrusting.stderr)")
+        #expect(front.stop() == 0)
+    }
+
     @Test func aLostBackendIsWaitedForThenFailedThenFoundAgain() throws {
         let directory = NSTemporaryDirectory() + "strata-reconnect-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

@@ -390,12 +390,19 @@ import Testing
         }
         // Settings that cannot make a pool leave a blank provider blank.
         let blank = try MemoryDisk.create(in: topology, name: "md3", size: 8 << 20)
-        for settings in [[("volumes", "vm1:lots")], [("volumes", "a/b:1m")], [("volumes", "vm1:1m, vm1:2m")],
-                         [("chunk-size", "3k")], [("metadata-size", "64m")]] {
-            #expect(throws: (any Error).self) {
-                _ = try ThinDefinition.make(name: "tp4", consumers: [blank.provider], settings: settings, relativeTo: "/", in: topology)
+        for (index, settings) in [[("volumes", "vm1:lots")], [("volumes", "a/b:1m")], [("volumes", "vm1:1m, vm1:2m")],
+                                  [("chunk-size", "3k")], [("metadata-size", "64m")]].enumerated() {
+            let name = "bad\(index)"
+            #expect(throws: (any Error).self, "\(settings)") {
+                _ = try ThinDefinition.make(name: name, consumers: [blank.provider], settings: settings, relativeTo: "/", in: topology)
             }
-            #expect(topology.geom(named: "tp4") == nil)
+            // A pool that could not be made withers (on the topology's event thread).
+            let deadline = Date().addingTimeInterval(10)
+            while topology.geom(named: name) != nil && Date() < deadline {
+                topology.settle()
+                usleep(1000)
+            }
+            #expect(topology.geom(named: name) == nil, "\(settings)")
         }
         let device = try BlockDevice(opening: blank.provider, in: topology, writable: false)
         defer { device.close() }
