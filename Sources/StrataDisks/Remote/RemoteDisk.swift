@@ -193,8 +193,8 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
             if link.stopping { return .fail(.shutdown) }
             switch link.phase {
             case .connected where !link.clients.isEmpty:
-                link.next &+= 1
-                return .send(link.clients[link.next % link.clients.count])
+                link.next = (link.next + 1) % link.clients.count
+                return .send(link.clients[link.next])
             case .connected, .reconnecting:
                 link.waiting.append(request)
                 return .held
@@ -245,7 +245,7 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
         let next: @Sendable (Result<NBDReplyOutcome, any Error>) -> Void = { [self] result in
             switch result {
             case .failure(let error):
-                finished(request, failure: error)
+                finished(request, on: client, failure: error)
             case .success(.data(let data)):
                 if case .piece(let at, let length) = step, data.readableBytes == Int(length) {
                     data.withUnsafeReadableBytes { request.data.slice(offset: Int(at), count: $0.count).copy(from: $0.baseAddress!) }
@@ -312,13 +312,13 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
     /// A step failed: the server's answer ends the request; a lost connection holds it
     /// for the next one, as does ESHUTDOWN, with which a stopping server (nbdkit on
     /// SIGTERM) answers what comes in meanwhile.
-    private func finished(_ request: Request, failure: any Error) {
+    private func finished(_ request: Request, on client: NBDClient, failure: any Error) {
         if case NBDClientError.request(let code, _)? = failure as? NBDClientError, code != UInt32(ESHUTDOWN) {
             return finish(request, error: BioError(errno: Int32(clamping: code)))
         }
         if case NBDClientError.unsupported? = failure as? NBDClientError { return finish(request, error: .notSupported) }
         if case NBDClientError.invalidRequest? = failure as? NBDClientError { return finish(request, error: .invalid) }
-        linkLost(holding: request, reason: "\(failure)")
+        linkLost(holding: request, on: client, reason: "\(failure)")
     }
 
     private func noteLatency(since start: ContinuousClock.Instant) {
@@ -330,24 +330,28 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
 
     // MARK: Losing and finding the link
 
+    /// A connection closed: the link is down if it was one of the current ones.
     private func connectionEnded(_ client: NBDClient) {
-        let current = link.withLock { $0.clients.contains { $0 === client } }
-        if current { linkLost(holding: nil, reason: "the connection closed") }
+        linkLost(holding: nil, on: client, reason: "the connection closed")
     }
 
     /// Holds `request` (if any) and, the first time the link is found down, starts
-    /// reconnecting.
-    private func linkLost(holding request: Request?, reason: String) {
-        let first: Bool = link.withLock { link in
+    /// reconnecting. A request that failed on a connection already replaced (its answer
+    /// came after the link was found again) is sent again at once instead.
+    private func linkLost(holding request: Request?, on client: NBDClient, reason: String) {
+        enum Outcome { case reconnect, held, sendAgain }
+        let outcome: Outcome = link.withLock { link in
+            if link.phase == .connected, !link.clients.contains(where: { $0 === client }) { return .sendAgain }
             if let request { link.waiting.append(request) }
             link.lastError = reason
-            guard link.phase == .connected, !link.stopping else { return false }
+            guard link.phase == .connected, !link.stopping else { return .held }
             link.phase = .reconnecting
             link.lostAt = .now
             link.clients = []
-            return true
+            return .reconnect
         }
-        guard first else { return }
+        if outcome == .sendAgain, let request { return dispatch(request) }
+        guard outcome == .reconnect else { return }
         topology?.emit(.warning, "remote disk \(name): lost \(remote.text) (\(reason)); reconnecting, requests wait up to \(options.reconnectTimeout)")
         Task.detached { [self] in await reconnect() }
     }
