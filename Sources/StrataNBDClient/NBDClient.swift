@@ -300,6 +300,12 @@ public final class NBDClient: Sendable {
         try? await handler.eventLoop.flatSubmit { handler.disconnect() }.get()
     }
 
+    /// Closes the connection at once, without waiting for replies: for a server that
+    /// stopped answering. Requests in flight fail as on a lost connection.
+    package func close() {
+        channel.close(promise: nil)
+    }
+
     /// Requests sent and not yet answered (for tests and diagnostics).
     public var requestsInFlight: Int {
         get async {

@@ -30,6 +30,11 @@ public struct BioAttribute: Hashable, Sendable, CustomStringConvertible {
     /// for, as a string of names each ended by a newline (a thin volume's: the snapshots
     /// it can be compared with).
     @inlinable public static var dirtyBitmaps: BioAttribute { BioAttribute(builtIn: 3) }
+    /// "STRATA::link": a string, the state of the network link a provider is reached
+    /// through (CONNECTED, RECONNECTING or FAILED). Only a provider on another machine
+    /// answers it; so a mirror tells its remote components from its local ones, and
+    /// learns when a remote one is back.
+    @inlinable public static var link: BioAttribute { BioAttribute(builtIn: 4) }
 
     /// "STRATA::dirty-bitmap:NAME": which ranges of `offset ..< offset+length` changed
     /// since the point in time NAME stands for, as `BioExtent` records whose kind is
@@ -53,7 +58,7 @@ enum AttributeNames {
     // A pthread lock, not Synchronization's Mutex: ThreadSanitizer sees it.
     private static let lock = ConditionLock()
     /// The names of `BioAttribute`'s constants, at their numbers.
-    static let builtIn = ["GEOM::candelete", "GEOM::ident", "STRATA::extents", "STRATA::dirty-bitmaps"]
+    static let builtIn = ["GEOM::candelete", "GEOM::ident", "STRATA::extents", "STRATA::dirty-bitmaps", "STRATA::link"]
     nonisolated(unsafe) private static var names: [String] = builtIn
     nonisolated(unsafe) private static var numbers = Dictionary(uniqueKeysWithValues: builtIn.enumerated().map { ($1, UInt32($0)) })
 

@@ -17,7 +17,7 @@ public enum MirrorDefinition: ClassDefinition {
         public init() {}
         public static let keys: [SettingKey<Settings>] = [
             SettingKey("balance", \.balance, names: MirrorBalance.allCases.map { ($0.name, $0) },
-                       help: "Which component a read goes to: the least busy (load), the highest priority (prefer), each in turn (round-robin), or large reads split in slices across them (split)."),
+                       help: "Which component a read goes to: the least busy (load), the highest priority (prefer), each in turn (round-robin), large reads split in slices across them (split), or local components before remote ones (prefer-local)."),
             SettingKey("slice", \.slice, .size(4096...(1 << 30), powerOfTwo: true),
                        help: "For split: reads of two slices or more are split (default 1MiB)."),
             SettingKey("rebuild-rate", \.rebuildRate, .size(0...Int64.max, powerOfTwo: false), changesAtRunTime: true,
@@ -83,6 +83,12 @@ public enum MirrorDefinition: ClassDefinition {
         ClassVerb("rebuild", "Copy everything to a component again, online.", arguments: [component]) { call in
             let mirror = try call.geom(as: MirrorGeom.self)
             try mirror.rebuild(call.text("component")!, in: call.topology)
+            return status(of: mirror)
+        },
+        ClassVerb("rejoin", "Take a broken component back, copying only what was written while it was out.",
+                  arguments: [component]) { call in
+            let mirror = try call.geom(as: MirrorGeom.self)
+            try mirror.rejoin(call.text("component")!, in: call.topology)
             return status(of: mirror)
         },
         ClassVerb("forget", "Forget components that are broken or gone.") { call in

@@ -128,6 +128,9 @@ extension MirrorGeom {
         slots[index].consumer = consumer
         slots[index].metadata = metadata
         slots[index].priority = metadata.priority
+        let link = MirrorGeom.link(of: consumer)
+        slots[index].isRemote = link != nil
+        slots[index].linkEpoch.store(link?.epoch ?? 0, ordering: .relaxed)
     }
 
     /// Decides each present component's state from the metadata and starts serving:
@@ -144,6 +147,7 @@ extension MirrorGeom {
         for slot in present {
             let metadata = slot.metadata!
             if metadata.isOlder(than: newest) {
+                slot.missed!.mark(from: 0)
                 slot.syncOffset.store(0, ordering: .releasing)
                 slot.set(.synchronizing)
                 topology.emit(.notice, "mirror \(name): \(slot.name) is stale; rebuilding it")
@@ -151,10 +155,12 @@ extension MirrorGeom {
                 // Writes below the saved offset went to this copy too, and those in flight
                 // at the crash may have reached the source and not this copy: the offset
                 // no longer says where the copies agree.
+                slot.missed!.mark(from: 0)
                 slot.syncOffset.store(0, ordering: .releasing)
                 slot.set(.synchronizing)
                 topology.emit(.notice, "mirror \(name) was not closed cleanly; rebuilding \(slot.name) from the start")
             } else if metadata.flags.contains(.synchronizing) {
+                slot.missed!.mark(from: metadata.syncOffset)
                 slot.syncOffset.store(metadata.syncOffset, ordering: .releasing)
                 slot.set(.synchronizing)
                 topology.emit(.notice, "mirror \(name): resuming the rebuild of \(slot.name) at \(metadata.syncOffset)")
@@ -169,6 +175,7 @@ extension MirrorGeom {
         if sources.contains(where: { $0.metadata!.flags.contains(.dirty) }) {
             // Not closed cleanly: the copies may differ where writes were in flight.
             for slot in sources where slot !== source {
+                slot.missed!.mark(from: 0)
                 slot.syncOffset.store(0, ordering: .releasing)
                 slot.set(.synchronizing)
             }
@@ -205,6 +212,7 @@ extension MirrorGeom {
             metadata.diskID = UInt64.random(in: 1...UInt64.max)
             metadata.priority = 0
             try attach(provider, as: slot.index, metadata: metadata, in: topology)
+            slot.missed!.mark(from: 0)
             slot.syncOffset.store(0, ordering: .releasing)
             slot.set(.synchronizing)
         }

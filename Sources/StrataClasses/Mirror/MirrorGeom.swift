@@ -35,8 +35,22 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         var metadata: MirrorMetadata?
         /// For `prefer`: set when the component is attached, before it is published.
         var priority = 0
+        /// Its provider is on another machine (it answers "STRATA::link"): `prefer-local`
+        /// reads go elsewhere, and it is taken back when its link returns. Set when the
+        /// component is attached, before it is published.
+        var isRemote = false
+        /// How many times the remote component's link had been made when it was last
+        /// taken in: a larger count later means the link was lost and found again.
+        let linkEpoch = Atomic<Int>(0)
+        /// Up while a timer looks for the remote component's link to come back.
+        let watchingLink = Atomic<Bool>(false)
+        /// The regions this component may lack (nil for places past the mirror's count).
+        let missed: MirrorRegionMap?
 
-        init(index: Int) { self.index = index }
+        init(index: Int, missed: MirrorRegionMap?) {
+            self.index = index
+            self.missed = missed
+        }
 
         var state: ComponentState { ComponentState(rawValue: stateStorage.load(ordering: .acquiring))! }
         func set(_ state: ComponentState) { stateStorage.store(state.rawValue, ordering: .releasing) }
@@ -87,7 +101,9 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         self.slice = slice
         self.expected = expected
         shared = ConditionMutex(SharedState(metadata: SharedMetadata(genid: genid, syncid: syncid)))
-        slots = (0..<MirrorGeom.maximumComponents).map(Slot.init)
+        slots = (0..<MirrorGeom.maximumComponents).map { index in
+            Slot(index: index, missed: index < expected ? MirrorRegionMap(mediaSize: mediaSize) : nil)
+        }
         metadataQueue = DispatchQueue(label: "strata.mirror.\(name)")
         super.init(name: name, className: "MIRROR")
     }
@@ -122,6 +138,10 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             return best(of: candidates) { $0.inFlight.load(ordering: .relaxed) < $1.inFlight.load(ordering: .relaxed) }
         case .prefer:
             return best(of: candidates) { $0.priority > $1.priority }
+        case .preferLocal:
+            return best(of: candidates) { a, b in
+                a.isRemote != b.isRemote ? !a.isRemote : a.inFlight.load(ordering: .relaxed) < b.inFlight.load(ordering: .relaxed)
+            }
         case .roundRobin:
             return slots[candidates.member(roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % candidates.count)]
         }
@@ -230,16 +250,28 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     }
 
     /// Sends a write to every component that must take it: the ACTIVE ones, and a
-    /// SYNCHRONIZING one when the write starts below its sync offset (a flush to all).
+    /// SYNCHRONIZING one when the write starts below its sync offset or falls where it
+    /// misses nothing (a flush to all). The others record the range as missed, for
+    /// their rebuild.
     private func replicate(_ bio: consuming ProviderBio, over range: Range<Int64>, tracking: WriteTracking) {
         var targets = SlotMask()
+        let isFlush = bio.command == .flush
         for index in 0..<expected {
             let slot = slots[index]
             switch slot.state {
             case .active: targets.insert(index)
             case .synchronizing:
-                if bio.command == .flush || range.lowerBound < slot.syncOffset.load(ordering: .acquiring) { targets.insert(index) }
-            default: break
+                // Below the sync offset the component is up to date, and so it is in the
+                // regions its map does not mark (it was taken back after a while away).
+                if isFlush || range.lowerBound < slot.syncOffset.load(ordering: .acquiring) || !slot.missed!.isMarked(range) {
+                    targets.insert(index)
+                } else {
+                    slot.missed!.mark(range)
+                }
+            case .broken:
+                if !isFlush { slot.missed!.mark(range) }
+            case .empty, .stale:
+                break
             }
         }
         guard !targets.isEmpty else {
@@ -313,6 +345,13 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             bio.finishClone()
             return
         }
+        // What the component did not take, its rebuild copies; after a failed flush,
+        // nothing written since the last one is known to be there.
+        if bio.command == .flush {
+            slot.missed!.mark(from: 0)
+        } else {
+            slot.missed!.mark(bio.offset..<(bio.offset + max(bio.length, 0)))
+        }
         // A copy that did not take the write must never be read again, even after a
         // crash: the write is acknowledged only once the other components' metadata
         // records the ejection, as md holds writes until its superblock marks a failed
@@ -339,6 +378,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             shared.withLock { $0.metadata.genid &+= 1 }
             writeMetadata()
         }
+        if slot.isRemote { watchLink(of: slot) }
     }
 
     /// A component went away: eject it and go on with the rest. The slot keeps its
@@ -422,13 +462,13 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         startWorkerThread { [self] in
             rebuildActive.store(true, ordering: .sequentiallyConsistent)
             waitForUntrackedWrites()
-            let finished = copy(into: slot)
+            let copied = copy(into: slot)
             shared.withLock { $0.gate.copying = nil }
             rebuildActive.store(false, ordering: .sequentiallyConsistent)
             releaseParked()
-            if finished {
+            if let copied {
                 slot.set(.active)
-                topology?.emit(.notice, "mirror \(name): \(slot.name) synchronized")
+                topology?.emit(.notice, "mirror \(name): \(slot.name) synchronized (\(formatByteSize(copied)) copied)")
             }
             metadataQueue.sync { writeMetadata() }
             // Only now, with the copy's end on every component, is the mirror COMPLETE:
@@ -456,21 +496,41 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         try? topology.whenAssembled { [self] in startRebuild() }
     }
 
-    private func copy(into target: Slot) -> Bool {
+    /// Copies to `target` the regions its map marks, from its sync offset on: everything
+    /// for a new or stale component, only what changed while it was out for one taken
+    /// back. Returns the bytes copied, or nil if the copy stopped before the end.
+    private func copy(into target: Slot) -> Int64? {
+        let map = target.missed!
         var sinceSave = 0
         var offset = target.syncOffset.load(ordering: .acquiring)
         let started = monotonicSeconds()
         var copied: Int64 = 0
         while offset < mirrorSize {
-            guard target.state == .synchronizing, topology != nil, !stopping.load(ordering: .acquiring) else { return false }
-            let range = offset..<min(offset + MirrorGeom.chunk, mirrorSize)
+            guard target.state == .synchronizing, topology != nil, !stopping.load(ordering: .acquiring) else { return nil }
+            let region = Int(offset / map.regionSize)
+            let regionEnd = min(Int64(region + 1) * map.regionSize, mirrorSize)
+            if !map.isMarked(region: region) {
+                // A region is passed over behind the gate, as a chunk is copied: a write
+                // marking it cannot come between the look and the offset moving past it.
+                shared.withLock { $0.gate.copying = offset..<regionEnd }
+                shared.wait { !$0.gate.overlapsTrackedWrite(offset..<regionEnd) }
+                let unchanged = !map.isMarked(region: region)
+                if unchanged { target.syncOffset.store(regionEnd, ordering: .releasing) }
+                shared.withLock { $0.gate.copying = nil }
+                releaseParked()
+                if unchanged {
+                    offset = regionEnd
+                    continue
+                }
+            }
+            let range = offset..<min(offset + MirrorGeom.chunk, regionEnd)
             // Writes over the chunk park from here on; those registered over it finish first.
             shared.withLock { $0.gate.copying = range }
             shared.wait { !$0.gate.overlapsTrackedWrite(range) }
             guard let data = readChunk(range), target.state == .synchronizing else {
                 shared.withLock { $0.gate.copying = nil }
                 releaseParked()
-                return false
+                return nil
             }
             do {
                 try target.consumer!.writeSync(data, at: range.lowerBound)
@@ -478,9 +538,12 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
                 shared.withLock { $0.gate.copying = nil }
                 eject(target, because: (error as? StrataError)?.code ?? .io)
                 releaseParked()
-                return false
+                return nil
             }
             target.syncOffset.store(range.upperBound, ordering: .releasing)
+            // Writes parked over the region's last chunk start below the offset now, and go
+            // to the target: nothing marks the region again.
+            if range.upperBound == regionEnd { map.clear(region: region) }
             shared.withLock { $0.gate.copying = nil }
             releaseParked()
             offset = range.upperBound
@@ -490,7 +553,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
                 sinceSave = 0
                 // The copies were plain writes: the saved offset must not reach the media
                 // before they do, or a power cut resumes past copies that were lost.
-                guard flushCopies(to: target) else { return false }
+                guard flushCopies(to: target) else { return nil }
                 metadataQueue.sync { writeMetadata() }
             }
             let rate = rebuildRate.load(ordering: .relaxed)
@@ -501,7 +564,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             }
         }
         // The component is marked up to date next: its last copies must be durable first.
-        return flushCopies(to: target)
+        return flushCopies(to: target) ? copied : nil
     }
 
     /// Makes the copies written to `target` durable; a target that fails is ejected.
@@ -518,9 +581,11 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         }
     }
 
-    /// Reads a chunk from a live component, ejecting any that fails.
+    /// Reads a chunk from a live component, a local one if there is one, ejecting any
+    /// that fails.
     private func readChunk(_ range: Range<Int64>) -> [UInt8]? {
-        while let source = slots.prefix(expected).first(where: { $0.state == .active }) {
+        while let source = slots.prefix(expected).first(where: { $0.state == .active && !$0.isRemote })
+            ?? slots.prefix(expected).first(where: { $0.state == .active }) {
             do {
                 return try source.consumer!.readSync(at: range.lowerBound, count: range.count)
             } catch {

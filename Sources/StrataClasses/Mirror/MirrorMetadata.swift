@@ -83,6 +83,9 @@ public enum MirrorBalance: UInt32, Sendable, CaseIterable {
     case roundRobin = 2
     /// Reads of at least two slices are split in slices across the components.
     case split = 3
+    /// Local components first (the least busy of them); remote ones (disks on another
+    /// machine) only when no local one can serve the read.
+    case preferLocal = 4
 
     public init?(name: String) {
         switch name {
@@ -90,6 +93,7 @@ public enum MirrorBalance: UInt32, Sendable, CaseIterable {
         case "prefer": self = .prefer
         case "round-robin": self = .roundRobin
         case "split": self = .split
+        case "prefer-local": self = .preferLocal
         default: return nil
         }
     }
@@ -100,6 +104,7 @@ public enum MirrorBalance: UInt32, Sendable, CaseIterable {
         case .prefer: "prefer"
         case .roundRobin: "round-robin"
         case .split: "split"
+        case .preferLocal: "prefer-local"
         }
     }
 }

@@ -17,6 +17,10 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
         public var connections = 1
         /// How long requests wait for a lost connection to come back before they fail.
         public var reconnectTimeout: Duration = .seconds(10)
+        /// How long requests may go unanswered on a connection before it is taken for
+        /// lost (a cut cable sends no reset): it is closed and made again. Also the
+        /// longest a connection attempt may take.
+        public var requestTimeout: Duration = .seconds(30)
         public var tls: NBDClientTLS.Credentials?
         public var verifyPeer = true
 
@@ -57,6 +61,9 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
         var lostAt: ContinuousClock.Instant?
         var lastError: String?
         var stopping = false
+        /// How many times a connection was made: a consumer that saw the link lost can
+        /// tell from it that the link came back meanwhile.
+        var established = 0
     }
 
     public let remote: RemoteURI
@@ -67,6 +74,10 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
     private let link = Mutex(Link())
     /// Request latency, an exponentially weighted mean in nanoseconds (0: none yet).
     private let latency = Atomic<Int64>(0)
+    /// Commands sent and answers (or failures) received: the watchdog finds a stalled
+    /// link from them without a clock on the request path.
+    private let sent = Atomic<Int>(0)
+    private let answered = Atomic<Int>(0)
 
     private init(name: String, remote: RemoteURI, options: Options, first: NBDClient) {
         self.remote = remote
@@ -95,12 +106,16 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
             throw error
         }
         disk.adopt(clients)
+        Task.detached { await disk.watchForStalls() }
         return disk
     }
 
     /// `count` connections to the export (one unless the server allows several).
     static func connect(_ remote: RemoteURI, _ options: Options, count: Int) async throws -> [NBDClient] {
         var configuration = NBDClient.Configuration(exportName: remote.export)
+        let timeout = TimeAmount.nanoseconds(Int64(min(options.requestTimeout, .seconds(10)) / .nanoseconds(1)))
+        configuration.connectTimeout = timeout
+        configuration.handshakeTimeout = timeout
         if remote.usesTLS {
             guard let credentials = options.tls else {
                 throw StrataError(.invalid, "\(remote.text) asks for TLS: give tls-certificates or tls-psk-file")
@@ -139,6 +154,7 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
             link.clients = clients
             link.phase = .connected
             link.lostAt = nil
+            link.established += 1
         }
         for client in clients {
             client.closeFuture.whenComplete { [weak self] _ in self?.connectionEnded(client) }
@@ -161,6 +177,13 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
         guard transmissionFlags.contains(.sendWriteZeroes) else { return bio.deliver(.notSupported) }
         if bio.flags.contains(.fastZero) && !transmissionFlags.contains(.sendFastZero) { return bio.deliver(.notSupported) }
         send(bio)
+    }
+
+    /// Answers the link's state ("STRATA::link": the phase and how many times a
+    /// connection was made, as "CONNECTED 2") besides what every disk answers.
+    override public func getattr(_ bio: consuming ProviderBio) {
+        guard bio.attribute == .link else { return super.getattr(bio) }
+        bio.deliverAttribute(string: link.withLock { "\($0.phase.rawValue) \($0.established)" })
     }
 
     override public func extents(_ bio: consuming ProviderBio) {
@@ -243,6 +266,7 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
         guard let step = steps.first else { return finish(request, error: nil) }
         let rest = steps.dropFirst()
         let next: @Sendable (Result<NBDReplyOutcome, any Error>) -> Void = { [self] result in
+            answered.wrappingAdd(1, ordering: .relaxed)
             switch result {
             case .failure(let error):
                 finished(request, on: client, failure: error)
@@ -259,6 +283,7 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
                 run(rest, of: request, on: client, fua: fua)
             }
         }
+        sent.wrappingAdd(1, ordering: .relaxed)
         switch step {
         case .flush:
             client.submit(.flush, offset: 0, length: 0, done: next)
@@ -354,6 +379,33 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
         guard outcome == .reconnect else { return }
         topology?.emit(.warning, "remote disk \(name): lost \(remote.text) (\(reason)); reconnecting, requests wait up to \(options.reconnectTimeout)")
         Task.detached { [self] in await reconnect() }
+    }
+
+    /// Closes the connections when requests are in flight and none has been answered for
+    /// the request timeout: a link cut without a reset (a cable, a firewall, a frozen
+    /// host) would otherwise hold them until TCP gives up, minutes later. Closing fails
+    /// them as a lost link does: they are held and sent again on the next connection.
+    private func watchForStalls() async {
+        let tick = min(options.requestTimeout / 4, .seconds(1))
+        var lastAnswered = answered.load(ordering: .relaxed)
+        var stalled = Duration.zero
+        while true {
+            try? await Task.sleep(for: tick)
+            let (stopping, clients) = link.withLock { ($0.stopping, $0.phase == .connected ? $0.clients : []) }
+            if stopping { return }
+            let done = answered.load(ordering: .relaxed)
+            let waiting = sent.load(ordering: .relaxed) &- done > 0
+            if waiting && done == lastAnswered && !clients.isEmpty {
+                stalled += tick
+            } else {
+                stalled = .zero
+            }
+            lastAnswered = done
+            guard stalled >= options.requestTimeout else { continue }
+            stalled = .zero
+            topology?.emit(.warning, "remote disk \(name): no answer from \(remote.text) for \(options.requestTimeout); closing the connection")
+            for client in clients { client.close() }
+        }
     }
 
     /// Connects again with backoff until it works or the disk goes: requests held past

@@ -14,6 +14,7 @@ public enum RemoteDiskDefinition: ClassDefinition {
         public var uri = ""
         public var connections = 1
         public var reconnectTimeout = 10
+        public var requestTimeout = 30
         public var tlsCertificates: String?
         public var tlsPSKFile: String?
         public var tlsUsername: String?
@@ -27,6 +28,8 @@ public enum RemoteDiskDefinition: ClassDefinition {
                        help: "Connections to open if the server allows several (multi-conn); 1 by default."),
             SettingKey("reconnect-timeout", \.reconnectTimeout, .integer(0...3600),
                        help: "Seconds requests wait for a lost connection to come back before they fail with EIO (default 10)."),
+            SettingKey("request-timeout", \.requestTimeout, .integer(1...3600),
+                       help: "Seconds requests may go unanswered before the connection is taken for lost and made again (default 30); also the longest a connection attempt may take."),
             SettingKey("tls-certificates", \.tlsCertificates, .path,
                        help: "For nbds: a directory with ca-cert.pem, and client-cert.pem and client-key.pem if the server asks for a certificate."),
             SettingKey("tls-psk-file", \.tlsPSKFile, .path, help: "For nbds: a psktool file holding the key of tls-username."),
@@ -45,6 +48,7 @@ public enum RemoteDiskDefinition: ClassDefinition {
         var options = RemoteDisk.Options()
         options.connections = settings.connections
         options.reconnectTimeout = .seconds(settings.reconnectTimeout)
+        options.requestTimeout = .seconds(settings.requestTimeout)
         options.verifyPeer = settings.tlsVerifyPeer
         if let directory = settings.tlsCertificates {
             options.tls = .certificates(directory: directory)
@@ -73,6 +77,7 @@ public enum RemoteDiskDefinition: ClassDefinition {
         settings.uri = disk.remote.text
         settings.connections = disk.options.connections
         settings.reconnectTimeout = Int(disk.options.reconnectTimeout.components.seconds)
+        settings.requestTimeout = Int(disk.options.requestTimeout.components.seconds)
         settings.tlsVerifyPeer = disk.options.verifyPeer
         switch disk.options.tls {
         case .certificates(let directory)?: settings.tlsCertificates = directory
