@@ -301,9 +301,15 @@ public final class NBDClient: Sendable {
     }
 
     /// Closes the connection at once, without waiting for replies: for a server that
-    /// stopped answering. Requests in flight fail as on a lost connection.
-    package func close() {
-        channel.close(promise: nil)
+    /// stopped answering. Requests in flight fail as on a lost connection. The socket is
+    /// reset rather than closed: what it still holds to send is dropped, never delivered
+    /// by the kernel's retransmissions once the link is back, after newer writes have
+    /// gone to the same blocks on another connection.
+    package func abort() {
+        let channel = self.channel
+        let reset = (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
+            ?? channel.eventLoop.makeSucceededVoidFuture()
+        reset.whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// Requests sent and not yet answered (for tests and diagnostics).

@@ -79,6 +79,9 @@ public struct NBDClientTLS: Sendable {
                 return PSKClientIdentityResponse(key: secure, identity: identity)
             }
         }
+        // Closing waits this long at most for the server's close_notify: a server that
+        // stopped answering (a cut link) must not hold a reconnect for the 5 s default.
+        configuration.shutdownTimeout = .seconds(1)
         do {
             return try NIOSSLContext(configuration: configuration)
         } catch {

@@ -403,8 +403,8 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
             lastAnswered = done
             guard stalled >= options.requestTimeout else { continue }
             stalled = .zero
-            topology?.emit(.warning, "remote disk \(name): no answer from \(remote.text) for \(options.requestTimeout); closing the connection")
-            for client in clients { client.close() }
+            linkLost(holding: nil, on: clients[0], reason: "no answer for \(options.requestTimeout); connection reset")
+            for client in clients { client.abort() }
         }
     }
 
