@@ -138,7 +138,7 @@ public final class ControlServer: Sendable {
         case (.GET, "/v1/status"): return json(StatusReport(topology))
         case (.GET, "/v1/stats"): return json(StatsReport(topology))
         case (.GET, "/v1/classes"): return json(registeredClasses.map(ClassReport.init))
-        case (.GET, "/metrics"): return (.ok, "text/plain; version=0.0.4", Data(metrics.scrape(StatsReport(topology), server: serverGauges())))
+        case (.GET, "/metrics"): return (.ok, "text/plain; version=0.0.4", Data(metrics.scrape(StatsReport(topology), geoms: StatusReport(topology).geoms, server: serverGauges())))
         default: break
         }
         if parts.count >= 2, parts[0] == "v1", ["geoms", "exports", "config", "tls"].contains(parts[1]) {

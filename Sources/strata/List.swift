@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Strata
 import StrataControl
 
 struct List: ParsableCommand {
@@ -66,7 +67,7 @@ struct Status: ParsableCommand {
 
     @OptionGroup var control: ControlOptions
 
-    @Flag(name: .long, help: #"Print JSON: {"geoms": [{"name", "class", "state", "progress", "components": [{"name", "state"}]}]}"#)
+    @Flag(name: .long, help: #"Print JSON: {"geoms": [{"name", "class", "state", "progress", "components": [{"name", "state"}], "figures": {NAME: NUMBER}}]}"#)
     var json = false
 
     func run() throws {
@@ -82,9 +83,19 @@ struct Status: ParsableCommand {
         }
         let rows = report.geoms.map { geom in
             [geom.name, geom.className, geom.state, String(format: "%.1f%%", geom.progress * 100),
-             geom.components.map { "\($0.name) (\($0.state))" }.joined(separator: ", ")]
+             (geom.components.map { "\($0.name) (\($0.state))" } + figures(of: geom)).joined(separator: ", ")]
         }
         printTable(header: ["Name", "Class", "State", "Progress", "Components"], rows: rows)
+    }
+
+    /// A geom's figures as "replication lag 3.2MiB" (sizes for names ending in _bytes).
+    private func figures(of geom: GeomStatus) -> [String] {
+        (geom.figures ?? [:]).sorted { $0.key < $1.key }.map { name, value in
+            if name.hasSuffix("_bytes") {
+                return "\(name.dropLast(6).replacingOccurrences(of: "_", with: " ")) \(formatByteSize(value))"
+            }
+            return "\(name.replacingOccurrences(of: "_", with: " ")) \(value)"
+        }
     }
 }
 

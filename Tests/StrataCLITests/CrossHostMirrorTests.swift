@@ -5,7 +5,8 @@ import Testing
 /// veth pair stand for the hosts; `strata serve` on the far one exports the remote leg
 /// over TLS (PSK); on the near one, a mirror of a local file disk and that remote disk.
 /// fio writes and verifies while the link is cut and restored: the mirror degrades,
-/// loses nothing, takes the remote leg back by itself and copies only what changed.
+/// loses nothing, takes the remote leg back by itself and copies only what changed;
+/// under either replication mode (async reports its lag).
 @Suite(.serialized, .timeLimit(.minutes(4)),
        .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
                     && FileManager.default.isExecutableFile(atPath: "/usr/bin/psktool"), "needs root, iproute2 and gnutls-bin"))
@@ -72,7 +73,8 @@ struct CrossHostMirrorTests {
         return status
     }
 
-    @Test func aCutLinkDegradesTheMirrorAndOnlyWhatChangedIsCopiedWhenItIsBack() throws {
+    @Test(arguments: ["sync", "async"])
+    func aCutLinkDegradesTheMirrorAndOnlyWhatChangedIsCopiedWhenItIsBack(replication: String) throws {
         let directory = NSTemporaryDirectory() + "strata-crosshost-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory + "/near", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -102,7 +104,7 @@ struct CrossHostMirrorTests {
                 reconnect-timeout: 2
                 request-timeout: 2
             geoms:
-              - {name: m0, class: mirror, consumers: [local, far], balance: prefer-local}
+              - {name: m0, class: mirror, consumers: [local, far], balance: prefer-local, replication: \(replication)}
             exports:
               - {name: vol, provider: m0}
             """, in: directory + "/near")
@@ -124,6 +126,16 @@ struct CrossHostMirrorTests {
         defer { if fio.isRunning { fio.terminate() } }
 
         sleep(2)
+        if replication == "async" {
+            // The lag, in status and in /metrics.
+            let status = try runProgram(strataBinary, ["status", "--json", "--control", directory + "/near/control.sock"])
+            let object = try JSONSerialization.jsonObject(with: Data(status.1.utf8)) as? [String: Any]
+            let mirror = (object?["geoms"] as? [[String: Any]])?.first { $0["name"] as? String == "m0" }
+            #expect((mirror?["figures"] as? [String: Any])?["replication_lag_bytes"] is NSNumber, "\(status)")
+            let metrics = try runProgram("/usr/bin/env", ["curl", "-sf", "--unix-socket", directory + "/near/control.sock",
+                                                          "http://strata/metrics"])
+            #expect(metrics.1.contains(#"strata_mirror_replication_lag_bytes{geom="m0"}"#), "\(metrics)")
+        }
         try hosts.setLink(up: false)
         let degraded = try Self.waitForMirror(directory + "/near", seconds: 20) { $0.state == "DEGRADED" }
         #expect(degraded.state == "DEGRADED" && degraded.components == ["local:ACTIVE", "far:BROKEN"], "\(degraded) \(near.stderr)")
@@ -141,6 +153,8 @@ struct CrossHostMirrorTests {
         // fio can have written (12 MiB), never the whole 64.
         let log = near.stderr
         #expect(log.contains("remote disk far: lost"), "\(log)")
+        // The cut cable closes nothing: the connection is reset for going unanswered.
+        #expect(log.contains("no answer for 2"), "\(log)")
         #expect(log.contains("mirror m0: component far failed"), "\(log)")
         #expect(log.contains("remote disk far: reconnected"), "\(log)")
         let copiedLine = log.split(separator: "\n").first { $0.contains("mirror m0: far synchronized (") }

@@ -1,5 +1,6 @@
 import Foundation
 import Prometheus
+import Strata
 import StrataControl
 import StrataNBD
 import Testing
@@ -74,6 +75,16 @@ struct StatisticsPublisherTests {
         #expect(value(#"strata_nbd_busy_polls_total{result="found"}"#) == nil)
         #expect(value(#"strata_nbd_export_connections{export="vol"}"#) == nil)
         #expect(value(#"strata_provider_operations_total{provider="d0",kind="read"}"#) == 1)
+    }
+
+    @Test func geomFiguresArePublishedByClassAndGeom() throws {
+        let publisher = self.publisher
+        let mirror = GeomStatus(name: "m0", className: "mirror", state: "COMPLETE", progress: 0, components: [],
+                                figures: ["replication_lag_bytes": 65536])
+        publisher.publish(try sample([("d0", 1, 0)]), geoms: [mirror])
+        #expect(value(#"strata_mirror_replication_lag_bytes{geom="m0"}"#) == 65536)
+        publisher.publish(try sample([("d0", 1, 0)]), geoms: [])
+        #expect(value(#"strata_mirror_replication_lag_bytes{geom="m0"}"#) == nil)
     }
 
     /// Names come from configuration files; swift-prometheus escapes them as label values.

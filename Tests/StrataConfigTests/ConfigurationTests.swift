@@ -507,10 +507,12 @@ extension LabelledConfigurationTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let base = Self.disks + "\ngeoms:\n  - name: m0\n    class: mirror\n    consumers: [d0, d1]\n"
         for (line, message) in [
-            ("balance: fastest", "t.yaml:12: geoms[0].balance: 'fastest': must be load, prefer, round-robin or split"),
+            ("balance: fastest", "t.yaml:12: geoms[0].balance: 'fastest': must be load, prefer, round-robin, split or prefer-local"),
             ("slice: 3000", "t.yaml:12: geoms[0].slice: '3000': must be a power of two from 4KiB to 1GiB"),
             ("rebuild-rate: 4K", "t.yaml:12: geoms[0].rebuild-rate: '4K': must be at least 1MiB (per second), or 0 for no limit"),
             ("rebuild_rate: 4M", "t.yaml:12: geoms[0].rebuild_rate: is not a key of class mirror; did you mean 'rebuild-rate'?"),
+            ("replication: semi", "t.yaml:12: geoms[0].replication: 'semi': must be sync or async"),
+            ("async-lag: 4K", "t.yaml:12: geoms[0].async-lag: '4K': must be a size from 1MiB to 1TiB"),
         ] {
             do {
                 let built = try build(base + "    \(line)\n", in: directory)
@@ -520,10 +522,14 @@ extension LabelledConfigurationTests {
                 #expect("\(error)" == message)
             }
         }
-        let built = try build(base + "    rebuild-rate: 32MiB\n    balance: split\n", in: directory)
+        let built = try build(base + "    rebuild-rate: 32MiB\n    balance: split\n    replication: async\n    async-lag: 16MiB\n",
+                              in: directory)
         defer { built.topology.shutdown() }
         let mirror = try #require(built.topology.geom(named: "m0") as? MirrorGeom)
         #expect(mirror.rebuildRate.load(ordering: .relaxed) == 32 << 20)
         #expect(mirror.balance == .split)
+        #expect(mirror.replication == .async(lag: 16 << 20))
+        let settings = try #require(MirrorDefinition.settings(of: mirror))
+        #expect(settings.replication == .async && settings.asyncLag == 16 << 20)
     }
 }

@@ -167,14 +167,20 @@ public struct GeomStatus: Codable, Sendable, Equatable {
     /// From 0 to 1 while the geom is working towards a state (a rebuild).
     public var progress: Double
     public var components: [Component]
+    /// Measures the class reports by name, in snake case with their unit last (a
+    /// mirror's `replication_lag_bytes`); `/metrics` publishes each as
+    /// `strata_CLASS_NAME{geom="…"}`.
+    public var figures: [String: Int64]?
 
-    enum CodingKeys: String, CodingKey { case name, className = "class", state, progress, components }
+    enum CodingKeys: String, CodingKey { case name, className = "class", state, progress, components, figures }
 
-    public init(name: String, className: String, state: String, progress: Double, components: [Component]) {
+    public init(name: String, className: String, state: String, progress: Double, components: [Component],
+                figures: [String: Int64]? = nil) {
         self.name = name
         self.className = className
         self.state = state
         self.progress = progress
         self.components = components
+        self.figures = figures
     }
 }

@@ -14,6 +14,8 @@ public enum MirrorDefinition: ClassDefinition {
         public var slice: Int64 = 1 << 20
         /// Bytes per second a rebuild may copy; 0: no limit.
         public var rebuildRate: Int64 = 0
+        public var replication = MirrorReplication.Mode.sync
+        public var asyncLag = MirrorReplication.defaultLag
         public init() {}
         public static let keys: [SettingKey<Settings>] = [
             SettingKey("balance", \.balance, names: MirrorBalance.allCases.map { ($0.name, $0) },
@@ -22,6 +24,10 @@ public enum MirrorDefinition: ClassDefinition {
                        help: "For split: reads of two slices or more are split (default 1MiB)."),
             SettingKey("rebuild-rate", \.rebuildRate, .size(0...Int64.max, powerOfTwo: false), changesAtRunTime: true,
                        help: "Bytes per second a rebuild may copy: 0 for no limit, else at least 1MiB."),
+            SettingKey("replication", \.replication, names: MirrorReplication.Mode.allCases.map { ($0.rawValue, $0) },
+                       help: "When a write is acknowledged: once every component has it (sync), or once the local components have it, remote ones getting it in the background (async)."),
+            SettingKey("async-lag", \.asyncLag, .size((1 << 20)...(1 << 40), powerOfTwo: false),
+                       help: "For async: how far, in bytes, remote components may fall behind before writes wait (default 64MiB)."),
         ]
     }
 
@@ -35,7 +41,8 @@ public enum MirrorDefinition: ClassDefinition {
             !topology.isClaimed(provider.name) && provider.consumers.isEmpty && !provider.isOrphaned
         }.sorted { ($0.geom.rank, $1.name) > ($1.geom.rank, $0.name) }
         let mirror = try MirrorGeom.assemble(in: topology, name: entry.name, over: entry.consumers, others: others,
-                                             balance: entry.settings.balance, slice: Int(entry.settings.slice))
+                                             balance: entry.settings.balance, slice: Int(entry.settings.slice),
+                                             replication: entry.settings.replication == .async ? .async(lag: entry.settings.asyncLag) : .sync)
         mirror.rebuildRate.store(Int(rate), ordering: .relaxed)
         return mirror
     }
@@ -46,6 +53,8 @@ public enum MirrorDefinition: ClassDefinition {
         settings.balance = mirror.balance
         settings.slice = Int64(mirror.slice)
         settings.rebuildRate = Int64(mirror.rebuildRate.load(ordering: .relaxed))
+        settings.replication = mirror.replication.mode
+        if case .async(let lag) = mirror.replication { settings.asyncLag = lag }
         return settings
     }
 
@@ -58,7 +67,8 @@ public enum MirrorDefinition: ClassDefinition {
         guard let mirror = geom as? MirrorGeom, !mirror.providers.isEmpty else { return nil }
         let status = mirror.status
         return GeomStatus(name: mirror.name, className: name, state: status.state, progress: status.progress,
-                          components: status.components.map { GeomStatus.Component(name: $0.name, state: $0.state) })
+                          components: status.components.map { GeomStatus.Component(name: $0.name, state: $0.state) },
+                          figures: mirror.replication == .sync ? nil : ["replication_lag_bytes": mirror.replicationLag])
     }
 
     public static var taster: (any GeomClass)? { MirrorClass(wait: 0.5) }

@@ -8,7 +8,8 @@ extension MirrorGeom {
     ///   parameters are out of range.
     @discardableResult
     public static func create(in topology: Topology, name: String, over providers: [Provider],
-                              balance: MirrorBalance = .load, slice: Int = 1 << 20) throws -> MirrorGeom {
+                              balance: MirrorBalance = .load, slice: Int = 1 << 20,
+                              replication: MirrorReplication = .sync) throws -> MirrorGeom {
         guard (2...maximumComponents).contains(providers.count) else {
             throw StrataError(.invalid, "mirror \(name): \(providers.count) components; a mirror has 2 to \(maximumComponents)")
         }
@@ -18,7 +19,7 @@ extension MirrorGeom {
         let sector = Int64(providers.map(\.sectorSize).max()!)
         let size = (providers.map(\.mediaSize).min()! - sector) / sector * sector
         let mirror = MirrorGeom(name: name, mirrorID: UInt64.random(in: 1...UInt64.max), mediaSize: size, balance: balance,
-                                slice: slice, expected: providers.count, genid: 1, syncid: 1)
+                                slice: slice, expected: providers.count, genid: 1, syncid: 1, replication: replication)
         try topology.add(mirror)
         do {
             for (index, provider) in providers.enumerated() {
@@ -53,14 +54,16 @@ extension MirrorGeom {
     ///   components belong to different mirrors, one disk is listed twice, or the
     ///   parameters are out of range.
     public static func assemble(in topology: Topology, name: String, over providers: [Provider], others: [Provider] = [],
-                                balance: MirrorBalance = .load, slice: Int = 1 << 20) throws -> MirrorGeom {
+                                balance: MirrorBalance = .load, slice: Int = 1 << 20,
+                                replication: MirrorReplication = .sync) throws -> MirrorGeom {
         let listed = providers.map { ($0, readMetadata(of: $0, in: topology)) }
         for case let (provider, metadata?) in listed where metadata.name != name {
             throw StrataError(.busy, "\(provider.name) carries the metadata of mirror \(metadata.name); forget it first")
         }
         let labelled = listed.compactMap { provider, metadata in metadata.map { (provider, $0) } }
         guard let mirrorID = labelled.first?.1.mirrorID else {
-            return try create(in: topology, name: name, over: providers, balance: balance, slice: slice)
+            return try create(in: topology, name: name, over: providers, balance: balance, slice: slice,
+                              replication: replication)
         }
         guard labelled.allSatisfy({ $0.1.mirrorID == mirrorID }) else {
             throw StrataError(.invalid, "the components carry the metadata of different mirrors named \(name)")
@@ -88,7 +91,8 @@ extension MirrorGeom {
             throw StrataError(.invalid, "slice \(slice) must be a power of two from 4KiB to 1GiB")
         }
         let mirror = MirrorGeom(name: name, mirrorID: mirrorID, mediaSize: newest.mediaSize, balance: balance, slice: slice,
-                                expected: newest.components, genid: newest.genid, syncid: newest.syncid)
+                                expected: newest.components, genid: newest.genid, syncid: newest.syncid,
+                                replication: replication)
         try topology.add(mirror)
         do {
             for (index, (provider, metadata)) in members.enumerated() {
@@ -169,7 +173,10 @@ extension MirrorGeom {
                 slot.set(.active)
             }
         }
-        guard let source = sources.max(by: { ($0.metadata!.priority, -$0.index) < ($1.metadata!.priority, -$1.index) }) else {
+        // A local copy first: under async replication, a remote one may lack the last
+        // writes acknowledged before the crash.
+        func rank(_ slot: Slot) -> (Int, Int, Int) { (slot.isRemote ? 0 : 1, slot.metadata!.priority, -slot.index) }
+        guard let source = sources.max(by: { rank($0) < rank($1) }) else {
             throw StrataError(.noDevice, "mirror \(name): no up-to-date component present")
         }
         if sources.contains(where: { $0.metadata!.flags.contains(.dirty) }) {

@@ -61,6 +61,9 @@ extension MirrorGeom {
     /// unplugged. A component that failed a read may have bad sectors nobody wrote;
     /// `rebuild` copies it all.
     public func rejoin(_ component: String, in topology: Topology) throws {
+        // Writes it was sent in the background before it went out end first: one
+        // landing after a newer write taken directly would undo it.
+        waitForLaggingWrites(of: try topology.withLock { try slot(named: component) })
         try topology.withLock {
             let slot = try slot(named: component)
             try admitAgain(slot, in: topology)
@@ -114,7 +117,8 @@ extension MirrorGeom {
                 slot.watchingLink.store(false, ordering: .releasing)
                 return
             }
-            guard let (phase, epoch) = MirrorGeom.link(of: consumer), phase == "CONNECTED",
+            guard slot.laggingWrites.load(ordering: .acquiring) == 0,
+                  let (phase, epoch) = MirrorGeom.link(of: consumer), phase == "CONNECTED",
                   epoch != slot.linkEpoch.load(ordering: .relaxed) else {
                 slot.watchingLink.store(false, ordering: .releasing)
                 return watchLink(of: slot)

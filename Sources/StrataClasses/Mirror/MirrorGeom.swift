@@ -42,6 +42,9 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
         /// How many times the remote component's link had been made when it was last
         /// taken in: a larger count later means the link was lost and found again.
         let linkEpoch = Atomic<Int>(0)
+        /// Background writes (`async` replication) taken in for this component and not
+        /// yet completed: it serves no read meanwhile.
+        let laggingWrites = Atomic<Int>(0)
         /// Up while a timer looks for the remote component's link to come back.
         let watchingLink = Atomic<Bool>(false)
         /// The regions this component may lack (nil for places past the mirror's count).
@@ -64,6 +67,11 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     public let mirrorSize: Int64
     public let balance: MirrorBalance
     public let slice: Int
+    public let replication: MirrorReplication
+    /// The remote components' backlog under `async` replication.
+    let replicationQueue = ConditionMutex(ReplicationQueue())
+    /// The backlog's size, read without the lock by writes deciding whether to park.
+    let laggingBytes = Atomic<Int64>(0)
     let expected: Int
     let slots: [Slot]
     /// What changes under the lock: the fields every component's metadata shares, the
@@ -94,8 +102,9 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     }
 
     init(name: String, mirrorID: UInt64, mediaSize: Int64, balance: MirrorBalance, slice: Int, expected: Int,
-         genid: UInt32, syncid: UInt32) {
+         genid: UInt32, syncid: UInt32, replication: MirrorReplication = .sync) {
         self.mirrorID = mirrorID
+        self.replication = replication
         self.mirrorSize = mediaSize
         self.balance = balance
         self.slice = slice
@@ -111,7 +120,9 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     // MARK: Reads
 
     private func readable(_ slot: Slot, _ end: Int64) -> Bool {
-        switch slot.state {
+        // A remote component behind on writes (`async`) could answer with old data.
+        if slot.isRemote && slot.laggingWrites.load(ordering: .relaxed) > 0 { return false }
+        return switch slot.state {
         case .active: true
         case .synchronizing: end <= slot.syncOffset.load(ordering: .acquiring)
         default: false
@@ -166,6 +177,16 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     }
 
     override public func start(_ bio: consuming ProviderBio) {
+        if case .async = replication {
+            let isWrite = bio.command != .read && bio.command != .getattr
+            var held: ProviderBio? = bio
+            if parksForLag(&held, isWrite: isWrite) { return }
+            return dispatch(held.take()!)
+        }
+        dispatch(bio)
+    }
+
+    private func dispatch(_ bio: consuming ProviderBio) {
         switch bio.command {
         case .read, .getattr:
             read(bio)
@@ -274,6 +295,20 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
                 break
             }
         }
+        if case .async = replication {
+            // Remote components get the write in the background while a local one takes
+            // it here; with no local one left, they take it here.
+            var remotes = SlotMask()
+            var locals = 0
+            var candidates = targets
+            while let index = candidates.popFirst() {
+                if slots[index].isRemote && slots[index].state == .active { remotes.insert(index) } else { locals += 1 }
+            }
+            if !remotes.isEmpty && locals > 0 {
+                sendLagging(bio, to: remotes)
+                targets.remove(remotes)
+            }
+        }
         guard !targets.isEmpty else {
             finishTracking(tracking)
             bio.deliver(.io)
@@ -365,7 +400,7 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
 
     /// Marks a component BROKEN if it was in use, and records the ejection in the others'
     /// metadata (a new genid).
-    private func eject(_ slot: Slot, because error: BioError) {
+    func eject(_ slot: Slot, because error: BioError) {
         let was = slot.state
         guard was == .active || was == .synchronizing else { return }
         // Errors caused by the mirror's own teardown (access closed under a rebuild)
@@ -404,6 +439,8 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             }
             writeMetadata()
         } else if writers > 0 && writers + write == 0 {
+            // Clean means every copy has every write: remote ones catch up first.
+            waitForLaggingWrites()
             flushComponents()
             shared.withLock { $0.metadata.dirty = false }
             writeMetadata()
@@ -501,6 +538,9 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
     /// back. Returns the bytes copied, or nil if the copy stopped before the end.
     private func copy(into target: Slot) -> Int64? {
         let map = target.missed!
+        // Writes sent to it in the background before it went out end first: one landing
+        // after the copy of its region would undo it.
+        waitForLaggingWrites(of: target)
         var sinceSave = 0
         var offset = target.syncOffset.load(ordering: .acquiring)
         let started = monotonicSeconds()
@@ -655,6 +695,8 @@ struct SlotMask {
     var isEmpty: Bool { bits == 0 }
 
     mutating func insert(_ index: Int) { bits |= 1 << UInt32(index) }
+
+    mutating func remove(_ other: SlotMask) { bits &= ~other.bits }
 
     /// The lowest index, taken out of the mask; nil when it is empty.
     mutating func popFirst() -> Int? {

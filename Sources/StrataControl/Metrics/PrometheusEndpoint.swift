@@ -1,4 +1,5 @@
 import Prometheus
+import Strata
 import Synchronization
 
 /// `GET /metrics`: the topology's counters published through swift-metrics into a
@@ -15,9 +16,9 @@ final class PrometheusEndpoint: Sendable {
     }
 
     /// The text format, version 0.0.4.
-    func scrape(_ stats: StatsReport, server: StatisticsPublisher.ServerGauges?) -> [UInt8] {
+    func scrape(_ stats: StatsReport, geoms: [GeomStatus], server: StatisticsPublisher.ServerGauges?) -> [UInt8] {
         scraping.withLock { _ in
-            publisher.publish(stats, server: server)
+            publisher.publish(stats, geoms: geoms, server: server)
             var text: [UInt8] = []
             registry.emit(into: &text)
             text.append(contentsOf: PrometheusText.latencyHistograms(stats).utf8)

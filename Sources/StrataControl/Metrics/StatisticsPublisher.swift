@@ -87,8 +87,8 @@ public final class StatisticsPublisher: Sendable {
     }
 
     /// Brings every series up to date with `stats` and `server`.
-    public func publish(_ stats: StatsReport, server: ServerGauges? = nil) {
-        let readings = Self.readings(stats, server: server)
+    public func publish(_ stats: StatsReport, geoms: [GeomStatus] = [], server: ServerGauges? = nil) {
+        let readings = Self.readings(stats, geoms: geoms, server: server)
         series.withLock { published in
             for (key, reading) in readings {
                 published[key] = update(published[key], key: key, to: reading)
@@ -101,8 +101,13 @@ public final class StatisticsPublisher: Sendable {
     }
 
     /// The names and labels `publish` gives each reading.
-    static func readings(_ stats: StatsReport, server: ServerGauges?) -> [SeriesKey: Reading] {
+    static func readings(_ stats: StatsReport, geoms: [GeomStatus], server: ServerGauges?) -> [SeriesKey: Reading] {
         var readings: [SeriesKey: Reading] = [:]
+        for geom in geoms {
+            for (figure, value) in geom.figures ?? [:] {
+                readings[SeriesKey("strata_\(geom.className)_\(figure)", [("geom", geom.name)])] = .level(Double(value))
+            }
+        }
         for provider in stats.providers {
             for (kind, counters) in provider.countersByKind {
                 let labels = [("provider", provider.name), ("kind", kind)]

@@ -6,9 +6,12 @@ import Synchronization
 import Testing
 
 /// A provider that says it is on another machine, as a remote disk does: it answers
-/// "STRATA::link" with what the test sets, and passes everything else down.
+/// "STRATA::link" with what the test sets, and passes everything else down, writes after
+/// a random delay of up to `jitterMilliseconds` (so they overtake each other, as they
+/// can on a network server).
 final class LinkStandIn: Geom, @unchecked Sendable {
     let answer = Mutex("CONNECTED 1")
+    let jitterMilliseconds = Atomic<Int>(0)
 
     static func create(in topology: Topology, name: String, over below: Provider) throws -> LinkStandIn {
         let geom = LinkStandIn(name: name, className: "LINK-STAND-IN")
@@ -25,7 +28,12 @@ final class LinkStandIn: Geom, @unchecked Sendable {
             return
         }
         guard let clone = bio.clone() else { return bio.deliver(.noMemory) }
-        passOnToFirstConsumer(bio, clone)
+        let jitter = jitterMilliseconds.load(ordering: .relaxed)
+        guard jitter > 0 && bio.command == .write else { return passOnToFirstConsumer(bio, clone) }
+        let (parent, child) = (bio.unmanaged(), clone.unmanaged())
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int.random(in: 0...jitter))) {
+            self.passOnToFirstConsumer(parent.takeProviderBio(), child.takeBio())
+        }
     }
 }
 
