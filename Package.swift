@@ -110,7 +110,7 @@ let package = Package(
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataCLITests", dependencies: [
-            "StrataConfig", "StrataControl", "StrataNBD",
+            "Strata", "StrataConfig", "StrataControl", "StrataNBD",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ], swiftSettings: strictSwift),
