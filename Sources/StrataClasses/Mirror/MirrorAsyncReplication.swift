@@ -177,9 +177,19 @@ extension MirrorGeom {
         }
     }
 
-    /// A local component takes writes here: remote ones may then lag behind.
+    /// Parks a write until the remote components have every write on its way to them;
+    /// returns false, keeping nothing, if they have them already.
+    func parkUntilCaughtUp(_ held: inout ProviderBio?) -> Bool {
+        replicationQueue.withLock { queue in
+            guard queue.lag > 0 else { return false }
+            queue.parked.append(held.take()!)
+            return true
+        }
+    }
+
+    /// An up-to-date local component takes writes here: remote ones may then lag behind.
     var hasLocalTarget: Bool {
-        slots.prefix(expected).contains { !$0.isRemote && ($0.state == .active || $0.state == .synchronizing) }
+        slots.prefix(expected).contains { !$0.isRemote && $0.state == .active }
     }
 
     /// Sends the write to the remote components in `remotes` in the background.

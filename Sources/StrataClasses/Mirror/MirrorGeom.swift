@@ -296,17 +296,28 @@ public final class MirrorGeom: Geom, @unchecked Sendable {
             }
         }
         if case .async = replication {
-            // Remote components get the write in the background while a local one takes
-            // it here; with no local one left, they take it here.
+            // Remote components get the write in the background while an up-to-date
+            // local one takes it here; with none, they take it here, but only once the
+            // writes on their way have landed (the local one may have failed since
+            // `start` looked).
             var remotes = SlotMask()
-            var locals = 0
+            var localCopies = 0
             var candidates = targets
             while let index = candidates.popFirst() {
-                if slots[index].isRemote && slots[index].state == .active { remotes.insert(index) } else { locals += 1 }
+                let slot = slots[index]
+                if slot.isRemote && slot.state == .active { remotes.insert(index) }
+                if !slot.isRemote && slot.state == .active { localCopies += 1 }
             }
-            if !remotes.isEmpty && locals > 0 {
+            if !remotes.isEmpty && localCopies > 0 {
                 sendLagging(bio, to: remotes)
                 targets.remove(remotes)
+            } else if !remotes.isEmpty && laggingBytes.load(ordering: .acquiring) > 0 {
+                var held: ProviderBio? = bio
+                if parkUntilCaughtUp(&held) {
+                    finishTracking(tracking)
+                    return
+                }
+                bio = held.take()!
             }
         }
         guard !targets.isEmpty else {
