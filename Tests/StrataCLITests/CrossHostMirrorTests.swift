@@ -132,6 +132,8 @@ struct CrossHostMirrorTests {
             let object = try JSONSerialization.jsonObject(with: Data(status.1.utf8)) as? [String: Any]
             let mirror = (object?["geoms"] as? [[String: Any]])?.first { $0["name"] as? String == "m0" }
             #expect((mirror?["figures"] as? [String: Any])?["replication_lag_bytes"] is NSNumber, "\(status)")
+            let table = try runProgram(strataBinary, ["status", "--control", directory + "/near/control.sock"])
+            #expect(table.1.contains("far (ACTIVE), replication lag "), "\(table)")
             let metrics = try runProgram("/usr/bin/env", ["curl", "-sf", "--unix-socket", directory + "/near/control.sock",
                                                           "http://strata/metrics"])
             #expect(metrics.1.contains(#"strata_mirror_replication_lag_bytes{geom="m0"}"#), "\(metrics)")
