@@ -79,7 +79,7 @@ struct ReplicationQueue: ~Copyable {
         if command == .flush {
             waitingFlushes[slot, default: []].append(write.sequence)
         } else {
-            for key in keys(of: write) { buckets[key, default: []].append(write.sequence) }
+            for bucket in bucketRange(of: write) { buckets[BucketKey(slot: slot, bucket: bucket), default: []].append(write.sequence) }
             order[slot, default: ([], 0)].sequences.append(write.sequence)
         }
         return take(ifReady: write)
@@ -91,16 +91,19 @@ struct ReplicationQueue: ~Copyable {
         sent.remove(done.sequence)
         lag -= done.bytes
         guard done.command != .flush else { return [] }
+        // The writes it held back: waiting in its buckets, overlapping it; oldest first.
         var candidates: [UInt64] = []
-        for key in keys(of: done) {
+        for bucket in bucketRange(of: done) {
+            let key = BucketKey(slot: done.slot, bucket: bucket)
             buckets[key]!.removeAll { $0 == done.sequence }
-            for sequence in buckets[key]! where !sent.contains(sequence) && writes[sequence]!.range.overlaps(done.range) {
+            for sequence in buckets[key]! where !sent.contains(sequence) && writes[sequence]!.range.overlaps(done.range)
+                && !candidates.contains(sequence) {
                 candidates.append(sequence)
             }
             if buckets[key]!.isEmpty { buckets[key] = nil }
         }
         var ready: [LaggingWrite] = []
-        for sequence in Set(candidates).sorted() {
+        for sequence in candidates.sorted() {
             if let write = take(ifReady: writes[sequence]!) { ready.append(write) }
         }
         let oldest = oldestWrite(of: done.slot)
@@ -122,8 +125,8 @@ struct ReplicationQueue: ~Copyable {
             waitingFlushes[write.slot]?.removeAll { $0 == write.sequence }
             if waitingFlushes[write.slot]?.isEmpty == true { waitingFlushes[write.slot] = nil }
         } else {
-            for key in keys(of: write) {
-                for earlier in buckets[key]! {
+            for bucket in bucketRange(of: write) {
+                for earlier in buckets[BucketKey(slot: write.slot, bucket: bucket)]! {
                     guard earlier < write.sequence else { break }
                     if writes[earlier]!.range.overlaps(write.range) { return nil }
                 }
@@ -149,10 +152,11 @@ struct ReplicationQueue: ~Copyable {
         return entry.sequences[entry.head]
     }
 
-    private func keys(of write: LaggingWrite) -> [BucketKey] {
+    /// The buckets a write touches (a range: nothing allocated per write).
+    private func bucketRange(of write: LaggingWrite) -> ClosedRange<Int64> {
         let first = write.range.lowerBound >> Self.bucketShift
         let last = (max(write.range.upperBound, write.range.lowerBound + 1) - 1) >> Self.bucketShift
-        return (first...last).map { BucketKey(slot: write.slot, bucket: $0) }
+        return first...last
     }
 }
 
