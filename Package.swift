@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "StrataNBDProtocol", targets: ["StrataNBDProtocol"]),
         .library(name: "StrataClasses", targets: ["StrataClasses"]),
         .library(name: "StrataConfig", targets: ["StrataConfig"]),
+        .library(name: "StrataRBD", targets: ["StrataRBD"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -47,6 +48,10 @@ let package = Package(
             "Strata", "CStrataSystem", "StrataNBDClient", "StrataNBDProtocol",
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: strictSwift),
+        // librados and librbd, Ceph's C client libraries (Debian: librbd-dev).
+        .systemLibrary(name: "CRBD", path: "Sources/CRBD", providers: [.apt(["librbd-dev"])]),
+        // RBD images of a Ceph cluster as disks, through librbd.
+        .target(name: "StrataRBD", dependencies: ["Strata", "StrataDisks", "CRBD"], swiftSettings: strictSwift),
         // The numbers of the NBD protocol and the listen address, which the server and
         // the client share. Imports the toolchain only.
         .target(name: "StrataNBDProtocol", swiftSettings: strictSwift),
@@ -74,7 +79,7 @@ let package = Package(
         ], swiftSettings: strictSwift),
         // The topology file: YAML in, a checked configuration and a built topology out.
         .target(name: "StrataConfig", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD", "StrataClasses",
+            "Strata", "StrataDisks", "StrataNBD", "StrataClasses", "StrataRBD",
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: strictSwift),
         // The control endpoint (HTTP/JSON on a Unix socket) and its client.
@@ -105,7 +110,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strictSwift),
         .testTarget(name: "StrataTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
-        .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks", "CStrataSystem"],
+        .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks", "CStrataSystem", "StrataRBD"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),

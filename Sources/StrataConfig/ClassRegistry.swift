@@ -1,6 +1,7 @@
 import Strata
 import StrataClasses
 import StrataDisks
+import StrataRBD
 
 /// Every class the topology file, the control socket and the command line know, one
 /// line each; a class is otherwise wholly in its own folder.
@@ -11,6 +12,7 @@ public let registeredClasses: [any ClassDefinition.Type] = [
     ZeroDiskDefinition.self,
     PowerCutDiskDefinition.self,
     RemoteDiskDefinition.self,
+    RBDDiskDefinition.self,
     NopDefinition.self,
     ConcatDefinition.self,
     StripeDefinition.self,

@@ -21,7 +21,7 @@ open class Disk: Geom, @unchecked Sendable {
     /// Adds the disk to `topology` and makes its provider (read-only if `readOnly`: no
     /// consumer may open it for writing). On failure the disk is released
     /// (`destroyed()`) and leaves nothing in the topology.
-    func install(in topology: Topology, mediaSize: Int64, sectorSize: Int, readOnly: Bool = false) throws {
+    package func install(in topology: Topology, mediaSize: Int64, sectorSize: Int, readOnly: Bool = false) throws {
         do {
             try Disk.validate(sectorSize: sectorSize, for: name)
             try topology.add(self)
@@ -86,7 +86,7 @@ open class Disk: Geom, @unchecked Sendable {
     }
 
     /// The part of the media an extents GETATTR asks about, clipped to the media.
-    static func extentRange(of bio: borrowing ProviderBio, mediaSize: Int64) -> Range<Int64> {
+    package static func extentRange(of bio: borrowing ProviderBio, mediaSize: Int64) -> Range<Int64> {
         let (requestedEnd, overflow) = bio.offset.addingReportingOverflow(max(bio.length, 0))
         let start = min(max(bio.offset, 0), mediaSize)
         let end = max(start, overflow ? mediaSize : min(requestedEnd, mediaSize))

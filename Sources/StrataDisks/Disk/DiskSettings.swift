@@ -1,7 +1,7 @@
 import Strata
 
 /// The sector sizes a disk entry may give (`sector-size`).
-let sectorSizeNames: [(String, Int)] = [("512", 512), ("4096", 4096)]
+package let sectorSizeNames: [(String, Int)] = [("512", 512), ("4096", 4096)]
 
 /// The settings of the disks whose main value is their size (memory, null, zero,
 /// power-cut): `{name: m0, memory: 1GiB, sector-size: 4096}`.
