@@ -66,7 +66,7 @@ struct AssemblyPlan {
                 let place = written.map { value in
                     "\(value.file)\(value.line.map { ":\($0)" } ?? ""): \(value.key): '\(value.text)'"
                 } ?? first.entry.path
-                let problem = "is the file \(first.entry.name) opens (\(place)); a file can be one disk only"
+                let problem = "is the \(medium.noun) \(first.entry.name) opens (\(place)); \(article(medium.noun)) \(medium.noun) can be one disk only"
                 throw spec.error(SettingError(key: medium.key, value: medium.name, problem: problem), in: configuration.file)
             }
         }
@@ -88,3 +88,6 @@ struct AssemblyPlan {
                            problem: "make a cycle: \(loop.map { configuration.geoms[$0].name }.joined(separator: " → "))")
     }
 }
+
+/// "a" or "an", for a noun in a message.
+func article(_ noun: String) -> String { "aeiou".contains(noun.first ?? "x") ? "an" : "a" }

@@ -48,7 +48,7 @@ public final class RunningTopology: Sendable {
                 guard let other = ClassRegistry.of(geom),
                       let same = other.media(of: geom).first(where: { $0.identity == medium.identity }) else { continue }
                 throw SettingError(key: medium.key, value: settings.last { $0.key == medium.key }?.text ?? medium.name,
-                                   problem: "is the file \(other.entryName(of: geom)) opens (\(same.name)); a file can be one disk only")
+                                   problem: "is the \(medium.noun) \(other.entryName(of: geom)) opens (\(same.name)); \(article(medium.noun)) \(medium.noun) can be one disk only")
             }
         }
         var consumers: [Provider] = []

@@ -90,6 +90,6 @@ public enum RBDDiskDefinition: ClassDefinition {
         if let path = settings.configuration, stat(path, &status) == 0 {
             configuration = "\(status.st_dev):\(status.st_ino)"
         }
-        return [Medium(key: "rbd", identity: "rbd:\(configuration):\(spec)", name: spec.description)]
+        return [Medium(key: "rbd", identity: "rbd:\(configuration):\(spec)", name: spec.description, noun: "image")]
     }
 }

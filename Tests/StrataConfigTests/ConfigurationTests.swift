@@ -168,7 +168,7 @@ import Testing
     }
 
     @Test func aDiskIsExactlyOneKind() {
-        #expect(failure("disks:\n  - name: a\n    size: 1M").contains("needs one of file, memory, null, zero, powercut or remote"))
+        #expect(failure("disks:\n  - name: a\n    size: 1M").contains("needs one of file, memory, null, zero, powercut, remote or rbd"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    null: 1M").contains("has memory and null"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    size: 2M")
                 == "strata.yaml:4: disks[0].size: is not a key of memory disks (known: name, memory, sector-size)")
@@ -267,6 +267,18 @@ import Testing
         #expect(disks[0].log === disks[1].log && disks[0].log.disks == ["p0", "p1"])
         let entry = try ConfigurationLoader.parse("disks:\n  - name: p\n    powercut: 1M", file: "t.yaml", baseDirectory: "/").disks[0]
         #expect(entry.className == "powercut" && entry.parameters["powercut"]?.text == "1M")
+    }
+
+    @Test func rbdEntriesAreCheckedBeforeAnyClusterIsCalled() {
+        #expect(failure("disks:\n  - name: r0\n    rbd: vm1")
+                == "t.yaml:3: disks[0].rbd: 'vm1': is not POOL/IMAGE, POOL/NAMESPACE/IMAGE or either with @SNAPSHOT")
+        #expect(failure("disks:\n  - name: r0\n    rbd: rbd/vm1@monday\n    size: 1GiB")
+                == "t.yaml:4: disks[0].size: '1GiB': cannot be given for a snapshot, which is read-only")
+        #expect(failure("disks:\n  - name: r0\n    rbd: rbd/vm1\n    timeout: -1")
+                == "t.yaml:4: disks[0].timeout: '-1': must be a whole number from 0 to 3600")
+        // Two entries naming one image through one configuration are refused up front.
+        #expect(failure("disks:\n  - {name: r0, rbd: rbd/vm1, ceph-conf: /etc/hosts}\n  - {name: r1, rbd: rbd/vm1, ceph-conf: /etc/./hosts}")
+                == "t.yaml:3: disks[1].rbd: 'rbd/vm1': is the image r0 opens (t.yaml:2: disks[0].rbd: 'rbd/vm1'); an image can be one disk only")
     }
 
     @Test func anExportOfAMissingProviderNamesTheNearestOne() {

@@ -113,11 +113,14 @@ public struct Medium: Sendable, Equatable {
     public let identity: String
     /// The medium as the entry names it, resolved (an absolute path), for messages.
     public let name: String
+    /// What the medium is, for messages: `file`, `image`.
+    public let noun: String
 
-    public init(key: String, identity: String, name: String) {
+    public init(key: String, identity: String, name: String, noun: String = "file") {
         self.key = key
         self.identity = identity
         self.name = name
+        self.noun = noun
     }
 }
 

@@ -239,6 +239,15 @@ struct RBDDiskTests {
         try "[client.admin]\n\tkey = AQBzZ2hnAAAAABAAnotTheRealKeyAtAllxxxxxxx==\n".write(toFile: keyring, atomically: true, encoding: .utf8)
         let wrongKey = failure { _ = try RBDDiskFixture(image, timeout: 5, keyring: keyring) }
         #expect(wrongKey.contains("cannot") && wrongKey.contains("client.admin"), "\(wrongKey)")
+        // An image without the exclusive-lock feature is refused for writing, read-only it opens.
+        let unlocked = CephTestCluster.uniqueImage("nolock")
+        defer { CephTestCluster.remove(unlocked) }
+        #expect(try CephTestCluster.rbd(["create", "--size", "16", "--image-feature", "layering", unlocked]).status == 0)
+        #expect(failure { _ = try RBDDiskFixture(unlocked, size: nil) }
+                .contains("image \(unlocked) lacks the exclusive-lock feature, which keeps a second writer out: run `rbd feature enable \(unlocked) exclusive-lock`"))
+        let reader = try RBDDiskFixture(unlocked, size: nil, readOnly: true)
+        #expect(try reader.issuer.bytes(at: 0, count: 4096) == zeros(4096))
+        reader.close()
         // After every refusal the image opens for writing: nothing held its lock.
         let again = try RBDDiskFixture(image, size: nil, timeout: 28)
         try again.issuer.write(zeros(4096), at: 0)
