@@ -85,6 +85,51 @@ struct RBDServeTests {
         #expect(Self.sameFiles(copied, viaQemu), "qemu's rbd driver reads other bytes")
     }
 
+    @Test func aServerKilledWithSigkillLosesNoFlushedWriteAndItsLockIsTakenOverOnRestart() throws {
+        let image = Self.uniqueImage("kill")
+        defer { Self.remove(image) }
+        let (server, socket, _) = try ServeProcess.serving("""
+            disks:
+              - {name: r0, rbd: \(image), ceph-conf: \(Self.configuration!), size: 16MiB}
+            exports:
+              - {name: vol, provider: r0}
+            """, prefix: "strata-rbd-kill")
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        let uri = "nbd+unix:///vol?socket=\(socket)"
+        // Written and flushed (through librbd's cache, write-back after the first flush),
+        // then the server is killed with more writes in flight.
+        let written = try runProgram("/usr/bin/python3", ["-c", """
+            import nbd
+            h = nbd.NBD()
+            h.connect_uri("\(uri)")
+            h.pwrite(b"\\x61" * 1048576, 0)
+            h.flush()
+            h.pwrite(b"\\x62" * 1048576, 4194304, nbd.CMD_FLAG_FUA)
+            for i in range(64):
+                h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(b"\\x63" * 65536)), 8388608 + i * 65536)
+            print("ok", flush=True)
+            """])
+        #expect(written.0 == 0 && written.1.contains("ok"), "\(written)")
+        #expect(server.stop(signal: SIGKILL) != nil)
+
+        // The restart waits for the cluster to notice the dead holder, then takes the lock.
+        let started = Date()
+        let again = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: server.directory)
+        #expect(again.waitForOutput("control socket", seconds: 90), "\(again.stderr)")
+        #expect(Date().timeIntervalSince(started) < 60)
+        let check = try runProgram("/usr/bin/python3", ["-c", """
+            import nbd
+            h = nbd.NBD()
+            h.connect_uri("\(uri)")
+            assert h.pread(1048576, 0) == b"\\x61" * 1048576
+            assert h.pread(1048576, 4194304) == b"\\x62" * 1048576
+            print("ok", flush=True)
+            """])
+        #expect(check.0 == 0 && check.1.contains("ok"), "\(check)")
+        #expect(again.stop() == 0)
+    }
+
     @Test func aStripeAndAThinPoolOverRbdImagesComeBackAfterARestart() throws {
         let (one, two, three) = (Self.uniqueImage("s1"), Self.uniqueImage("s2"), Self.uniqueImage("tp"))
         defer { Self.remove(one, two, three) }
