@@ -196,7 +196,7 @@ public final class RBDDisk: Disk, @unchecked Sendable {
         bio.driver2 = Unmanaged.passUnretained(self).toOpaque()
         var vector: UnsafeMutablePointer<iovec>?
         let segments = data.firstSegment.count == data.count ? 1 : RBDDisk.segmentCount(data)
-        if command == .read && segments > 1 {
+        if command == .read && segments > 1 && !flushing {
             // librbd reads into the vector when the data arrives: it lives until then.
             vector = .allocate(capacity: segments)
             RBDDisk.fill(vector!, from: data)

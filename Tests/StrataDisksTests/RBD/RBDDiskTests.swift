@@ -254,6 +254,30 @@ struct RBDDiskTests {
         again.close()
     }
 
+    @Test func aClusterThatDoesNotAnswerFailsTheStartWithinTheTimeout() throws {
+        let directory = NSTemporaryDirectory() + "strata-rbd-dead-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // A monitor address where nothing listens.
+        try "[global]\nmon host = 127.0.0.1:1\n[client]\nlog file = /dev/null\n"
+            .write(toFile: directory + "/ceph.conf", atomically: true, encoding: .utf8)
+        let topology = Topology()
+        var options = RBDDisk.Options()
+        options.configuration = directory + "/ceph.conf"
+        options.timeoutSeconds = 2
+        options.size = 1 << 20
+        let started = ContinuousClock.now
+        do {
+            _ = try RBDDisk.create(in: topology, name: "r0", spec: RBDImageSpec("rbd/x")!, options: options)
+            Issue.record("a disk was made on a cluster that does not answer")
+        } catch let error as StrataError {
+            #expect(error.message.contains("cannot connect to the Ceph cluster of \(directory)/ceph.conf as client.admin: ETIMEDOUT"),
+                    "\(error.message)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(20))
+        #expect(topology.geoms.isEmpty)
+    }
+
     @Test func aClientWithProfileRbdCapsIsEnough() throws {
         let image = CephTestCluster.uniqueImage("caps")
         defer { CephTestCluster.remove(image) }
