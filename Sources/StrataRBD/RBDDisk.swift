@@ -195,7 +195,8 @@ public final class RBDDisk: Disk, @unchecked Sendable {
         let data = bio.data
         bio.driver2 = Unmanaged.passUnretained(self).toOpaque()
         var vector: UnsafeMutablePointer<iovec>?
-        let segments = data.firstSegment.count == data.count ? 1 : RBDDisk.segmentCount(data)
+        let first = data.firstSegment
+        let segments = first.count == data.count ? 1 : RBDDisk.segmentCount(data)
         if command == .read && segments > 1 && !flushing {
             // librbd reads into the vector when the data arrives: it lives until then.
             vector = .allocate(capacity: segments)
@@ -214,11 +215,11 @@ public final class RBDDisk: Disk, @unchecked Sendable {
                 if let vector {
                     result = rbd_aio_readv(image, vector, Int32(segments), offset, completion)
                 } else {
-                    result = rbd_aio_read(image, offset, length, data.firstSegment.baseAddress!, completion)
+                    result = rbd_aio_read(image, offset, length, first.baseAddress!, completion)
                 }
             case .write:
                 if segments == 1 {
-                    result = rbd_aio_write(image, offset, length, data.firstSegment.baseAddress!, completion)
+                    result = rbd_aio_write(image, offset, length, first.baseAddress!, completion)
                 } else {
                     // librbd takes a write's vector in before returning.
                     result = withUnsafeTemporaryAllocation(of: iovec.self, capacity: segments) { vector in
