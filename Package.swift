@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "StrataClasses", targets: ["StrataClasses"]),
         .library(name: "StrataConfig", targets: ["StrataConfig"]),
         .library(name: "StrataRBD", targets: ["StrataRBD"]),
+        .library(name: "StrataEli", targets: ["StrataEli"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -52,6 +53,10 @@ let package = Package(
         .systemLibrary(name: "CRBD", path: "Sources/CRBD", providers: [.apt(["librbd-dev"])]),
         // RBD images of a Ceph cluster as disks, through librbd.
         .target(name: "StrataRBD", dependencies: ["Strata", "StrataDisks", "CRBD"], swiftSettings: strictSwift),
+        // OpenSSL's libcrypto and libargon2 (Debian: libssl-dev, libargon2-dev).
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", providers: [.apt(["libssl-dev", "libargon2-dev"])]),
+        // The eli class: sectors encrypted with AES-XTS, in LUKS1 and LUKS2 volumes.
+        .target(name: "StrataEli", dependencies: ["Strata", "CCrypto"], swiftSettings: strictSwift),
         // The numbers of the NBD protocol and the listen address, which the server and
         // the client share. Imports the toolchain only.
         .target(name: "StrataNBDProtocol", swiftSettings: strictSwift),
@@ -79,7 +84,7 @@ let package = Package(
         ], swiftSettings: strictSwift),
         // The topology file: YAML in, a checked configuration and a built topology out.
         .target(name: "StrataConfig", dependencies: [
-            "Strata", "StrataDisks", "StrataNBD", "StrataClasses", "StrataRBD",
+            "Strata", "StrataDisks", "StrataNBD", "StrataClasses", "StrataRBD", "StrataEli",
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: strictSwift),
         // The control endpoint (HTTP/JSON on a Unix socket) and its client.
@@ -111,6 +116,8 @@ let package = Package(
         ], swiftSettings: strictSwift),
         .testTarget(name: "StrataTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks", "CStrataSystem", "StrataRBD"],
+                    swiftSettings: strictSwift),
+        .testTarget(name: "StrataEliTests", dependencies: ["Strata", "StrataDisks", "StrataEli", "CCrypto"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),
