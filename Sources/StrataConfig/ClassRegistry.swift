@@ -1,6 +1,7 @@
 import Strata
 import StrataClasses
 import StrataDisks
+import StrataEli
 import StrataRBD
 
 /// Every class the topology file, the control socket and the command line know, one
@@ -20,6 +21,7 @@ public let registeredClasses: [any ClassDefinition.Type] = [
     PartDefinition.self,
     MirrorDefinition.self,
     ThinDefinition.self,
+    EliDefinition.self,
 ]
 
 /// Finding classes in `registeredClasses`.

@@ -11,7 +11,9 @@ public final class BlockDevice: @unchecked Sendable {
     public let provider: Provider
     private let topology: Topology
     private let geom: UserGeom
-    private let consumer: Consumer
+    /// The consumer the device opened, for requests the methods here do not make
+    /// (scattered data, flags).
+    public let consumer: Consumer
     private let access: (read: Int, write: Int, exclusive: Int)
     private let closed = Atomic<Bool>(false)
 

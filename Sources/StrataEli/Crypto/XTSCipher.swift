@@ -32,9 +32,8 @@ public final class XTSCipher {
                 && EVP_DecryptInit_ex(decryptor, cipher, nil, bytes, nil) == 1
         }
         guard accepted else {
-            EVP_CIPHER_CTX_free(encryptor)
-            EVP_CIPHER_CTX_free(decryptor)
-            // OpenSSL refuses a key whose two halves are equal.
+            // Both contexts are stored, so deinit runs and frees them (freeing them here
+            // too was a double free). OpenSSL refuses a key whose two halves are equal.
             throw StrataError(.invalid, "AES-XTS refused the key: \(opensslError())")
         }
     }
@@ -46,22 +45,23 @@ public final class XTSCipher {
     }
 
     /// Encrypts `count` bytes (whole sectors of `sectorSize`) from `input` to `output`,
-    /// the first sector numbered `firstSector`. `input` may be `output`.
+    /// the first sector's tweak `firstSector`, each next one `sectorStep` more (8 for
+    /// 4096-byte sectors numbered in 512-byte units). `input` may be `output`.
     @inline(__always)
     public func encrypt(_ input: UnsafeRawPointer, to output: UnsafeMutableRawPointer, count: Int, sectorSize: Int,
-                        firstSector: UInt64) {
-        run(encryptor, input, output, count, sectorSize, firstSector)
+                        firstSector: UInt64, sectorStep: UInt64 = 1) {
+        run(encryptor, input, output, count, sectorSize, firstSector, sectorStep)
     }
 
     /// Decrypts `count` bytes (whole sectors) from `input` to `output`, which may be the same.
     @inline(__always)
     public func decrypt(_ input: UnsafeRawPointer, to output: UnsafeMutableRawPointer, count: Int, sectorSize: Int,
-                        firstSector: UInt64) {
-        run(decryptor, input, output, count, sectorSize, firstSector)
+                        firstSector: UInt64, sectorStep: UInt64 = 1) {
+        run(decryptor, input, output, count, sectorSize, firstSector, sectorStep)
     }
 
     private func run(_ context: OpaquePointer, _ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer,
-                     _ count: Int, _ sectorSize: Int, _ firstSector: UInt64) {
+                     _ count: Int, _ sectorSize: Int, _ firstSector: UInt64, _ sectorStep: UInt64) {
         // The tweak: the sector number, little endian, zero-padded to 16 bytes.
         var tweak: (UInt64, UInt64) = (0, 0)
         var sector = firstSector
@@ -77,7 +77,7 @@ public final class XTSCipher {
             // Only a length outside 16 bytes to 16 MiB fails, which callers never pass.
             precondition(done, "AES-XTS failed on a \(sectorSize)-byte sector: \(opensslError())")
             at += sectorSize
-            sector &+= 1
+            sector &+= sectorStep
         }
     }
 }

@@ -1,0 +1,72 @@
+import Strata
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A provider as the medium of a LUKS header, read and written through a consumer.
+struct ConsumerMedium: LUKSMedium {
+    let consumer: Consumer
+    let size: Int64
+
+    func read(at offset: Int64, count: Int) throws -> [UInt8] { try consumer.readSync(at: offset, count: count) }
+    func write(_ bytes: [UInt8], at offset: Int64) throws { try consumer.writeSync(bytes, at: offset) }
+    func flush() throws {
+        do {
+            try consumer.performSync(.flush, offset: 0, length: 0)
+        } catch let error as StrataError where error.code == .notSupported {
+            // No volatile cache below.
+        }
+    }
+}
+
+extension Topology {
+    /// Runs `body` with `provider` as a LUKS medium, through a consumer of a short-lived
+    /// geom, opened for reading (and writing, exclusively, when `writing`); the consumer
+    /// goes away afterwards, whatever happens.
+    func withLUKSMedium<Result>(_ provider: Provider, writing: Bool, _ body: (ConsumerMedium) throws -> Result) throws -> Result {
+        let tool = Geom(name: "eli:\(provider.name):\(UInt32.random(in: 0...UInt32.max))", className: "ELITOOL")
+        try add(tool)
+        defer { remove(tool) }
+        let consumer = createConsumer(for: tool)
+        defer { destroy(consumer) }
+        try attach(consumer, to: provider)
+        let (write, exclusive) = writing ? (1, 1) : (0, 0)
+        try access(consumer, read: 1, write: write, exclusive: exclusive)
+        defer { try? access(consumer, read: -1, write: -write, exclusive: -exclusive) }
+        return try body(ConsumerMedium(consumer: consumer, size: provider.mediaSize))
+    }
+}
+
+/// Passphrases are at most this long, as cryptsetup's key files are by default.
+let maximumPassphraseSize = 8 << 20
+
+/// The whole content of a key file, as cryptsetup's `--key-file` takes it (a final
+/// newline included).
+/// - Throws: `StrataError` naming the file when it cannot be read, is empty or too large.
+public func readPassphrase(fromFile path: String) throws -> SecretBytes {
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    guard descriptor >= 0 else {
+        throw StrataError(BioError(errno: errno), "key file \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { close(descriptor) }
+    var status = stat()
+    guard fstat(descriptor, &status) == 0 else { throw StrataError(BioError(errno: errno), "key file \(path)") }
+    guard (status.st_mode & S_IFMT) == S_IFREG else {
+        throw StrataError(.invalid, "key file \(path) is not a regular file")
+    }
+    let size = Int(status.st_size)
+    guard size > 0 else { throw StrataError(.invalid, "key file \(path) is empty") }
+    guard size <= maximumPassphraseSize else {
+        throw StrataError(.invalid, "key file \(path) holds \(size) bytes; a passphrase is at most \(maximumPassphraseSize)")
+    }
+    return try SecretBytes(count: size) { buffer in
+        var done = 0
+        while done < size {
+            let got = read(descriptor, buffer.baseAddress! + done, size - done)
+            if got < 0 && errno == EINTR { continue }
+            guard got > 0 else { throw StrataError(.io, "key file \(path) changed while it was read") }
+            done += got
+        }
+    }
+}
