@@ -32,9 +32,8 @@ public final class XTSCipher {
                 && EVP_DecryptInit_ex(decryptor, cipher, nil, bytes, nil) == 1
         }
         guard accepted else {
-            EVP_CIPHER_CTX_free(encryptor)
-            EVP_CIPHER_CTX_free(decryptor)
-            // OpenSSL refuses a key whose two halves are equal.
+            // Both contexts are stored, so deinit runs and frees them (freeing them here
+            // too was a double free). OpenSSL refuses a key whose two halves are equal.
             throw StrataError(.invalid, "AES-XTS refused the key: \(opensslError())")
         }
     }
