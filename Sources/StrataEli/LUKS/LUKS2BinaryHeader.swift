@@ -136,11 +136,12 @@ struct LUKS2HeaderCopy {
                 copies.append(try read(from: medium, at: offset))
                 break
             } catch let error as StrataError {
-                if secondaryOffsets.count == 1 { problems.append(error.message) }
+                // Probing every offset, only copies that at least have the magic are worth naming.
+                if secondaryOffsets.count == 1 || !error.message.hasSuffix("no magic") { problems.append(error.message) }
             }
         }
         guard let best = copies.max(by: { $0.seqid < $1.seqid }) else {
-            if secondaryOffsets.count > 1 { problems.append("no valid secondary header at any LUKS2 offset") }
+            if secondaryOffsets.count > 1 && problems.count == 1 { problems.append("no secondary header at any LUKS2 offset") }
             throw StrataError(.invalid, "no valid LUKS2 header: \(problems.joined(separator: "; "))")
         }
         return best
