@@ -130,6 +130,15 @@ public struct ProviderBio: ~Copyable, BioFields, @unchecked Sendable {
         makeClone(0, header.pointee.length, AnyBioSet.shared, wait: false)
     }
 
+    /// A clone from the shared set with one data segment slot of its own, for a class
+    /// that sends other bytes down in the parent's place (an encrypted copy of a
+    /// write): `Bio.setData` points it at them.
+    public func cloneForOwnData() -> Bio? {
+        guard let child = AnyBioSet.shared.allocateHeader(segments: 1, wait: false) else { return nil }
+        attachClone(child, offset: 0, length: header.pointee.length)
+        return Bio(header: child)
+    }
+
     /// `g_duplicate_bio`: like `clone(using:)` but waits for the set's reserve rather
     /// than fail.
     public func duplicate(using set: AnyBioSet = .shared) -> Bio {

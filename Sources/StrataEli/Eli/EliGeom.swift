@@ -48,7 +48,7 @@ public final class EliGeom: Geom, @unchecked Sendable {
         case .read:
             passShifted(bio)
         case .write:
-            guard let clone = bio.clone() else {
+            guard let clone = bio.cloneForOwnData() else {
                 bio.deliver(.noMemory)
                 return
             }

@@ -5,13 +5,45 @@ import Glibc
 #endif
 
 /// A provider as the medium of a LUKS header, read and written through a consumer.
-struct ConsumerMedium: LUKSMedium {
-    let consumer: Consumer
-    let size: Int64
+/// Headers are read and written in pieces of any length (LUKS1's is 592 bytes); the
+/// provider takes whole sectors, so a piece is widened to them, and a write that covers
+/// a sector in part writes it back with the rest of its bytes as they were.
+public struct ConsumerMedium: LUKSMedium {
+    public let consumer: Consumer
+    public let size: Int64
+    let sectorSize: Int64
 
-    func read(at offset: Int64, count: Int) throws -> [UInt8] { try consumer.readSync(at: offset, count: count) }
-    func write(_ bytes: [UInt8], at offset: Int64) throws { try consumer.writeSync(bytes, at: offset) }
-    func flush() throws {
+    public init(consumer: Consumer, provider: Provider) {
+        self.consumer = consumer
+        size = provider.mediaSize
+        sectorSize = Int64(provider.sectorSize)
+    }
+
+    /// The whole sectors around `count` bytes at `offset`.
+    private func widened(_ offset: Int64, _ count: Int) -> (start: Int64, count: Int) {
+        let start = offset / sectorSize * sectorSize
+        let end = (offset + Int64(count) + sectorSize - 1) / sectorSize * sectorSize
+        return (start, Int(end - start))
+    }
+
+    public func read(at offset: Int64, count: Int) throws -> [UInt8] {
+        let (start, length) = widened(offset, count)
+        if start == offset && length == count { return try consumer.readSync(at: offset, count: count) }
+        let sectors = try consumer.readSync(at: start, count: length)
+        let skip = Int(offset - start)
+        return Array(sectors[skip..<(skip + count)])
+    }
+
+    public func write(_ bytes: [UInt8], at offset: Int64) throws {
+        let (start, length) = widened(offset, bytes.count)
+        if start == offset && length == bytes.count { return try consumer.writeSync(bytes, at: offset) }
+        var sectors = try consumer.readSync(at: start, count: length)
+        let skip = Int(offset - start)
+        sectors.replaceSubrange(skip..<(skip + bytes.count), with: bytes)
+        try consumer.writeSync(sectors, at: start)
+    }
+
+    public func flush() throws {
         do {
             try consumer.performSync(.flush, offset: 0, length: 0)
         } catch let error as StrataError where error.code == .notSupported {
@@ -34,7 +66,7 @@ extension Topology {
         let (write, exclusive) = writing ? (1, 1) : (0, 0)
         try access(consumer, read: 1, write: write, exclusive: exclusive)
         defer { try? access(consumer, read: -1, write: -write, exclusive: -exclusive) }
-        return try body(ConsumerMedium(consumer: consumer, size: provider.mediaSize))
+        return try body(ConsumerMedium(consumer: consumer, provider: provider))
     }
 }
 

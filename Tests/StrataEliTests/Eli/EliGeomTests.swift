@@ -196,18 +196,19 @@ import Testing
     }
 }
 
-/// A provider as a LUKS medium for tests, through a consumer of its own.
+/// A provider as a LUKS medium for tests, through a device of its own.
 final class ProviderMedium: LUKSMedium {
     let device: BlockDevice
-    let size: Int64
+    let medium: ConsumerMedium
 
     init(_ provider: Provider, in topology: Topology) throws {
         device = try BlockDevice(opening: provider, in: topology, writable: true)
-        size = provider.mediaSize
+        medium = ConsumerMedium(consumer: device.consumer, provider: provider)
     }
 
+    var size: Int64 { medium.size }
     func close() { device.close() }
-    func read(at offset: Int64, count: Int) throws -> [UInt8] { try device.consumer.readSync(at: offset, count: count) }
-    func write(_ bytes: [UInt8], at offset: Int64) throws { try device.consumer.writeSync(bytes, at: offset) }
-    func flush() throws { try device.consumer.performSync(.flush, offset: 0, length: 0) }
+    func read(at offset: Int64, count: Int) throws -> [UInt8] { try medium.read(at: offset, count: count) }
+    func write(_ bytes: [UInt8], at offset: Int64) throws { try medium.write(bytes, at: offset) }
+    func flush() throws { try medium.flush() }
 }
