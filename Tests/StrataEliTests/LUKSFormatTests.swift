@@ -1,0 +1,119 @@
+import Foundation
+import Strata
+import StrataEli
+import Testing
+
+/// Formatting, unlocking and changing keys in memory, without outside tools; and what
+/// a power cut between (or during) the writes of a key change leaves.
+@Suite struct LUKSFormatTests {
+    static func size(_ version: LUKSVersion) -> Int { version == .luks2 ? (16 << 20) + 65536 : (2 << 20) + 65536 }
+    static func kdf(_ version: LUKSVersion) -> KDFParameters { version == .luks2 ? tinyArgon2 : tinyPBKDF2 }
+
+    @Test(arguments: [LUKSVersion.luks1, .luks2])
+    func formatsUnlocksAndChangesKeys(version: LUKSVersion) throws {
+        let medium = MemoryMedium(size: Self.size(version))
+        let volume = try LUKSFormatter.format(medium, version: version, passphrase: secret("one"), kdf: Self.kdf(version))
+        #expect(volume.version == version)
+        #expect(volume.masterKey.count == 64)
+        #expect(volume.payloadOffset == (version == .luks2 ? 16 << 20 : 2 << 20))
+        #expect(volume.cipher == "aes-xts-plain64")
+        let header = try LUKSHeader.read(from: medium)
+        #expect(header.version == version)
+        #expect(header.uuid == volume.uuid)
+        #expect(header.uuid.count == 36)
+        #expect(header.activeKeySlots == [0])
+        #expect(header.dump.keySlots.first?.kdf == Self.kdf(version))
+        #expect(header.dump.payloadOffset == volume.payloadOffset)
+        #expect(try header.unlock(passphrase: secret("one")).masterKey.isEqual(to: volume.masterKey))
+
+        #expect(try LUKSFormatter.addKey(medium, passphrase: secret("one"), newPassphrase: secret("two"), kdf: Self.kdf(version)) == 1)
+        #expect(try LUKSFormatter.addKey(medium, passphrase: secret("two"), newPassphrase: secret("three"), kdf: Self.kdf(version),
+                                         slot: 6) == 6)
+        let taken = #expect(throws: StrataError.self) {
+            try LUKSFormatter.addKey(medium, passphrase: secret("two"), newPassphrase: secret("four"), kdf: Self.kdf(version), slot: 6)
+        }
+        #expect(taken?.code == .exists)
+        #expect(try LUKSHeader.read(from: medium).activeKeySlots == [0, 1, 6])
+        for passphrase in ["one", "two", "three"] {
+            #expect(try LUKSHeader.read(from: medium).unlock(passphrase: secret(passphrase)).masterKey.isEqual(to: volume.masterKey))
+        }
+        #expect(try LUKSFormatter.removeKey(medium, passphrase: secret("two")) == 1)
+        #expect(try LUKSHeader.read(from: medium).activeKeySlots == [0, 6])
+        let gone = #expect(throws: StrataError.self) { try LUKSHeader.read(from: medium).unlock(passphrase: secret("two")) }
+        #expect(gone?.code == .permission)
+        #expect(gone?.message == "no key slot opens with this passphrase")
+        // The freed slot (and, in LUKS2, its area) is used again.
+        #expect(try LUKSFormatter.addKey(medium, passphrase: secret("three"), newPassphrase: secret("five"), kdf: Self.kdf(version)) == 1)
+        #expect(try LUKSHeader.read(from: medium).unlock(passphrase: secret("five")).masterKey.isEqual(to: volume.masterKey))
+    }
+
+    @Test func formatRefusesWhatItCannotWrite() throws {
+        let small = MemoryMedium(size: 1 << 20)
+        #expect((#expect(throws: StrataError.self) {
+            try LUKSFormatter.format(small, version: .luks1, passphrase: secret("p"), kdf: tinyPBKDF2)
+        })?.code == .noSpace)
+        let luks1Sized = MemoryMedium(size: 3 << 20)
+        #expect((#expect(throws: StrataError.self) {
+            try LUKSFormatter.format(luks1Sized, version: .luks2, passphrase: secret("p"), kdf: tinyArgon2)
+        })?.code == .noSpace)
+        #expect((#expect(throws: StrataError.self) {
+            try LUKSFormatter.format(luks1Sized, version: .luks1, passphrase: secret("p"), kdf: tinyArgon2)
+        })?.code == .notSupported)
+        #expect((#expect(throws: StrataError.self) {
+            try LUKSFormatter.format(luks1Sized, version: .luks1, passphrase: secret("p"), sectorSize: 4096, kdf: tinyPBKDF2)
+        })?.code == .notSupported)
+        #expect((#expect(throws: StrataError.self) {
+            try LUKSFormatter.format(luks1Sized, version: .luks1, passphrase: secret("p"), keySize: 48, kdf: tinyPBKDF2)
+        })?.code == .invalid)
+        #expect((#expect(throws: StrataError.self) {
+            try LUKSFormatter.format(luks1Sized, version: .luks1, passphrase: secret("p"), kdf: .pbkdf2(iterations: 10))
+        })?.code == .invalid)
+        // Nothing was written by any of these.
+        #expect(luks1Sized.writes.isEmpty)
+    }
+
+    /// Replays every prefix of a key change's writes (a power cut after each), and
+    /// each write torn in half: the volume always opens with the passphrases that open
+    /// it both before and after the change, and with the old or the new set.
+    @Test(arguments: [LUKSVersion.luks1, .luks2])
+    func aPowerCutDuringAKeyChangeLeavesTheVolumeOpenable(version: LUKSVersion) throws {
+        let medium = MemoryMedium(size: Self.size(version))
+        _ = try LUKSFormatter.format(medium, version: version, passphrase: secret("old"), kdf: tinyPBKDF2)
+        _ = try LUKSFormatter.addKey(medium, passphrase: secret("old"), newPassphrase: secret("stays"), kdf: tinyPBKDF2)
+
+        try checkEveryCut(of: medium, change: { medium in
+            _ = try LUKSFormatter.addKey(medium, passphrase: secret("stays"), newPassphrase: secret("new"), kdf: tinyPBKDF2)
+        }, alwaysOpen: ["old", "stays"], added: "new")
+        try checkEveryCut(of: medium, change: { medium in
+            _ = try LUKSFormatter.removeKey(medium, passphrase: secret("old"))
+        }, alwaysOpen: ["stays"], added: nil)
+    }
+
+    private func checkEveryCut(of original: MemoryMedium, change: (MemoryMedium) throws -> Void, alwaysOpen: [String],
+                               added: String?) throws {
+        let recording = MemoryMedium(copying: original.bytes)
+        try change(recording)
+        let writes = recording.writes
+        #expect(!writes.isEmpty)
+        for cut in 0...writes.count {
+            for torn in [false, true] where !(torn && cut == writes.count) {
+                let state = MemoryMedium(copying: original.bytes)
+                for write in writes[0..<cut] { try state.write(write.bytes, at: write.offset) }
+                if torn {
+                    let write = writes[cut]
+                    try state.write(Array(write.bytes[0..<write.bytes.count / 2]), at: write.offset)
+                }
+                let header = try LUKSHeader.read(from: state)
+                for passphrase in alwaysOpen {
+                    #expect((try? header.unlock(passphrase: secret(passphrase))) != nil,
+                            "cut after \(cut) of \(writes.count) writes\(torn ? " and half of the next" : ""): '\(passphrase)' does not open")
+                }
+                if let added, cut == writes.count {
+                    #expect((try? header.unlock(passphrase: secret(added))) != nil)
+                }
+            }
+        }
+        // Then the change for real, for the next one.
+        original.bytes = recording.bytes
+    }
+}
