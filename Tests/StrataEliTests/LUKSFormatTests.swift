@@ -117,3 +117,39 @@ import Testing
         original.bytes = recording.bytes
     }
 }
+
+@Suite struct LUKS2HeaderCopyTests {
+    /// Of two valid copies, the one with the higher seqid is current, whichever it is.
+    @Test func theNewerCopyWins() throws {
+        let medium = MemoryMedium(size: (16 << 20) + 65536)
+        _ = try LUKSFormatter.format(medium, version: .luks2, passphrase: secret("old"), kdf: tinyPBKDF2)
+        let oldPrimary = Array(medium.bytes[0..<16384])
+        _ = try LUKSFormatter.addKey(medium, passphrase: secret("old"), newPassphrase: secret("new"), kdf: tinyPBKDF2)
+        #expect(try LUKSHeader.read(from: medium).dump.sequence == 2)
+        // The old primary back (valid, seqid 1), the secondary at seqid 2: the secondary is current.
+        medium.bytes.replaceSubrange(0..<16384, with: oldPrimary)
+        let header = try LUKSHeader.read(from: medium)
+        #expect(header.dump.sequence == 2)
+        #expect(header.activeKeySlots == [0, 1])
+        #expect(try header.unlock(passphrase: secret("new")).masterKey.isEqual(to: try header.unlock(passphrase: secret("old")).masterKey))
+        // The next change writes both copies again, at seqid 3.
+        _ = try LUKSFormatter.removeKey(medium, passphrase: secret("old"))
+        let primaryOnly = MemoryMedium(copying: medium.bytes)
+        primaryOnly.bytes.replaceSubrange(16384..<32768, with: [UInt8](repeating: 0, count: 16384))
+        #expect(try LUKSHeader.read(from: primaryOnly).dump.sequence == 3)
+        let secondaryOnly = MemoryMedium(copying: medium.bytes)
+        secondaryOnly.bytes.replaceSubrange(0..<16384, with: [UInt8](repeating: 0, count: 16384))
+        #expect(try LUKSHeader.read(from: secondaryOnly).dump.sequence == 3)
+        #expect(try LUKSHeader.read(from: secondaryOnly).activeKeySlots == [1])
+    }
+
+    /// A LUKS1 key added with another hash takes the header's.
+    @Test func aLUKS1KeyTakesTheHeadersHash() throws {
+        let medium = MemoryMedium(size: (2 << 20) + 65536)
+        _ = try LUKSFormatter.format(medium, version: .luks1, passphrase: secret("a"), kdf: .pbkdf2(hash: "sha1", iterations: 1000))
+        _ = try LUKSFormatter.addKey(medium, passphrase: secret("a"), newPassphrase: secret("b"), kdf: tinyPBKDF2)
+        let header = try LUKSHeader.read(from: medium)
+        #expect(header.dump.keySlots.map(\.kdf) == [.pbkdf2(hash: "sha1", iterations: 1000), .pbkdf2(hash: "sha1", iterations: 1000)])
+        #expect(try header.unlock(passphrase: secret("b")).masterKey.isEqual(to: try header.unlock(passphrase: secret("a")).masterKey))
+    }
+}

@@ -35,11 +35,17 @@ struct LUKS2Header {
             guard let usable = slot.usable,
                   let digest = metadata.digests.first(where: { $0.keyslots.contains(slot.id) && $0.segments.contains(0) })
             else { continue }
-            let slotKey = try usable.kdf.derive(passphrase: passphrase, salt: usable.salt, count: usable.areaKeySize)
-            let splitter = try AntiForensicSplitter(hash: try HashFunction(named: usable.afHash), stripes: usable.stripes)
-            let candidate = try LUKSKeyMaterial.open(medium, at: slot.areaOffset, keySize: slot.keySize, splitter: splitter,
-                                                     slotKey: slotKey)
-            if try Self.matches(candidate, digest) { return (slot.id, candidate) }
+            do {
+                let slotKey = try usable.kdf.derive(passphrase: passphrase, salt: usable.salt, count: usable.areaKeySize)
+                let splitter = try AntiForensicSplitter(hash: try HashFunction(named: usable.afHash), stripes: usable.stripes)
+                let candidate = try LUKSKeyMaterial.open(medium, at: slot.areaOffset, keySize: slot.keySize, splitter: splitter,
+                                                         slotKey: slotKey)
+                if try Self.matches(candidate, digest) { return (slot.id, candidate) }
+            } catch let error as StrataError where error.code != .io {
+                // A slot whose values the KDF or the cipher refuse (a too short salt, a
+                // derived key OpenSSL rejects) does not keep the others from being tried.
+                continue
+            }
         }
         return nil
     }
