@@ -69,7 +69,7 @@ import Testing
         expectRefused(medium, "invalid state")
         // Two slots sharing an area.
         medium = try Self.luks1()
-        try LUKSFormatter.addKey(medium, passphrase: secret("p"), newPassphrase: secret("q"), kdf: tinyPBKDF2)
+        _ = try LUKSFormatter.addKey(medium, passphrase: secret("p"), newPassphrase: secret("q"), kdf: tinyPBKDF2)
         medium.bytes.replaceSubrange(208 + 48 + 40..<208 + 48 + 44, with: Array(medium.bytes[248..<252]))
         expectRefused(medium, "overlaps")
     }
