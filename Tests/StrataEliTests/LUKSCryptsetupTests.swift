@@ -206,4 +206,27 @@ struct LUKSCryptsetupTests {
         #expect(error?.message.contains("no LUKS1 or LUKS2 header") == true)
         #expect(error?.message.contains("checksum mismatch") == true)
     }
+
+    /// With 64 KiB header copies, a damaged primary does not say where the secondary
+    /// is: it is found at one of the offsets LUKS2 allows, and keys still change.
+    @Test func findsASecondaryAtALargerOffset() throws {
+        let directory = try TemporaryDirectory()
+        let image = try directory.file("volume.img", size: 20 << 20)
+        let keyFile = try directory.keyFile("key", Self.passphrase)
+        try cryptsetup(["luksFormat", "--batch-mode", "--type", "luks2", "--luks2-metadata-size", "64k", "--key-file", keyFile]
+            + quickPBKDF2 + [image])
+        let expected = try cryptsetupVolumeKey(image, keyFile: keyFile)
+        let medium = try FileMedium(path: image)
+        try medium.write([UInt8](repeating: 0, count: 4096), at: 0)
+        let header = try LUKSHeader.read(from: medium)
+        #expect(masterKeyBytes(try header.unlock(passphrase: secret(Self.passphrase))) == expected)
+        // A key added now rewrites both copies, with 64 KiB ones, which cryptsetup reads.
+        let other = try directory.keyFile("other", "other passphrase")
+        _ = try LUKSFormatter.addKey(medium, passphrase: secret(Self.passphrase), newPassphrase: secret("other passphrase"),
+                                     kdf: tinyPBKDF2)
+        #expect(try cryptsetupOpens(image, keyFile: other))
+        #expect(try cryptsetupVolumeKey(image, keyFile: other) == expected)
+        let json = try cryptsetup(["luksDump", "--dump-json-metadata", image])
+        #expect(json.contains("\"json_size\":\"61440\""))
+    }
 }
