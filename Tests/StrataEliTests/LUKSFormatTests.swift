@@ -143,6 +143,20 @@ import Testing
         #expect(try LUKSHeader.read(from: secondaryOnly).activeKeySlots == [1])
     }
 
+    /// A secondary copy of another volume (even a newer one) is not taken for this one's.
+    @Test func aSecondaryOfAnotherVolumeIsIgnored() throws {
+        let other = MemoryMedium(size: (16 << 20) + 65536)
+        _ = try LUKSFormatter.format(other, version: .luks2, passphrase: secret("a"), kdf: tinyPBKDF2)
+        _ = try LUKSFormatter.addKey(other, passphrase: secret("a"), newPassphrase: secret("b"), kdf: tinyPBKDF2)
+        let medium = MemoryMedium(size: (16 << 20) + 65536)
+        let volume = try LUKSFormatter.format(medium, version: .luks2, passphrase: secret("c"), kdf: tinyPBKDF2)
+        medium.bytes.replaceSubrange(16384..<32768, with: other.bytes[16384..<32768])
+        let header = try LUKSHeader.read(from: medium)
+        #expect(header.uuid == volume.uuid)
+        #expect(header.dump.sequence == 1)
+        #expect(try header.unlock(passphrase: secret("c")).masterKey.isEqual(to: volume.masterKey))
+    }
+
     /// A LUKS1 key added with another hash takes the header's.
     @Test func aLUKS1KeyTakesTheHeadersHash() throws {
         let medium = MemoryMedium(size: (2 << 20) + 65536)

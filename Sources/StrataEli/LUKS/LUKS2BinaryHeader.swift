@@ -133,7 +133,13 @@ struct LUKS2HeaderCopy {
         }
         for offset in secondaryOffsets where offset < medium.size {
             do {
-                copies.append(try read(from: medium, at: offset))
+                let secondary = try read(from: medium, at: offset)
+                // A secondary of another volume (left by an earlier format) is not a copy.
+                if let primary = copies.first, primary.uuid != secondary.uuid {
+                    problems.append("LUKS2 secondary at \(offset) header: UUID \(secondary.uuid) is not the primary's")
+                    break
+                }
+                copies.append(secondary)
                 break
             } catch let error as StrataError {
                 // Probing every offset, only copies that at least have the magic are worth naming.
