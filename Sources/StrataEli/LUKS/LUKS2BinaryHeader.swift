@@ -49,6 +49,10 @@ struct LUKS2HeaderCopy {
         guard let size = allowedSizes.first(where: { UInt64($0) == hdrSize }) else {
             throw StrataError(.invalid, "LUKS2 \(which) header: header size \(hdrSize) is not a LUKS2 size")
         }
+        // A secondary sits right after the primary, so its offset is the header size.
+        guard offset == 0 || size == offset else {
+            throw StrataError(.invalid, "LUKS2 \(which) header: header size \(size) does not put a secondary here")
+        }
         let hdrOffset = LUKSBytes.uint64(binary, at: 256)
         guard hdrOffset == UInt64(offset) else {
             throw StrataError(.invalid, "LUKS2 \(which) header: says it is at \(hdrOffset)")
