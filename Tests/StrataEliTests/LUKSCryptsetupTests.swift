@@ -47,7 +47,8 @@ struct LUKSCryptsetupTests {
         #expect(masterKeyBytes(volume) == expected)
         #expect(volume.cipher == "aes-xts-plain64")
         #expect(volume.sectorSize == made.sectorSize)
-        #expect(volume.ivLargeSectors == (made.sectorSize > 512))
+        // LUKS2 counts the IV in 512-byte sectors whatever the sector size (see below).
+        #expect(!volume.ivLargeSectors)
         #expect(volume.payloadOffset == (made.version == .luks2 ? 16 << 20 : 2 << 20))
         #expect(volume.payloadSize == nil)
         #expect(volume.uuid == header.uuid)
@@ -91,8 +92,12 @@ struct LUKSCryptsetupTests {
         let keyFile = try directory.keyFile("key", Self.passphrase)
         let volume = try LUKSFormatter.format(try FileMedium(path: image), version: version, passphrase: secret(Self.passphrase),
                                               keySize: keySize, sectorSize: sectorSize, kdf: kdf)
-        let dump = try cryptsetup(["luksDump", image])
-        #expect(dump.contains("Version:       \t\(version == .luks1 ? 1 : 2)") || dump.contains("Version:"))
+        // cryptsetup reads it without a complaint.
+        let dump = try runTool("/usr/sbin/cryptsetup", ["luksDump", image])
+        #expect(dump.status == 0)
+        #expect(dump.errors.isEmpty, "\(dump.errors)")
+        #expect(dump.output.contains("Version:       \t\(version == .luks1 ? 1 : 2)"))
+        #expect(dump.output.contains(volume.uuid))
         #expect(try cryptsetupOpens(image, keyFile: keyFile))
         #expect(try cryptsetupVolumeKey(image, keyFile: keyFile) == masterKeyBytes(volume))
         #expect(volume.sectorSize == sectorSize)
@@ -201,5 +206,102 @@ struct LUKSCryptsetupTests {
         let error = #expect(throws: StrataError.self) { try LUKSHeader.read(from: medium) }
         #expect(error?.message.contains("no LUKS1 or LUKS2 header") == true)
         #expect(error?.message.contains("checksum mismatch") == true)
+    }
+
+    /// With 64 KiB header copies, a damaged primary does not say where the secondary
+    /// is: it is found at one of the offsets LUKS2 allows, and keys still change.
+    @Test func findsASecondaryAtALargerOffset() throws {
+        let directory = try TemporaryDirectory()
+        let image = try directory.file("volume.img", size: 20 << 20)
+        let keyFile = try directory.keyFile("key", Self.passphrase)
+        try cryptsetup(["luksFormat", "--batch-mode", "--type", "luks2", "--luks2-metadata-size", "64k", "--key-file", keyFile]
+            + quickPBKDF2 + [image])
+        let expected = try cryptsetupVolumeKey(image, keyFile: keyFile)
+        let medium = try FileMedium(path: image)
+        try medium.write([UInt8](repeating: 0, count: 4096), at: 0)
+        let header = try LUKSHeader.read(from: medium)
+        #expect(masterKeyBytes(try header.unlock(passphrase: secret(Self.passphrase))) == expected)
+        // A key added now rewrites both copies, with 64 KiB ones, which cryptsetup reads.
+        let other = try directory.keyFile("other", "other passphrase")
+        _ = try LUKSFormatter.addKey(medium, passphrase: secret(Self.passphrase), newPassphrase: secret("other passphrase"),
+                                     kdf: tinyPBKDF2)
+        #expect(try cryptsetupOpens(image, keyFile: other))
+        #expect(try cryptsetupVolumeKey(image, keyFile: other) == expected)
+        let json = try cryptsetup(["luksDump", "--dump-json-metadata", image])
+        #expect(json.contains("\"json_size\":\"61440\""))
+    }
+
+    /// Data cryptsetup encrypted (offline, `reencrypt --encrypt`, which needs no
+    /// device-mapper) decrypts with the volume Strata unlocks, its sectors where
+    /// `payloadOffset` says and their tweaks counted as `ivLargeSectors` says (for
+    /// LUKS2, in 512-byte units even with 4096-byte sectors): what the eli geom relies on.
+    @Test(arguments: [4096, 512])
+    func decryptsWhatCryptsetupEncrypted(sectorSize: Int) throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.path + "/plain.img"
+        // Each 512-byte block holds its number, so misplaced or mis-tweaked sectors show.
+        let blocks = 24 * 2048
+        var plain = [UInt8](repeating: 0, count: blocks * 512)
+        for block in 0..<blocks {
+            for word in 0..<128 {
+                let at = block * 512 + word * 4
+                plain[at] = UInt8(block & 0xff)
+                plain[at + 1] = UInt8(block >> 8 & 0xff)
+                plain[at + 2] = UInt8(block >> 16)
+                plain[at + 3] = UInt8(word)
+            }
+        }
+        try Data(plain).write(to: URL(fileURLWithPath: path))
+        let keyFile = try directory.keyFile("key", Self.passphrase)
+        try cryptsetup(["reencrypt", "--encrypt", "--type", "luks2", "--reduce-device-size", "16M", "--batch-mode",
+                        "--key-file", keyFile, "--sector-size", String(sectorSize)] + quickPBKDF2 + [path])
+
+        let medium = try FileMedium(path: path)
+        let volume = try LUKSHeader.read(from: medium).unlock(passphrase: secret(Self.passphrase))
+        #expect(volume.sectorSize == sectorSize)
+        // The device shrinks by the 16 MiB given: the first 8 MiB of the plaintext are
+        // what is encrypted.
+        let units = (8 << 20) / sectorSize
+        for unit in [0, 1, 2, 7, 8, 9, 333, units / 2, units - 1] {
+            let decrypted = try decrypt(medium, volume, unit: unit)
+            let firstBlock = unit * sectorSize / 512
+            let same = decrypted == Array(plain[firstBlock * 512..<firstBlock * 512 + sectorSize])
+            #expect(same, "\(sectorSize)-byte sector \(unit) of \(units)")
+        }
+    }
+
+    /// The same for LUKS1, with data qemu wrote through its LUKS driver.
+    @Test func decryptsWhatQemuWrote() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-io"))
+        let directory = try TemporaryDirectory()
+        let image = directory.path + "/qemu.luks"
+        let secretObject = "secret,id=s0,data=\(Self.passphrase)"
+        let made = try runTool("/usr/bin/qemu-img", ["create", "-q", "-f", "luks", "--object", secretObject,
+                                                     "-o", "key-secret=s0,iter-time=10", image, "4M"])
+        try #require(made.status == 0, "qemu-img: \(made.errors)")
+        let wrote = try runTool("/usr/bin/qemu-io", ["--object", secretObject, "--image-opts",
+                                                     "driver=luks,key-secret=s0,file.filename=\(image)",
+                                                     "-c", "write -P 0x5a 0 1M", "-c", "write -P 0x33 1M 512"])
+        try #require(wrote.status == 0, "qemu-io: \(wrote.errors)")
+        let medium = try FileMedium(path: image)
+        let volume = try LUKSHeader.read(from: medium).unlock(passphrase: secret(Self.passphrase))
+        for unit in [0, 1, 1000, 2047] {
+            #expect(try decrypt(medium, volume, unit: unit) == [UInt8](repeating: 0x5a, count: 512), "sector \(unit)")
+        }
+        #expect(try decrypt(medium, volume, unit: 2048) == [UInt8](repeating: 0x33, count: 512))
+    }
+
+    /// Sector `unit` (of the volume's sector size) of the payload, decrypted as the
+    /// eli geom does from a `LUKSVolume`.
+    func decrypt(_ medium: FileMedium, _ volume: LUKSVolume, unit: Int) throws -> [UInt8] {
+        let sectorSize = volume.sectorSize
+        var bytes = try medium.read(at: volume.payloadOffset + Int64(unit * sectorSize), count: sectorSize)
+        let tweak = volume.ivOffset + UInt64(volume.ivLargeSectors ? unit : unit * sectorSize / 512)
+        let cipher = try XTSCipher(key: volume.masterKey)
+        bytes.withUnsafeMutableBytes { buffer in
+            cipher.decrypt(buffer.baseAddress!, to: buffer.baseAddress!, count: sectorSize, sectorSize: sectorSize,
+                           firstSector: tweak)
+        }
+        return bytes
     }
 }

@@ -18,9 +18,9 @@ public struct AntiForensicSplitter {
 
     /// The stripes LUKS1 and cryptsetup's LUKS2 key slots use.
     public static let defaultStripes = 4000
-    /// More stripes than any LUKS tool writes, and a bound on the memory a hostile
-    /// header can make us allocate (with a 64-byte key: 64 MiB).
-    public static let maximumStripes = 1_000_000
+    /// Sixteen times the stripes every LUKS tool writes, and a bound on the memory a
+    /// hostile header can make us allocate (with a 64-byte key: 4 MiB a slot).
+    public static let maximumStripes = 65_536
 
     public init(hash: HashFunction, stripes: Int = defaultStripes) throws {
         guard stripes >= 1, stripes <= Self.maximumStripes else {

@@ -1,5 +1,9 @@
 import Strata
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// How a passphrase becomes a key slot's key. The KDF is what makes guessing
 /// passphrases slow; its cost is fixed when the slot is written and read back from the
 /// header when it is opened.
@@ -39,6 +43,12 @@ public enum KDFParameters: Sendable, Equatable, Codable {
             }
             guard (32...4 * 1_048_576).contains(memory) else {
                 throw StrataError(.invalid, "\(typeName) memory \(memory) KiB out of range 32...4194304 KiB")
+            }
+            // Argon2 allocates all of its memory: a header (possibly hostile) may not ask
+            // for more than half of this machine's RAM, as cryptsetup also limits it.
+            let halfOfRAM = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE))) / 2 / 1024
+            guard halfOfRAM <= 0 || memory <= halfOfRAM else {
+                throw StrataError(.noMemory, "\(typeName) memory \(memory) KiB is more than half of this machine's RAM (\(halfOfRAM) KiB)")
             }
             guard (1...16).contains(lanes), memory >= 8 * lanes else {
                 throw StrataError(.invalid, "\(typeName) lanes \(lanes) out of range 1...16 (and at most memory/8)")

@@ -49,6 +49,10 @@ struct LUKS2HeaderCopy {
         guard let size = allowedSizes.first(where: { UInt64($0) == hdrSize }) else {
             throw StrataError(.invalid, "LUKS2 \(which) header: header size \(hdrSize) is not a LUKS2 size")
         }
+        // A secondary sits right after the primary, so its offset is the header size.
+        guard offset == 0 || size == offset else {
+            throw StrataError(.invalid, "LUKS2 \(which) header: header size \(size) does not put a secondary here")
+        }
         let hdrOffset = LUKSBytes.uint64(binary, at: 256)
         guard hdrOffset == UInt64(offset) else {
             throw StrataError(.invalid, "LUKS2 \(which) header: says it is at \(hdrOffset)")
@@ -133,7 +137,13 @@ struct LUKS2HeaderCopy {
         }
         for offset in secondaryOffsets where offset < medium.size {
             do {
-                copies.append(try read(from: medium, at: offset))
+                let secondary = try read(from: medium, at: offset)
+                // A secondary of another volume (left by an earlier format) is not a copy.
+                if let primary = copies.first, primary.uuid != secondary.uuid {
+                    problems.append("LUKS2 secondary at \(offset) header: UUID \(secondary.uuid) is not the primary's")
+                    break
+                }
+                copies.append(secondary)
                 break
             } catch let error as StrataError {
                 // Probing every offset, only copies that at least have the magic are worth naming.

@@ -19,11 +19,15 @@ struct LUKS2Header {
 
     var uuid: String { copy.uuid }
 
+    /// The volume. Its IV counts 512-byte sectors whatever the segment's sector size:
+    /// cryptsetup never sets dm-crypt's `iv_large_sectors` for LUKS2, so a 4096-byte
+    /// sector's tweak is `iv_tweak` plus its offset in 512-byte units (data that
+    /// cryptsetup encrypts with 4096-byte sectors decrypts only so, which the tests check).
     func volume(masterKey: SecretBytes) -> LUKSVolume {
         let segment = metadata.segment
         return LUKSVolume(version: .luks2, uuid: copy.uuid, masterKey: masterKey, cipher: segment.encryption,
                           sectorSize: segment.sectorSize, payloadOffset: segment.offset, payloadSize: segment.size,
-                          ivOffset: segment.ivTweak, ivLargeSectors: segment.sectorSize > 512)
+                          ivOffset: segment.ivTweak, ivLargeSectors: false)
     }
 
     /// The master key and the slot that `passphrase` opens, or nil when none does.
@@ -35,11 +39,17 @@ struct LUKS2Header {
             guard let usable = slot.usable,
                   let digest = metadata.digests.first(where: { $0.keyslots.contains(slot.id) && $0.segments.contains(0) })
             else { continue }
-            let slotKey = try usable.kdf.derive(passphrase: passphrase, salt: usable.salt, count: usable.areaKeySize)
-            let splitter = try AntiForensicSplitter(hash: try HashFunction(named: usable.afHash), stripes: usable.stripes)
-            let candidate = try LUKSKeyMaterial.open(medium, at: slot.areaOffset, keySize: slot.keySize, splitter: splitter,
-                                                     slotKey: slotKey)
-            if try Self.matches(candidate, digest) { return (slot.id, candidate) }
+            do {
+                let slotKey = try usable.kdf.derive(passphrase: passphrase, salt: usable.salt, count: usable.areaKeySize)
+                let splitter = try AntiForensicSplitter(hash: try HashFunction(named: usable.afHash), stripes: usable.stripes)
+                let candidate = try LUKSKeyMaterial.open(medium, at: slot.areaOffset, keySize: slot.keySize, splitter: splitter,
+                                                         slotKey: slotKey)
+                if try Self.matches(candidate, digest) { return (slot.id, candidate) }
+            } catch let error as StrataError where error.code != .io {
+                // A slot whose values the KDF or the cipher refuse (a too short salt, a
+                // derived key OpenSSL rejects) does not keep the others from being tried.
+                continue
+            }
         }
         return nil
     }

@@ -120,7 +120,7 @@ struct LUKS2Metadata {
         let keyslotsEnd = metadataEnd + keyslotsSize
         keyslots = try keyslotsJSON.map { key, value in
             try Self.keyslot(id: try Self.id(key, "keyslots"), value, metadataEnd: metadataEnd,
-                             keyslotsEnd: keyslotsEnd, dataOffset: offset, mediumSize: mediumSize)
+                             keyslotsEnd: keyslotsEnd, mediumSize: mediumSize)
         }.sorted { $0.id < $1.id }
         for (index, slot) in keyslots.enumerated() {
             for other in keyslots[(index + 1)...] {
@@ -139,8 +139,7 @@ struct LUKS2Metadata {
             .sorted { $0.id < $1.id }
     }
 
-    private static func keyslot(id: Int, _ value: Any, metadataEnd: Int64, keyslotsEnd: Int64, dataOffset: Int64,
-                                mediumSize: Int64) throws -> Keyslot {
+    private static func keyslot(id: Int, _ value: Any, metadataEnd: Int64, keyslotsEnd: Int64, mediumSize: Int64) throws -> Keyslot {
         let name = "keyslots.\(id)"
         let object = try object(value, name)
         let type = try string(object["type"], "\(name).type")

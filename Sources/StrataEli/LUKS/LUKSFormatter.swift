@@ -39,7 +39,8 @@ public enum LUKSFormatter {
     }
 
     /// Adds `newPassphrase` to the volume that `passphrase` opens, in key slot `slot`
-    /// (which must be free) or the lowest free one; returns the slot's number.
+    /// (which must be free) or the lowest free one; returns the slot's number. LUKS1
+    /// takes `.pbkdf2` only, with the header's hash whatever `kdf` names.
     public static func addKey(_ medium: any LUKSMedium, passphrase: SecretBytes, newPassphrase: SecretBytes,
                               kdf: KDFParameters = .default, slot: Int? = nil) throws -> Int {
         try kdf.validate()
@@ -47,11 +48,10 @@ public enum LUKSFormatter {
         let (opened, masterKey) = try header.openSlot(passphrase: passphrase)
         switch header.format {
         case .luks1(let luks1):
-            guard case .pbkdf2(let hash, let iterations) = kdf else {
+            // LUKS1 has one hash for the whole header: the slot takes it, and the
+            // iterations of `kdf`.
+            guard case .pbkdf2(_, let iterations) = kdf else {
                 throw StrataError(.notSupported, "LUKS1 key slots use PBKDF2 only, not \(kdf.typeName)")
-            }
-            guard hash == luks1.hashSpec else {
-                throw StrataError(.notSupported, "LUKS1 key slots all use the header's hash \(luks1.hashSpec), not \(hash)")
             }
             return try LUKS1Header.addKey(medium, header: luks1, masterKey: masterKey, newPassphrase: newPassphrase,
                                           iterations: iterations, slot: slot)

@@ -112,7 +112,15 @@ public struct LUKSHeader {
         case .luks1(let header): try header.openSlot(medium, passphrase: passphrase)
         case .luks2(let header): try header.openSlot(medium, passphrase: passphrase)
         }
-        guard let opened else { throw StrataError(.permission, "no key slot opens with this passphrase") }
+        guard let opened else {
+            // Slots Strata cannot use are named, as they may be why.
+            var unusable: [String] = []
+            if case .luks2(let header) = format {
+                unusable = header.metadata.keyslots.compactMap { slot in slot.problem.map { "key slot \(slot.id): \($0)" } }
+            }
+            let detail = unusable.isEmpty ? "" : " (\(unusable.joined(separator: "; ")))"
+            throw StrataError(.permission, "no key slot opens with this passphrase\(detail)")
+        }
         return opened
     }
 }

@@ -60,12 +60,18 @@ enum LUKSKeyMaterial {
     }
 
     /// Overwrites `count` bytes at `offset` with random bytes, then flushes: what is left
-    /// of a removed slot's split key is noise.
+    /// of a removed slot's split key is noise. In 1 MiB pieces, as a header may give an
+    /// area as large as the medium.
     static func wipe(_ medium: any LUKSMedium, at offset: Int64, count: Int) throws {
         guard LUKSBytes.fits(offset: offset, count: Int64(count), in: medium.size) else {
             throw StrataError(.invalid, "key slot area of \(count) bytes at \(offset) runs past the end of the medium")
         }
-        try medium.write(try randomBytes(count), at: offset)
+        var done = 0
+        while done < count {
+            let length = min(1_048_576, count - done)
+            try medium.write(try randomBytes(length), at: offset + Int64(done))
+            done += length
+        }
         try medium.flush()
     }
 }

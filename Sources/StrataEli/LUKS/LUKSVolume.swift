@@ -34,8 +34,10 @@ public struct LUKSVolume: Sendable {
     public let payloadSize: Int64?
     /// The tweak of the payload's first sector (LUKS2's `iv_tweak`), in IV units.
     public let ivOffset: UInt64
-    /// The IV counts encryption sectors (LUKS2 with sectors over 512 bytes, dm-crypt's
-    /// `iv_large_sectors`) rather than 512-byte sectors.
+    /// The IV counts encryption sectors (dm-crypt's `iv_large_sectors`) rather than
+    /// 512-byte sectors. False for every LUKS volume: cryptsetup never sets the flag
+    /// for LUKS2, so a 4096-byte sector at payload byte `b` has the tweak
+    /// `ivOffset + b / 512` (checked against data cryptsetup encrypted).
     public let ivLargeSectors: Bool
 
     public init(version: LUKSVersion, uuid: String, masterKey: SecretBytes, cipher: String, sectorSize: Int,
