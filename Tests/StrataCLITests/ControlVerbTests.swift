@@ -128,7 +128,7 @@ struct ControlVerbTests {
         let classes = try curl(["http://strata/v1/classes"])
         let list = try JSONSerialization.jsonObject(with: Data(classes.body.utf8)) as? [[String: Any]] ?? []
         #expect(list.compactMap { $0["name"] as? String }
-                == ["file", "memory", "null", "zero", "powercut", "remote", "rbd", "nop", "concat", "stripe", "label", "part", "mirror", "thin"])
+                == ["file", "memory", "null", "zero", "powercut", "remote", "rbd", "nop", "concat", "stripe", "label", "part", "mirror", "thin", "eli"])
         let nop = list.first { $0["name"] as? String == "nop" }
         #expect((nop?["verbs"] as? [[String: Any]])?.compactMap { $0["name"] as? String } == ["configure", "show"])
         #expect(try curl(["http://strata/v1/nop/n0"]).body.contains("\"delay-ms\" : 0"))

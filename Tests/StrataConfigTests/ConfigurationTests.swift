@@ -281,6 +281,18 @@ import Testing
                 == "t.yaml:3: disks[1].rbd: 'rbd/vm1': is the image r0 opens (t.yaml:2: disks[0].rbd: 'rbd/vm1'); an image can be one disk only")
     }
 
+    @Test func eliEntriesNameTheirKeyAndVolumeProblems() {
+        let head = "disks:\n  - name: d0\n    memory: 24M\ngeoms:\n  - name: e0\n    class: eli\n    consumers: [d0]"
+        #expect(failure(head) == "t.yaml:5: geoms[0].key-file: 'e0': is required: an eli opens with a passphrase")
+        #expect(failure(head + "\n    key-file: /nonexistent/pass.key")
+                == "t.yaml:8: geoms[0].key-file: '/nonexistent/pass.key': cannot be read: No such file or directory")
+        #expect(failure(head + "\n    key-file: /etc")
+                == "t.yaml:8: geoms[0].key-file: '/etc': is not a regular file")
+        #expect(failure(head + "\n    key-file: /etc/hostname\n    allow-discards: maybe")
+                == "t.yaml:9: geoms[0].allow-discards: 'maybe': must be true or false")
+        #expect(failure(head + "\n    key-file: /etc/hostname").hasPrefix("t.yaml:5: geoms[0]: 'e0': not a LUKS volume: no LUKS1 or LUKS2 header"))
+    }
+
     @Test func anExportOfAMissingProviderNamesTheNearestOne() {
         #expect(failure("disks:\n  - name: disk0\n    memory: 1M\nexports:\n  - name: v\n    provider: disc0")
                 == "t.yaml:5: exports[0].provider: 'disc0': names no provider; did you mean 'disk0'?")
@@ -308,7 +320,7 @@ import Testing
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: mirorr\n    consumers: [d0]")
                 == "t.yaml:6: geoms[0].class: 'mirorr': is not a known class; did you mean 'mirror'?")
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: bogus\n    consumers: [d0]")
-                == "t.yaml:6: geoms[0].class: 'bogus': is not a known class (known: nop, concat, stripe, label, part, mirror, thin)")
+                == "t.yaml:6: geoms[0].class: 'bogus': is not a known class (known: nop, concat, stripe, label, part, mirror, thin, eli)")
         #expect(failure("disks:\n  - name: d0\n    memory: 1M\ngeoms:\n  - name: g\n    class: nopp\n    consumers: [d0]")
                 == "t.yaml:6: geoms[0].class: 'nopp': is not a known class; did you mean 'nop'?")
     }

@@ -75,29 +75,28 @@ let maximumPassphraseSize = 8 << 20
 
 /// The whole content of a key file, as cryptsetup's `--key-file` takes it (a final
 /// newline included).
-/// - Throws: `StrataError` naming the file when it cannot be read, is empty or too large.
-public func readPassphrase(fromFile path: String) throws -> SecretBytes {
+/// - Parameter key: the setting or option that names the file, for the error.
+/// - Throws: `SettingError` naming the setting and the file when it cannot be read, is
+///   empty or too large.
+public func readPassphrase(fromFile path: String, key: String = "key-file") throws -> SecretBytes {
+    func refuse(_ problem: String) -> SettingError { SettingError(key: key, value: path, problem: problem) }
     let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-    guard descriptor >= 0 else {
-        throw StrataError(BioError(errno: errno), "key file \(path): \(String(cString: strerror(errno)))")
-    }
+    guard descriptor >= 0 else { throw refuse("cannot be read: \(String(cString: strerror(errno)))") }
     defer { close(descriptor) }
     var status = stat()
-    guard fstat(descriptor, &status) == 0 else { throw StrataError(BioError(errno: errno), "key file \(path)") }
-    guard (status.st_mode & S_IFMT) == S_IFREG else {
-        throw StrataError(.invalid, "key file \(path) is not a regular file")
-    }
+    guard fstat(descriptor, &status) == 0 else { throw refuse("cannot be read: \(String(cString: strerror(errno)))") }
+    guard (status.st_mode & S_IFMT) == S_IFREG else { throw refuse("is not a regular file") }
     let size = Int(status.st_size)
-    guard size > 0 else { throw StrataError(.invalid, "key file \(path) is empty") }
+    guard size > 0 else { throw refuse("is empty: a passphrase has at least one byte") }
     guard size <= maximumPassphraseSize else {
-        throw StrataError(.invalid, "key file \(path) holds \(size) bytes; a passphrase is at most \(maximumPassphraseSize)")
+        throw refuse("holds \(size) bytes; a passphrase is at most \(maximumPassphraseSize)")
     }
     return try SecretBytes(count: size) { buffer in
         var done = 0
         while done < size {
             let got = read(descriptor, buffer.baseAddress! + done, size - done)
             if got < 0 && errno == EINTR { continue }
-            guard got > 0 else { throw StrataError(.io, "key file \(path) changed while it was read") }
+            guard got > 0 else { throw refuse("changed while it was read") }
             done += got
         }
     }
