@@ -29,7 +29,7 @@ struct ClassCommand<Definition: ClassDefinition>: ParsableCommand {
             lines.append("      \(verb.summary)")
             for argument in verb.arguments { lines.append("      \(argument.name.uppercased()): \(argument.help)") }
             for option in verb.options {
-                let value = option.kind == .boolean ? "" : " \(option.kind.placeholder)"
+                let value = option.kind == .boolean || option.kind == .secret ? "" : " \(option.kind.placeholder)"
                 lines.append("      --\(option.name)\(value): \(option.help)")
             }
         }
@@ -80,7 +80,12 @@ struct ClassCommand<Definition: ClassDefinition>: ParsableCommand {
                 let known = verb.options.map { "--\($0.name)" }.joined(separator: ", ")
                 throw ValidationError("--\(key) is not an option of \(Definition.name) \(verb.name) (options: \(known.isEmpty ? "none" : known))")
             }
-            if value == nil {
+            if option.kind == .secret {
+                guard value == nil else {
+                    throw ValidationError("--\(key) takes no value: it is read from standard input, where ps cannot see it")
+                }
+                value = try readSecretLine(prompt: "\(option.help.prefix { $0 != "." }): ") { String(decoding: $0, as: UTF8.self) }
+            } else if value == nil {
                 if option.kind == .boolean {
                     value = "true"
                 } else if let next = rest.popFirst() {

@@ -70,11 +70,13 @@ struct EliServeTests {
         return result.0 == 0 && result.1.contains("same")
     }
 
-    static func serveEli(_ directory: String, image: String, key: String, name: String = "t.yaml") throws -> (ServeProcess, String) {
+    static func serveEli(_ directory: String, image: String, key: String, name: String = "t.yaml",
+                         writable: Bool = false) throws -> (ServeProcess, String) {
         let socket = directory + "/nbd.sock"
         let server = try ServeProcess(arguments: ["serve", "--config", name], directory: directory, files: [name: """
             listen: [unix://\(socket)]
             control: \(directory)/control.sock
+            \(writable ? "writable-directories: [\(directory)]" : "")
             disks:
               - {name: d0, file: \(image)}
             geoms:

@@ -10,10 +10,16 @@ public enum ValueKind: Sendable, Equatable {
     case choice([String])
     case boolean
     /// A file or folder, made absolute against where the value was written (the topology
-    /// file's folder, the command's working directory).
+    /// file's folder, the command's working directory). `-` stays as it is: standard
+    /// input, as Unix tools take it.
     case path
     /// A name or other text, not empty.
     case text
+    /// A secret (a passphrase), not empty. The command line never takes it from its
+    /// arguments, where other users' `ps` would see it: `--NAME` alone reads it from
+    /// standard input (asking on a terminal, without echo), and it travels in the
+    /// request's body.
+    case secret
 
     /// A size from 1 byte up.
     public static let anySize = ValueKind.size(1...Int64.max, powerOfTwo: false)
@@ -49,8 +55,8 @@ public enum ValueKind: Sendable, Equatable {
             }
         case .path:
             guard !text.isEmpty else { return .failure(ValueProblem("must be a path")) }
-            return .success(.text(absolutePath(text, relativeTo: directory)))
-        case .text:
+            return .success(.text(text == "-" ? text : absolutePath(text, relativeTo: directory)))
+        case .text, .secret:
             guard !text.isEmpty else { return .failure(ValueProblem("must not be empty")) }
             return .success(.text(text))
         }
@@ -65,6 +71,7 @@ public enum ValueKind: Sendable, Equatable {
         case .boolean: "true|false"
         case .path: "PATH"
         case .text: "TEXT"
+        case .secret: "(read from standard input)"
         }
     }
 

@@ -56,7 +56,15 @@ extension Topology {
     /// Runs `body` with `provider` as a LUKS medium, through a consumer of a short-lived
     /// geom, opened for reading (and writing, exclusively, when `writing`); the consumer
     /// goes away afterwards, whatever happens.
+    /// Where an eli is attached to `provider`, its own consumer carries the I/O, with
+    /// its access raised for the while: the eli may hold the provider exclusively.
     func withLUKSMedium<Result>(_ provider: Provider, writing: Bool, _ body: (ConsumerMedium) throws -> Result) throws -> Result {
+        if let attached = provider.consumers.first(where: { $0.geom is EliGeom }) {
+            let write = writing ? 1 : 0
+            try access(attached, read: 1, write: write, exclusive: 0)
+            defer { try? access(attached, read: -1, write: -write, exclusive: 0) }
+            return try body(ConsumerMedium(consumer: attached, provider: provider))
+        }
         let tool = Geom(name: "eli:\(provider.name):\(UInt32.random(in: 0...UInt32.max))", className: "ELITOOL")
         try add(tool)
         defer { remove(tool) }
@@ -100,4 +108,10 @@ public func readPassphrase(fromFile path: String, key: String = "key-file") thro
             done += got
         }
     }
+}
+
+/// One line of standard input as a passphrase (`key-file: -`), asked for with `prompt`
+/// on a terminal.
+func readPassphraseLine(prompt: String) throws -> SecretBytes {
+    try readSecretLine(prompt: prompt) { line in SecretBytes(copying: line) }
 }
