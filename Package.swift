@@ -117,7 +117,7 @@ let package = Package(
         .testTarget(name: "StrataTests", dependencies: ["Strata", "StrataDisks"], swiftSettings: strictSwift),
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks", "CStrataSystem", "StrataRBD"],
                     swiftSettings: strictSwift),
-        .testTarget(name: "StrataEliTests", dependencies: ["Strata", "StrataDisks", "StrataEli", "CCrypto"],
+        .testTarget(name: "StrataEliTests", dependencies: ["Strata", "StrataDisks", "StrataClasses", "StrataEli", "CCrypto"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),

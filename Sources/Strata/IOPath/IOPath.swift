@@ -25,6 +25,10 @@ enum IOPath {
         header.pointee.flags.subtract(.statusFlags)
         header.pointee.error = 0
         header.pointee.completed.store(0, ordering: .relaxed)
+        // A request sent again after it completed (a mirror retrying a read on another
+        // component) starts with no clones: those of its last trip all came back.
+        header.pointee.children = 0
+        header.pointee.inbed.store(0, ordering: .relaxed)
         // Counted before anything is read from the consumer; the count falls only after
         // the done routine has returned, so a consumer whose count reads zero has no
         // request of its users still using it.

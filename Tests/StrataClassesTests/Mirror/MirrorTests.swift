@@ -88,6 +88,26 @@ struct MirrorTests {
         #expect(mirror.status.components.first?.state == "BROKEN")
     }
 
+    /// The retry sends the same clone again, after it went down through geoms that
+    /// cloned it in turn: the second trip starts with no clones of its own.
+    @Test func aReadThatFailedBelowAGeomThatClonesIsRetriedThroughAnother() async throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let disks = try (0..<2).map { try MemoryDisk.create(in: topology, name: "rc\($0)", size: 4 << 20) }
+        let failing = try NopGeom.create(in: topology, name: "rc-fail", over: disks[0].provider)
+        let legs = [try NopGeom.create(in: topology, name: "rc-leg0", over: failing.providers[0]),
+                    try NopGeom.create(in: topology, name: "rc-leg1", over: disks[1].provider)]
+        let mirror = try MirrorGeom.create(in: topology, name: "m-rc", over: legs.map { $0.providers[0] }, balance: .roundRobin)
+        let device = try BlockDevice(opening: mirror.providers[0], in: topology, writable: true)
+        defer { device.close() }
+        try await device.write(Self.pattern(8192, seed: 6), at: 4096)
+        try failing.configure(.init(readFailPercent: 100))
+        for _ in 0..<4 {
+            #expect(try await device.read(at: 4096, count: 8192) == Self.pattern(8192, seed: 6))
+        }
+        #expect(mirror.status.components.first?.state == "BROKEN")
+    }
+
     @Test(arguments: [MirrorBalance.roundRobin, .load, .split])
     func readsAreSpreadByTheBalanceAlgorithm(balance: MirrorBalance) async throws {
         let topology = Topology()
