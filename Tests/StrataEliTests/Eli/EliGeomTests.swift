@@ -171,6 +171,31 @@ import Testing
         #expect(try await reopened.read(at: 77 * 512, count: data.count) == data)
     }
 
+    /// Detaching lets go of the geom, and with it the only holders of the volume key:
+    /// its locked pages (wiped as they go) and the OpenSSL contexts (freed, which wipes
+    /// their key schedules).
+    @Test func aDetachedEliLeavesNothingHoldingItsKey() async throws {
+        let topology = Topology()
+        defer { _ = topology.shutdown() }
+        let disk = try MemoryDisk.create(in: topology, name: "eli-md", size: 24 << 20)
+        try Self.format(disk.provider, in: topology, version: .luks2)
+        weak var released: EliGeom?
+        weak var key: SecretBytes?
+        do {
+            let eli = try EliGeom.create(in: topology, name: "e0", over: disk.provider, passphrase: Self.passphrase)
+            let device = try BlockDevice(opening: eli.providers[0], in: topology, writable: true)
+            try await device.write(Self.pattern(4096, seed: 1), at: 0)
+            _ = try await device.read(at: 0, count: 4096)
+            device.close()
+            #expect(eli.volume.masterKey.isLocked, "the key's pages are locked in memory")
+            (released, key) = (eli, eli.volume.masterKey)
+            topology.wither(eli)
+            #expect(topology.waitUntilGone(eli))
+        }
+        #expect(released == nil)
+        #expect(key == nil)
+    }
+
     /// Sends one request whose data is `pieces`, one segment each, and waits for it.
     static func perform(_ command: BioCommand, on device: BlockDevice, offset: Int64,
                         pieces: [UnsafeMutableRawBufferPointer]) throws {
