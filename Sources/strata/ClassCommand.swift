@@ -30,7 +30,8 @@ struct ClassCommand<Definition: ClassDefinition>: ParsableCommand {
             for argument in verb.arguments { lines.append("      \(argument.name.uppercased()): \(argument.help)") }
             for option in verb.options {
                 let value = option.kind == .boolean || option.kind == .secret ? "" : " \(option.kind.placeholder)"
-                lines.append("      --\(option.name)\(value): \(option.help)")
+                let source = option.kind == .secret ? " Read from standard input (asked for on a terminal), never given on the command line." : ""
+                lines.append("      --\(option.name)\(value): \(option.help)\(source)")
             }
         }
         return lines.joined(separator: "\n")

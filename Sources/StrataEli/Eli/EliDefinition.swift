@@ -50,6 +50,7 @@ public enum EliDefinition: ClassDefinition {
         ClassVerb("init", "Format a provider as a LUKS volume (refused over one, unless --force).", target: .provider, options: [
             VerbParameter("key-file", .path, help: "The file whose whole content is the passphrase (required)."),
             VerbParameter("type", .choice(["luks2", "luks1"]), help: "The format: luks2 (the default) or luks1."),
+            VerbParameter("cipher", .choice(["aes-xts-plain64"]), help: "The cipher: aes-xts-plain64, the one Strata implements."),
             VerbParameter("key-size", .choice(["256", "512"]), help: "Bits of AES-XTS key: 512 (AES-256, the default) or 256."),
             VerbParameter("sector-size", .choice(["512", "1024", "2048", "4096"]), help: "Bytes per encryption sector (LUKS2 only; default 512)."),
             VerbParameter("force", .boolean, help: "Format over an existing LUKS volume, whose data is then lost."),
