@@ -118,7 +118,7 @@ let package = Package(
         .testTarget(name: "StrataDisksTests", dependencies: ["Strata", "StrataDisks", "CStrataSystem", "StrataRBD"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataEliTests", dependencies: ["Strata", "StrataDisks", "StrataClasses", "StrataEli", "CCrypto"],
-                    swiftSettings: strictSwift),
+                    exclude: ["Fixtures"], swiftSettings: strictSwift),
         .testTarget(name: "StrataClassesTests", dependencies: ["Strata", "StrataDisks", "StrataClasses"],
                     swiftSettings: strictSwift),
         .testTarget(name: "StrataCLITests", dependencies: [
