@@ -6,7 +6,9 @@ import Strata
 /// Every change is ordered so that a power cut between any two writes leaves a volume
 /// that opens with the old key set or the new one: a new key slot's material is
 /// written and flushed before the header that lists it; a removed slot leaves the
-/// header (both LUKS2 copies) before its material is overwritten.
+/// header (both LUKS2 copies) before its material is overwritten. A format over an
+/// existing volume may also leave no volume (its headers are wiped first, durably,
+/// then its key slots), never the old one with some of its keys.
 public enum LUKSFormatter {
     /// Writes a new volume on `medium` with a random master key and one key slot (0)
     /// for `passphrase`, and returns it unlocked. Everything before the data offset
@@ -76,8 +78,19 @@ public enum LUKSFormatter {
         return slot
     }
 
-    /// Writes zeros over the first `count` bytes of `medium`, 1 MiB at a time, and flushes.
+    /// Writes zeros over the first `count` bytes of `medium`, and flushes. The places a
+    /// header can be read from go first, each made durable before the next: LUKS1's and
+    /// the LUKS2 primary at 0, then every offset a LUKS2 secondary can have, in order.
+    /// Only then the rest, 1 MiB at a time. A power cut in the middle leaves the old
+    /// volume whole or no volume, never an old header over key slots partly zeroed
+    /// (which would open with some of the old passphrases only). In order, each zeroed
+    /// place lies in the area of a copy already gone, or is the next copy itself.
     static func zero(_ medium: any LUKSMedium, count: Int64) throws {
+        let headerSize = Int64(LUKS2HeaderCopy.binarySize)
+        for offset in [0] + LUKS2HeaderCopy.allowedSizes where offset + headerSize <= count {
+            try medium.write([UInt8](repeating: 0, count: Int(headerSize)), at: offset)
+            try medium.flush()
+        }
         let chunk = 1_048_576
         let zeros = [UInt8](repeating: 0, count: chunk)
         var offset: Int64 = 0
