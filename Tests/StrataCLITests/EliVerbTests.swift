@@ -80,6 +80,16 @@ struct EliVerbTests {
         let attached = try eli(control, ["attach", "d0", "--passphrase"], input: typed + "\n")
         #expect(attached.0 == 0 && attached.1.contains("\"provider\" : \"d0.eli\""), "\(attached)")
 
+        // The passphrase is nowhere the server shows or logs.
+        let dump = try runProgram(strataBinary, ["config", "dump", "--control", control])
+        let status = try runProgram(strataBinary, ["status", "--json", "--control", control])
+        let metrics = try runProgram("/usr/bin/env", ["curl", "-sf", "--unix-socket", control, "http://strata/metrics"])
+        #expect(dump.0 == 0 && status.0 == 0 && metrics.0 == 0)
+        #expect(status.1.contains("d0.eli"), "\(status)")
+        for shown in [dump.1, status.1, metrics.1, server.stdout, server.stderr] {
+            #expect(!shown.contains(typed))
+        }
+
         let exported = try runProgram(strataBinary, ["export", "add", "vol", "d0.eli", "--control", control])
         #expect(exported.0 == 0, "\(exported)")
         let uri = "nbd+unix:///vol?socket=\(socket)"
