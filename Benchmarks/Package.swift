@@ -26,6 +26,7 @@ let package = Package(
                 .product(name: "StrataConfig", package: "Strata"),
                 .product(name: "StrataNBD", package: "Strata"),
                 .product(name: "StrataNBDProtocol", package: "Strata"),
+                .product(name: "StrataEli", package: "Strata"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

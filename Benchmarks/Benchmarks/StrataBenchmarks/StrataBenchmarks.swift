@@ -2,6 +2,7 @@ import Benchmark
 import NIOCore
 import Strata
 import StrataConfig
+import StrataEli
 import StrataNBD
 import StrataNBDProtocol
 
@@ -106,6 +107,16 @@ let benchmarks: @Sendable () -> Void = {
     drive("RandRead4K.Thin.QD32", Driver(thinStack, "tp/vm1", depth: 32, blockSize: 4096))
     drive("RandWrite4K.Thin.QD32", Driver(thinStack, "tp/vm1", depth: 32, blockSize: 4096, command: .write))
 
+    // An eli geom (AES-256-XTS, 512-byte sectors) over a memory disk, its payload written
+    // whole: a read is decrypted in the caller's buffer as it completes, a write is
+    // encrypted into a buffer of the thread's, which comes back to the thread's cache.
+    let eliStack = try! Stack("""
+        disks:
+          - {name: m0, memory: 80MiB}
+        """, eliOver: "m0")
+    drive("RandRead4K.EliMemory.QD32", Driver(eliStack, "e0", depth: 32, blockSize: 4096))
+    drive("RandWrite4K.EliMemory.QD32", Driver(eliStack, "e0", depth: 32, blockSize: 4096, command: .write))
+
     // 1000 requests as a client sends them: reads, and writes with 4 KiB payloads.
     var wire = ByteBufferAllocator().buffer(capacity: 1000 * (28 + 2048))
     for index in 0..<1000 {
@@ -181,6 +192,29 @@ final class Stack: @unchecked Sendable {
         let size = built.topology.provider(named: top)!.mediaSize
         let block = [UInt8](repeating: 0x5A, count: 1 << 20)
         for offset in stride(from: Int64(0), to: size, by: block.count) { try consumer.writeSync(block, at: offset) }
+    }
+
+    /// Like `init(_:fill:)` with an eli geom `e0` over provider `below`: `below` is
+    /// formatted LUKS2 (AES-256-XTS, 512-byte sectors, PBKDF2 at 1000 iterations so that
+    /// setting up takes no time), unlocked, and `e0` written whole.
+    init(_ yaml: String, eliOver below: String) throws {
+        built = try TopologyBuilder.build(ConfigurationLoader.parse(yaml, file: "bench.yaml", baseDirectory: "/tmp"))
+        let topology = built.topology
+        let provider = topology.provider(named: below)!
+        let passphrase = SecretBytes(copying: Array("strata benchmark".utf8))
+        let tool = Geom(name: "luks-format", className: "BENCHTOOL")
+        try topology.add(tool)
+        let consumer = topology.createConsumer(for: tool)
+        try topology.attach(consumer, to: provider)
+        try topology.access(consumer, read: 1, write: 1, exclusive: 1)
+        _ = try LUKSFormatter.format(ConsumerMedium(consumer: consumer, provider: provider), version: .luks2,
+                                     passphrase: passphrase, keySize: 64, sectorSize: 512,
+                                     kdf: .pbkdf2(hash: "sha256", iterations: 1000))
+        try topology.access(consumer, read: -1, write: -1, exclusive: -1)
+        topology.destroy(consumer)
+        topology.remove(tool)
+        try EliGeom.create(in: topology, name: "e0", over: provider, passphrase: passphrase)
+        Driver(self, "e0", depth: 32, blockSize: 65536).fill()
     }
 
     /// A consumer of provider `name` with read and write access, opened once.
