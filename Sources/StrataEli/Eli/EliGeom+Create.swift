@@ -20,6 +20,9 @@ extension EliGeom {
         guard volume.sectorSize % below.sectorSize == 0 || below.sectorSize % volume.sectorSize == 0 else {
             throw StrataError(.invalid, "\(below.name) has \(below.sectorSize)-byte sectors, the volume \(volume.sectorSize)-byte ones")
         }
+        guard volume.payloadOffset % Int64(below.sectorSize) == 0 else {
+            throw StrataError(.invalid, "the LUKS volume's data starts at byte \(volume.payloadOffset), not on one of the \(below.sectorSize)-byte sectors of \(below.name)")
+        }
         let geom = try EliGeom(name: name, volume: volume, keyFile: keyFile, allowDiscards: allowDiscards)
         try topology.add(geom)
         let consumer = topology.createConsumer(for: geom)
