@@ -129,7 +129,7 @@ import Testing
 /// Busy polling in a running server, with libnbd clients at queue depth 1 (in their
 /// own processes, so that the rest of the suite running beside them cannot hold them
 /// up as it can a client on Swift's shared threads).
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct ServerBusyPollTests {
     /// A server on one event loop exporting a 1 MiB memory disk ("md") and a disk whose
     /// requests complete 2 ms later on another thread ("slow").

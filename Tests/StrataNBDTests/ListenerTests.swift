@@ -9,7 +9,7 @@ import Testing
 
 /// Where the server listens: the sockets it binds itself, what it refuses, and what it
 /// leaves behind.
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct ListenerTests {
     func server() throws -> NBDServer {
         let topology = Topology()

@@ -78,7 +78,7 @@ final class CapturedLog: @unchecked Sendable {
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct ServerLifecycleTests {
     @Test func stoppingTheServerAnswersRequestsInFlightFirst() async throws {
         let topology = Topology()

@@ -8,7 +8,7 @@ import Testing
 /// `replication: async`: writes are acknowledged once the local component has them; the
 /// remote one gets them in the background, in order, never more than the lag behind, and
 /// a mirror closed or a remote component taken back waits for them.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(3)))
 struct MirrorAsyncReplicationTests {
     /// A mirror of a local memory disk under a nop (to fail it) and a "remote" one: a
     /// memory disk under a nop (to slow or fail it) under a stand-in that answers
@@ -127,7 +127,7 @@ struct MirrorAsyncReplicationTests {
         try setup.farNop.configure(.init())
         let before = setup.farNop.statistics.bytesWritten
         setup.remote.answer.withLock { $0 = "CONNECTED 2" }
-        #expect(try await MirrorTests.waitFor(setup.mirror, state: "COMPLETE", seconds: 30), "\(setup.mirror.status)")
+        #expect(try await MirrorTests.waitFor(setup.mirror, state: "COMPLETE", seconds: 90), "\(setup.mirror.status)")
         #expect(try await MirrorTests.identical(setup.local.provider, setup.far.provider, in: setup.topology,
                                                 size: setup.mirror.mirrorSize))
         let copied = setup.farNop.statistics.bytesWritten - before
@@ -175,7 +175,7 @@ struct MirrorAsyncReplicationTests {
 /// Writers, flushes and readers from many threads against an async mirror whose remote
 /// component reorders what it gets and whose backlog is small (so writes park and are let
 /// go while others complete); run under ThreadSanitizer by `scripts/check`.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(3)))
 struct MirrorAsyncReplicationConcurrency {
     @Test func writersReadersAndFlushesEndWithIdenticalCopies() async throws {
         let setup = try MirrorAsyncReplicationTests.Setup("ca", lag: 1 << 20, size: 8 << 20)

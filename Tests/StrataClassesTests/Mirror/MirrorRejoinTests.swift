@@ -39,7 +39,7 @@ final class LinkStandIn: Geom, @unchecked Sendable {
 
 /// Components taken back after a while away get only what was written meanwhile; remote
 /// ones come back by themselves when their link does; `prefer-local` reads stay local.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(3)))
 struct MirrorRejoinTests {
     static let size: Int64 = 64 << 20
 
@@ -119,7 +119,7 @@ struct MirrorRejoinTests {
         #expect(mirror.status.state == "DEGRADED", "a component whose link never dropped is not taken back by itself")
         let before = nop.statistics.bytesWritten
         remote.answer.withLock { $0 = "CONNECTED 2" }
-        #expect(try await MirrorTests.waitFor(mirror, state: "COMPLETE", seconds: 30), "\(mirror.status)")
+        #expect(try await MirrorTests.waitFor(mirror, state: "COMPLETE", seconds: 90), "\(mirror.status)")
         #expect(try await MirrorTests.identical(disks[0].provider, remote.providers[0], in: topology, size: mirror.mirrorSize))
         let copied = nop.statistics.bytesWritten - before
         #expect(copied < 3 << 20, "\(copied) bytes copied for two regions")

@@ -8,7 +8,7 @@ import Testing
 /// on a sparse raw file. Neither (nbdkit 1.32, qemu 7.2) has extended headers, so the
 /// client must fall back to structured replies; qemu-nbd also answers sparse reads
 /// with several chunks, holes among them.
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct NBDClientInteropTests {
     enum Server: String, CaseIterable, CustomTestStringConvertible {
         case nbdkit

@@ -7,7 +7,7 @@ import Testing
 /// The client against a scripted server, for the replies real servers do not send on
 /// demand: reads in several chunks with holes, error chunks before DONE, replies out of
 /// order and interleaved, unknown cookies, hanging up with requests in flight.
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct NBDClientScriptedTests {
     /// Starts a scripted server, connects, runs `body`, and cleans up whatever happens.
     func withClient(_ options: ScriptedNBDServer.Options = .init(), style: ClientReplyStyle = .extendedHeaders,

@@ -9,7 +9,7 @@ import Testing
 
 /// The client against our own server (a 128 MiB memory disk on a Unix socket), in every
 /// reply style the server speaks: extended headers, structured replies, simple replies.
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct NBDClientStrataServerTests {
     static let size: UInt64 = 128 << 20
     static let structuredStyles: [ClientReplyStyle] = [.extendedHeaders, .structuredReplies]
