@@ -61,12 +61,20 @@ public final class RunningTopology: Sendable {
         // A disk made here opens, and may create, the file its path names, on behalf of
         // whoever asked through the control socket.
         for (key, text) in settings where definition.settingKeys.contains(where: { $0.name == key && $0.kind == .path }) {
+            // "-" is standard input at start (an eli's key-file); a running server's
+            // belongs to whoever started it, not to the caller.
+            if text == "-" {
+                throw SettingError(key: key, value: text, problem: "reads standard input, which only a start does; name a file")
+            }
             try checkBeneath(absolutePath(text, relativeTo: configuration.directory), configuration.controlWritableDirectories,
                              key: key, text: text)
         }
         let geom = try definition.make(name: name, consumers: consumers, settings: settings,
                                        relativeTo: configuration.directory, in: topology)
         topology.claim(names)
+        // Over a volume attached for this run, it would name a missing provider at the
+        // next start: it lasts as long as what it stands on.
+        if topology.withLock({ geom.standsOnGeomForThisRunOnly }) != nil { return geom }
         let entry = EntrySpec(name: name, className: className, consumers: names,
                               parameters: Dictionary(uniqueKeysWithValues: settings.map {
                                   ($0.key, ConfigValue(text: $0.text, file: statePath, line: nil, key: $0.key))
@@ -109,12 +117,13 @@ public final class RunningTopology: Sendable {
         }
         let entryName = definition.entryName(of: geom)
         let consumed = definition.consumers(of: geom)
-        try record { changes in
+        let recorded = topology.withLock { geom.standsOnGeomForThisRunOnly } == nil
+        if recorded { try record { changes in
             let added = changes.disks.contains { $0.name == entryName } || changes.geoms.contains { $0.name == entryName }
             changes.disks.removeAll { $0.name == entryName }
             changes.geoms.removeAll { $0.name == entryName }
             if !added { changes.removed.append(entryName) }
-        }
+        } }
         topology.wither(geom, error: .noDevice)
         topology.waitUntilGone(geom)
         let stillUsed = Set(topology.geoms.flatMap { $0.consumers.compactMap { $0.provider?.name } } + server.exports.map(\.provider))
@@ -130,12 +139,16 @@ public final class RunningTopology: Sendable {
         try server.reloadTLS(configuration.tls)
     }
 
-    public func addExport(_ spec: ExportSpec) throws {
+    /// - Returns: the geom made for this run only that the export's provider stands on, if
+    ///   any: the export is then not recorded, and lasts as long as that geom.
+    @discardableResult
+    public func addExport(_ spec: ExportSpec) throws -> Geom? {
         if spec.isDefault, let other = server.exports.first(where: \.isDefault) {
             throw StrataError(.exists, "\(other.name) is the default export already")
         }
         try server.add(try spec.export(in: topology))
         topology.claim([spec.provider])
+        if let forThisRun = geomForThisRunOnly(under: spec.provider) { return forThisRun }
         do {
             try record { changes in
                 changes.removedExports.removeAll { $0 == spec.name }
@@ -145,12 +158,25 @@ public final class RunningTopology: Sendable {
             try? server.remove(exportNamed: spec.name, force: true)
             throw error
         }
+        return nil
+    }
+
+    /// The geom made for this run only that provider `name` stands on, if any.
+    private func geomForThisRunOnly(under name: String) -> Geom? {
+        guard let provider = topology.provider(named: name) else { return nil }
+        return topology.withLock { provider.geom.standsOnGeomForThisRunOnly }
     }
 
     /// Stops serving an export (`strata export remove`): refused while clients have it
     /// open, unless `force`.
     public func removeExport(named name: String, force: Bool) throws {
-        guard server.exports.contains(where: { $0.name == name }) else { throw StrataError(.noDevice, "no export named \(name)") }
+        guard let export = server.exports.first(where: { $0.name == name }) else {
+            throw StrataError(.noDevice, "no export named \(name)")
+        }
+        if geomForThisRunOnly(under: export.provider) != nil {
+            try server.remove(exportNamed: name, force: force)
+            return
+        }
         let before = changes.withLock { $0 }
         try record { changes in
             let added = changes.exports.contains { $0.name == name }

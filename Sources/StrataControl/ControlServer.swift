@@ -171,10 +171,12 @@ public final class ControlServer: Sendable {
                 return json(["destroyed": parts[1]])
             case (.POST, 1, "exports", _):
                 let request = try JSONDecoder().decode(ExportRequest.self, from: body)
-                try running.addExport(ExportSpec(name: request.name, provider: request.provider, readOnly: request.readOnly,
-                                                 description: request.description, isDefault: request.isDefault ?? false,
-                                                 tlsAllow: request.tlsAllow ?? []))
-                return json(["added": request.name])
+                let forThisRun = try running.addExport(ExportSpec(name: request.name, provider: request.provider, readOnly: request.readOnly,
+                                                                  description: request.description, isDefault: request.isDefault ?? false,
+                                                                  tlsAllow: request.tlsAllow ?? []))
+                guard let forThisRun else { return json(["added": request.name]) }
+                return json(["added": request.name,
+                             "kept": "for this run only: \(request.provider) stands on \(forThisRun.name), attached for this run"])
             case (.POST, 2, "tls", "reload"):
                 return json(["credentials": try running.reloadTLS()])
             case (.POST, 3, "exports", "remove"):

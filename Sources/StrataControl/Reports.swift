@@ -26,9 +26,12 @@ public struct TopologyReport: Codable, Sendable, Equatable {
         public var withering: Bool
         public var providers: [ProviderEntry]
         public var consumers: [ConsumerEntry]
+        /// True when it stands on a geom made for this run only (`strata eli attach`, or
+        /// itself one): the next start does not make it again.
+        public var thisRunOnly: Bool?
 
         enum CodingKeys: String, CodingKey {
-            case name, className = "class", rank, withering, providers, consumers
+            case name, className = "class", rank, withering, providers, consumers, thisRunOnly = "this-run-only"
         }
     }
 
@@ -50,7 +53,8 @@ public struct TopologyReport: Codable, Sendable, Equatable {
                         ConsumerEntry(provider: consumer.provider?.name,
                                       mode: "r\(consumer.readCount)w\(consumer.writeCount)e\(consumer.exclusiveCount)",
                                       orphaned: consumer.isOrphaned)
-                    })
+                    },
+                    thisRunOnly: geom.standsOnGeomForThisRunOnly == nil ? nil : true)
             }
         }
     }

@@ -321,7 +321,7 @@ public final class RBDDisk: Disk, @unchecked Sendable {
     // MARK: Block status
 
     override public func extents(_ bio: consuming ProviderBio) {
-        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
+        let range = bio.extentRange(mediaSize: provider.mediaSize)
         let request = bio.unmanaged()
         statusQueue.async { [self] in
             let bio = request.takeProviderBio()

@@ -30,8 +30,11 @@ struct GeomCommand: ParsableCommand {
                 }
                 let key = String(setting[..<equals])
                 var value = String(setting[setting.index(after: equals)...])
-                // A path is taken from where the command runs, not from the server's folder.
-                if kinds[key] == .path { value = absolutePath(value, relativeTo: FileManager.default.currentDirectoryPath) }
+                // A path is taken from where the command runs, not from the server's folder;
+                // "-" (standard input) goes as it is, for the server to refuse.
+                if kinds[key] == .path, value != "-" {
+                    value = absolutePath(value, relativeTo: FileManager.default.currentDirectoryPath)
+                }
                 values[key] = value
             }
             let body: [String: Any] = ["class": className, "name": name, "settings": values,

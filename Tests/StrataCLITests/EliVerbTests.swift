@@ -103,6 +103,55 @@ struct EliVerbTests {
         #expect(EliServeTests.succeeded(try EliServeTests.qemuLUKS(image, key: key, ["read -P 0x44 1M 1M"])))
     }
 
+    /// An attached volume lasts for the run: a geom made over it and an export of it last
+    /// as long, so a restart neither names a missing provider nor withdraws an export of
+    /// the same name that the topology file gains later. Standard input, which only a
+    /// start reads, is no key file for an eli made at run time.
+    @Test func whatStandsOnAnAttachedVolumeIsNotKeptAcrossARestart() throws {
+        let (directory, image, key) = try EliServeTests.volumeFiles("strata-eli-run", size: 40 << 20)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        #expect(try EliServeTests.cryptsetup(["luksFormat", "--type", "luks1", "--pbkdf-force-iterations", "1000",
+                                              "--key-file", key, image]).0 == 0)
+        let control = directory + "/control.sock"
+        let state = directory + "/strata-data/state.yaml"
+        let topology = """
+            listen: [unix://\(directory)/nbd.sock]
+            control: \(control)
+            writable-directories: [\(directory)]
+            disks:
+              - {name: d0, file: \(image)}
+              - {name: m1, memory: 8MiB}
+            """
+        let server = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: ["t.yaml": topology])
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        let attached = try eli(control, ["attach", "d0", "--key-file", key])
+        #expect(attached.0 == 0, "\(attached)")
+        let nop = try runProgram(strataBinary, ["geom", "create", "nop", "n9", "--consumers", "d0.eli", "--control", control])
+        #expect(nop.0 == 0, "\(nop)")
+        let exported = try runProgram(strataBinary, ["export", "add", "vol", "n9", "--control", control])
+        #expect(exported.0 == 0 && exported.1.contains("for this run only") && exported.1.contains("d0.eli"), "\(exported)")
+        // Recorded changes still are: a nop over the memory disk.
+        #expect(try runProgram(strataBinary, ["geom", "create", "nop", "n1", "--consumers", "m1", "--control", control]).0 == 0)
+        let list = try runProgram(strataBinary, ["list", "--json", "--control", control])
+        #expect(list.1.contains("\"this-run-only\" : true"), "\(list)")
+        let stdin = try runProgram(strataBinary, ["geom", "create", "eli", "e9", "--consumers", "m1", "key-file=-", "--control", control])
+        #expect(stdin.0 != 0 && stdin.2.contains("key-file") && stdin.2.contains("standard input"), "\(stdin)")
+
+        let recorded = (try? String(contentsOfFile: state, encoding: .utf8)) ?? ""
+        #expect(recorded.contains("n1") && !recorded.contains("n9") && !recorded.contains("vol"), "\(recorded)")
+        #expect(try runProgram(strataBinary, ["export", "remove", "vol", "--control", control]).0 == 0)
+        let afterRemoval = (try? String(contentsOfFile: state, encoding: .utf8)) ?? ""
+        #expect(!afterRemoval.contains("vol") && !afterRemoval.contains("removed"), "\(afterRemoval)")
+        #expect(try runProgram(strataBinary, ["export", "add", "vol", "n9", "--control", control]).0 == 0)
+        #expect(server.stop() == 0)
+
+        let again = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: ["t.yaml": topology])
+        #expect(again.waitForOutput("control socket"), "\(again.stderr)")
+        let names = try runProgram(strataBinary, ["list", "--control", control])
+        #expect(names.1.contains("n1") && !names.1.contains("n9") && !names.1.contains("d0.eli"), "\(names)")
+        #expect(again.stop() == 0)
+    }
+
     @Test func aPassphrasePipedIntoServeOpensAnEntryWithoutAKeyFile() throws {
         let (directory, image, key) = try EliServeTests.volumeFiles("strata-eli-stdin", size: 40 << 20)
         defer { try? FileManager.default.removeItem(atPath: directory) }

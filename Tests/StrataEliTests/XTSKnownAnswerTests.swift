@@ -1,4 +1,4 @@
-import StrataEli
+@testable import StrataEli
 import Testing
 
 /// IEEE 1619-2007 (P1619/D16) XTS-AES test vectors, as the Linux kernel's crypto
@@ -60,9 +60,12 @@ import Testing
                """),
     ]
 
-    @Test(arguments: vectors)
-    func encryptsAndDecrypts(_ vector: Vector) throws {
-        let cipher = try XTSCipher(key: SecretBytes(copying: hexBytes(vector.key)))
+    /// Each vector both ways: the tweak written into OpenSSL's context, and the context
+    /// initialised with it.
+    @Test(arguments: vectors, [true, false])
+    func encryptsAndDecrypts(_ vector: Vector, tweaksInPlace: Bool) throws {
+        let cipher = try XTSCipher(key: SecretBytes(copying: hexBytes(vector.key)), tweaksInPlace: tweaksInPlace)
+        #expect(cipher.writesTweaksInPlace == tweaksInPlace)
         let expected = hexBytes(vector.ciphertext)
         #expect(expected.count == vector.plaintext.count)
         var output = [UInt8](repeating: 0, count: vector.plaintext.count)
@@ -102,6 +105,45 @@ import Testing
         #expect(Array(output[0..<512]) == hexBytes(vector.ciphertext))
         #expect(Array(output[512...]) == second)
         #expect(second != hexBytes(vector.ciphertext))
+    }
+
+    /// Many sectors in one call, 512 or 4096 bytes each, numbered in 512-byte units or in
+    /// their own: with the tweaks written in place, each comes out as from a context
+    /// initialised with its tweak.
+    @Test(arguments: [(512, UInt64(1)), (4096, UInt64(8)), (4096, UInt64(1))])
+    func tweaksWrittenInPlaceMatchAContextInitialisedWithEach(sectorSize: Int, step: UInt64) throws {
+        var generator = SystemRandomNumberGenerator()
+        let key = SecretBytes(copying: (0..<64).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        let fast = try XTSCipher(key: key)
+        let reference = try XTSCipher(key: key, tweaksInPlace: false)
+        let plaintext = (0..<65536).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let first = UInt64.random(in: 0...(1 << 40), using: &generator)
+        var viaFast = [UInt8](repeating: 0, count: plaintext.count)
+        var viaReference = viaFast
+        plaintext.withUnsafeBytes { input in
+            viaFast.withUnsafeMutableBytes {
+                fast.encrypt(input.baseAddress!, to: $0.baseAddress!, count: input.count, sectorSize: sectorSize,
+                             firstSector: first, sectorStep: step)
+            }
+            viaReference.withUnsafeMutableBytes {
+                reference.encrypt(input.baseAddress!, to: $0.baseAddress!, count: input.count, sectorSize: sectorSize,
+                                  firstSector: first, sectorStep: step)
+            }
+        }
+        #expect(fast.writesTweaksInPlace)
+        #expect(viaFast == viaReference)
+        #expect(viaFast != plaintext)
+        // Decrypted the other way round, each gives the plaintext back.
+        viaFast.withUnsafeMutableBytes {
+            reference.decrypt($0.baseAddress!, to: $0.baseAddress!, count: $0.count, sectorSize: sectorSize,
+                              firstSector: first, sectorStep: step)
+        }
+        viaReference.withUnsafeMutableBytes {
+            fast.decrypt($0.baseAddress!, to: $0.baseAddress!, count: $0.count, sectorSize: sectorSize,
+                         firstSector: first, sectorStep: step)
+        }
+        #expect(viaFast == plaintext)
+        #expect(viaReference == plaintext)
     }
 
     /// Vector 1's key: its halves are equal, which OpenSSL refuses.

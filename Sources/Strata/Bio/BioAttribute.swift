@@ -134,6 +134,15 @@ extension ProviderBio {
     /// How many extent records fit in this GETATTR's answer buffer.
     public var extentCapacity: Int { data.count / BioExtent.encodedSize }
 
+    /// The part of a media of `mediaSize` bytes an extents GETATTR asks about, clipped to
+    /// the media (empty past its end; an offset and length that overflow reach its end).
+    public func extentRange(mediaSize: Int64) -> Range<Int64> {
+        let (requestedEnd, overflow) = offset.addingReportingOverflow(max(length, 0))
+        let start = min(max(offset, 0), mediaSize)
+        let end = max(start, overflow ? mediaSize : min(requestedEnd, mediaSize))
+        return start..<end
+    }
+
     /// Answers an extents GETATTR with `extents`, in order from `offset`, and delivers
     /// it. The answer holds as many as fit in the buffer (`extentCapacity`); the issuer
     /// asks again from where the answer stops.

@@ -41,12 +41,27 @@ open class Geom: BioDoneHandler, @unchecked Sendable, CustomStringConvertible {
     public internal(set) var rank = 1
     /// Set when the geom has begun to go away.
     public internal(set) var isWithering = false
+    /// Made for this run only (`strata eli attach`): no start makes it again, so what
+    /// stands on it is not kept across restarts either.
+    public let madeForThisRunOnly: Bool
 
-    public init(name: String, className: String, dispatch: DispatchMode = .direct, startOnlyPassesOn: Bool = false) {
+    public init(name: String, className: String, dispatch: DispatchMode = .direct, startOnlyPassesOn: Bool = false,
+                madeForThisRunOnly: Bool = false) {
         self.name = name
         self.className = className
         self.dispatchMode = dispatch
         self.startOnlyPassesOn = startOnlyPassesOn
+        self.madeForThisRunOnly = madeForThisRunOnly
+    }
+
+    /// The geom made for this run only that this geom stands on, itself or any below it.
+    /// Call with the topology's lock held.
+    public var standsOnGeomForThisRunOnly: Geom? {
+        if madeForThisRunOnly { return self }
+        for consumer in consumers {
+            if let below = consumer.provider?.geom.standsOnGeomForThisRunOnly { return below }
+        }
+        return nil
     }
 
     public var description: String { "\(className)/\(name)" }

@@ -80,16 +80,8 @@ open class Disk: Geom, @unchecked Sendable {
     /// Reports the extents of the range a GETATTR asks about. The default: the whole range
     /// in one extent of `uniformExtentKind`.
     open func extents(_ bio: consuming ProviderBio) {
-        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
+        let range = bio.extentRange(mediaSize: provider.mediaSize)
         let kind = uniformExtentKind
         bio.deliverAttribute(extents: range.isEmpty ? [] : [BioExtent(offset: range.lowerBound, length: Int64(range.count), kind: kind)])
-    }
-
-    /// The part of the media an extents GETATTR asks about, clipped to the media.
-    package static func extentRange(of bio: borrowing ProviderBio, mediaSize: Int64) -> Range<Int64> {
-        let (requestedEnd, overflow) = bio.offset.addingReportingOverflow(max(bio.length, 0))
-        let start = min(max(bio.offset, 0), mediaSize)
-        let end = max(start, overflow ? mediaSize : min(requestedEnd, mediaSize))
-        return start..<end
     }
 }

@@ -422,7 +422,7 @@ public final class FileDisk: Disk, @unchecked Sendable {
     }
 
     override public func extents(_ bio: consuming ProviderBio) {
-        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
+        let range = bio.extentRange(mediaSize: provider.mediaSize)
         guard !range.isEmpty else {
             bio.deliverAttribute(extents: [])
             return

@@ -203,7 +203,7 @@ public final class MemoryDisk: Disk, @unchecked Sendable {
     }
 
     override public func extents(_ bio: consuming ProviderBio) {
-        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
+        let range = bio.extentRange(mediaSize: provider.mediaSize)
         var extents: [BioExtent] = []
         let capacity = bio.extentCapacity
         var at = range.lowerBound

@@ -312,7 +312,7 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
 
     private func deliverExtents(_ extents: [NBDBlockExtent], of request: Request) {
         let bio = request.bio.takeProviderBio()
-        let range = Disk.extentRange(of: bio, mediaSize: provider.mediaSize)
+        let range = bio.extentRange(mediaSize: provider.mediaSize)
         var result: [BioExtent] = []
         var position = request.offset
         for extent in extents where position < range.upperBound && result.count < bio.extentCapacity {

@@ -3,11 +3,13 @@ import Strata
 extension EliGeom {
     /// Unlocks the LUKS volume on `below` with `passphrase` and makes an eli over it: its
     /// provider, named `name`, is the volume's decrypted payload.
+    /// `forThisRunOnly`: attached by a verb, not made from an entry (`Geom.madeForThisRunOnly`).
     /// - Throws: `StrataError` when `below` holds no LUKS volume Strata can open, or no
     ///   key slot opens with the passphrase; nothing is left in the topology then.
     @discardableResult
     public static func create(in topology: Topology, name: String, over below: Provider, passphrase: SecretBytes,
-                              keyFile: String? = nil, allowDiscards: Bool = false) throws -> EliGeom {
+                              keyFile: String? = nil, allowDiscards: Bool = false,
+                              forThisRunOnly: Bool = false) throws -> EliGeom {
         let volume = try topology.withLUKSMedium(below, writing: false) { medium in
             try LUKSHeader.read(from: medium).unlock(passphrase: passphrase)
         }
@@ -23,7 +25,8 @@ extension EliGeom {
         guard volume.payloadOffset % Int64(below.sectorSize) == 0 else {
             throw StrataError(.invalid, "the LUKS volume's data starts at byte \(volume.payloadOffset), not on one of the \(below.sectorSize)-byte sectors of \(below.name)")
         }
-        let geom = try EliGeom(name: name, volume: volume, keyFile: keyFile, allowDiscards: allowDiscards)
+        let geom = try EliGeom(name: name, volume: volume, keyFile: keyFile, allowDiscards: allowDiscards,
+                               forThisRunOnly: forThisRunOnly)
         try topology.add(geom)
         let consumer = topology.createConsumer(for: geom)
         do {
@@ -82,7 +85,7 @@ enum EliVerbs {
         let name = call.text("name") ?? provider.name + ".eli"
         let (passphrase, keyFile) = try passphrase(call, key: "key-file", secret: "passphrase")
         let eli = try EliGeom.create(in: call.topology, name: name, over: provider, passphrase: passphrase,
-                                     keyFile: keyFile, allowDiscards: call.flag("allow-discards"))
+                                     keyFile: keyFile, allowDiscards: call.flag("allow-discards"), forThisRunOnly: true)
         return EliReport(eli)
     }
 

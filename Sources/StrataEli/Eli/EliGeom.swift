@@ -26,7 +26,7 @@ public final class EliGeom: Geom, @unchecked Sendable {
     private let zeroing = DispatchQueue(label: "strata.eli.zeroing")
     static let zeroingChunk = 1 << 20
 
-    init(name: String, volume: LUKSVolume, keyFile: String?, allowDiscards: Bool) throws {
+    init(name: String, volume: LUKSVolume, keyFile: String?, allowDiscards: Bool, forThisRunOnly: Bool) throws {
         // A key OpenSSL refuses is refused here, before any request.
         _ = try XTSCipher(key: volume.masterKey)
         self.volume = volume
@@ -38,7 +38,7 @@ public final class EliGeom: Geom, @unchecked Sendable {
         ivStep = UInt64(Int64(volume.sectorSize) / ivUnit)
         let key = volume.masterKey
         threads = PerThread { EliThreadState(key: key) }
-        super.init(name: name, className: "ELI", startOnlyPassesOn: false)
+        super.init(name: name, className: "ELI", startOnlyPassesOn: false, madeForThisRunOnly: forThisRunOnly)
     }
 
     // MARK: I/O
@@ -105,11 +105,8 @@ public final class EliGeom: Geom, @unchecked Sendable {
         switch bio.attribute {
         case BioAttribute.extents?:
             // Holes below would tell which sectors were ever written: all is data.
-            let size = providers.first?.mediaSize ?? 0
-            let start = min(max(bio.offset, 0), size)
-            let (end, overflow) = bio.offset.addingReportingOverflow(max(bio.length, 0))
-            let stop = max(start, overflow ? size : min(end, size))
-            bio.deliverAttribute(extents: stop > start ? [BioExtent(offset: start, length: stop - start, kind: [])] : [])
+            let range = bio.extentRange(mediaSize: providers.first?.mediaSize ?? 0)
+            bio.deliverAttribute(extents: range.isEmpty ? [] : [BioExtent(offset: range.lowerBound, length: Int64(range.count), kind: [])])
         case BioAttribute.canDelete?:
             guard allowDiscards else {
                 bio.deliverAttribute(int32: 0)
