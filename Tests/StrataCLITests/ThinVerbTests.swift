@@ -226,11 +226,14 @@ struct ThinVerbTests {
     @Test func killedTenTimesUnderFioTheFlushedWritesAndTheSnapshotStay() throws {
         let directory = NSTemporaryDirectory() + "strata-thinkill-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: directory) }
+        // --thread: fio's job runs in its process, not a child of it. A child would outlive
+        // the SIGKILL below holding the descriptor by which Foundation learns that the
+        // process it started has ended, and waitUntilExit would wait for ever.
         func fio(_ export: String, _ arguments: [String]) -> Process {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/fio")
             process.arguments = ["--name=\(export)", "--ioengine=nbd", "--uri=\(Self.uri(export, directory))", "--bs=4k",
-                                 "--iodepth=32", "--output=/dev/null"] + arguments
+                                 "--iodepth=32", "--output=/dev/null", "--thread"] + arguments
             return process
         }
         var snapshotDigest: String?
