@@ -8,6 +8,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <stdlib.h>
+#include <errno.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 #if defined(__x86_64__)
@@ -33,6 +36,52 @@ int strata_lock_whole_file(int fd, int exclusive) {
     lock.l_start = 0;
     lock.l_len = 0;
     return fcntl(fd, F_OFD_SETLK, &lock);
+}
+
+int strata_set_direct(int fd, int on) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -1;
+    return fcntl(fd, F_SETFL, on ? (flags | O_DIRECT) : (flags & ~O_DIRECT));
+}
+
+int strata_direct_alignment(int fd, uint32_t *memory, uint32_t *offset) {
+    struct statx status;
+    memset(&status, 0, sizeof status);
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &status) != 0) return -1;
+    if (!(status.stx_mask & STATX_DIOALIGN)) return 0;
+    *memory = status.stx_dio_mem_align;
+    *offset = status.stx_dio_offset_align;
+    return 1;
+}
+
+int strata_probe_direct_alignment(int fd, uint32_t *memory, uint32_t *offset) {
+    enum { largest = 65536 };
+    // Twice the largest, so that the buffer can start at any alignment up to it.
+    char *buffer = aligned_alloc(largest, 2 * largest);
+    if (!buffer) return -1;
+    uint32_t length = 0;
+    for (uint32_t tried = 512; tried <= largest; tried *= 2) {
+        ssize_t count = pread(fd, buffer, tried, 0);
+        if (count >= 0) {
+            length = tried;
+            break;
+        }
+        if (errno != EINVAL) break;
+    }
+    if (length == 0) {
+        if (errno == 0) errno = EINVAL;
+        int saved = errno;
+        free(buffer);
+        errno = saved;
+        return -1;
+    }
+    free(buffer);
+    // A read of a hole checks no buffer's address, so the memory's alignment cannot be
+    // found by reading a file that may have holes: take the offset's, which every
+    // kernel accepts (before 6.0 it required exactly that).
+    *memory = length;
+    *offset = length;
+    return 0;
 }
 
 int64_t strata_seek_data(int fd, int64_t offset) { return lseek(fd, offset, SEEK_DATA); }

@@ -237,7 +237,8 @@ struct Serve: AsyncParsableCommand {
         }
         // How each file disk does its I/O: chosen at open (Sources/StrataDisks/File/file.md).
         for case let disk as FileDisk in built.disks {
-            lines.append("  file disk \(disk.name): \(disk.path), io \(disk.engine.rawValue)")
+            let cache = disk.directAlignment.map { ", cache none (O_DIRECT, memory aligned to \($0.memory), offsets to \($0.offset))" } ?? ""
+            lines.append("  file disk \(disk.name): \(disk.path), io \(disk.engine.rawValue)\(cache)")
         }
         for address in bound { lines.append("  listening on \(address)" + (passed ? " (passed by the service manager)" : "")) }
         // Said at start because it keeps a core busy while a client at queue depth 1 works.

@@ -39,6 +39,21 @@ int strata_block_zeroout(int fd, uint64_t offset, uint64_t length);
 /// conflicting lock; never waits.
 int strata_lock_whole_file(int fd, int exclusive);
 
+/// Turns O_DIRECT on (or off) for an open descriptor (fcntl F_SETFL), so its reads and
+/// writes bypass the page cache. Fails with EINVAL where the file system cannot.
+int strata_set_direct(int fd, int on);
+/// statx(STATX_DIOALIGN): the alignment direct I/O needs of a buffer's address
+/// (`memory`) and of a file offset and length (`offset`). Returns 1 when the kernel
+/// reported them (both 0: the file does not support direct I/O), 0 when it did not
+/// (an older kernel or a file system that does not say), -1 with errno on failure.
+int strata_direct_alignment(int fd, uint32_t *memory, uint32_t *offset);
+/// Finds the offset alignment by trying reads on a descriptor opened O_DIRECT, where
+/// statx does not say: the smallest power-of-two length at offset 0 the kernel takes.
+/// The memory alignment is given as the same (a read of a hole checks no address, so it
+/// cannot be found by reading). Returns 0, or -1 with errno when no read up to 64 KiB
+/// works.
+int strata_probe_direct_alignment(int fd, uint32_t *memory, uint32_t *offset);
+
 /// fstatfs(fd).f_type: the file system's magic number (TMPFS_MAGIC, ...), or -1.
 int64_t strata_file_system_type(int fd);
 

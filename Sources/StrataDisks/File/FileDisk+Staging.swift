@@ -68,10 +68,12 @@ extension FileDisk {
     private func writeStagedSectors() throws {
         try staged.withLock { staged in
             guard let writes = staged else { return }
-            for (index, sector) in writes.sectors.sorted(by: { $0.key < $1.key }) {
-                let failure = sector.withUnsafeBytes { bytes in
-                    write(UnsafeMutableRawBufferPointer(mutating: bytes), at: index * Int64(writes.sectorSize), durable: false)
-                }
+            // Each sector is written from an aligned buffer, which O_DIRECT needs.
+            var aligned = AlignedBuffer(alignment: directAlignment?.memory ?? 4096)
+            let sector = UnsafeMutableRawBufferPointer(start: aligned.reserve(writes.sectorSize), count: writes.sectorSize)
+            for (index, bytes) in writes.sectors.sorted(by: { $0.key < $1.key }) {
+                sector.copyBytes(from: bytes)
+                let failure = write(sector, at: index * Int64(writes.sectorSize), durable: false)
                 guard failure == 0 else {
                     throw StrataError(BioError(errno: failure), "write what the assembly wrote to \(path)")
                 }
@@ -94,7 +96,9 @@ extension FileDisk {
             guard staged != nil else { return nil }
             switch command {
             case .read:
-                let failure = read(into: data, at: offset)
+                // Assembly only: a buffer for direct I/O is made for the request.
+                var bounce = AlignedBuffer(alignment: directAlignment?.memory ?? 4096)
+                let failure = read(into: data, at: offset, bounce: &bounce)
                 if failure == 0 { staged!.patch(data, at: offset) }
                 return failure
             case .write:

@@ -17,6 +17,10 @@ import Synchronization
 /// zeros where the file system can. Failures are reported once through the topology's
 /// log with the path and errno, and delivered as that errno.
 ///
+/// With `cache: .direct` (`cache: none`, as qemu's `cache=none`) the file is opened
+/// `O_DIRECT`: requests whose memory is aligned go to the kernel as they are, the others
+/// are copied through an aligned buffer (`DirectAlignment`, `FileDisk+Direct.swift`).
+///
 /// The disk holds an open file description lock on the whole file while it is open:
 /// exclusive if it writes, shared if it is read-only, so a second opener, in this
 /// process or another, is refused at once (`InUse`).
@@ -28,6 +32,9 @@ public final class FileDisk: Disk, @unchecked Sendable {
     public let isReadOnly: Bool
     /// How the I/O is done: `.inline`, `.uring` or `.threads`, never `.automatic`.
     public let engine: Engine
+    /// Whether the page cache is used; with `.direct`, the alignment the file needs.
+    public let cache: Cache
+    public let directAlignment: DirectAlignment?
     /// The engine the disk was asked for (`.automatic` unless one was named), to write
     /// its entry back.
     public private(set) var requestedEngine = Engine.automatic
@@ -59,27 +66,46 @@ public final class FileDisk: Disk, @unchecked Sendable {
     ///   - readOnly: open the file `O_RDONLY` under a shared lock (it must exist), and
     ///     make the provider read-only: every write, DELETE and WRITE_ZEROES is refused
     ///     with EPERM, and opening it for writing with EROFS.
+    ///   - cache: `.writeback` (through the page cache) or `.direct` (`O_DIRECT`).
     /// - Throws: `InUse` when another opener holds a conflicting lock on the file;
+    ///   `DirectIORefused` when `.direct` cannot be had (a file in memory, a file system
+    ///   without O_DIRECT, a sector size below its alignment, the inline engine);
     ///   `StrataError` naming the path and the failing call; with `.uring`, also when the
     ///   kernel refuses io_uring.
     public static func create(in topology: Topology, name: String, path: String, size: Int64? = nil,
                               sectorSize: Int = 512, engine: Engine = .automatic, workers: Int = 4,
-                              readOnly: Bool = false) throws -> FileDisk {
+                              readOnly: Bool = false, cache: Cache = .writeback) throws -> FileDisk {
         try Disk.validate(sectorSize: sectorSize, for: name)
+        if cache == .direct && engine == .inline {
+            throw DirectIORefused(path: path, key: "io", value: "inline",
+                                  problem: "cannot go with cache: none: every read and write would wait for the device on the caller's thread; use automatic, uring or threads")
+        }
         let opened = try FileDisk.open(path: path, size: size, sectorSize: sectorSize, readOnly: readOnly)
+        var alignment: DirectAlignment?
+        if cache == .direct {
+            do {
+                alignment = try FileDisk.enableDirectIO(opened.descriptor, path: path, sectorSize: sectorSize,
+                                                        isBlockDevice: opened.isBlockDevice)
+            } catch {
+                close(opened.descriptor)
+                if opened.created { unlink(path) }
+                throw error
+            }
+        }
         let workerCount = max(workers, 1)
         var chosen = engine
         var ring: FileRing?
         var refusal: BioError?
-        if engine == .automatic && !opened.isBlockDevice && FileDisk.isInMemory(opened.descriptor) {
+        if engine == .automatic && alignment == nil && !opened.isBlockDevice && FileDisk.isInMemory(opened.descriptor) {
             chosen = .inline
         } else if engine == .automatic || engine == .uring {
             do throws(BioError) {
-                ring = try FileRing(descriptor: opened.descriptor)
+                ring = try FileRing(descriptor: opened.descriptor, alignment: alignment)
                 chosen = .uring
             } catch {
                 if engine == .uring {
                     close(opened.descriptor)
+                    if opened.created { unlink(path) }
                     throw StrataError(error, "io_uring for file disk \(path)")
                 }
                 refusal = error
@@ -87,7 +113,8 @@ public final class FileDisk: Disk, @unchecked Sendable {
             }
         }
         let disk = FileDisk(name: name, path: path, descriptor: opened.descriptor, isBlockDevice: opened.isBlockDevice,
-                            isReadOnly: readOnly, engine: chosen, ring: ring, workers: chosen == .inline ? 0 : workerCount)
+                            isReadOnly: readOnly, engine: chosen, cache: cache, alignment: alignment, ring: ring,
+                            workers: chosen == .inline ? 0 : workerCount)
         disk.requestedEngine = engine
         // Nothing is written to a read-only disk, so there is nothing to hold.
         if !readOnly { try disk.holdWritesWhileAssembling(topology, sectorSize: sectorSize, created: opened.created) }
@@ -126,14 +153,17 @@ public final class FileDisk: Disk, @unchecked Sendable {
     public static let isUringAvailable: Bool = FileRing.isAvailable
 
     private init(name: String, path: String, descriptor: Int32, isBlockDevice: Bool, isReadOnly: Bool, engine: Engine,
-                 ring: FileRing?, workers: Int) {
+                 cache: Cache, alignment: DirectAlignment?, ring: FileRing?, workers: Int) {
         self.path = path
         self.descriptor = descriptor
         self.isBlockDevice = isBlockDevice
         self.isReadOnly = isReadOnly
         self.engine = engine
+        self.cache = cache
+        self.directAlignment = alignment
         self.ring = ring
-        self.zeros = .allocate(byteCount: FileDisk.zeroChunk, alignment: 4096)
+        // Aligned for direct I/O too: written as it is, in whole sectors.
+        self.zeros = .allocate(byteCount: FileDisk.zeroChunk, alignment: max(4096, alignment?.memory ?? 0))
         zeros.initializeMemory(as: UInt8.self, repeating: 0, count: FileDisk.zeroChunk)
         super.init(name: name, className: "FILE", ident: path, canDelete: true)
         ring?.failed = { [unowned self] bio, failure, call in finish(bio, failure: failure, call: call) }
@@ -270,6 +300,8 @@ public final class FileDisk: Disk, @unchecked Sendable {
     }
 
     private func work() {
+        // This worker's buffer for direct I/O from memory that is not aligned.
+        var bounce = AlignedBuffer(alignment: directAlignment?.memory ?? 4096)
         while true {
             let next: ProviderBio? = lock.withLock {
                 while queue.isEmpty && !stopping { lock.wait() }
@@ -281,7 +313,12 @@ public final class FileDisk: Disk, @unchecked Sendable {
                 bio.deliver(error)
                 continue
             }
-            super.start(bio)
+            let command = bio.command
+            switch command {
+            case .read: read(bio, bounce: &bounce)
+            case .write: write(bio, bounce: &bounce)
+            default: super.start(bio)
+            }
         }
         lock.withLock {
             runningWorkers -= 1
@@ -292,36 +329,58 @@ public final class FileDisk: Disk, @unchecked Sendable {
     // MARK: Commands (on worker threads)
 
     override public func read(_ bio: consuming ProviderBio) {
-        finish(bio, failure: read(into: bio.data, at: bio.offset), call: "pread")
+        var bounce = AlignedBuffer(alignment: directAlignment?.memory ?? 4096)
+        read(bio, bounce: &bounce)
     }
 
-    /// Reads `data.count` bytes at `offset` into `data`. Returns 0 or the errno.
-    func read(into data: BioData, at offset: Int64) -> Int32 {
+    private func read(_ bio: consuming ProviderBio, bounce: inout AlignedBuffer) {
+        finish(bio, failure: read(into: bio.data, at: bio.offset, bounce: &bounce), call: "pread")
+    }
+
+    /// Reads `data.count` bytes at `offset` into `data`, through `bounce` where the file
+    /// is opened O_DIRECT and `data` is not aligned for it. Returns 0 or the errno.
+    func read(into data: BioData, at offset: Int64, bounce: inout AlignedBuffer) -> Int32 {
+        if let directAlignment, !directAlignment.admits(data) {
+            let buffer = UnsafeMutableRawBufferPointer(start: bounce.reserve(data.count), count: data.count)
+            let failure = read(into: buffer, at: offset)
+            if failure == 0 { data.copy(from: buffer.baseAddress!) }
+            return failure
+        }
         var at = offset
         var failure: Int32 = 0
         data.forEachSegment { piece in
             guard failure == 0 else { return }
-            var done = 0
-            while done < piece.count {
-                let count = pread(descriptor, piece.baseAddress! + done, piece.count - done, off_t(at) + off_t(done))
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    failure = errno
-                    return
-                }
-                if count == 0 {
-                    // The file shrank under us: past its end reads as zeros.
-                    (piece.baseAddress! + done).initializeMemory(as: UInt8.self, repeating: 0, count: piece.count - done)
-                    break
-                }
-                done += count
-            }
+            failure = read(into: piece, at: at)
             at += Int64(piece.count)
         }
         return failure
     }
 
+    /// Reads one segment fully at `offset`. Returns 0 or the errno.
+    private func read(into piece: UnsafeMutableRawBufferPointer, at offset: Int64) -> Int32 {
+        var done = 0
+        while done < piece.count {
+            let count = pread(descriptor, piece.baseAddress! + done, piece.count - done, off_t(offset) + off_t(done))
+            if count < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            if count == 0 {
+                // The file shrank under us: past its end reads as zeros.
+                (piece.baseAddress! + done).initializeMemory(as: UInt8.self, repeating: 0, count: piece.count - done)
+                break
+            }
+            done += count
+        }
+        return 0
+    }
+
     override public func write(_ bio: consuming ProviderBio) {
+        var bounce = AlignedBuffer(alignment: directAlignment?.memory ?? 4096)
+        write(bio, bounce: &bounce)
+    }
+
+    private func write(_ bio: consuming ProviderBio, bounce: inout AlignedBuffer) {
         if bio.flags.contains(.preflush), fdatasync(descriptor) != 0 {
             finish(bio, failure: errno, call: "fdatasync")
             return
@@ -329,6 +388,12 @@ public final class FileDisk: Disk, @unchecked Sendable {
         let durable = bio.flags.contains(.fua)
         var at = bio.offset
         var failure: Int32 = 0
+        if let directAlignment, !directAlignment.admits(bio.data) {
+            let buffer = UnsafeMutableRawBufferPointer(start: bounce.reserve(bio.data.count), count: bio.data.count)
+            bio.data.copy(to: buffer.baseAddress!)
+            finish(bio, failure: write(buffer, at: at, durable: durable), call: "pwrite")
+            return
+        }
         bio.data.forEachSegment { piece in
             guard failure == 0 else { return }
             failure = write(piece, at: at, durable: durable)

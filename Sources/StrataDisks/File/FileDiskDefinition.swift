@@ -14,6 +14,7 @@ public enum FileDiskDefinition: ClassDefinition {
         public var sectorSize = 512
         public var engine = FileDisk.Engine.automatic
         public var readOnly = false
+        public var cache = FileDisk.Cache.writeback
 
         public init() {}
 
@@ -25,6 +26,8 @@ public enum FileDiskDefinition: ClassDefinition {
                        help: "How the I/O is done: automatic (the default), inline, uring or threads."),
             SettingKey("read-only", \.readOnly, .boolean,
                        help: "Open the file read-only under a shared lock: writes are refused with EPERM, exports default to read-only."),
+            SettingKey("cache", \.cache, names: FileDisk.Cache.allCases.map { ($0.rawValue, $0) },
+                       help: "writeback (the default): through the page cache; none: O_DIRECT, as qemu's cache=none."),
         ]
     }
 
@@ -32,9 +35,12 @@ public enum FileDiskDefinition: ClassDefinition {
         let settings = entry.settings
         do {
             return try FileDisk.create(in: topology, name: entry.name, path: settings.path, size: settings.size,
-                                       sectorSize: settings.sectorSize, engine: settings.engine, readOnly: settings.readOnly)
+                                       sectorSize: settings.sectorSize, engine: settings.engine, readOnly: settings.readOnly,
+                                       cache: settings.cache)
         } catch let error as FileDisk.InUse {
             throw SettingError(key: "file", value: settings.path, problem: "is in use: \(error.path) is locked by \(error.lockedBy)")
+        } catch let error as FileDisk.DirectIORefused {
+            throw SettingError(key: error.key, value: error.value, problem: "\(error.problem) (file \(error.path))")
         }
     }
 
@@ -45,6 +51,7 @@ public enum FileDiskDefinition: ClassDefinition {
         settings.sectorSize = disk.provider.sectorSize
         settings.engine = disk.requestedEngine
         settings.readOnly = disk.isReadOnly
+        settings.cache = disk.cache
         return settings
     }
 

@@ -15,6 +15,12 @@ import Strata
 /// A request's progress lives in the request itself: `completed` counts the bytes
 /// moved (a short transfer or a multi-segment buffer continues from there) and a
 /// provider flag notes that a PREFLUSH write's flush is done.
+///
+/// On a file opened O_DIRECT (`alignment`), a request whose memory is not aligned for
+/// it moves through a bounce buffer, kept in `driver1` while the request is in the ring
+/// and taken from, and given back to, spares kept under the ring's lock, which every
+/// submission holds anyway: no allocation once the spares have grown to the load, and
+/// no other lock.
 final class FileRing: @unchecked Sendable {
     /// Submission entries; the completion ring is twice as large, and no more than this
     /// many operations are ever outstanding, so completions cannot overflow.
@@ -23,10 +29,15 @@ final class FileRing: @unchecked Sendable {
     static let largestTransfer = 1 << 30
     /// Provider flag: this PREFLUSH write's fdatasync has completed.
     static let preflushDone: UInt32 = 1 << 0
+    /// Provider flag: this request's memory is not aligned for O_DIRECT; it moves
+    /// through a bounce buffer.
+    static let bounced: UInt32 = 1 << 1
     /// User data of the no-op that wakes the reaper to stop.
     static let wakeUp: UInt64 = 0
 
     private let descriptor: Int32
+    /// The file's direct I/O alignment, when it is opened O_DIRECT.
+    let alignment: FileDisk.DirectAlignment?
     private let ring: UnsafeMutablePointer<strata_uring>
     /// Delivers a failed request with its errno and the call that failed (the disk logs
     /// it with its path). Set once, before the first request.
@@ -40,11 +51,15 @@ final class FileRing: @unchecked Sendable {
     private var reaperRunning = true
     private var mostWaitingSeen = 0
     private var completionsHeld = false
+    private var bounces: BouncePool
+    private var bouncedCount = 0
 
     /// Sets up the ring and starts its reaper; throws the errno where the kernel has no
     /// io_uring or forbids it.
-    init(descriptor: Int32) throws(BioError) {
+    init(descriptor: Int32, alignment: FileDisk.DirectAlignment? = nil) throws(BioError) {
         self.descriptor = descriptor
+        self.alignment = alignment
+        bounces = BouncePool(alignment: alignment?.memory ?? 4096, most: Int(FileRing.entries))
         ring = .allocate(capacity: 1)
         let result = strata_uring_open(ring, FileRing.entries)
         guard result == 0 else {
@@ -56,6 +71,9 @@ final class FileRing: @unchecked Sendable {
 
     /// The most requests that have waited at once for room in the ring.
     var mostWaiting: Int { lock.withLock { mostWaitingSeen } }
+
+    /// Requests that have moved through a bounce buffer, and the bounce buffers made.
+    var bounceCounts: (requests: Int, buffers: Int) { lock.withLock { (bouncedCount, bounces.made) } }
 
     /// While true, completions stay in the kernel's ring, untaken, so that a test can
     /// fill the ring and see what waits for room. Setting it back takes them all.
@@ -90,6 +108,7 @@ final class FileRing: @unchecked Sendable {
             _ = strata_uring_submit(ring)
             lock.broadcast()
             while reaperRunning { lock.wait() }
+            bounces.freeAll()
         }
         strata_uring_close(ring)
         ring.deallocate()
@@ -98,7 +117,9 @@ final class FileRing: @unchecked Sendable {
     /// Starts a READ, WRITE or FLUSH.
     func submit(_ bio: consuming ProviderBio) {
         bio.completed = 0
-        bio.providerFlags &= ~FileRing.preflushDone
+        bio.driver1 = nil
+        let aligned = alignment.map { $0.admits(bio.data) } ?? true
+        bio.providerFlags = aligned || bio.command == .flush ? 0 : FileRing.bounced
         var next = BioQueue()
         next.append(bio)
         drive(&next)
@@ -109,9 +130,14 @@ final class FileRing: @unchecked Sendable {
     /// Queues `next` (and what waited for room), submits, and delivers or continues
     /// whatever has completed, until nothing completed is left to take.
     private func drive(_ next: inout BioQueue) {
-        withUnsafeTemporaryAllocation(of: strata_uring_completion.self, capacity: 32) { completions in
+        withUnsafeTemporaryAllocation(of: strata_uring_completion.self, capacity: FileRing.reapAtOnce) { completions in
+          withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer.self, capacity: FileRing.reapAtOnce) { released in
+            // Bounce buffers of requests delivered since the lock was last held.
+            var releasedCount = 0
             while true {
                 let taken: Int = lock.withLock {
+                    for index in 0..<releasedCount { bounces.give(released[index]) }
+                    releasedCount = 0
                     while let bio = next.popFirst() { waiting.append(bio) }
                     while outstanding < Int(FileRing.entries), let bio = waiting.popFirst() {
                         queue(bio)
@@ -127,11 +153,15 @@ final class FileRing: @unchecked Sendable {
                 }
                 if taken == 0 { return }
                 for index in 0..<taken {
-                    complete(completions[index], continuing: &next)
+                    complete(completions[index], continuing: &next, releasing: released, count: &releasedCount)
                 }
             }
+          }
         }
     }
+
+    /// Completions taken at once; each gives back at most one bounce buffer.
+    private static let reapAtOnce = 32
 
     /// Queues the next operation of `bio` (under `lock`; the ring has room).
     private func queue(_ bio: consuming ProviderBio) {
@@ -139,6 +169,21 @@ final class FileRing: @unchecked Sendable {
         let queued: Int32
         if FileRing.isSyncing(bio) {
             queued = strata_uring_queue_fdatasync(ring, descriptor, FileRing.userData(bio.unmanaged()))
+        } else if bio.providerFlags & FileRing.bounced != 0 {
+            // The rest of the request, or as much as the largest bounce buffer holds:
+            // the buffer stands for `data[completed ..< completed + count]`.
+            let done = Int(bio.completed)
+            let rest = bio.data.count - done
+            if bio.driver1 == nil {
+                bio.driver1 = bounces.take(min(rest, BouncePool.largest))
+                bouncedCount += 1
+            }
+            let bounce = bio.driver1!
+            let count = min(rest, BouncePool.largest)
+            if bio.command == .write { bio.data.slice(offset: done, count: count).copy(to: bounce) }
+            queued = strata_uring_queue_rw(ring, bio.command == .write ? 1 : 0, descriptor, bounce, UInt32(count),
+                                           UInt64(bio.offset + bio.completed), bio.flags.contains(.fua) ? 1 : 0,
+                                           FileRing.userData(bio.unmanaged()))
         } else {
             let done = Int(bio.completed)
             let piece = bio.data.slice(offset: done, count: bio.data.count - done).firstSegment
@@ -163,13 +208,28 @@ final class FileRing: @unchecked Sendable {
     }
 
     /// Takes one completion: delivers its request, or puts its next operation in `next`.
-    private func complete(_ completion: strata_uring_completion, continuing next: inout BioQueue) {
+    /// A bounce buffer of a request that ends goes to `released[count]` (given back to
+    /// the spares under the lock, by `drive`).
+    private func complete(_ completion: strata_uring_completion, continuing next: inout BioQueue,
+                          releasing released: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>, count: inout Int) {
         guard completion.user_data != FileRing.wakeUp,
               let request = UnmanagedBio(opaque: UnsafeMutableRawPointer(bitPattern: UInt(completion.user_data))) else {
             return
         }
         let bio = request.takeProviderBio()
         let result = completion.result
+        if bio.providerFlags & FileRing.bounced != 0, let bounce = bio.driver1 {
+            let ends = result != -EINTR && result != -EAGAIN && !FileRing.isSyncing(bio)
+                && (result <= 0 || bio.completed + Int64(result) >= bio.length)
+            if result > 0 && bio.command == .read {
+                bio.data.slice(offset: Int(bio.completed), count: Int(result)).copy(from: bounce)
+            }
+            if ends {
+                released[count] = bounce
+                count += 1
+                bio.driver1 = nil
+            }
+        }
         if result == -EINTR || result == -EAGAIN {
             next.append(bio)
             return
@@ -229,6 +289,59 @@ final class FileRing: @unchecked Sendable {
         lock.withLock {
             reaperRunning = false
             lock.broadcast()
+        }
+    }
+}
+
+/// Bounce buffers for direct I/O, kept for reuse by size: powers of two from 4 KiB to
+/// `largest`. Only under the ring's lock. At most one is out per operation in the ring,
+/// so each size's spares never pass the ring's size, and its arrays, reserved that
+/// large, never grow.
+struct BouncePool {
+    static let smallest = 4096
+    static let largest = 4 << 20
+    private static let sizes = (largest / smallest).trailingZeroBitCount + 1
+    let alignment: Int
+    private var spares: [[UnsafeMutableRawPointer]]
+    /// Buffers made so far (none are made once the spares cover the load).
+    private(set) var made = 0
+
+    init(alignment: Int, most: Int) {
+        self.alignment = max(alignment, 4096)
+        spares = (0..<BouncePool.sizes).map { _ in
+            var spare: [UnsafeMutableRawPointer] = []
+            spare.reserveCapacity(most)
+            return spare
+        }
+    }
+
+    /// The size index of a buffer for `count` bytes (at most `largest`).
+    private static func size(for count: Int) -> Int {
+        count <= smallest ? 0 : (Int.bitWidth - (count - 1).leadingZeroBitCount) - smallest.trailingZeroBitCount
+    }
+
+    /// A buffer of at least `count` bytes (at most `largest`). Its size is kept in the
+    /// word before it, in the allocation's first alignment unit.
+    mutating func take(_ count: Int) -> UnsafeMutableRawPointer {
+        let index = BouncePool.size(for: count)
+        if let buffer = spares[index].popLast() { return buffer }
+        made += 1
+        let bytes = BouncePool.smallest << index
+        let start = UnsafeMutableRawPointer.allocate(byteCount: alignment + bytes, alignment: alignment)
+        let buffer = start + alignment
+        buffer.storeBytes(of: index, toByteOffset: -MemoryLayout<Int>.size, as: Int.self)
+        return buffer
+    }
+
+    mutating func give(_ buffer: UnsafeMutableRawPointer) {
+        let index = buffer.load(fromByteOffset: -MemoryLayout<Int>.size, as: Int.self)
+        spares[index].append(buffer)
+    }
+
+    mutating func freeAll() {
+        for index in spares.indices {
+            for buffer in spares[index] { (buffer - alignment).deallocate() }
+            spares[index].removeAll()
         }
     }
 }

@@ -22,9 +22,9 @@ final class FileDiskFixture {
     /// Opens (or creates) `name` in the directory as a file disk, with an issuer on it.
     @discardableResult
     func open(_ name: String = "disk.img", size: Int64? = nil, sectorSize: Int = 512, engine: FileDisk.Engine = .automatic,
-              workers: Int = 4) throws -> (disk: FileDisk, issuer: Issuer) {
+              workers: Int = 4, cache: FileDisk.Cache = .writeback) throws -> (disk: FileDisk, issuer: Issuer) {
         let disk = try FileDisk.create(in: topology, name: "fd0", path: directory.file(name), size: size,
-                                       sectorSize: sectorSize, engine: engine, workers: workers)
+                                       sectorSize: sectorSize, engine: engine, workers: workers, cache: cache)
         serial += 1
         let issuer = try Issuer(on: disk.provider, in: topology, name: "t-issuer-\(serial)")
         self.disk = disk
