@@ -117,13 +117,15 @@ public final class RunningTopology: Sendable {
         }
         let entryName = definition.entryName(of: geom)
         let consumed = definition.consumers(of: geom)
-        let recorded = topology.withLock { geom.standsOnGeomForThisRunOnly } == nil
-        if recorded { try record { changes in
-            let added = changes.disks.contains { $0.name == entryName } || changes.geoms.contains { $0.name == entryName }
-            changes.disks.removeAll { $0.name == entryName }
-            changes.geoms.removeAll { $0.name == entryName }
-            if !added { changes.removed.append(entryName) }
-        } }
+        // One made for this run only was never recorded, and a start never makes it.
+        if topology.withLock({ geom.standsOnGeomForThisRunOnly }) == nil {
+            try record { changes in
+                let added = changes.disks.contains { $0.name == entryName } || changes.geoms.contains { $0.name == entryName }
+                changes.disks.removeAll { $0.name == entryName }
+                changes.geoms.removeAll { $0.name == entryName }
+                if !added { changes.removed.append(entryName) }
+            }
+        }
         topology.wither(geom, error: .noDevice)
         topology.waitUntilGone(geom)
         let stillUsed = Set(topology.geoms.flatMap { $0.consumers.compactMap { $0.provider?.name } } + server.exports.map(\.provider))

@@ -143,6 +143,11 @@ struct EliVerbTests {
         let afterRemoval = (try? String(contentsOfFile: state, encoding: .utf8)) ?? ""
         #expect(!afterRemoval.contains("vol") && !afterRemoval.contains("removed"), "\(afterRemoval)")
         #expect(try runProgram(strataBinary, ["export", "add", "vol", "n9", "--control", control]).0 == 0)
+        // Destroying one records no withdrawal either.
+        #expect(try runProgram(strataBinary, ["geom", "create", "nop", "n8", "--consumers", "d0.eli", "--control", control]).0 == 0)
+        #expect(try runProgram(strataBinary, ["geom", "destroy", "n8", "--control", control]).0 == 0)
+        let afterDestroy = (try? String(contentsOfFile: state, encoding: .utf8)) ?? ""
+        #expect(!afterDestroy.contains("n8") && !afterDestroy.contains("removed"), "\(afterDestroy)")
         #expect(server.stop() == 0)
 
         let again = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory, files: ["t.yaml": topology])
