@@ -124,30 +124,25 @@ public final class XTSCipher {
                      _ output: UnsafeMutableRawPointer, _ count: Int, _ sectorSize: Int, _ firstSector: UInt64,
                      _ sectorStep: UInt64) {
         // The tweak: the sector number, little endian, zero-padded to 16 bytes.
+        var block: (UInt64, UInt64) = (0, 0)
+        tweakInPlace?.storeBytes(of: UInt64(0), toByteOffset: 8, as: UInt64.self)
         var sector = firstSector
         var at = 0
         var written: Int32 = 0
-        if let tweak = tweakInPlace {
-            tweak.storeBytes(of: UInt64(0), toByteOffset: 8, as: UInt64.self)
-            while at < count {
-                tweak.storeBytes(of: sector.littleEndian, as: UInt64.self)
-                let done = EVP_CipherUpdate(context, (output + at).assumingMemoryBound(to: UInt8.self), &written,
-                                            (input + at).assumingMemoryBound(to: UInt8.self), Int32(sectorSize)) == 1
-                // Only a length outside 16 bytes to 16 MiB fails, which callers never pass.
-                precondition(done, "AES-XTS failed on a \(sectorSize)-byte sector: \(opensslError())")
-                at += sectorSize
-                sector &+= sectorStep
-            }
-            return
-        }
-        var block: (UInt64, UInt64) = (0, 0)
         while at < count {
-            block.0 = sector.littleEndian
-            let done = withUnsafeBytes(of: &block) { iv -> Bool in
-                EVP_CipherInit_ex(context, nil, nil, nil, iv.baseAddress!.assumingMemoryBound(to: UInt8.self), -1) == 1
-                    && EVP_CipherUpdate(context, (output + at).assumingMemoryBound(to: UInt8.self), &written,
-                                        (input + at).assumingMemoryBound(to: UInt8.self), Int32(sectorSize)) == 1
+            let tweaked: Bool
+            if let tweakInPlace {
+                tweakInPlace.storeBytes(of: sector.littleEndian, as: UInt64.self)
+                tweaked = true
+            } else {
+                block.0 = sector.littleEndian
+                tweaked = withUnsafeBytes(of: &block) { iv in
+                    EVP_CipherInit_ex(context, nil, nil, nil, iv.baseAddress!.assumingMemoryBound(to: UInt8.self), -1) == 1
+                }
             }
+            let done = tweaked && EVP_CipherUpdate(context, (output + at).assumingMemoryBound(to: UInt8.self), &written,
+                                                   (input + at).assumingMemoryBound(to: UInt8.self), Int32(sectorSize)) == 1
+            // Only a length outside 16 bytes to 16 MiB fails, which callers never pass.
             precondition(done, "AES-XTS failed on a \(sectorSize)-byte sector: \(opensslError())")
             at += sectorSize
             sector &+= sectorStep

@@ -151,12 +151,14 @@ import Testing
     }
 
     /// Sends one READ or WRITE whose buffer is split into `pieces` separate segments,
-    /// first filled with `filling`, and waits for it.
+    /// each starting `shift` bytes past a page, first filled with `filling`, and waits
+    /// for it.
     static func transfer(_ command: BioCommand, on consumer: Consumer, at offset: Int64, pieces: [Int],
-                         filling: [UInt8]) throws -> Transfer {
+                         shift: Int = 0, filling: [UInt8]) throws -> Transfer {
         precondition(pieces.reduce(0, +) == filling.count)
-        let buffers = pieces.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0, alignment: 512) }
-        defer { buffers.forEach { $0.deallocate() } }
+        let allocations = pieces.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0 + shift, alignment: 4096) }
+        defer { allocations.forEach { $0.deallocate() } }
+        let buffers = zip(allocations, pieces).map { UnsafeMutableRawBufferPointer(rebasing: $0[shift..<(shift + $1)]) }
         var at = 0
         for buffer in buffers {
             buffer.copyBytes(from: filling[at..<at + buffer.count])
