@@ -277,6 +277,34 @@ import Testing
         #expect(parseReplies(try server.received()).map(\.error) == [NBDError.overflow.rawValue, 0])
     }
 
+    /// WRITEs of 1 MiB arriving in reads of 100,000 bytes go to the disk as the reads'
+    /// pieces (an aligned one, with FUA) or joined (an unaligned one, done by a
+    /// read-modify-write); either way every byte lands where it belongs.
+    @Test func largeWritesInManyReadsLandWhole() throws {
+        let server = try EmbeddedServer(size: 4 << 20)
+        try server.open()
+        let length = 1 << 20
+        func pattern(_ seed: Int) -> [UInt8] { (0..<length).map { UInt8(truncatingIfNeeded: $0 &* seed &+ $0 >> 11) } }
+        var stream = ByteBuffer()
+        for (cookie, offset, flags) in [(UInt64(1), UInt64(0), NBDCommandFlags.fua), (2, 1 << 20, []), (3, (2 << 20) + 100, [])] {
+            stream.writeInteger(NBDMagic.request)
+            stream.writeInteger(flags.rawValue)
+            stream.writeInteger(NBDCommand.write.rawValue)
+            stream.writeInteger(cookie)
+            stream.writeInteger(offset)
+            stream.writeInteger(UInt32(length))
+            stream.writeBytes(pattern(Int(cookie) * 7 + 1))
+        }
+        while stream.readableBytes > 0 { try server.send(stream.readSlice(length: min(100_000, stream.readableBytes))!) }
+        #expect(parseReplies(try server.received()).map(\.error) == [0, 0, 0])
+        for (cookie, offset) in [(UInt64(1), UInt64(0)), (2, 1 << 20), (3, (2 << 20) + 100)] {
+            try server.request(.read, cookie: 10 + cookie, offset: offset, length: UInt64(length))
+            let replies = parseReplies(try server.received(), readLength: [10 + cookie: length])
+            #expect(replies.map(\.error) == [0])
+            #expect(replies.first?.payload == pattern(Int(cookie) * 7 + 1), "write \(cookie)")
+        }
+    }
+
     @Test func aReadOverTheMaximumIsRefusedWithOverflowAndOneAtItServed() throws {
         let server = try EmbeddedServer(limits: NBDServer.Limits(maximumRequest: 1 << 20), size: 4 << 20)
         try server.open()

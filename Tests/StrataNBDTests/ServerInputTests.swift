@@ -4,7 +4,8 @@ import Testing
 
 /// The server's input across reads: whatever way a client's bytes are split into reads,
 /// the same messages come out in order; a message whole in one read is decoded in place;
-/// only an unfinished message is held, with no more room than the limit reserved.
+/// only an unfinished message is held, with no more room than the limit reserved; a
+/// large WRITE left unfinished comes out as the pieces of the reads that brought it.
 @Suite struct ServerInputTests {
     /// Requests of every shape: WRITEs larger and smaller than a read, and ones without
     /// a payload.
@@ -32,7 +33,7 @@ import Testing
         var messages: [NBDClientMessage] = []
         var start = 0
         for end in cuts + [bytes.readableBytes] {
-            input.process(bytes.getSlice(at: start, length: end - start)!) { messages.append($0) }
+            input.process(bytes.getSlice(at: start, length: end - start)!) { messages.append($0.message) }
             start = end
         }
         return (messages, input.heldBytes)
@@ -83,7 +84,7 @@ import Testing
         var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
         let first = bytes.getSlice(at: 0, length: cut)!
         var messages: [NBDClientMessage] = []
-        input.process(first) { messages.append($0) }
+        input.process(first) { messages.append($0.message) }
         #expect(messages == Array(expected.prefix(2)))
         // Held: the 10 bytes of the unfinished header, nothing more.
         #expect(input.heldBytes == 10)
@@ -95,7 +96,7 @@ import Testing
         let payloadStart = payload.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
         #expect(payloadStart == readStart + 28)
 
-        input.process(bytes.getSlice(at: cut, length: bytes.readableBytes - cut)!) { messages.append($0) }
+        input.process(bytes.getSlice(at: cut, length: bytes.readableBytes - cut)!) { messages.append($0.message) }
         #expect(messages == expected)
         #expect(input.heldBytes == 0)
     }
@@ -106,14 +107,14 @@ import Testing
         var input = NBDServerInput(session: session)
         var messages: [NBDClientMessage] = []
         // The first WRITE, and 12 bytes of the READ's header.
-        input.process(bytes.getSlice(at: 0, length: 5040)!) { messages.append($0) }
+        input.process(bytes.getSlice(at: 0, length: 5040)!) { messages.append($0.message) }
         #expect(messages == Array(expected.prefix(1)))
         session.paused = true
-        input.process(bytes.getSlice(at: 5040, length: bytes.readableBytes - 5040)!) { messages.append($0) }
+        input.process(bytes.getSlice(at: 5040, length: bytes.readableBytes - 5040)!) { messages.append($0.message) }
         #expect(messages.count == 1)
         #expect(input.heldBytes == bytes.readableBytes - 28 - 5000)
         session.paused = false
-        input.process(ByteBuffer()) { messages.append($0) }
+        input.process(ByteBuffer()) { messages.append($0.message) }
         #expect(messages == expected)
         #expect(input.heldBytes == 0)
     }
@@ -123,15 +124,15 @@ import Testing
         let (bytes, expected) = DecoderTests.request(.write, cookie: 9, offset: 0, payload: payload)
         var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
         var messages: [NBDClientMessage] = []
-        input.process(bytes.getSlice(at: 0, length: 28 + 100)!) { messages.append($0) }
+        input.process(bytes.getSlice(at: 0, length: 28 + 100)!) { messages.append($0.message) }
         #expect(messages.isEmpty)
         #expect(input.heldBytes == 128)
         #expect(input.reservedBytes <= NBDServerInput.largestReservation)
-        // The rest in reads of 1 MiB, as the server's largest: each byte copied once.
+        // The rest in reads of 1 MiB, as the server's largest.
         var start = 128
         while start < bytes.readableBytes {
             let length = min(1 << 20, bytes.readableBytes - start)
-            input.process(bytes.getSlice(at: start, length: length)!) { messages.append($0) }
+            input.process(bytes.getSlice(at: start, length: length)!) { messages.append($0.message) }
             start += length
         }
         #expect(messages == [expected])
@@ -154,5 +155,171 @@ import Testing
         #expect(header.cookie == 21)
         #expect(messages[1] == flushMessage)
         #expect(held == 0)
+    }
+
+    // MARK: Gathered payloads
+
+    /// A stream with a WRITE large enough to be gathered between small requests.
+    static func streamWithLargeWrite(extended: Bool = false, length: Int = 300_000) -> (
+        bytes: ByteBuffer, messages: [NBDClientMessage]
+    ) {
+        let large = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) }
+        let pieces = [
+            DecoderTests.request(.read, cookie: 1, offset: 0, payload: nil, length: 4096, extended: extended),
+            DecoderTests.request(.write, cookie: 2, offset: 1 << 20, payload: large, extended: extended),
+            DecoderTests.request(.write, cookie: 3, offset: 512, payload: [UInt8](repeating: 0x5a, count: 100),
+                                 extended: extended),
+        ]
+        var bytes = ByteBuffer()
+        for piece in pieces { bytes.writeImmutableBuffer(piece.0) }
+        return (bytes, pieces.map(\.1))
+    }
+
+    /// Feeds `bytes` cut at `cuts`, each read given its own buffer of `readCapacity`
+    /// bytes (at least the read's), and returns what came out as it came.
+    static func feed(_ bytes: ByteBuffer, cutAt cuts: [Int], readCapacity: Int = 0,
+                     session: NBDSessionPhase = NBDSessionPhase(.transmission(extendedHeaders: false)),
+                     into input: inout NBDServerInput) -> [NBDServerInput.Received] {
+        var received: [NBDServerInput.Received] = []
+        var start = 0
+        for end in cuts + [bytes.readableBytes] {
+            var read = ByteBuffer()
+            read.reserveCapacity(max(readCapacity, end - start))
+            read.writeImmutableBuffer(bytes.getSlice(at: start, length: end - start)!)
+            input.process(read) { received.append($0) }
+            start = end
+        }
+        return received
+    }
+
+    @Test(arguments: [false, true])
+    func aLargeWriteSplitAnywhereComesOutWhole(extended: Bool) {
+        let (bytes, expected) = Self.streamWithLargeWrite(extended: extended)
+        for cut in Array(stride(from: 0, through: bytes.readableBytes, by: 997)) + [28, 28 + 4, 60, 64, 4096] {
+            let (messages, held) = Self.decode(bytes, cutAt: [cut], phase: .transmission(extendedHeaders: extended))
+            #expect(messages == expected, "split at \(cut)")
+            #expect(held == 0, "split at \(cut)")
+        }
+        for step in [65_536, 100_000, 150_001] {
+            let cuts = Array(stride(from: step, to: bytes.readableBytes, by: step))
+            let (messages, held) = Self.decode(bytes, cutAt: cuts, phase: .transmission(extendedHeaders: extended))
+            #expect(messages == expected, "reads of \(step) bytes")
+            #expect(held == 0)
+        }
+    }
+
+    @Test func aGatheredPayloadIsTheReadsOwnBytesNotACopy() {
+        let (bytes, expected) = Self.streamWithLargeWrite()
+        var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
+        // The READ, the WRITE's header and 100,000 bytes of its payload; then the rest of
+        // the payload in two reads, the last one bringing the small WRITE too.
+        let cuts = [28 + 28 + 100_000, 28 + 28 + 200_000]
+        var reads: [ByteBuffer] = []
+        var received: [NBDServerInput.Received] = []
+        var start = 0
+        for end in cuts + [bytes.readableBytes] {
+            reads.append(bytes.getSlice(at: start, length: end - start)!)
+            input.process(reads.last!) { received.append($0) }
+            if end == cuts[0] { #expect(input.heldBytes == 28 + 100_000, "the header and the payload so far") }
+            start = end
+        }
+        #expect(received.map(\.message) == expected)
+        #expect(input.heldBytes == 0)
+        guard received.count == 3, case .gatheredWrite(let header, let payload) = received[1] else {
+            Issue.record("the large WRITE did not come out gathered: \(received)")
+            return
+        }
+        #expect(header.cookie == 2)
+        #expect(payload.count == 300_000)
+        func address(of buffer: ByteBuffer) -> UInt {
+            buffer.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
+        }
+        #expect(payload.pieces.map { address(of: $0) } == [address(of: reads[0]) + 56, address(of: reads[1]), address(of: reads[2])])
+        #expect(payload.pieces.map(\.readableBytes) == [100_000, 100_000, 100_000])
+    }
+
+    @Test func smallSlicesOfLargeReadsAreCopiedAndPiecesStayBounded() {
+        let (bytes, expected) = Self.streamWithLargeWrite()
+        var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
+        // Reads of 5,000 bytes in buffers of 1 MiB: keeping a slice would keep 1 MiB
+        // alive for 5,000 bytes, so each is copied, into buffers of 64 KiB.
+        let cuts = Array(stride(from: 5000, to: bytes.readableBytes, by: 5000))
+        let received = Self.feed(bytes, cutAt: cuts, readCapacity: 1 << 20, into: &input)
+        #expect(received.map(\.message) == expected)
+        guard received.count == 3, case .gatheredWrite(_, let payload) = received[1] else {
+            Issue.record("the large WRITE did not come out gathered")
+            return
+        }
+        // Kept, the 61 reads would be 61 pieces; copied, they fill buffers of 64 KiB.
+        #expect(payload.pieces.count == 5)
+        #expect(payload.pieces.allSatisfy { $0.capacity <= NBDServerInput.smallPiecesBuffer })
+    }
+
+    @Test func aPayloadInMoreReadsThanPiecesIsCopiedTogether() {
+        let (bytes, expected) = Self.streamWithLargeWrite()
+        var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
+        // Reads of 2,000 bytes, each filling its buffer: every one is kept as a piece
+        // until there are `mostPieces`, and then the WRITE is held and copied whole.
+        let cuts = Array(stride(from: 2000, to: bytes.readableBytes, by: 2000))
+        let received = Self.feed(bytes, cutAt: cuts, into: &input)
+        #expect(received.map(\.message) == expected)
+        guard received.count == 3, case .message(.request(let header, payload: let payload?)) = received[1] else {
+            Issue.record("the large WRITE did not come out copied together")
+            return
+        }
+        #expect(header.cookie == 2)
+        #expect(payload.readableBytes == 300_000)
+        #expect(input.heldBytes == 0)
+    }
+
+    @Test func aGatheredWriteCompletedWhilePausedWaitsInOrder() {
+        let (bytes, expected) = Self.streamWithLargeWrite()
+        let session = NBDSessionPhase(.transmission(extendedHeaders: false))
+        var input = NBDServerInput(session: session)
+        var received: [NBDServerInput.Received] = []
+        input.process(bytes.getSlice(at: 0, length: 28 + 28 + 1000)!) { received.append($0) }
+        #expect(received.map(\.message) == Array(expected.prefix(1)))
+        session.paused = true
+        input.process(bytes.getSlice(at: 28 + 28 + 1000, length: bytes.readableBytes - 1056)!) { received.append($0) }
+        #expect(received.count == 1)
+        #expect(input.heldBytes == bytes.readableBytes - 28)
+        session.paused = false
+        input.process(ByteBuffer()) { received.append($0) }
+        #expect(received.map(\.message) == expected)
+        #expect(input.heldBytes == 0)
+    }
+
+    @Test func aGatheredListIsUsedAgain() {
+        let (bytes, _) = Self.streamWithLargeWrite()
+        var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
+        var first: [NBDServerInput.Received] = []
+        input.process(bytes.getSlice(at: 0, length: 100_000)!) { first.append($0) }
+        input.process(bytes.getSlice(at: 100_000, length: bytes.readableBytes - 100_000)!) { first.append($0) }
+        guard case .gatheredWrite(_, var payload) = first[1] else {
+            Issue.record("the large WRITE did not come out gathered")
+            return
+        }
+        first.removeAll()
+        let storage = payload.pieces.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) }
+        input.recycle(&payload.pieces)
+        #expect(payload.pieces.isEmpty)
+        var second: [NBDServerInput.Received] = []
+        input.process(bytes.getSlice(at: 0, length: 100_000)!) { second.append($0) }
+        input.process(bytes.getSlice(at: 100_000, length: bytes.readableBytes - 100_000)!) { second.append($0) }
+        guard case .gatheredWrite(_, let again) = second[1] else {
+            Issue.record("the second large WRITE did not come out gathered")
+            return
+        }
+        #expect(again.pieces.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } == storage)
+    }
+}
+
+extension NBDServerInput.Received {
+    /// What was received as the decoder's message, a gathered payload joined.
+    var message: NBDClientMessage {
+        switch self {
+        case .message(let message): message
+        case .gatheredWrite(let header, let payload): .request(header, payload: payload.joined())
+        }
     }
 }

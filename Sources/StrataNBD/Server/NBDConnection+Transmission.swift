@@ -9,6 +9,9 @@ struct RequestSlot {
     /// A READ's reply, header space first and the data read in place after it; or a
     /// WRITE's payload, kept alive while the provider copies from it.
     var buffer: ByteBuffer?
+    /// A WRITE's payload gathered from several reads (`GatheredPayload`), its pieces
+    /// kept alive while the provider copies from them; empty otherwise.
+    var pieces: [ByteBuffer] = []
     /// Bytes of `buffer` reserved for the reply header.
     var headerSpace = 0
     /// A block-status answer buffer.
@@ -119,7 +122,7 @@ struct RequestTable {
 extension NBDConnectionHandler {
     // MARK: Requests
 
-    func handleRequest(_ header: NBDRequestHeader, payload: ByteBuffer?) {
+    func handleRequest(_ header: NBDRequestHeader, payload: ByteBuffer?, gathered: GatheredPayload? = nil) {
         requestsThisRead &+= 1
         let decision = lifecycle.requestArrived()
         guard decision != .drop else { return }
@@ -150,7 +153,17 @@ extension NBDConnectionHandler {
             return
         }
         // The one branch on alignment. A FLUSH's range is zero, so it is aligned.
-        if (header.offset | header.length) & served.sectorMask != 0 {
+        let aligned = (header.offset | header.length) & served.sectorMask == 0
+        var payload = payload
+        if let gathered {
+            if aligned && !served.sectorLocks.isActive {
+                issue(header, gathered: gathered, served: served, consumer: consumer)
+                return
+            }
+            // A read-modify-write works on one contiguous payload.
+            payload = gathered.joined()
+        }
+        if !aligned {
             issueUnaligned(header, command: command, payload: payload, served: served, consumer: consumer)
             return
         }
@@ -217,12 +230,40 @@ extension NBDConnectionHandler {
         // The slot goes straight into the table, which then holds the only reference
         // to its buffer: a memory disk completes inside `request`, and the reply
         // writes its header in place (a second reference would copy the whole buffer).
-        let index = requests.insert(prepare(bio, header, command: command, payload: payload, served: served))
+        let slot = prepare(bio, header, command: command, payload: payload, served: served)
+        send(bio, slot, consumer: consumer)
+    }
+
+    /// Issues a WRITE whose payload came in pieces as one request with a segment for
+    /// each piece, so the provider copies each byte once, from where the read left it.
+    func issue(_ header: NBDRequestHeader, gathered: GatheredPayload, served: ServedExport, consumer: Consumer) {
+        let bio = Self.gatheredWrites.alloc(segments: gathered.pieces.count)
+        bio.offset = Int64(header.offset)
+        bio.length = Int64(header.length)
+        bio.command = .write
+        if header.flags.contains(.fua) { bio.flags = .fua }
+        for piece in gathered.pieces {
+            bio.appendSegment(piece.withUnsafeReadableBytes { UnsafeMutableRawBufferPointer(mutating: $0) })
+        }
+        var slot = RequestSlot(header: header, command: .write)
+        slot.pieces = gathered.pieces
+        slot.bytes = gathered.count
+        send(bio, slot, consumer: consumer)
+    }
+
+    /// Requests with a gathered payload: a segment slot for each of its pieces.
+    static let gatheredWrites = BioSet(name: "nbd-gathered-writes", reserve: 16, segments: NBDServerInput.mostPieces)
+
+    /// Enters the request in the table and sends it to the provider.
+    private func send(_ bio: consuming Bio, _ slot: consuming RequestSlot, consumer: Consumer) {
+        let command = slot.command
+        let length = slot.header.length
+        let index = requests.insert(slot)
         core.charge(requests.bytes(of: index))
         bio.caller1 = UnsafeMutableRawPointer(bitPattern: index + 1)
         bio.done = .handler(self)
         updateReading()
-        if command == .read && header.length >= Self.offloadedReadLength, let largeReadQueue {
+        if command == .read && length >= Self.offloadedReadLength, let largeReadQueue {
             // The disk's copy of a large read (a memory disk's memcpy) costs as much as
             // the kernel's copy of the reply into the socket. Sent from another thread,
             // the disk's copy of one read overlaps the socket write of the one before,
@@ -397,9 +438,10 @@ extension NBDConnectionHandler {
     /// into `complete`, every request's path, as it was written there.
     @inline(__always)
     func finish(_ index: Int, error: BioError?, readAsZeros: Bool, status: ByteBuffer?) {
-        let slot = requests.remove(index)
+        var slot = requests.remove(index)
         core.refund(slot.bytes)
         slot.answer?.deallocate()
+        if !slot.pieces.isEmpty { input.recycle(&slot.pieces) }
         switch lifecycle.requestCompleted(inFlight: requests.count) {
         case .answer(let then):
             if let error {

@@ -168,7 +168,12 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// Decodes and handles what `bytes` completes, plus anything buffered before.
     func process(_ bytes: ByteBuffer) {
         flushing.inputBegan()
-        input.process(bytes) { message in handle(message) }
+        input.process(bytes) { received in
+            switch received {
+            case .message(let message): handle(message)
+            case .gatheredWrite(let header, let payload): handleRequest(header, payload: nil, gathered: payload)
+            }
+        }
         flushing.inputEnded()
         if case .starting = tls { beginTLS() }
     }

@@ -110,6 +110,31 @@ public struct NBDServerDecoder: NIOSingleStepByteToMessageDecoder {
         }
     }
 
+    /// Reads the header of a WRITE at the buffer's reader index off the buffer when its
+    /// payload, of at least `minimumPayload` bytes and within the maximum, has not all
+    /// arrived yet: the payload is then its caller's to gather, and the decoder starts
+    /// at the next message once it has. Nil, reading nothing, for anything else
+    /// (`decodeNext` decodes or holds it).
+    mutating func takeUnfinishedWriteHeader(_ buffer: inout ByteBuffer,
+                                            minimumPayload: Int) -> (header: NBDRequestHeader, bytes: ByteBuffer)? {
+        guard discarding == nil, !session.paused, case .transmission(let extended) = session.phase,
+              let (magic, header) = Self.requestHeader(in: buffer, extended: extended),
+              magic == (extended ? NBDMagic.extendedRequest : NBDMagic.request),
+              header.type == NBDCommand.write.rawValue else { return nil }
+        let headerSize = Self.requestHeaderSize(extended: extended)
+        let payload = Self.payloadLength(of: header, extended: extended)
+        guard payload >= UInt64(minimumPayload), payload <= UInt64(maximumPayload),
+              UInt64(buffer.readableBytes) < UInt64(headerSize) + payload else { return nil }
+        return (header, buffer.readSlice(length: headerSize)!)
+    }
+
+    /// Whether a request that has arrived whole would be decoded now: in transmission,
+    /// not paused.
+    var decodesRequests: Bool {
+        guard case .transmission = session.phase else { return false }
+        return !session.paused && discarding == nil
+    }
+
     /// `decode(buffer:)` without its `throws`: bad input comes out as a message.
     mutating func decodeNext(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
         if let pending = discarding {
