@@ -19,8 +19,14 @@ final class EmbeddedConnection {
     private let requestBytes: Int
     private let replyBytes: Int
 
-    /// Batches of 4 KiB reads, or of 4 KiB writes with their payloads.
-    init(writes: Bool) throws {
+    /// Reads in which each of the 1 MiB writes arrives (0: batches of 4 KiB requests).
+    private let readsPerWrite: Int
+
+    /// Batches of 4 KiB reads, or of 4 KiB writes with their payloads; or, with
+    /// `readsPerLargeWrite`, 1 MiB writes one at a time, each arriving in that many reads
+    /// (its payload gathered from them).
+    init(writes: Bool, readsPerLargeWrite: Int = 0) throws {
+        readsPerWrite = readsPerLargeWrite
         let size = 16 << 20
         _ = try MemoryDisk.create(in: topology, name: "md0", contents: [UInt8](repeating: 0x5A, count: size))
         var logger = Logger(label: "strata.nbd.benchmark")
@@ -30,12 +36,12 @@ final class EmbeddedConnection {
         try channel.pipeline.syncOperations.addHandler(server.connectionHandler(on: channel.eventLoop))
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 10809)).wait()
 
-        let blockSize = 4096
+        let blockSize = readsPerLargeWrite > 0 ? 1 << 20 : 4096
         let blocks = UInt64(size / blockSize)
         var random: UInt64 = 0x9E37_79B9_7F4A_7C15
         requests = (0..<8).map { batchIndex in
             var wire = ByteBuffer()
-            for index in 0..<Self.batch {
+            for index in 0..<(readsPerLargeWrite > 0 ? 1 : Self.batch) {
                 random ^= random << 13
                 random ^= random >> 7
                 random ^= random << 17
@@ -92,6 +98,7 @@ final class EmbeddedConnection {
     /// Serves `count` requests, 32 at a time (the last batch may be short), and checks
     /// that every one was answered in full.
     func run(_ count: Int) throws {
+        if readsPerWrite > 0 { return try runLargeWrites(count) }
         var remaining = count
         var index = 0
         while remaining > 0 {
@@ -102,6 +109,22 @@ final class EmbeddedConnection {
             precondition(written == size * replyBytes, "\(size) requests were answered with \(written) bytes")
             remaining -= size
             index += 1
+        }
+    }
+
+    /// Serves `count` 1 MiB writes, each fed in `readsPerWrite` reads.
+    private func runLargeWrites(_ count: Int) throws {
+        let piece = (requestBytes + readsPerWrite - 1) / readsPerWrite
+        for index in 0..<count {
+            let wire = requests[index % requests.count]
+            var offset = 0
+            while offset < requestBytes {
+                let length = min(piece, requestBytes - offset)
+                try channel.writeInbound(wire.getSlice(at: wire.readerIndex + offset, length: length)!)
+                offset += length
+            }
+            let written = try drain()
+            precondition(written == replyBytes, "a write was answered with \(written) bytes")
         }
     }
 

@@ -198,6 +198,15 @@ let benchmarks: @Sendable () -> Void = {
             benchmark.stopMeasurement()
         }
     }
+    // A 1 MiB WRITE arriving in four reads: its payload goes to the memory disk as the
+    // reads' four slices (`GatheredPayload`), copied once. One operation is one WRITE.
+    let gatheredConnection = try! EmbeddedConnection(writes: true, readsPerLargeWrite: 4)
+    Benchmark("NBD.Connection.Write1M.Gathered", configuration: .init(scalingFactor: .one)) { benchmark in
+        try gatheredConnection.run(16)
+        benchmark.startMeasurement()
+        try gatheredConnection.run(benchmark.scaledIterations.count)
+        benchmark.stopMeasurement()
+    }
 }
 
 /// A topology built from YAML, its top provider written once so that reads find data

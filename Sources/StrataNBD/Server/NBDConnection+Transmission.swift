@@ -9,9 +9,9 @@ struct RequestSlot {
     /// A READ's reply, header space first and the data read in place after it; or a
     /// WRITE's payload, kept alive while the provider copies from it.
     var buffer: ByteBuffer?
-    /// A WRITE's payload gathered from several reads (`GatheredPayload`), its pieces
-    /// kept alive while the provider copies from them; empty otherwise.
-    var pieces: [ByteBuffer] = []
+    /// A WRITE's payload gathered from several reads, its pieces kept alive while the
+    /// provider copies from them.
+    var gathered: GatheredPayload?
     /// Bytes of `buffer` reserved for the reply header.
     var headerSpace = 0
     /// A block-status answer buffer.
@@ -246,7 +246,7 @@ extension NBDConnectionHandler {
             bio.appendSegment(piece.withUnsafeReadableBytes { UnsafeMutableRawBufferPointer(mutating: $0) })
         }
         var slot = RequestSlot(header: header, command: .write)
-        slot.pieces = gathered.pieces
+        slot.gathered = gathered
         slot.bytes = gathered.count
         send(bio, slot, consumer: consumer)
     }
@@ -438,10 +438,10 @@ extension NBDConnectionHandler {
     /// into `complete`, every request's path, as it was written there.
     @inline(__always)
     func finish(_ index: Int, error: BioError?, readAsZeros: Bool, status: ByteBuffer?) {
-        var slot = requests.remove(index)
+        let slot = requests.remove(index)
         core.refund(slot.bytes)
         slot.answer?.deallocate()
-        if !slot.pieces.isEmpty { input.recycle(&slot.pieces) }
+        if let gathered = slot.gathered { input.recycle(gathered) }
         switch lifecycle.requestCompleted(inFlight: requests.count) {
         case .answer(let then):
             if let error {

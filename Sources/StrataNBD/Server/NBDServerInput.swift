@@ -25,8 +25,9 @@ struct NBDServerInput {
     private var unfinished = ByteBuffer()
     /// The large WRITE whose payload is being gathered, if any.
     private var gathering: Gathering?
-    /// Emptied piece lists, kept to gather the next payloads without allocating.
-    private var spareLists: [[ByteBuffer]] = []
+    /// Payloads whose requests are done, emptied, kept to gather the next ones without
+    /// allocating.
+    private var sparePayloads: [GatheredPayload] = []
 
     /// An unfinished message's buffer is made with room for the whole message up to
     /// this much, and a larger buffer is let go once empty: a longer message grows as its
@@ -63,7 +64,7 @@ struct NBDServerInput {
     private struct Gathering {
         var header: NBDRequestHeader
         var headerBytes: ByteBuffer
-        var payload: GatheredPayload
+        let payload: GatheredPayload
         var missing: Int
     }
 
@@ -85,7 +86,7 @@ struct NBDServerInput {
         while let message = decoder.decodeNext(&bytes) { receive(.message(message)) }
         guard bytes.readableBytes > 0 else { return }
         if let (header, headerBytes) = decoder.takeUnfinishedWriteHeader(&bytes, minimumPayload: Self.gatheredPayload) {
-            var payload = GatheredPayload(pieces: spareLists.popLast() ?? [])
+            let payload = sparePayloads.popLast() ?? GatheredPayload()
             let missing = Int(header.length) - bytes.readableBytes
             if bytes.readableBytes > 0 {
                 payload.add(bytes.readSlice(length: bytes.readableBytes)!, of: readCapacity, missing: missing)
@@ -98,12 +99,11 @@ struct NBDServerInput {
         hold(&bytes)
     }
 
-    /// Gives back the list of a gathered payload whose request is done, for the next.
-    mutating func recycle(_ pieces: inout [ByteBuffer]) {
-        var list: [ByteBuffer] = []
-        swap(&list, &pieces)
-        list.removeAll(keepingCapacity: true)
-        if spareLists.count < 4 && list.capacity > 0 { spareLists.append(list) }
+    /// Takes back a gathered payload whose request is done, lets go of its pieces, and
+    /// keeps it for the next.
+    mutating func recycle(_ payload: GatheredPayload) {
+        payload.empty()
+        if sparePayloads.count < 4 { sparePayloads.append(payload) }
     }
 
     /// Copies `bytes` behind what is held, reserving room for the message they begin.
@@ -148,6 +148,7 @@ struct NBDServerInput {
         var header = current.headerBytes
         hold(&header)
         for var piece in current.payload.pieces { unfinished.writeBuffer(&piece) }
+        recycle(current.payload)
     }
 
     /// Tops the held message up from `bytes` with just what it lacks, decoding each
@@ -178,18 +179,26 @@ struct NBDServerInput {
 
 /// A WRITE's payload as the pieces it came in: slices of the reads that brought it,
 /// and copies of the pieces too small to keep their read's buffer alive for.
-struct GatheredPayload {
-    var pieces: [ByteBuffer]
+///
+/// A class, confined to its connection's event loop: its request's slot refers to it
+/// until the provider is done, and then the input empties it and gathers the next
+/// payload in it. Its list of pieces is referred to by it alone, so emptying the list
+/// keeps its storage; a list passed along by value is still shared when a memory disk
+/// completes the request inside the call that sent it, and emptying it then allocated.
+final class GatheredPayload {
+    private(set) var pieces: [ByteBuffer] = []
     /// The payload's bytes so far.
     private(set) var count = 0
 
-    init(pieces: [ByteBuffer]) {
-        self.pieces = pieces
+    /// Lets go of the pieces, keeping the list's storage.
+    func empty() {
+        pieces.removeAll(keepingCapacity: true)
+        count = 0
     }
 
     /// Adds `piece`, a slice of a read whose buffer has `readCapacity` bytes of room,
     /// with `missing` bytes of the payload still to come after it.
-    mutating func add(_ piece: ByteBuffer, of readCapacity: Int, missing: Int) {
+    func add(_ piece: ByteBuffer, of readCapacity: Int, missing: Int) {
         count += piece.readableBytes
         if piece.readableBytes * NBDServerInput.keptFraction >= readCapacity {
             pieces.append(piece)
