@@ -272,6 +272,36 @@ import Testing
         #expect(input.heldBytes == 0)
     }
 
+    @Test func aPayloadNeverHasMorePiecesThanARequestHasSegments() {
+        let (bytes, expected) = Self.streamWithLargeWrite()
+        var input = NBDServerInput(session: NBDSessionPhase(.transmission(extendedHeaders: false)))
+        var received: [NBDServerInput.Received] = []
+        func read(_ range: Range<Int>, capacity: Int) {
+            var read = ByteBuffer()
+            read.reserveCapacity(capacity)
+            read.writeImmutableBuffer(bytes.getSlice(at: range.lowerBound, length: range.count)!)
+            input.process(read) { received.append($0) }
+        }
+        // The READ, the WRITE's header and 2,000 bytes, then 62 reads of 2,000: 63 pieces
+        // kept. Then 1,000 bytes in a 1 MiB buffer, copied into a 64th piece with room
+        // to spare; then the rest, too large to go into that room.
+        var at = 28 + 28 + 2000
+        read(0..<at, capacity: at)
+        for _ in 0..<62 {
+            read(at..<at + 2000, capacity: 2000)
+            at += 2000
+        }
+        read(at..<at + 1000, capacity: 1 << 20)
+        at += 1000
+        read(at..<bytes.readableBytes, capacity: bytes.readableBytes - at)
+        #expect(received.map(\.message) == expected)
+        guard received.count == 3, case .message(.request(_, payload: let payload?)) = received[1] else {
+            Issue.record("the WRITE was not held and copied together")
+            return
+        }
+        #expect(payload.readableBytes == 300_000)
+    }
+
     @Test func aGatheredWriteCompletedWhilePausedWaitsInOrder() {
         let (bytes, expected) = Self.streamWithLargeWrite()
         let session = NBDSessionPhase(.transmission(extendedHeaders: false))

@@ -124,7 +124,7 @@ struct NBDServerInput {
         gathering = nil
         let taken = min(bytes.readableBytes, current.missing)
         if taken > 0 {
-            if current.payload.pieces.count == Self.mostPieces && !current.payload.lastPieceHasRoom(for: taken) {
+            if current.payload.pieces.count == Self.mostPieces && current.payload.needsPiece(for: taken, of: readCapacity) {
                 holdWhole(current)
                 return true
             }
@@ -200,7 +200,7 @@ final class GatheredPayload {
     /// with `missing` bytes of the payload still to come after it.
     func add(_ piece: ByteBuffer, of readCapacity: Int, missing: Int) {
         count += piece.readableBytes
-        if piece.readableBytes * NBDServerInput.keptFraction >= readCapacity {
+        if Self.isKept(piece.readableBytes, of: readCapacity) {
             pieces.append(piece)
             return
         }
@@ -213,6 +213,17 @@ final class GatheredPayload {
         copy.reserveCapacity(max(piece.readableBytes, min(piece.readableBytes + missing, NBDServerInput.smallPiecesBuffer)))
         copy.writeBuffer(&piece)
         pieces.append(copy)
+    }
+
+    /// Whether a slice of `length` bytes of a read whose buffer has `readCapacity` bytes
+    /// of room is kept as a piece of its own rather than copied.
+    static func isKept(_ length: Int, of readCapacity: Int) -> Bool {
+        length * NBDServerInput.keptFraction >= readCapacity
+    }
+
+    /// Whether adding a slice of `length` bytes of such a read makes one more piece.
+    func needsPiece(for length: Int, of readCapacity: Int) -> Bool {
+        Self.isKept(length, of: readCapacity) || !lastPieceHasRoom(for: length)
     }
 
     /// Whether the last piece is a copy with room for `bytes` more. A slice of a read
