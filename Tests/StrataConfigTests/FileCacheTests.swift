@@ -43,6 +43,8 @@ import Testing
         let disks = built.disks.compactMap { $0 as? FileDisk }
         #expect(disks.map(\.cache) == [.direct, .writeback])
         #expect(disks[0].directAlignment != nil && disks[1].directAlignment == nil)
+        // What the file needs is what its provider asks of the memory it is given.
+        #expect(disks.map(\.provider.memoryAlignment) == [disks[0].directAlignment?.memory ?? 0, 1])
         #expect(FileDiskDefinition.writtenSettings(of: disks[0])?.contains { $0 == ("cache", "none") } == true)
         #expect(FileDiskDefinition.writtenSettings(of: disks[1])?.contains { $0.key == "cache" } == false)
     }

@@ -305,6 +305,36 @@ import Testing
         }
     }
 
+    /// A provider that takes aligned memory as it is (a file disk with cache: none) gets
+    /// each READ's data at such an address, whatever the reply's header before it, and
+    /// the client gets the same bytes as ever.
+    @Test(arguments: [false, true])
+    func readsOfAProviderAskingForAlignedMemoryGetIt(structured: Bool) throws {
+        var probe: AlignedReadProbe?
+        let server = try EmbeddedServer(size: 4 << 20) { topology, disk in
+            probe = try AlignedReadProbe.create(in: topology, name: "probe", over: disk, alignment: 4096)
+            return [NBDExport(name: "disk0", provider: "probe", isDefault: true)]
+        }
+        try server.open(structured: structured)
+        let length = 1 << 20
+        let pattern = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 10) }
+        try server.request(.write, cookie: 1, offset: 0, length: UInt64(length), payload: pattern)
+        #expect(parseReplies(try server.received()).map(\.error) == [0])
+        // Batched (4 KiB), and sent as their own buffers (64 KiB, 1 MiB), twice each so
+        // that kept buffers are used again.
+        let reads: [(offset: Int, length: Int)] = [(4096, 4096), (8192, 65536), (0, length), (512, 4096), (4096, 65536), (0, length)]
+        for (index, read) in reads.enumerated() {
+            let cookie = UInt64(10 + index)
+            try server.request(.read, cookie: cookie, offset: UInt64(read.offset), length: UInt64(read.length))
+            let replies = parseReplies(try server.received(), readLength: [cookie: read.length])
+            #expect(replies.map(\.error) == [0])
+            let data = structured ? Array((replies.first?.payload ?? []).dropFirst(8)) : replies.first?.payload ?? []
+            #expect(data == Array(pattern[read.offset..<read.offset + read.length]), "read \(index)")
+        }
+        #expect(probe?.reads.load(ordering: .relaxed) == reads.count)
+        #expect(probe?.misalignedReads.load(ordering: .relaxed) == 0)
+    }
+
     @Test func aReadOverTheMaximumIsRefusedWithOverflowAndOneAtItServed() throws {
         let server = try EmbeddedServer(limits: NBDServer.Limits(maximumRequest: 1 << 20), size: 4 << 20)
         try server.open()

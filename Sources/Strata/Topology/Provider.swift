@@ -22,6 +22,12 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var stripeSize: Int64
     /// Offset of the first stripe boundary.
     public internal(set) var stripeOffset: Int64
+    /// The memory alignment at which the medium takes a request's data as it is
+    /// (Linux's `dma_alignment`): 1 when any address will do. A provider with a larger
+    /// one (a file disk with `cache: none`) copies the data of other requests through
+    /// an aligned buffer of its own, so an issuer that can place the data at such an
+    /// address saves that copy.
+    public let memoryAlignment: Int
     /// The medium refuses writes (a read-only disk): no consumer may open the provider
     /// for writing, so every write, DELETE and WRITE_ZEROES fails the entry check with
     /// EPERM. A geom over it is read-only too (`Topology.isReadOnly`).
@@ -44,8 +50,9 @@ public final class Provider: @unchecked Sendable, CustomStringConvertible {
     var needsRetaste = false
 
     init(name: String, geom: Geom, mediaSize: Int64, sectorSize: Int, stripeSize: Int64, stripeOffset: Int64, index: Int,
-         isReadOnly: Bool = false) {
+         isReadOnly: Bool = false, memoryAlignment: Int = 1) {
         self.name = name
+        self.memoryAlignment = memoryAlignment
         self.isReadOnly = isReadOnly
         self.index = index
         self.geomReference = Unmanaged.passUnretained(geom)

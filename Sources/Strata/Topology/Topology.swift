@@ -182,9 +182,12 @@ public final class Topology: @unchecked Sendable {
     @discardableResult
     public func createProvider(for geom: Geom, name: String, mediaSize: Int64, sectorSize: Int,
                                stripeSize: Int64 = 0, stripeOffset: Int64 = 0, index: Int = 0,
-                               readOnly: Bool = false, announce: Bool = true) throws -> Provider {
+                               readOnly: Bool = false, memoryAlignment: Int = 1, announce: Bool = true) throws -> Provider {
         guard sectorSize > 0, sectorSize & (sectorSize - 1) == 0 else {
             throw StrataError(.invalid, "provider \(name): sector size \(sectorSize) is not a power of two")
+        }
+        guard memoryAlignment > 0, memoryAlignment & (memoryAlignment - 1) == 0 else {
+            throw StrataError(.invalid, "provider \(name): memory alignment \(memoryAlignment) is not a power of two")
         }
         guard mediaSize >= 0 else {
             throw StrataError(.invalid, "provider \(name): media size \(mediaSize) is negative")
@@ -195,7 +198,8 @@ public final class Topology: @unchecked Sendable {
                 throw StrataError(.exists, "a provider named \(name) exists already")
             }
             let provider = Provider(name: name, geom: geom, mediaSize: mediaSize, sectorSize: sectorSize,
-                                    stripeSize: stripeSize, stripeOffset: stripeOffset, index: index, isReadOnly: readOnly)
+                                    stripeSize: stripeSize, stripeOffset: stripeOffset, index: index, isReadOnly: readOnly,
+                                    memoryAlignment: memoryAlignment)
             geom.providers.append(provider)
             providersByName[name] = provider
             if announce { self.announce(provider) }

@@ -19,9 +19,10 @@ open class Disk: Geom, @unchecked Sendable {
     public var provider: Provider { providers[0] }
 
     /// Adds the disk to `topology` and makes its provider (read-only if `readOnly`: no
-    /// consumer may open it for writing). On failure the disk is released
-    /// (`destroyed()`) and leaves nothing in the topology.
-    package func install(in topology: Topology, mediaSize: Int64, sectorSize: Int, readOnly: Bool = false) throws {
+    /// consumer may open it for writing; `memoryAlignment` as `Provider` says). On
+    /// failure the disk is released (`destroyed()`) and leaves nothing in the topology.
+    package func install(in topology: Topology, mediaSize: Int64, sectorSize: Int, readOnly: Bool = false,
+                         memoryAlignment: Int = 1) throws {
         do {
             try Disk.validate(sectorSize: sectorSize, for: name)
             try topology.add(self)
@@ -32,7 +33,7 @@ open class Disk: Geom, @unchecked Sendable {
         do {
             try topology.createProvider(for: self, name: name,
                                         mediaSize: mediaSize / Int64(sectorSize) * Int64(sectorSize), sectorSize: sectorSize,
-                                        readOnly: readOnly)
+                                        readOnly: readOnly, memoryAlignment: memoryAlignment)
         } catch {
             topology.remove(self)
             throw error

@@ -118,7 +118,8 @@ public final class FileDisk: Disk, @unchecked Sendable {
         disk.requestedEngine = engine
         // Nothing is written to a read-only disk, so there is nothing to hold.
         if !readOnly { try disk.holdWritesWhileAssembling(topology, sectorSize: sectorSize, created: opened.created) }
-        try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize, readOnly: readOnly)
+        try disk.install(in: topology, mediaSize: opened.size, sectorSize: sectorSize, readOnly: readOnly,
+                         memoryAlignment: alignment?.memory ?? 1)
         if let refusal {
             topology.emit(.notice, "file disk \(name): io_uring unavailable (\(refusal)); using \(workerCount) threads")
         }

@@ -291,7 +291,17 @@ extension NBDConnectionHandler {
             bio.command = .read
             let headerSpace = structuredReplies ? ByteBuffer.nbdChunkHeaderSize(extended: extendedHeaders) + 8 : 16
             let length = Int(header.length)
-            var buffer = readReplyBuffers.take(capacity: headerSpace + length, allocator: allocator)
+            let alignment = served.provider.memoryAlignment
+            var buffer = readReplyBuffers.take(capacity: alignment - 1 + headerSpace + length, allocator: allocator)
+            if alignment > 1 {
+                // The data goes where the provider takes it as it is (a file disk with
+                // cache: none reads straight into it), the header right before it, and
+                // the bytes before the header are left out of the reply.
+                let start = buffer.withUnsafeMutableWritableBytes { UInt(bitPattern: $0.baseAddress) }
+                let skipped = Int((0 &- (start &+ UInt(headerSpace))) & UInt(alignment - 1))
+                buffer.moveWriterIndex(forwardBy: skipped)
+                buffer.moveReaderIndex(forwardBy: skipped)
+            }
             buffer.moveWriterIndex(forwardBy: headerSpace)
             // The provider reads straight into the reply. The buffer is owned by the
             // slot alone until completion, so its storage stays where it is.
@@ -502,9 +512,9 @@ extension NBDConnectionHandler {
                 readReplyBuffers.reuse(buffer)
                 return
             }
-            buffer.moveWriterIndex(to: 0)
+            buffer.moveWriterIndex(to: buffer.readerIndex)
             writeReadReplyHeader(header, into: &buffer)
-            assert(buffer.writerIndex == slot.headerSpace, "the reply header fills exactly the space kept for it")
+            assert(buffer.readableBytes == slot.headerSpace, "the reply header fills exactly the space kept for it")
             buffer.moveWriterIndex(forwardBy: length)
             send(buffer)
             readReplyBuffers.keep(buffer)
