@@ -26,6 +26,14 @@ public enum BioPlug {
     /// Whether this thread holds a plug: a provider may put off work.
     @inlinable public static var isPlugged: Bool { ThreadState.current.pointee.plugDepth > 0 }
 
+    /// Whether the next request put off on this thread goes to the same provider as
+    /// `bio`, one being resumed: a provider that batches what it resumes (an io_uring
+    /// submitted once) sends the batch when this is false, as its last request of the run.
+    public static func nextDeferredGoesWith(_ bio: borrowing ProviderBio) -> Bool {
+        guard let next = ThreadState.current.pointee.deferred.head, let to = next.pointee.to else { return false }
+        return to.toOpaque() == bio.header.pointee.to?.toOpaque()
+    }
+
     /// Does the work put off on this thread so far, now: before the thread waits.
     public static func flush() {
         let thread = ThreadState.current

@@ -291,6 +291,11 @@ public final class FileDisk: Disk, @unchecked Sendable {
             return
         }
         if let ring, bio.command == .read || bio.command == .write || bio.command == .flush {
+            if BioPlug.isPlugged {
+                // Submitted with the others of the plug, in one system call (`resume`).
+                bio.deferToPlug()
+                return
+            }
             ring.submit(bio)
             return
         }
@@ -298,6 +303,13 @@ public final class FileDisk: Disk, @unchecked Sendable {
         queue.append(bio)
         lock.signal()
         lock.unlock()
+    }
+
+    /// A request put off under the plug: queued in the ring, which is entered once for
+    /// the run of this disk's requests the plug put off, at the last of them.
+    override public func resume(_ bio: consuming ProviderBio) {
+        let last = !BioPlug.nextDeferredGoesWith(bio)
+        ring!.submit(bio, entering: last)
     }
 
     private func work() {

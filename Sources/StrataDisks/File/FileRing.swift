@@ -53,6 +53,7 @@ final class FileRing: @unchecked Sendable {
     private var completionsHeld = false
     private var bounces: BouncePool
     private var bouncedCount = 0
+    private var entered = 0
 
     /// Sets up the ring and starts its reaper; throws the errno where the kernel has no
     /// io_uring or forbids it.
@@ -71,6 +72,9 @@ final class FileRing: @unchecked Sendable {
 
     /// The most requests that have waited at once for room in the ring.
     var mostWaiting: Int { lock.withLock { mostWaitingSeen } }
+
+    /// Times the kernel has been entered (`io_uring_enter`) to submit operations.
+    var enterCount: Int { lock.withLock { entered } }
 
     /// Requests that have moved through a bounce buffer, and the bounce buffers made.
     var bounceCounts: (requests: Int, buffers: Int) { lock.withLock { (bouncedCount, bounces.made) } }
@@ -114,12 +118,20 @@ final class FileRing: @unchecked Sendable {
         ring.deallocate()
     }
 
-    /// Starts a READ, WRITE or FLUSH.
-    func submit(_ bio: consuming ProviderBio) {
+    /// Starts a READ, WRITE or FLUSH. Without `entering`, it only waits in the ring's
+    /// queue until a later submission enters the kernel: the caller submits more right
+    /// after (a plug's batch), the last of them entering.
+    func submit(_ bio: consuming ProviderBio, entering: Bool = true) {
         bio.completed = 0
         bio.driver1 = nil
         let aligned = alignment.map { $0.admits(bio.data) } ?? true
         bio.providerFlags = aligned || bio.command == .flush ? 0 : FileRing.bounced
+        guard entering else {
+            lock.lock()
+            waiting.append(bio)
+            lock.unlock()
+            return
+        }
         var next = BioQueue()
         next.append(bio)
         drive(&next)
@@ -145,6 +157,7 @@ final class FileRing: @unchecked Sendable {
                     mostWaitingSeen = max(mostWaitingSeen, waiting.count)
                     let submitted = strata_uring_submit(ring)
                     precondition(submitted >= 0, "io_uring_enter failed: \(BioError(errno: -submitted))")
+                    if submitted > 0 { entered += 1 }
                     let taken = completionsHeld ? 0 : Int(strata_uring_reap(ring, completions.baseAddress!, UInt32(completions.count)))
                     outstanding -= taken
                     // Something is left to the kernel: make sure the reaper is waiting for it.

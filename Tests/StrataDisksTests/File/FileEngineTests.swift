@@ -141,6 +141,51 @@ import Testing
         }
     }
 
+    @Test(.enabled(if: FileDisk.isUringAvailable, "needs io_uring"))
+    func requestsUnderAPlugEnterTheRingOnceForEachRunOfThem() throws {
+        let fixtureA = try FileDiskFixture()
+        let fixtureB = try FileDiskFixture()
+        defer {
+            fixtureA.tearDown()
+            fixtureB.tearDown()
+        }
+        let (diskA, issuerA) = try fixtureA.open(size: 8 << 20, engine: .uring)
+        let (diskB, issuerB) = try fixtureB.open(size: 8 << 20, engine: .uring)
+        let ringA = try #require(diskA.ring)
+        let ringB = try #require(diskB.ring)
+        // Eight writes to A, one to B, eight more to A, under one plug: none is sent
+        // before the plug ends, and then A's ring is entered once for each run of its
+        // requests, B's once; each write completes once, with its data.
+        let count = 17
+        let source = UnsafeMutableRawBufferPointer.allocate(byteCount: count * 4096, alignment: 4096)
+        defer { source.deallocate() }
+        let ledger = CompletionLedger(capacity: count)
+        let finished = Countdown(count)
+        let enteredBefore = (ringA.enterCount, ringB.enterCount)
+        var completedUnderPlug = -1
+        BioPlug.withPlug {
+            for index in 0..<count {
+                let offset = Int64(index) * 8192
+                let block = UnsafeMutableRawBufferPointer(rebasing: source[(index * 4096)..<((index + 1) * 4096)])
+                fillPattern(block, at: offset, seed: 5)
+                FileDiskConcurrency.issue(.write, on: index == 8 ? issuerB.consumer : issuerA.consumer, offset: offset,
+                                          length: 4096, buffer: block, flags: [], id: index, ledger: ledger, latch: finished)
+            }
+            completedUnderPlug = ledger.total
+        }
+        #expect(completedUnderPlug == 0)
+        #expect(finished.wait(seconds: 120), "not every write completed")
+        #expect(ledger.anomalies.isEmpty, "requests completed other than once: \(ledger.anomalies.prefix(8))")
+        #expect(ledger.errors == 0)
+        #expect(ringA.enterCount - enteredBefore.0 == 2)
+        #expect(ringB.enterCount - enteredBefore.1 == 1)
+        for index in 0..<count {
+            let offset = Int64(index) * 8192
+            let issuer = index == 8 ? issuerB : issuerA
+            #expect(try issuer.bytes(at: offset, count: 4096) == pattern(count: 4096, at: offset, seed: 5), "write \(index)")
+        }
+    }
+
     // MARK: Helpers
 
     /// The outcome of one request: its error, bytes completed and buffer afterwards.
