@@ -68,8 +68,8 @@ struct LUKSCryptsetupTests {
         let directory = try TemporaryDirectory()
         let image = directory.path + "/qemu.luks"
         let keyFile = try directory.keyFile("key", Self.passphrase)
-        let made = try runTool("/usr/bin/qemu-img", ["create", "-q", "-f", "luks", "--object", "secret,id=s0,data=\(Self.passphrase)",
-                                                     "-o", "key-secret=s0,iter-time=10", image, "4M"])
+        let made = try createQemuLUKSImage(["create", "-q", "-f", "luks", "--object", "secret,id=s0,data=\(Self.passphrase)",
+                                            "-o", "key-secret=s0,iter-time=10", image, "4M"])
         try #require(made.status == 0, "qemu-img: \(made.errors)")
         let header = try LUKSHeader.read(from: try FileMedium(path: image))
         #expect(header.version == .luks1)
@@ -276,8 +276,8 @@ struct LUKSCryptsetupTests {
         let directory = try TemporaryDirectory()
         let image = directory.path + "/qemu.luks"
         let secretObject = "secret,id=s0,data=\(Self.passphrase)"
-        let made = try runTool("/usr/bin/qemu-img", ["create", "-q", "-f", "luks", "--object", secretObject,
-                                                     "-o", "key-secret=s0,iter-time=10", image, "4M"])
+        let made = try createQemuLUKSImage(["create", "-q", "-f", "luks", "--object", secretObject,
+                                            "-o", "key-secret=s0,iter-time=10", image, "4M"])
         try #require(made.status == 0, "qemu-img: \(made.errors)")
         let wrote = try runTool("/usr/bin/qemu-io", ["--object", secretObject, "--image-opts",
                                                      "driver=luks,key-secret=s0,file.filename=\(image)",

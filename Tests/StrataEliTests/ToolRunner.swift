@@ -30,6 +30,18 @@ func runTool(_ tool: String, _ arguments: [String]) throws -> ToolResult {
                       errors: String(decoding: errorData, as: UTF8.self))
 }
 
+/// Runs `qemu-img create` of a LUKS image with `arguments`. qemu-img times its key
+/// derivation by the CPU time the process used (`iter-time`), and on a busy machine
+/// whose clock ticks coarsely it may see none pass and give up ("Unable to get accurate
+/// CPU usage"): that alone is tried again, a few times.
+func createQemuLUKSImage(_ arguments: [String]) throws -> ToolResult {
+    var result = try runTool("/usr/bin/qemu-img", arguments)
+    for _ in 0..<4 where result.status != 0 && result.errors.contains("Unable to get accurate CPU usage") {
+        result = try runTool("/usr/bin/qemu-img", arguments)
+    }
+    return result
+}
+
 /// Runs cryptsetup and throws, with what it said, unless it succeeds.
 @discardableResult
 func cryptsetup(_ arguments: [String]) throws -> String {
