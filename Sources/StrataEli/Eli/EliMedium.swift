@@ -59,7 +59,10 @@ extension Topology {
     /// Where an eli is attached to `provider`, its own consumer carries the I/O, with
     /// its access raised for the while: the eli may hold the provider exclusively.
     func withLUKSMedium<Result>(_ provider: Provider, writing: Bool, _ body: (ConsumerMedium) throws -> Result) throws -> Result {
-        if let attached = provider.consumers.first(where: { $0.geom is EliGeom }) {
+        // A provider's consumers change under the topology lock (a detach on its event
+        // thread may be under way).
+        let attached = withLock { provider.consumers.first(where: { $0.geom is EliGeom }) }
+        if let attached {
             let write = writing ? 1 : 0
             try access(attached, read: 1, write: write, exclusive: 0)
             defer { try? access(attached, read: -1, write: -write, exclusive: 0) }
