@@ -198,6 +198,10 @@ struct MirrorAsyncReplicationConcurrency {
                         let region = Int64(writer) * 327_680
                         let offset = region + Int64(Int.random(in: 0...(327_680 - length) / 4096, using: &random) * 4096)
                         try await device.write(MirrorTests.pattern(length, seed: writer * 1000 + round), at: offset)
+                        // Sampled here too, not only by the reader: a write is acknowledged
+                        // by the local copy while its remote one is delayed, so the lag is
+                        // seen however the threads are scheduled on a loaded machine.
+                        highestLag.value.max(setup.mirror.replicationLag, ordering: .relaxed)
                         if round % 40 == 39 { try await device.flush() }
                     }
                 }

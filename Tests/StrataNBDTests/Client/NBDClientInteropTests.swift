@@ -40,14 +40,17 @@ struct NBDClientInteropTests {
 
     /// Starts the server, connects with the default configuration (extended headers
     /// asked for), runs `body`, disconnects and kills the server, whatever happens.
+    /// The client's side runs on a thread of its own: qemu-nbd times the handshake.
     func withClient(_ server: Server, _ body: (NBDClient) async throws -> Void) async throws {
         try #require(server.isInstalled, "\(server.rawValue) is not installed")
         let daemon = try server.start()
         do {
             try await daemon.waitForSocket()
-            let client = try await NBDClient.connect(to: .unix(path: daemon.socket))
-            try await body(client)
-            await client.disconnect()
+            try await withTaskExecutorPreference(DedicatedTaskExecutor.shared) {
+                let client = try await NBDClient.connect(to: .unix(path: daemon.socket))
+                try await body(client)
+                await client.disconnect()
+            }
         } catch {
             Issue.record("\(server.rawValue) said:\n\(daemon.log)")
             daemon.stop()
@@ -74,7 +77,9 @@ struct NBDClientInteropTests {
         let daemon = try server.start()
         defer { daemon.stop() }
         try await daemon.waitForSocket()
-        let names = try await NBDClient.list(at: .unix(path: daemon.socket))
+        let names = try await withTaskExecutorPreference(DedicatedTaskExecutor.shared) {
+            try await NBDClient.list(at: .unix(path: daemon.socket))
+        }
         #expect(names.count == 1, "\(names)")
     }
 

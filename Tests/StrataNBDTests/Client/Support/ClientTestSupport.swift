@@ -72,6 +72,21 @@ extension ByteBuffer {
     var clientTestBytes: [UInt8] { withUnsafeReadableBytes { Array($0) } }
 }
 
+/// A task executor with a thread of its own, for clients of servers that time their
+/// handshake. qemu-nbd drops a client that has not finished its handshake within ten
+/// seconds; on a loaded machine, the tests running beside it can keep every thread of
+/// the shared pool busy for longer than that, and the client's handshake would wait for
+/// one between each reply and its next option.
+final class DedicatedTaskExecutor: TaskExecutor {
+    static let shared = DedicatedTaskExecutor()
+    private let queue = DispatchQueue(label: "strata-tests.dedicated-executor")
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
+}
+
 /// A server program (nbdkit, qemu-nbd) running in the background for one test, its
 /// output kept in a log file for the failure message. Killed by `stop()`.
 final class ClientTestDaemon: @unchecked Sendable {
