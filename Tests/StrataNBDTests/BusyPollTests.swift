@@ -113,6 +113,21 @@ import Testing
         }
     }
 
+    @Test func aReadOfSeveralRequestsSkipsThePollsAfterIt() throws {
+        try withSocketPair { polled, _ in
+            let poller = BusyPoller(limit: .milliseconds(1))
+            // The client keeps several requests in flight: no poll until 56 have been
+            // skipped, though nothing is there to find and each would wait.
+            poller.clientPipelines()
+            for _ in 0..<BusyPoller.pollsSkipped { #expect(!poller.awaitInput(on: polled)) }
+            #expect(poller.hits.load(ordering: .relaxed) == 0)
+            #expect(poller.misses.load(ordering: .relaxed) == 0)
+            // Then polls are made again, and this one times out.
+            #expect(!poller.awaitInput(on: polled))
+            #expect(poller.misses.load(ordering: .relaxed) == 1)
+        }
+    }
+
     @Test func onlyALoopServingOneConnectionPolls() {
         let off = BusyPoller(limit: .zero)
         off.connections = 1

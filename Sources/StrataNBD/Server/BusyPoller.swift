@@ -36,6 +36,13 @@ import Synchronization
 /// sends only once answered. On a machine whose system calls are dear
 /// the server made 0.47 polls a request at fio's QD32, 98.7% of them found at once.
 ///
+/// A read that brings two requests or more shows a client that keeps several in flight:
+/// it does not wait for each answer before sending the next, so a poll saves it no
+/// round trip and spins for nothing while its requests come at their own pace (fio at a
+/// fixed rate with 32 in flight paid 1.2 to 2.5 µs of server CPU per request for polls).
+/// Such a read skips the next 56 polls as well; a client at queue depth 1 never sends
+/// two requests in one read.
+///
 /// Only a loop serving one connection polls, and only while that connection has
 /// nothing in flight: a poll watches one socket, and must not hold up another
 /// connection's input or a completion handed over from another thread. Confined to
@@ -107,6 +114,12 @@ final class BusyPoller: @unchecked Sendable {
         misses.store(misses.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
         promptHits = 0
         return false
+    }
+
+    /// A read brought more than one request: the client does not wait for answers.
+    func clientPipelines() {
+        skipsLeft = Self.pollsSkipped
+        promptHits = 0
     }
 
     /// Input arrived. After a wait that no poll ended, the window widens if the input

@@ -188,7 +188,11 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         context.fireChannelReadComplete()
         let requestsRead = requestsThisRead
         requestsThisRead = 0
-        if requestsRead == 1 { awaitNextRequest() }
+        if requestsRead == 1 {
+            awaitNextRequest()
+        } else if requestsRead > 1 {
+            poller?.clientPipelines()
+        }
     }
 
     /// Polls for the client's next request before the loop sleeps, when the loop serves
@@ -199,7 +203,8 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// sent the next before it is answered, so the loop would not sleep, and a poll would
     /// be one more system call per read (about 7% of the server's time per request at
     /// QD32); one whose requests still come one per read is caught by the poller, which
-    /// skips polls while they find input at once. A read that brought none is part of
+    /// skips polls while they find input at once or after a read that brought more than
+    /// one request (`BusyPoller.clientPipelines`). A read that brought none is part of
     /// the handshake or of a request still arriving, and more of it is on its way anyway.
     private func awaitNextRequest() {
         guard let poller, poller.mayPoll, requests.count == 0,
