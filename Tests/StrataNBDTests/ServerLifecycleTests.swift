@@ -162,11 +162,14 @@ struct ServerLifecycleTests {
         for cookie in 0..<reads {
             client.send(requestBytes(.read, cookie: UInt64(cookie), offset: 0, length: 1 << 20))
         }
-        let deadline = ContinuousClock.now + .seconds(5)
+        // Deadlines far past what the test takes: on a loaded machine the shared pool
+        // can hold this task up for seconds between its steps, and a stop whose own
+        // deadline passed before the client reads would cut the connection off.
+        let deadline = ContinuousClock.now + .seconds(60)
         while fixture.server.exportStatistics.first?.requestsInFlight != reads && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(5))
         }
-        let stopping = serverStops ? Task { await fixture.server.stop() } : nil
+        let stopping = serverStops ? Task { await fixture.server.stop(seconds: 120) } : nil
         if !serverStops { client.send(requestBytes(.disconnect, cookie: 99, offset: 0, length: 0)) }
         // Every read completes and the stopping connection's quiet check passes before
         // the client reads a byte.
