@@ -11,7 +11,9 @@
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <errno.h>
+#include <sys/prctl.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__x86_64__)
 #include <emmintrin.h>
@@ -141,4 +143,14 @@ void strata_copy_streaming(void *destination, const void *source, size_t count) 
 #else
     memcpy(destination, source, count);
 #endif
+}
+
+void strata_nap(uint64_t nanoseconds) {
+    static __thread int slack_set;
+    if (!slack_set) {
+        prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+        slack_set = 1;
+    }
+    struct timespec duration = {.tv_sec = (time_t)(nanoseconds / 1000000000u), .tv_nsec = (long)(nanoseconds % 1000000000u)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &duration, &duration) == EINTR) {}
 }

@@ -30,6 +30,10 @@ public struct Configuration: Sendable, Equatable {
     /// How long an NBD event loop serving one connection polls for the client's next
     /// request before it sleeps (`busy-poll-us`; 0 turns polling off).
     public var busyPoll: Duration = Configuration.defaultBusyPoll
+    /// How long an NBD event loop serving one connection naps after a read of several
+    /// requests, when its client comes as fast with the naps (`coalesce-us`; 0, the
+    /// default, never naps).
+    public var coalescing: Duration = .zero
     /// How long a stop waits for clients to finish and requests in flight to complete
     /// (`shutdown-grace`, seconds); what is still in flight then is logged and left.
     public var shutdownGrace: Duration = Configuration.defaultShutdownGrace

@@ -41,7 +41,7 @@ public struct ConfigurationLoader {
         return try loader.configuration(from: root)
     }
 
-    static let topKeys = ["listen", "control", "control-group", "data-directory", "writable-directories", "limits", "busy-poll-us",
+    static let topKeys = ["listen", "control", "control-group", "data-directory", "writable-directories", "limits", "busy-poll-us", "coalesce-us",
                           "shutdown-grace", "tls", "tls-certificates", "tls-verify-peer", "tls-psk-file", "disks", "geoms",
                           "exports", "withdrawn"]
     static let changeKeys = ["disks", "geoms", "exports", "removed", "removed-exports"]
@@ -82,6 +82,10 @@ public struct ConfigurationLoader {
         var busyPoll = Configuration.defaultBusyPoll
         if let node = top["busy-poll-us"] {
             busyPoll = .microseconds(try value(node, key: "busy-poll-us").integer(in: 0...1000))
+        }
+        var coalescing = Duration.zero
+        if let node = top["coalesce-us"] {
+            coalescing = .microseconds(try value(node, key: "coalesce-us").integer(in: 0...1000))
         }
 
         let tls = try self.tls(top)
@@ -124,7 +128,7 @@ public struct ConfigurationLoader {
         return Configuration(file: file, listen: listen, control: control, controlGroup: controlGroup,
                              writableDirectories: writableDirectories, dataDirectory: dataDirectory, directory: baseDirectory,
                              disks: disks, geoms: geoms, withdrawn: withdrawn, exports: exports,
-                             limits: limits, busyPoll: busyPoll, shutdownGrace: shutdownGrace, tls: tls)
+                             limits: limits, busyPoll: busyPoll, coalescing: coalescing, shutdownGrace: shutdownGrace, tls: tls)
     }
 
     /// The TLS keys: a mode, and with TLS on, either a certificates directory or a PSK

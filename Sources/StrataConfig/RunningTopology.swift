@@ -216,6 +216,7 @@ public final class RunningTopology: Sendable {
                 ("control", Node(configuration.control)),
                 ("data-directory", Node(configuration.dataDirectory)),
                 ("busy-poll-us", Node("\(configuration.busyPoll.wholeNanoseconds / 1000)")),
+                ("coalesce-us", Node("\(configuration.coalescing.wholeNanoseconds / 1000)")),
                 ("limits", flow([("requests", Node("\(limits.requests)")),
                                  ("connection-bytes", Node(formatByteSize(Int64(limits.bytes)))),
                                  ("server-bytes", Node(formatByteSize(Int64(limits.serverBytes)))),

@@ -121,7 +121,8 @@ struct Serve: AsyncParsableCommand {
         }
 
         let server = try NBDServer(topology: topology, exports: built.exports, logger: Logger(label: "strata.nbd"),
-                                  limits: configuration.limits, busyPoll: configuration.busyPoll, tls: credentials)
+                                  limits: configuration.limits, busyPoll: configuration.busyPoll,
+                                  coalescing: configuration.coalescing, tls: credentials)
         let running = RunningTopology(topology: topology, server: server, configuration: configuration, changes: changes)
         let controlLogger = Logger(label: "strata.control")
         let control = ControlServer(topology: topology, running: running,
@@ -245,6 +246,8 @@ struct Serve: AsyncParsableCommand {
         let microseconds = configuration.busyPoll.wholeNanoseconds / 1000
         lines.append(microseconds == 0 ? "  busy polling off"
                                        : "  busy polling up to \(microseconds) µs before an idle connection's loop sleeps")
+        let nap = configuration.coalescing.wholeNanoseconds / 1000
+        if nap > 0 { lines.append("  input coalescing: naps of \(nap) µs after a read of several requests, for clients as fast with them") }
         lines.append("  control socket \(configuration.control)")
         // Written in one piece and unbuffered, so a script reading it sees it at once.
         FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))

@@ -59,11 +59,12 @@ struct StatisticsPublisherTests {
         let publisher = self.publisher
         let server = StatisticsPublisher.ServerGauges(
             connections: 3, exports: [.init(name: "vol", connections: 2, requestsInFlight: 7)],
-            busyPollsFound: 40, busyPollsTimedOut: 2)
+            busyPollsFound: 40, busyPollsTimedOut: 2, coalescingNaps: 9)
         publisher.publish(try sample([("d0", 1, 0), ("d1", 1, 0)]), server: server)
         #expect(value("strata_nbd_connections") == 3)
         #expect(value(#"strata_nbd_busy_polls_total{result="found"}"#) == 40)
         #expect(value(#"strata_nbd_busy_polls_total{result="timed_out"}"#) == 2)
+        #expect(value(#"strata_nbd_coalescing_naps_total"#) == 9)
         #expect(value(#"strata_nbd_export_connections{export="vol"}"#) == 2)
         #expect(value(#"strata_nbd_export_in_flight{export="vol"}"#) == 7)
         #expect(value(#"strata_provider_operations_total{provider="d1",kind="read"}"#) == 1)

@@ -133,6 +133,14 @@ import Testing
         #expect(failure("busy-poll-us: 50us") == "strata.yaml:1: busy-poll-us: '50us': must be a whole number from 0 to 1000")
     }
 
+    @Test func inputCoalescingIsOffByDefaultAndReadInMicroseconds() throws {
+        #expect(try load("").coalescing == .zero)
+        #expect(try load("coalesce-us: 50").coalescing == .microseconds(50))
+        #expect(failure("listen: [unix:///tmp/s.sock]\ncoalesce-us: 1001")
+                == "strata.yaml:2: coalesce-us: '1001': must be a whole number from 0 to 1000")
+        #expect(failure("coalesce-us: -5") == "strata.yaml:1: coalesce-us: '-5': must be a whole number from 0 to 1000")
+    }
+
     @Test func theControlSocketsGroupIsLookedUpAsTheFileIsRead() throws {
         #expect(try load("").controlGroup == nil)
         // Group 0 is root on every system.

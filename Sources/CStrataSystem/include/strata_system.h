@@ -68,4 +68,10 @@ int strata_malloc_thresholds(int mmap_threshold, int trim_threshold);
 /// Ordered before the caller's later stores, like memcpy.
 void strata_copy_streaming(void *destination, const void *source, size_t count);
 
+/// Sleeps for `nanoseconds` on the monotonic clock. The first call on a thread sets its
+/// timer slack to 1 ns (PR_SET_TIMERSLACK): with the default 50 µs, a sleep of a few
+/// tens of microseconds lasts up to 50 µs longer. The slack stays for the thread's
+/// other timers too, such as its epoll_wait time-outs.
+void strata_nap(uint64_t nanoseconds);
+
 #endif

@@ -18,27 +18,30 @@ import Synchronization
 /// a time, and the core already holds the counts per bucket (see `PrometheusText`).
 public final class StatisticsPublisher: Sendable {
     /// What the NBD server adds: its open connections, per export the connections in
-    /// transmission and their requests in flight, and its busy polls so far.
+    /// transmission and their requests in flight, and its busy polls and naps so far.
     public struct ServerGauges: Sendable, Equatable {
         public var connections: Int
         public var exports: [NBDServer.ExportStatistics]
         /// Busy polls that found the client's next request, and those that timed out.
         public var busyPollsFound: Int
         public var busyPollsTimedOut: Int
+        /// Naps after a read of several requests (input coalescing).
+        public var coalescingNaps: Int
 
         public init(connections: Int, exports: [NBDServer.ExportStatistics], busyPollsFound: Int = 0,
-                    busyPollsTimedOut: Int = 0) {
+                    busyPollsTimedOut: Int = 0, coalescingNaps: Int = 0) {
             self.connections = connections
             self.exports = exports
             self.busyPollsFound = busyPollsFound
             self.busyPollsTimedOut = busyPollsTimedOut
+            self.coalescingNaps = coalescingNaps
         }
 
         /// What `server` has open now.
         public init(_ server: NBDServer) {
             let polls = server.busyPolls
             self.init(connections: server.connectionCount, exports: server.exportStatistics,
-                      busyPollsFound: polls.found, busyPollsTimedOut: polls.timedOut)
+                      busyPollsFound: polls.found, busyPollsTimedOut: polls.timedOut, coalescingNaps: server.coalescingNaps)
         }
     }
 
@@ -124,6 +127,7 @@ public final class StatisticsPublisher: Sendable {
             readings[SeriesKey("strata_nbd_connections", [])] = .level(Double(server.connections))
             readings[SeriesKey("strata_nbd_busy_polls_total", [("result", "found")])] = .total(server.busyPollsFound)
             readings[SeriesKey("strata_nbd_busy_polls_total", [("result", "timed_out")])] = .total(server.busyPollsTimedOut)
+            readings[SeriesKey("strata_nbd_coalescing_naps_total", [])] = .total(server.coalescingNaps)
             for export in server.exports {
                 let labels = [("export", export.name)]
                 readings[SeriesKey("strata_nbd_export_connections", labels)] = .level(Double(export.connections))

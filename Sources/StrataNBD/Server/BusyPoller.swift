@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CStrataSystem
 import Strata
 import Synchronization
 
@@ -45,15 +46,26 @@ import Synchronization
 ///
 /// Only a loop serving one connection polls, and only while that connection has
 /// nothing in flight: a poll watches one socket, and must not hold up another
-/// connection's input or a completion handed over from another thread. Confined to
-/// its event loop, like the connections that use it.
+/// connection's input or a completion handed over from another thread. The same loop
+/// keeps the connection's `InputCoalescer`, whose naps follow the same rule. Confined
+/// to its event loop, like the connections that use it.
 final class BusyPoller: @unchecked Sendable {
     /// The longest a poll lasts, in nanoseconds.
     let limit: UInt64
     /// How long the next poll may last, in nanoseconds: 0 to `limit`.
     private(set) var window: UInt64
     /// Connections on this loop that can poll (those accepted by the server's listeners).
-    var connections = 0
+    /// A change starts the coalescer afresh: its measures were another client's.
+    var connections = 0 {
+        didSet {
+            if let nap = coalescer?.nap { coalescer = InputCoalescer(nap: .nanoseconds(nap), now: monotonicNanoseconds()) }
+        }
+    }
+    /// Input coalescing (`coalesce-us`), nil when off.
+    private(set) var coalescer: InputCoalescer?
+    var coalesces: Bool { coalescer != nil }
+    /// Naps taken after a read (`InputCoalescer`). Only the loop adds to it.
+    let naps = Atomic<Int>(0)
     /// When the loop began waiting for input that a poll did not find (the poll's start,
     /// or the moment it decided not to poll); 0 while it is not waiting.
     private var waitingSince: UInt64 = 0
@@ -67,13 +79,27 @@ final class BusyPoller: @unchecked Sendable {
     static let promptHitsBeforeSkipping = 8
     static let pollsSkipped = 56
 
-    init(limit: Duration) {
+    init(limit: Duration, coalescing: Duration = .zero) {
         self.limit = limit.wholeNanoseconds
         window = self.limit
+        if coalescing > .zero { coalescer = InputCoalescer(nap: coalescing, now: monotonicNanoseconds()) }
     }
 
     /// Whether a connection may poll now: the loop polls at all and serves only it.
     var mayPoll: Bool { limit > 0 && connections == 1 }
+
+    /// A read brought `requests` requests and they are answered; `idle` says the
+    /// connection has nothing in flight and would wait for its client. Naps when the
+    /// coalescer says so and the loop serves this connection alone.
+    func readEnded(requests: Int, idle: Bool) {
+        guard var coalescer else { return }
+        let mayNap = idle && requests > 1 && connections == 1
+        let nap = coalescer.readEnded(requests: requests, mayNap: mayNap, now: monotonicNanoseconds())
+        self.coalescer = coalescer
+        guard nap > 0 else { return }
+        naps.store(naps.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        strata_nap(nap)
+    }
 
     /// Polls `descriptor` for input for up to the window. Returns whether input came
     /// (or the socket reports an error or hang-up, which the loop then handles).
@@ -97,10 +123,7 @@ final class BusyPoller: @unchecked Sendable {
                 hits.store(hits.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
                 waitingSince = 0
                 promptHits = firstCheck ? promptHits + 1 : 0
-                if promptHits == Self.promptHitsBeforeSkipping {
-                    promptHits = 0
-                    skipsLeft = Self.pollsSkipped
-                }
+                if promptHits == Self.promptHitsBeforeSkipping { skipPolls() }
                 return true
             }
             firstCheck = false
@@ -118,6 +141,10 @@ final class BusyPoller: @unchecked Sendable {
 
     /// A read brought more than one request: the client does not wait for answers.
     func clientPipelines() {
+        skipPolls()
+    }
+
+    private func skipPolls() {
         skipsLeft = Self.pollsSkipped
         promptHits = 0
     }

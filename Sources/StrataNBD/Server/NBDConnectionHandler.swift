@@ -193,6 +193,14 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
         } else if requestsRead > 1 {
             poller?.clientPipelines()
         }
+        if requestsRead > 0, let poller, poller.coalesces {
+            poller.readEnded(requests: requestsRead, idle: waitsForClient)
+        }
+    }
+
+    /// Everything answered, reading on, room to reply: what comes next is the client's.
+    private var waitsForClient: Bool {
+        requests.count == 0 && !session.paused && writable && lifecycle.takesRequests
     }
 
     /// Polls for the client's next request before the loop sleeps, when the loop serves
@@ -207,8 +215,7 @@ final class NBDConnectionHandler: ChannelInboundHandler, BioDoneHandler, @unchec
     /// one request (`BusyPoller.clientPipelines`). A read that brought none is part of
     /// the handshake or of a request still arriving, and more of it is on its way anyway.
     private func awaitNextRequest() {
-        guard let poller, poller.mayPoll, requests.count == 0,
-              !session.paused, writable, lifecycle.takesRequests else { return }
+        guard let poller, poller.mayPoll, waitsForClient else { return }
         _ = poller.awaitInput(on: descriptor)
     }
 

@@ -57,13 +57,16 @@ public final class NBDServer: Sendable {
     /// - Parameter busyPoll: how long an event loop serving one connection polls for the
     ///   client's next request before it sleeps (`BusyPoller`); zero, the default, never
     ///   polls. `strata serve` polls for 50 µs unless told otherwise.
+    /// - Parameter coalescing: how long an event loop serving one connection naps after a
+    ///   read of several requests, when that client keeps coming as fast with the naps
+    ///   (`InputCoalescer`); zero, the default, never naps.
     /// - Throws: `StrataError` naming an export whose provider does not exist, two
     ///   exports with one name, or a maximum request outside `NBDLimits.maximumRequestRange`.
     /// - Parameter tls: the credentials clients may start TLS with, and whether they
     ///   must (`NBDTLSCredentials.load`); nil serves no TLS.
     public init(topology: Topology, exports: [NBDExport], logger: Logger = Logger(label: "strata.nbd"),
                 limits: Limits = Limits(), threads: Int = System.coreCount, busyPoll: Duration = .zero,
-                tls: NBDTLSCredentials? = nil) throws {
+                coalescing: Duration = .zero, tls: NBDTLSCredentials? = nil) throws {
         guard NBDLimits.maximumRequestRange.contains(limits.maximumRequest) else {
             throw StrataError(.invalid, "maximum request of \(limits.maximumRequest) bytes: must be from "
                 + "\(NBDLimits.maximumRequestRange.lowerBound) to \(NBDLimits.maximumRequestRange.upperBound)")
@@ -78,7 +81,7 @@ public final class NBDServer: Sendable {
         core = NBDServerCore(topology: topology, exports: served, logger: logger, limits: limits, tls: tls)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(threads, 1))
         var pollers: [ObjectIdentifier: BusyPoller] = [:]
-        for loop in group.makeIterator() { pollers[ObjectIdentifier(loop)] = BusyPoller(limit: busyPoll) }
+        for loop in group.makeIterator() { pollers[ObjectIdentifier(loop)] = BusyPoller(limit: busyPoll, coalescing: coalescing) }
         self.pollers = pollers
     }
 
@@ -311,6 +314,11 @@ public final class NBDServer: Sendable {
         pollers.values.reduce((0, 0)) { total, poller in
             (total.0 + poller.hits.load(ordering: .relaxed), total.1 + poller.misses.load(ordering: .relaxed))
         }
+    }
+
+    /// Naps after a read of several requests (`InputCoalescer`) over all event loops so far.
+    public var coalescingNaps: Int {
+        pollers.values.reduce(0) { $0 + $1.naps.load(ordering: .relaxed) }
     }
 
     /// Payload bytes of requests taken in and not yet answered, over all connections

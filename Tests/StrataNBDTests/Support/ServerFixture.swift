@@ -16,7 +16,7 @@ final class ServerFixture: @unchecked Sendable {
 
     /// - Parameter disks: builds the disks and returns the exports to serve.
     init(tcp: Bool = false, limits: NBDServer.Limits = .patient, threads: Int = 2, busyPoll: Duration = .zero,
-         _ disks: (Topology, String) throws -> [NBDExport]) async throws {
+         coalescing: Duration = .zero, _ disks: (Topology, String) throws -> [NBDExport]) async throws {
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("strata-nbd-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -25,7 +25,7 @@ final class ServerFixture: @unchecked Sendable {
         var logger = Logger(label: "strata.nbd.test")
         logger.logLevel = ProcessInfo.processInfo.environment["STRATA_TEST_LOG"] != nil ? .debug : .critical
         server = try NBDServer(topology: topology, exports: exports, logger: logger, limits: limits, threads: threads,
-                               busyPoll: busyPoll)
+                               busyPoll: busyPoll, coalescing: coalescing)
         var addresses: [NBDListenAddress] = [.unix(path: socket)]
         if tcp { addresses.append(.tcp(host: "127.0.0.1", port: 0)) }
         let bound = try await server.start(listeningOn: addresses)
