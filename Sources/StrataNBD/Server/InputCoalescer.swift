@@ -7,8 +7,8 @@
 /// per read, and each read costs a wakeup, an `epoll_wait`, a `read` and a `write`. The
 /// kernel's side of that is most of the server's CPU per request: a server in C that
 /// does nothing but the framing and a memcpy (`scripts/compare-peers`' floor) spends
-/// 0.66x of nbdkit's CPU on a 4 KiB write at fio's fixed 60,000 IOPS. Napping 50 µs
-/// after such a read took Strata from 0.76x to 0.45x.
+/// 0.67x of nbdkit's CPU on a 4 KiB write at fio's fixed 60,000 IOPS. Napping 100 µs
+/// after such a read took Strata from 0.82x to 0.49x (docs/PERFORMANCE.md).
 ///
 /// The nap delays the answers to the requests that arrive during it, and costs
 /// throughput when the client is waiting on the server: one with two or four requests
@@ -24,8 +24,8 @@
 /// While napping, a trial comes again every `trialInterval`. After a failed trial
 /// the client gets no naps, and the next trial waits twice as long as the one before,
 /// from `firstBackoff` to `longestBackoff`; a client that passed is tried again in case
-/// it changed. A client at queue depth 1
-/// never brings two requests in a read, and so is never tried.
+/// it changed. A client at queue depth 1 never brings two requests in a read, and so
+/// is never tried.
 ///
 /// A value type, kept by its event loop's `BusyPoller`: only a loop serving one
 /// connection naps, so the measures are that connection's.
@@ -75,7 +75,7 @@ struct InputCoalescer {
         phase = .resting(until: now &+ Self.firstBackoff)
     }
 
-    /// Whether naps are in use (for status and tests).
+    /// Whether naps are in use: napping, or in the part of a trial with naps.
     var isNapping: Bool {
         switch phase {
         case .napping: true
