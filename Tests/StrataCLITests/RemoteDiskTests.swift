@@ -294,4 +294,23 @@ struct RemoteDiskTests {
             #expect(server.stderr.contains(message), "\(disk): \(server.stderr)")
         }
     }
+
+    /// Remote disks are read by the classes tasting them (label, part) the moment each is
+    /// added. A read held before the disk's connections were in service was never sent,
+    /// and the next disk waited for ever on the topology's lock that the taste held (a
+    /// race: seen under load, with the disk added before its connections were adopted).
+    @Test func manyRemoteDisksAreTastedAndTheTopologyBuilds() throws {
+        let directory = NSTemporaryDirectory() + "strata-remotetaste-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let kit = try Self.nbdkit(directory + "/kit.sock", ["memory", "64M"])
+        defer { kit.stop() }
+        let disks = (0..<16).map { "  - {name: r\($0), remote: \"nbd+unix:///?socket=\(directory)/kit.sock\"}" }
+        let config = directory + "/bench.yaml"
+        try ("disks:\n" + disks.joined(separator: "\n") + "\n").write(toFile: config, atomically: true, encoding: .utf8)
+        // timeout(1): a build that hangs fails the test with status 124 instead of holding it.
+        let result = try runProgram("/usr/bin/timeout", ["60", strataBinary, "bench", "--config", config, "--provider", "r15",
+                                                         "--rw", "randread", "--bs", "4K", "--iodepth", "4", "--seconds", "0.3", "--json"])
+        #expect(result.0 == 0, "\(result)")
+    }
 }

@@ -98,14 +98,17 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
         let disk = RemoteDisk(name: name, remote: remote, options: options, first: first)
         let minimum = Int(first.blockSizes.minimum)
         let sectorSize = minimum > 512 && minimum <= 65536 && minimum & (minimum - 1) == 0 ? minimum : 512
+        // In service before the topology can send it anything: a class tasting the disk
+        // reads it as soon as it is added, and that read, held for want of a connection
+        // while the topology's lock was held, stopped the topology for good.
+        _ = disk.adopt(clients)
         do {
             try disk.install(in: topology, mediaSize: Int64(first.exportSize), sectorSize: sectorSize,
                              readOnly: first.transmissionFlags.contains(.readOnly))
         } catch {
-            for client in clients { Task { await client.disconnect() } }
+            disk.withering()
             throw error
         }
-        disk.adopt(clients)
         Task.detached { await disk.watchForStalls() }
         return disk
     }
@@ -148,17 +151,25 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
         }
     }
 
-    /// Takes the connections into service, and watches each for its end.
-    private func adopt(_ clients: [NBDClient]) {
-        link.withLock { link in
+    /// Takes the connections into service, and watches each for its end. Returns the
+    /// requests held until then, for the caller to send: taken in the step that puts
+    /// the link in service, so that one held meanwhile cannot be left behind. Nil when
+    /// the disk is going: the caller lets the connections go.
+    private func adopt(_ clients: [NBDClient]) -> [Request]? {
+        let held: [Request]? = link.withLock { link in
+            if link.stopping { return nil }
             link.clients = clients
             link.phase = .connected
             link.lostAt = nil
             link.established += 1
+            defer { link.waiting = [] }
+            return link.waiting
         }
+        guard held != nil else { return nil }
         for client in clients {
             client.closeFuture.whenComplete { [weak self] _ in self?.connectionEnded(client) }
         }
+        return held
     }
 
     // MARK: Requests
@@ -366,6 +377,8 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
     private func linkLost(holding request: Request?, on client: NBDClient, reason: String) {
         enum Outcome { case reconnect, held, sendAgain }
         let outcome: Outcome = link.withLock { link in
+            // Going: sent again, the request fails with ESHUTDOWN rather than wait.
+            if link.stopping { return .sendAgain }
             if link.phase == .connected, !link.clients.contains(where: { $0 === client }) { return .sendAgain }
             if let request { link.waiting.append(request) }
             link.lastError = reason
@@ -418,17 +431,11 @@ public final class RemoteDisk: Disk, @unchecked Sendable {
                 guard clients[0].exportSize >= UInt64(provider.mediaSize) else {
                     throw StrataError(.invalid, "the export shrank to \(clients[0].exportSize) bytes")
                 }
-                let (held, stopping) = link.withLock { link in
-                    let held = link.waiting
-                    link.waiting = []
-                    return (held, link.stopping)
-                }
-                if stopping {
+                guard let held = adopt(clients) else {
+                    // Going: `withering` failed what was held.
                     for client in clients { await client.disconnect() }
-                    for request in held { request.bio.takeProviderBio().deliver(.shutdown) }
                     return
                 }
-                adopt(clients)
                 topology?.emit(.notice, "remote disk \(name): reconnected to \(remote.text); \(held.count) request\(held.count == 1 ? "" : "s") sent again")
                 for request in held { dispatch(request) }
                 return
