@@ -32,6 +32,11 @@ import Testing
             }
         }
 
+        var isResting: Bool {
+            if case .resting = coalescer.phase { return true }
+            return false
+        }
+
         /// Moves the clock to the end of the rest after the connection began.
         mutating func skipFirstRest() { now += InputCoalescer.firstBackoff }
     }
@@ -92,10 +97,7 @@ import Testing
             if nap > 0 { client.naps += 1 }
             client.now += 10_000
         }
-        guard case .resting = client.coalescer.phase else {
-            Issue.record("expected resting, got \(client.coalescer.phase)")
-            return
-        }
+        #expect(client.isResting, "expected resting, got \(client.coalescer.phase)")
     }
 
     @Test func aSlowStartDoesNotPassForAClientThatNapsDoNotSlow() {
@@ -106,10 +108,7 @@ import Testing
         client.run(reads: 1 + 64, gap: 200_000)
         client.run(reads: 64, gap: 20_000, napCost: { $0 })
         client.run(reads: 64, gap: 20_000)
-        guard case .resting = client.coalescer.phase else {
-            Issue.record("expected resting, got \(client.coalescer.phase)")
-            return
-        }
+        #expect(client.isResting, "expected resting, got \(client.coalescer.phase)")
     }
 
     @Test func aNappedClientIsTriedAgainAfterTheIntervalAndStopsBeingNappedOnceNapsSlowIt() {
@@ -120,10 +119,7 @@ import Testing
         // Napped for a second, then the client starts waiting on the server.
         client.run(reads: Int(InputCoalescer.trialInterval / 100_000), gap: 100_000)
         client.run(reads: 3 * 64 + 2, gap: 20_000, napCost: { $0 })
-        guard case .resting = client.coalescer.phase else {
-            Issue.record("expected resting, got \(client.coalescer.phase)")
-            return
-        }
+        #expect(client.isResting, "expected resting, got \(client.coalescer.phase)")
         let napsThen = client.naps
         client.run(reads: 100, gap: 20_000, napCost: { $0 })
         #expect(client.naps == napsThen)
@@ -134,10 +130,7 @@ import Testing
         client.skipFirstRest()
         client.run(reads: 10_000, gap: 10_000, mayNap: false)
         #expect(client.naps == 0)
-        guard case .resting = client.coalescer.phase else {
-            Issue.record("expected resting, got \(client.coalescer.phase)")
-            return
-        }
+        #expect(client.isResting, "expected resting, got \(client.coalescer.phase)")
     }
 }
 
