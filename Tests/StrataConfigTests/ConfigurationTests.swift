@@ -179,7 +179,7 @@ import Testing
         #expect(failure("disks:\n  - name: a\n    size: 1M").contains("needs one of file, memory, null, zero, powercut, remote or rbd"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    null: 1M").contains("has memory and null"))
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    size: 2M")
-                == "strata.yaml:4: disks[0].size: is not a key of memory disks (known: name, memory, sector-size)")
+                == "strata.yaml:4: disks[0].size: is not a key of memory disks (known: name, memory, sector-size, huge-pages)")
     }
 
     @Test func aFileDiskChoosesItsIOEngine() throws {
@@ -190,7 +190,7 @@ import Testing
         #expect(failure("disks:\n  - name: a\n    file: /a.img\n    io: aio")
                 == "strata.yaml:4: disks[0].io: 'aio': must be automatic, inline, uring or threads")
         #expect(failure("disks:\n  - name: a\n    memory: 1M\n    io: uring")
-                == "strata.yaml:4: disks[0].io: is not a key of memory disks (known: name, memory, sector-size)")
+                == "strata.yaml:4: disks[0].io: is not a key of memory disks (known: name, memory, sector-size, huge-pages)")
     }
 
     @Test func namesAreRequiredAndUsedOnce() {

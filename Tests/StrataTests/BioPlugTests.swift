@@ -172,6 +172,53 @@ import Testing
         #expect(second)
     }
 
+    /// A geom that puts every request off under a plug and, resuming each, notes what
+    /// `BioPlug.nextDeferred` says of the next one.
+    final class NextNoting: Geom, @unchecked Sendable {
+        final class Notes: Sendable {
+            private let lines = Mutex<[String]>([])
+            func append(_ line: String) { lines.withLock { $0.append(line) } }
+            var all: [String] { lines.withLock { $0 } }
+        }
+        let notes: Notes
+
+        init(name: String, notes: Notes) {
+            self.notes = notes
+            super.init(name: name, className: "NEXTNOTING")
+        }
+
+        override func start(_ bio: consuming ProviderBio) { bio.deferToPlug() }
+
+        override func resume(_ bio: consuming ProviderBio) {
+            let next = BioPlug.nextDeferred().map { "\($0.geom.takeUnretainedValue().name)@\($0.offset)" } ?? "none"
+            notes.append("\(name)@\(bio.offset) then \(next)")
+            bio.deliverAll()
+        }
+    }
+
+    @Test func aGeomResumingARequestIsToldTheGeomAndOffsetOfTheNext() throws {
+        let topology = Topology()
+        let notes = NextNoting.Notes()
+        var consumers: [Consumer] = []
+        for name in ["a", "b"] {
+            let geom = NextNoting(name: name, notes: notes)
+            try topology.add(geom)
+            let provider = try topology.createProvider(for: geom, name: name, mediaSize: 1 << 20, sectorSize: 512, announce: false)
+            consumers.append(try TestIssuer(on: provider, in: topology, name: "issuer-\(name)").consumer)
+        }
+        let buffer = PatternBuffer(count: 4 * 4096)
+        let arrivals = Arrivals()
+        BioPlug.withPlug {
+            #expect(BioPlug.nextDeferred() == nil, "nothing is put off yet")
+            for (number, consumer) in [(0, consumers[0]), (1, consumers[1]), (3, consumers[0]), (2, consumers[0])] {
+                Self.read(number, on: consumer, into: buffer, arrivals: arrivals)
+            }
+        }
+        #expect(arrivals.all == [0, 1, 3, 2])
+        #expect(notes.all == ["a@0 then b@4096", "b@4096 then a@12288", "a@12288 then a@8192", "a@8192 then none"])
+        #expect(BioPlug.nextDeferred() == nil)
+    }
+
     @Test func puttingARequestOffWithoutAPlugStopsTheProcess() async {
         await #expect(processExitsWith: .failure) {
             let topology = Topology()

@@ -1,9 +1,10 @@
 /// A thread's plug (Linux's `struct blk_plug`, `blk_start_plug` and `blk_finish_plug`):
 /// while an issuer holds one, a provider may put off the work of a request it was given
 /// (`ProviderBio.deferToPlug`) and do it when the plug ends, in the order it was put off
-/// (`Geom.resume`). A memory disk uses it to start fetching the source of every read in
-/// a batch before it copies the first: the cache and TLB misses of one copy then
-/// overlap those of the others, where one request at a time each waits its turn.
+/// (`Geom.resume`). A memory disk uses it to run a batch's copies back to back, each
+/// starting to fetch the next one's source (`nextDeferred`): the cache and TLB misses
+/// of one copy then overlap those of the next, where one request at a time each waits
+/// its turn.
 ///
 /// Holding a plug is the issuer's promise not to wait, on this thread, for a request it
 /// submitted while plugged: the work is done only when the plug ends. The core's own
@@ -32,6 +33,13 @@ public enum BioPlug {
     public static func nextDeferredGoesWith(_ bio: borrowing ProviderBio) -> Bool {
         guard let next = ThreadState.current.pointee.deferred.head, let to = next.pointee.to else { return false }
         return to.toOpaque() == bio.header.pointee.to?.toOpaque()
+    }
+
+    /// The geom and offset of the next request put off on this thread, if any: a geom
+    /// resuming one starts fetching what the next will read while it works on this one.
+    public static func nextDeferred() -> (geom: Unmanaged<Geom>, offset: Int64)? {
+        guard let next = ThreadState.current.pointee.deferred.head, let to = next.pointee.to else { return nil }
+        return (to._withUnsafeGuaranteedRef { $0.geomReference }, next.pointee.offset)
     }
 
     /// Does the work put off on this thread so far, now: before the thread waits.
