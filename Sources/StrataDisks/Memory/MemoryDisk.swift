@@ -16,6 +16,8 @@ import Synchronization
 /// freed memory.
 public final class MemoryDisk: Disk, @unchecked Sendable {
     static let pageSize = 4096
+    /// The media's first byte: one mapping that never moves (the disk resuming a read
+    /// before another disk's reads fetches their sources from it).
     let base: UnsafeMutableRawPointer
     private let mappedBytes: Int
     private let written: UnsafeMutablePointer<Atomic<UInt64>>
@@ -187,7 +189,8 @@ public final class MemoryDisk: Disk, @unchecked Sendable {
         copyOut(bio)
     }
 
-    /// A read put off under the plug.
+    /// A read put off under the plug. The next one may be another memory disk's (the
+    /// other side of a stripe); its type is checked by identity, which costs no cast.
     override public func resume(_ bio: consuming ProviderBio) {
         if let (geom, offset) = BioPlug.nextDeferred(),
            geom._withUnsafeGuaranteedRef({ ObjectIdentifier(type(of: $0)) == ObjectIdentifier(MemoryDisk.self) }) {
