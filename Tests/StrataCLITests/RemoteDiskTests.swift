@@ -54,13 +54,20 @@ struct RemoteDiskTests {
         try runProgram("/usr/bin/python3", ["-c", "import nbd, sys, time\n" + script])
     }
 
+    /// A new directory of its own in the temporary folder, named after the test; the
+    /// test removes it.
+    static func makeDirectory(_ prefix: String) throws -> String {
+        let directory = NSTemporaryDirectory() + "\(prefix)-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return directory
+    }
+
     static func status(_ directory: String) throws -> String {
         try runProgram(strataBinary, ["status", "--control", directory + "/control.sock"]).1
     }
 
     @Test func nbdkitAndQemuNbdExportsServedAgainWithRealClients() throws {
-        let directory = NSTemporaryDirectory() + "strata-remote-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try Self.makeDirectory("strata-remote")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let kit = try Self.nbdkit(directory + "/kit.sock", ["memory", "64M"])
         defer { kit.stop() }
@@ -110,7 +117,7 @@ struct RemoteDiskTests {
     }
 
     @Test func anotherStrataOverTLSWithMultipleConnections() throws {
-        let directory = NSTemporaryDirectory() + "strata-remotetls-\(UUID().uuidString.prefix(8))"
+        let directory = try Self.makeDirectory("strata-remotetls")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try TLSTests.makeCertificates(in: directory + "/keys")
         let backend = try RestartTests.serve("""
@@ -163,7 +170,7 @@ struct RemoteDiskTests {
     /// certificate the backend's CA signed, and checks the backend's against the same CA
     /// and the name it connected to (localhost). fio verifies what it wrote.
     @Test func anotherStrataOverTCPWithCertificatesCheckedBothWays() throws {
-        let directory = NSTemporaryDirectory() + "strata-remotetcp-\(UUID().uuidString.prefix(8))"
+        let directory = try Self.makeDirectory("strata-remotetcp")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try TLSTests.makeCertificates(in: directory + "/keys")
         let backend = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory + "/backend", files: ["t.yaml": """
@@ -212,8 +219,7 @@ struct RemoteDiskTests {
     }
 
     @Test func aLostBackendIsWaitedForThenFailedThenFoundAgain() throws {
-        let directory = NSTemporaryDirectory() + "strata-reconnect-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try Self.makeDirectory("strata-reconnect")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let image = directory + "/back.img"
         #expect(FileManager.default.createFile(atPath: image, contents: nil))
@@ -282,7 +288,7 @@ struct RemoteDiskTests {
     }
 
     @Test func badRemoteEntriesAreReportedWithTheirKey() throws {
-        let directory = NSTemporaryDirectory() + "strata-remotebad-\(UUID().uuidString.prefix(8))"
+        let directory = try Self.makeDirectory("strata-remotebad")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for (disk, message) in [
             ("{name: r0, remote: \"http://example.com/x\"}", "disks[0].remote: 'http://example.com/x': is not nbd://"),
@@ -300,8 +306,7 @@ struct RemoteDiskTests {
     /// and the next disk waited for ever on the topology's lock that the taste held (a
     /// race: seen under load, with the disk added before its connections were adopted).
     @Test func manyRemoteDisksAreTastedAndTheTopologyBuilds() throws {
-        let directory = NSTemporaryDirectory() + "strata-remotetaste-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try Self.makeDirectory("strata-remotetaste")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let kit = try Self.nbdkit(directory + "/kit.sock", ["memory", "64M"])
         defer { kit.stop() }

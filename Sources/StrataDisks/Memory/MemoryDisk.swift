@@ -88,9 +88,9 @@ public final class MemoryDisk: Disk, @unchecked Sendable {
         }
         let start = Int(bitPattern: mapped)
         let aligned = (start + alignment - 1) & ~(alignment - 1)
-        if aligned > start { munmap(mapped, aligned - start) }
-        let tail = start + bytes + slack - (aligned + bytes)
-        if tail > 0 { munmap(UnsafeMutableRawPointer(bitPattern: aligned + bytes), tail) }
+        let head = aligned - start
+        if head > 0 { munmap(mapped, head) }
+        if slack > head { munmap(UnsafeMutableRawPointer(bitPattern: aligned + bytes), slack - head) }
         return UnsafeMutableRawPointer(bitPattern: aligned)!
     }
 
