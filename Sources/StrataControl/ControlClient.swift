@@ -60,7 +60,12 @@ public struct ControlClient: Sendable {
             response.append(contentsOf: chunk[0..<count])
         }
         guard let split = response.range(of: Data("\r\n\r\n".utf8)) else {
-            throw Failure(description: "the control socket \(path) gave no HTTP response")
+            let limits = ControlServer.Limits()
+            throw Failure(description: response.isEmpty
+                ? "the control socket \(path) closed the connection without answering: a server with its most control "
+                    + "connections open (\(limits.connections)) refuses more until some end, at most \(limits.request) later, "
+                    + "or the server stopped"
+                : "the control socket \(path) gave no HTTP response")
         }
         let head = String(decoding: response[..<split.lowerBound], as: UTF8.self)
         let body = response[split.upperBound...]

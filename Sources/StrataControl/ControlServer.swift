@@ -17,8 +17,28 @@ import StrataNBD
 /// The socket is its owner's: its file is 0600 (0660 for a `control-group`) from the
 /// moment it exists, and a connection from anyone but root, the server's own user or
 /// that group is answered 403 whatever it asks. Paths it is given are used only
-/// beneath `writableDirectories`.
+/// beneath `writableDirectories`. Its connections are bounded (`Limits`): a client that
+/// connects and says nothing, or opens many, cannot take the descriptors the NBD
+/// server needs.
 public final class ControlServer: Sendable {
+    /// What a control connection may hold: connections are one request each, so these
+    /// bound what idle or oversized clients can keep open.
+    public struct Limits: Sendable {
+        /// Control connections open at once; one more is closed as soon as it is accepted.
+        public var connections: Int
+        /// How long a connection has, from connecting, to send its whole request; then it
+        /// is answered 408 and closed.
+        public var request: Duration
+        /// The longest request body; a longer one is answered 413 and the connection closed.
+        public var body: Int
+
+        public init(connections: Int = 64, request: Duration = .seconds(10), body: Int = 64 << 10) {
+            self.connections = connections
+            self.request = request
+            self.body = body
+        }
+    }
+
     /// The group besides root and the server's own user that may use the socket
     /// (`control-group:` in the topology file).
     public struct Group: Sendable, Equatable {
@@ -44,6 +64,10 @@ public final class ControlServer: Sendable {
     /// Says a refused user once, so a user who keeps trying cannot fill the log.
     private let log: @Sendable (String) -> Void
     private let refusedUsers = NIOLockedBox<Set<uid_t>>([])
+    let limits: Limits
+    /// Connections open now, and when a connection past the cap was last logged and how
+    /// many were refused since.
+    private let connections = NIOLockedBox<(open: Int, lastLog: ContinuousClock.Instant?, refused: Int)>((0, nil, 0))
 
     /// What changes the topology at run time (`/v1/geoms`, `/v1/exports`, `/v1/config`),
     /// when the server has one.
@@ -55,12 +79,13 @@ public final class ControlServer: Sendable {
     ///     refused with 400. Run-time changes (`running`) keep to their configuration's.
     ///   - group: the group besides root and the server's own user that may connect.
     ///   - log: where a refused user is said, once per user.
-    public init(topology: Topology, running: RunningTopology? = nil, writableDirectories: [String] = [],
+    public init(topology: Topology, running: RunningTopology? = nil, writableDirectories: [String] = [], limits: Limits = Limits(),
                 group: Group? = nil, log: @escaping @Sendable (String) -> Void = { _ in },
                 serverGauges: @escaping @Sendable () -> StatisticsPublisher.ServerGauges? = { nil }) {
         self.topology = topology
         self.running = running
         self.writableDirectories = writableDirectories
+        self.limits = limits
         self.allowedGroup = group
         self.log = log
         self.serverGauges = serverGauges
@@ -93,18 +118,50 @@ public final class ControlServer: Sendable {
     }
 
     /// Serves an accepted connection: every request answered, or, for a peer that may
-    /// not use the socket, answered 403.
+    /// not use the socket, answered 403. One past `limits.connections` is closed at once.
     private func adopt(_ descriptor: Int32) {
+        guard admit() else {
+            Glibc.close(descriptor)
+            return
+        }
         let refusal = refusal(of: descriptor)
+        // Whether the connection became a channel, whose close counts it out.
+        let made = NIOLockedBox(false)
         ClientBootstrap(group: group)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                made.set(true)
+                channel.closeFuture.whenComplete { [self] _ in connections.update { $0.open -= 1 } }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(ControlHandler(server: self, refusal: refusal))
                 }
             }
             .withConnectedSocket(descriptor)
-            .whenFailure { [log] error in log("control connection not served: \(error)") }
+            .whenFailure { [self] error in
+                log("control connection not served: \(error)")
+                if !made.get() { connections.update { $0.open -= 1 } }
+            }
+    }
+
+    /// Counts a connection in, or refuses it at the cap, saying so at most once a second
+    /// (with how many were refused since), so that a flood cannot fill the log.
+    private func admit() -> Bool {
+        let (admitted, refused): (Bool, Int?) = connections.update { state in
+            if state.open < limits.connections {
+                state.open += 1
+                return (true, nil)
+            }
+            state.refused += 1
+            let now = ContinuousClock.now
+            if let last = state.lastLog, now - last < .seconds(1) { return (false, nil) }
+            defer { (state.lastLog, state.refused) = (now, 0) }
+            return (false, state.refused)
+        }
+        if let refused {
+            log("control connection refused: \(limits.connections) control connections are open, the most served at once; "
+                + "\(refused) refused since the last report")
+        }
+        return admitted
     }
 
     /// Why the peer of a connection may not use the socket, or nil when it may: root,
@@ -361,7 +418,11 @@ final class NIOLockedBox<Value: Sendable>: @unchecked Sendable {
     func update<Result>(_ change: (inout Value) -> Result) -> Result { lock.withLock { change(&value) } }
 }
 
-/// One control connection: a request in, a response out, then close.
+/// One control connection: a request in, a response out, then close. A request must
+/// arrive whole within `limits.request` of connecting (else it is answered 408, or, if
+/// its head has not come, the connection is closed), with a body of at most
+/// `limits.body` (else 413); a request NIO's parser cannot read is answered 400 (by
+/// NIO's `HTTPServerProtocolErrorHandler`). Each ends the connection.
 final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -371,35 +432,94 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
     private let refusal: String?
     private var head: HTTPRequestHead?
     private var body = Data()
+    /// Closes the connection when the request has not arrived whole in time.
+    private var deadline: Scheduled<Void>?
+    /// Answered (or being closed): whatever else the client sends is dropped.
+    private var answered = false
 
     init(server: ControlServer, refusal: String?) {
         self.server = server
         self.refusal = refusal
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        let limit = server.limits.request
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit.wholeNanoseconds))) { [self] in
+            // A response needs a request under way (NIO's pipeline handler stops the
+            // process on one without): a client that has not sent a whole head is only
+            // closed.
+            guard let head else {
+                answered = true
+                bound.value.close(promise: nil)
+                return
+            }
+            answer(bound.value, .requestTimeout, version: head.version, "application/json",
+                   Self.error("the request did not arrive whole within \(limit) of connecting"))
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !answered else { return }
         switch unwrapInboundIn(data) {
         case .head(let request):
             head = request
             body = Data()
+            if let length = request.headers.first(name: "Content-Length").flatMap(Int.init), length > server.limits.body {
+                refuseBody(context)
+            }
         case .body(let part):
-            // Control requests are small; anything past 64 KiB is not one.
-            if refusal == nil, body.count < 65536 { body.append(contentsOf: part.readableBytesView) }
+            guard part.readableBytes <= server.limits.body - body.count else {
+                refuseBody(context)
+                return
+            }
+            if refusal == nil { body.append(contentsOf: part.readableBytesView) }
         case .end:
             guard let head else { return }
             let (status, type, body) = if let refusal {
-                (HTTPResponseStatus.forbidden, "application/json", (try? JSONEncoder().encode(["error": refusal])) ?? Data())
+                (HTTPResponseStatus.forbidden, "application/json", Self.error(refusal))
             } else {
                 server.respond(method: head.method, path: head.uri, body: self.body)
             }
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: type)
-            headers.add(name: "Content-Length", value: "\(body.count)")
-            headers.add(name: "Connection", value: "close")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
-            self.head = nil
+            answer(context, status, version: head.version, type, body)
         }
+    }
+
+    /// A request NIO's parser refused: its error handler, before this one, has answered
+    /// 400; nothing more can be read from the connection.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        answered = true
+        deadline?.cancel()
+        context.close(promise: nil)
+    }
+
+    private func refuseBody(_ context: ChannelHandlerContext) {
+        answer(context, .payloadTooLarge, version: head?.version ?? .http1_1, "application/json",
+               Self.error("the request's body is longer than \(server.limits.body) bytes, the most a control request may carry"))
+    }
+
+    /// Writes the one response of this connection, then closes it.
+    private func answer(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, version: HTTPVersion,
+                        _ type: String, _ body: Data) {
+        guard !answered else { return }
+        answered = true
+        deadline?.cancel()
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: type)
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        headers.add(name: "Connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }
+        head = nil
+    }
+
+    private static func error(_ message: String) -> Data {
+        (try? JSONEncoder().encode(["error": message])) ?? Data()
     }
 }

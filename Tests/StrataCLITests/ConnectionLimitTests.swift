@@ -30,6 +30,25 @@ struct ConnectionLimitTests {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// A child's output line by line, however the pipe hands it over.
+    final class Lines {
+        private let pipe: Pipe
+        private var buffered = Data()
+
+        init(_ pipe: Pipe) { self.pipe = pipe }
+
+        func next() -> String {
+            while !buffered.contains(UInt8(ascii: "\n")) {
+                let more = pipe.fileHandleForReading.availableData
+                if more.isEmpty { break }
+                buffered.append(more)
+            }
+            let end = buffered.firstIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? buffered.endIndex
+            defer { buffered = Data(buffered[end...]) }
+            return String(decoding: buffered[..<end], as: UTF8.self)
+        }
+    }
+
     @Test func idleConnectionsPastTheCapAreRefusedTimedOutAndLoggedOnceWhileTheControlSocketAnswers() throws {
         let (server, socket, control) = try Self.serve("""
             limits: {handshake-seconds: 2}
@@ -95,6 +114,104 @@ struct ConnectionLimitTests {
         let log = server.stderr
         #expect(log.components(separatedBy: "handshake timed out").count - 1 == 1, "logged once per peer: \(log)")
         #expect(log.contains("connection refused: the server has its maximum of connections open"), "\(log)")
+    }
+
+    /// The control socket's connections are bounded too: past 64 they are closed at
+    /// once, and one that has not sent its whole request within 10 s is closed (answered
+    /// 408 if its head came), so 300 idle control connections in a server of 256
+    /// descriptors leave the NBD clients served. A request the parser refuses is answered
+    /// 400 and one with an oversized body 413, each closing its connection at once.
+    @Test func controlConnectionsThatSayNothingOrTooMuchAreClosedAndLeaveTheNBDClientsServed() throws {
+        let (server, socket, control) = try Self.serve("""
+            disks:
+              - {name: m0, memory: 16MiB}
+            exports:
+              - {name: vol, provider: m0}
+            """, soft: 256, hard: 256, prefix: "strata-ctl-idle")
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        let script = Process()
+        script.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        script.arguments = ["-c", """
+            import socket, select, sys, time
+            def connect(raw=b""):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect("\(control)")
+                if raw:
+                    s.sendall(raw)
+                return s
+            def answer(s, wait):
+                s.settimeout(wait)
+                out = b""
+                try:
+                    while True:
+                        data = s.recv(65536)
+                        if not data:
+                            return out.decode(errors="replace") + " <closed>"
+                        out += data
+                except socket.timeout:
+                    return out.decode(errors="replace") + " <open>"
+                except OSError as error:
+                    return out.decode(errors="replace") + " <" + str(error) + ">"
+            def closed(s):
+                r, _, _ = select.select([s], [], [], 0)
+                if not r:
+                    return False
+                try:
+                    while s.recv(65536):
+                        r, _, _ = select.select([s], [], [], 0)
+                        if not r:
+                            return False
+                except OSError:
+                    pass
+                return True
+            print("garbage", answer(connect(b"NOT HTTP AT ALL\\r\\n\\r\\n"), 3).replace("\\r\\n", " "), flush=True)
+            print("oversized", answer(connect(b"POST /v1/geoms HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 1048576\\r\\n\\r\\n"), 3).replace("\\r\\n", " "), flush=True)
+            opened = time.monotonic()
+            partial_head = connect(b"GET /v1/sta")
+            partial_body = connect(b"POST /v1/geoms HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 50\\r\\n\\r\\n{")
+            idle = [connect() for _ in range(300)]
+            time.sleep(0.5)
+            print("refused", sum(closed(s) for s in idle), flush=True)
+            sys.stdin.readline()
+            time.sleep(max(0, opened + 11 - time.monotonic()))
+            print("partial-head", answer(partial_head, 1), flush=True)
+            print("partial-body", answer(partial_body, 1).replace("\\r\\n", " "), flush=True)
+            print("timedout", sum(closed(s) for s in idle), flush=True)
+            """]
+        let toScript = Pipe()
+        let fromScript = Pipe()
+        script.standardInput = toScript
+        script.standardOutput = fromScript
+        try script.run()
+        defer { kill(script.processIdentifier, SIGKILL) }
+        let lines = Lines(fromScript)
+        let garbage = lines.next()
+        #expect(garbage.contains("400 Bad Request") && garbage.contains("<closed>"), "\(garbage)")
+        let oversized = lines.next()
+        #expect(oversized.contains("413 Payload Too Large") && oversized.contains("longer than 65536 bytes")
+                && oversized.contains("<closed>"), "\(oversized)")
+        let refused = lines.next()
+        let refusedCount = Int(refused.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+        #expect(refusedCount == 300 - 62, "64 control connections served, two of them the partial requests: \(refused)")
+        // The control socket is full of idle clients; the NBD server has its descriptors.
+        let served = try runProgram("/usr/bin/nbdinfo", ["--size", "nbd+unix:///vol?socket=\(socket)"])
+        #expect(served.0 == 0 && served.1.contains("16777216"), "\(served)")
+        let full = try runProgram(strataBinary, ["status", "--control", control])
+        #expect(full.0 == 1 && full.2.contains("closed the connection without answering"), "\(full)")
+        toScript.fileHandleForWriting.write(Data("go\n".utf8))
+        let partialHead = lines.next()
+        #expect(partialHead.hasPrefix("partial-head  <closed>"), "no head, no response: \(partialHead)")
+        let partialBody = lines.next()
+        #expect(partialBody.contains("408 Request Timeout") && partialBody.contains("did not arrive whole within 10")
+                && partialBody.contains("<closed>"), "\(partialBody)")
+        let timedOut = lines.next()
+        #expect(timedOut.contains("timedout 300"), "every idle connection closed after 10 s: \(timedOut)")
+        script.waitUntilExit()
+        #expect(try runProgram(strataBinary, ["status", "--control", control]).0 == 0)
+        #expect(server.stop() == 0)
+        let reports = server.stderr.components(separatedBy: "control connection refused: 64 control connections are open").count - 1
+        #expect(reports >= 1 && reports <= 3, "reported at most once a second: \(server.stderr)")
     }
 
     @Test func theSoftDescriptorLimitIsRaisedToTheHardOne() throws {
