@@ -265,11 +265,22 @@ public struct ConfigurationLoader {
         }
         var consumers: [String] = []
         if let list = fields["consumers"] {
-            consumers = try self.list(list, key: "\(path).consumers").enumerated().map { index, item in
-                try scalar(item, key: "\(path).consumers[\(index)]")
+            for (index, item) in try self.list(list, key: "\(path).consumers").enumerated() {
+                let consumer = try scalar(item, key: "\(path).consumers[\(index)]")
+                if let first = consumers.firstIndex(of: consumer) {
+                    throw error(item, "\(path).consumers[\(index)]", consumer, Self.consumedTwice(first: first))
+                }
+                consumers.append(consumer)
             }
         }
         return try entry(fields, node: node, path: path, name: name, definition: definition, consumers: consumers)
+    }
+
+    /// Why a geom may not name a provider twice among its consumers: its two consumers
+    /// would be one disk, which a stripe, a concat or a mirror would use as two (a
+    /// stripe's neighbouring chunks on one offset, a mirror's two copies on one disk).
+    static func consumedTwice(first: Int) -> String {
+        "is consumers[\(first)] already; a geom consumes a provider once"
     }
 
     /// An entry whose class's keys are known and whose values that class allows.

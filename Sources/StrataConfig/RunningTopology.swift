@@ -52,7 +52,10 @@ public final class RunningTopology: Sendable {
             }
         }
         var consumers: [Provider] = []
-        for consumer in names {
+        for (index, consumer) in names.enumerated() {
+            if let first = names.firstIndex(of: consumer), first < index {
+                throw SettingError(key: "consumers[\(index)]", value: consumer, problem: ConfigurationLoader.consumedTwice(first: first))
+            }
             guard let provider = topology.provider(named: consumer) else {
                 throw StrataError(.noDevice, "no provider named \(consumer)")
             }

@@ -48,6 +48,9 @@ struct RuntimeChangeTests {
         #expect(nothing.0 == 1 && nothing.2.contains("no provider named nowhere"), "\(nothing)")
         let taken = try strata(control, ["geom", "create", "nop", "s0", "--consumers", "m0"])
         #expect(taken.0 == 1 && taken.2.contains("s0 is already the name"), "\(taken)")
+        let twice = try strata(control, ["geom", "create", "concat", "c9", "--consumers", "m0,d1,m0"])
+        #expect(twice.0 == 1 && twice.2.contains("consumers[2] 'm0': is consumers[0] already; a geom consumes a provider once"),
+                "\(twice)")
         #expect(!FileManager.default.fileExists(atPath: state), "a failed change wrote the state file")
 
         #expect(try strata(control, ["geom", "create", "nop", "n9", "--consumers", "m0", "delay-ms=1"]).0 == 0)

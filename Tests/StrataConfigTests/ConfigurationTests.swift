@@ -311,6 +311,25 @@ import Testing
                 .hasPrefix("t.yaml:5: geoms[0].consumers[0]: 'd9': names no provider"))
     }
 
+    /// Two consumers of one geom on one provider would be one disk used as two: a
+    /// stripe's neighbouring chunks at one offset, a mirror's copies on one disk.
+    @Test(arguments: ["stripe", "concat", "mirror"])
+    func aGeomNamingAProviderTwiceAmongItsConsumersIsRefusedAtTheSecond(className: String) {
+        let yaml = """
+        disks:
+          - {name: d0, memory: 1M}
+          - {name: d1, memory: 1M}
+        geoms:
+          - name: g
+            class: \(className)
+            consumers:
+              - d0
+              - d1
+              - d0
+        """
+        #expect(failure(yaml) == "t.yaml:10: geoms[0].consumers[2]: 'd0': is consumers[0] already; a geom consumes a provider once")
+    }
+
     @Test func geomsThatConsumeEachOtherAreACycle() {
         let yaml = """
         geoms:
