@@ -85,9 +85,11 @@ public struct TopologyChanges: Sendable, Equatable {
 /// Writes `text` to `path` so that a crash leaves either the old file or the new one.
 func writeAtomically(_ text: String, to path: String) throws {
     let directory = (path as NSString).deletingLastPathComponent
-    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    try ServerDirectory.prepare(directory, for: .state)
     let temporary = path + ".new"
-    let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    // Made afresh, never through a link: a leftover of a crash is removed first.
+    unlink(temporary)
+    let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
     guard descriptor >= 0 else { throw StrataError(BioError(errno: errno), "create \(temporary)") }
     let bytes = Array(text.utf8)
     var written = 0

@@ -96,8 +96,9 @@ public final class ControlServer: Sendable {
     /// refused and left alone.
     /// - Throws: `StrataError` naming the path.
     public func start(path: String) async throws {
-        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // Another user binding a socket in the control socket's place would take the
+        // verbs' requests, passphrases among them.
+        try ServerDirectory.prepare(URL(fileURLWithPath: path).deletingLastPathComponent().path, for: .socket)
         let access = NBDListener.FileAccess(mode: allowedGroup == nil ? 0o600 : 0o660, group: allowedGroup?.id)
         let bound = try NBDListener(.unix(path: path), access: access) { [weak self] descriptor in
             guard let self else {

@@ -90,6 +90,14 @@ struct Serve: AsyncParsableCommand {
         let changes: TopologyChanges
         do {
             let file = try loadConfiguration()
+            // Before the state file in it is read: a directory another user may write
+            // could hold a state file of theirs.
+            do {
+                try ServerDirectory.prepare(file.dataDirectory, for: .state)
+            } catch let error as StrataError {
+                throw ConfigError(file: file.file, line: nil, key: "data-directory", value: file.dataDirectory,
+                                  problem: "\(error)")
+            }
             changes = try TopologyChanges.load(for: file)
             configuration = try changes.applied(to: file)
         } catch let error as ConfigError {
@@ -210,7 +218,7 @@ struct Serve: AsyncParsableCommand {
         if let config { return try ConfigurationLoader.load(path: config) }
         if FileManager.default.fileExists(atPath: "strata.yaml") { return try ConfigurationLoader.load(path: "strata.yaml") }
         let directory = FileManager.default.currentDirectoryPath
-        try FileManager.default.createDirectory(atPath: directory + "/strata-data", withIntermediateDirectories: true)
+        try ServerDirectory.prepare(directory + "/strata-data", for: .state)
         let disk = directory + "/strata-data/disk0.img"
         let exists = FileManager.default.fileExists(atPath: disk)
         return try ConfigurationLoader.parse("""

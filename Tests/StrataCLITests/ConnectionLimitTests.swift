@@ -165,8 +165,6 @@ struct ConnectionLimitTests {
                 except OSError:
                     pass
                 return True
-            print("garbage", answer(connect(b"NOT HTTP AT ALL\\r\\n\\r\\n"), 3).replace("\\r\\n", " "), flush=True)
-            print("oversized", answer(connect(b"POST /v1/geoms HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 1048576\\r\\n\\r\\n"), 3).replace("\\r\\n", " "), flush=True)
             opened = time.monotonic()
             partial_head = connect(b"GET /v1/sta")
             partial_body = connect(b"POST /v1/geoms HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 50\\r\\n\\r\\n{")
@@ -178,6 +176,8 @@ struct ConnectionLimitTests {
             print("partial-head", answer(partial_head, 1), flush=True)
             print("partial-body", answer(partial_body, 1).replace("\\r\\n", " "), flush=True)
             print("timedout", sum(closed(s) for s in idle), flush=True)
+            print("garbage", answer(connect(b"NOT HTTP AT ALL\\r\\n\\r\\n"), 3).replace("\\r\\n", " "), flush=True)
+            print("oversized", answer(connect(b"POST /v1/geoms HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 1048576\\r\\n\\r\\n"), 3).replace("\\r\\n", " "), flush=True)
             """]
         let toScript = Pipe()
         let fromScript = Pipe()
@@ -186,11 +186,6 @@ struct ConnectionLimitTests {
         try script.run()
         defer { kill(script.processIdentifier, SIGKILL) }
         let lines = Lines(fromScript)
-        let garbage = lines.next()
-        #expect(garbage.contains("400 Bad Request") && garbage.contains("<closed>"), "\(garbage)")
-        let oversized = lines.next()
-        #expect(oversized.contains("413 Payload Too Large") && oversized.contains("longer than 65536 bytes")
-                && oversized.contains("<closed>"), "\(oversized)")
         let refused = lines.next()
         let refusedCount = Int(refused.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
         #expect(refusedCount == 300 - 62, "64 control connections served, two of them the partial requests: \(refused)")
@@ -207,6 +202,11 @@ struct ConnectionLimitTests {
                 && partialBody.contains("<closed>"), "\(partialBody)")
         let timedOut = lines.next()
         #expect(timedOut.contains("timedout 300"), "every idle connection closed after 10 s: \(timedOut)")
+        let garbage = lines.next()
+        #expect(garbage.contains("400 Bad Request") && garbage.contains("<closed>"), "\(garbage)")
+        let oversized = lines.next()
+        #expect(oversized.contains("413 Payload Too Large") && oversized.contains("longer than 65536 bytes")
+                && oversized.contains("<closed>"), "\(oversized)")
         script.waitUntilExit()
         #expect(try runProgram(strataBinary, ["status", "--control", control]).0 == 0)
         #expect(server.stop() == 0)

@@ -157,6 +157,59 @@ struct ServiceTests {
         #expect(server.stop() == 0)
     }
 
+    /// The directories the server makes for itself are 0755 whatever the umask, one that
+    /// every user may write is refused before the state file in it is read, and the state
+    /// file is never written through a link another user left.
+    @Test func theServersDirectoriesAreNotAnyonesWhateverTheUmask() throws {
+        let directory = NSTemporaryDirectory() + "strata-dirs-\(UUID().uuidString.prefix(8))"
+        let data = directory + "/strata-data"
+        let control = data + "/control.sock"
+        let umask000 = ["-c", "umask 000; exec \"$0\" \"$@\"", strataBinary, "serve", "--config", "t.yaml"]
+        let server = try ServeProcess(executable: "/bin/sh", arguments: umask000, directory: directory, files: [
+            "t.yaml": "listen: [unix://\(directory)/nbd.sock]\n" + Self.memoryDisk,
+        ])
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        #expect(fileMode(data)?.permissions == 0o755, "\(String(describing: fileMode(data)))")
+        // A link left where the state file is first written must not be followed.
+        let victim = directory + "/victim"
+        #expect(FileManager.default.createFile(atPath: victim, contents: Data("keep".utf8)))
+        #expect(symlink(victim, data + "/state.yaml.new") == 0)
+        #expect(try runProgram(strataBinary, ["geom", "create", "nop", "n1", "--consumers", "m0", "--control", control]).0 == 0)
+        #expect((try? String(contentsOfFile: victim, encoding: .utf8)) == "keep")
+        #expect((try? String(contentsOfFile: data + "/state.yaml", encoding: .utf8))?.contains("n1") == true)
+        #expect(fileMode(data + "/state.yaml")?.permissions == 0o600 && fileMode(data)?.permissions == 0o755)
+        #expect(server.stop() == 0)
+
+        // A data directory every user may write: refused before its state file is read.
+        #expect(chmod(data, 0o1777) == 0)
+        let refused = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory)
+        #expect(refused.waitForExit() == 1)
+        #expect(refused.stderr.contains("t.yaml: data-directory: '\(data)': \(data) is writable by every user (mode 1777): another "
+                                        + "user could put a state file there, which the server applies at start"), "\(refused.stderr)")
+        #expect(chmod(data, 0o755) == 0)
+
+        // The control socket's directory: made 0755 with its parents; every user's is
+        // refused unless its sticky bit keeps them from replacing the socket.
+        let nested = directory + "/run/strata"
+        let files = { (socketDirectory: String) in
+            "listen: [unix://\(directory)/nbd.sock]\ncontrol: \(socketDirectory)/control.sock\n" + Self.memoryDisk
+        }
+        let made = try ServeProcess(executable: "/bin/sh", arguments: umask000, directory: directory, files: ["t.yaml": files(nested)])
+        #expect(made.waitForOutput("control socket"), "\(made.stderr)")
+        #expect(fileMode(directory + "/run")?.permissions == 0o755 && fileMode(nested)?.permissions == 0o755)
+        #expect(made.stop() == 0)
+        #expect(chmod(nested, 0o777) == 0)
+        let open = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory)
+        #expect(open.waitForExit() == 1)
+        #expect(open.stderr.contains("cannot open the control socket \(nested)/control.sock: \(nested) is writable by every user "
+                                     + "(mode 777): another user could remove the control socket and bind their own"), "\(open.stderr)")
+        #expect(chmod(nested, 0o1777) == 0)
+        let sticky = try ServeProcess(arguments: ["serve", "--config", "t.yaml"], directory: directory)
+        #expect(sticky.waitForOutput("control socket"), "\(sticky.stderr)")
+        #expect(sticky.stop() == 0)
+    }
+
     @Test(.enabled(if: getuid() == 0, "switching to another user takes root"))
     func aControlGroupLetsItsMembersInAndNoOneElse() throws {
         let directory = NSTemporaryDirectory() + "strata-group-\(UUID().uuidString.prefix(8))"
