@@ -60,6 +60,16 @@ struct PowerCutVerbTests {
         let inData = server.directory + "/strata-data/crash/first"
         let written = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", inData, "--points", "1", "--control", control])
         #expect(written.0 == 0 && FileManager.default.fileExists(atPath: inData + "/states.txt"), "\(written)")
+        // An image is never written through a link found where it goes.
+        let victim = server.directory + "/victim"
+        #expect(FileManager.default.createFile(atPath: victim, contents: Data("keep".utf8)))
+        let linked = server.directory + "/strata-data/crash/linked"
+        try FileManager.default.createDirectory(atPath: linked + "/00001", withIntermediateDirectories: true)
+        #expect(symlink(victim, linked + "/00001/pc0.img") == 0)
+        let throughLink = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", linked, "--points", "1", "--control", control])
+        #expect(throughLink.0 == 1 && throughLink.2.contains("create \(linked)/00001/pc0.img") && throughLink.2.contains("ELOOP"),
+                "\(throughLink)")
+        #expect((try? String(contentsOfFile: victim, encoding: .utf8)) == "keep")
 
         let bad = try runProgram(strataBinary, ["powercut", "images", "pc0", "--out", out, "--subsets", "0", "--control", control])
         #expect(bad.0 == 1 && bad.2.contains("subsets '0': must be a whole number from 1 to 64"), "\(bad)")

@@ -44,9 +44,11 @@ extension PowerCutLog {
     }
 
     /// Writes `bytes` to a new file at `path`, leaving 4 KiB pages of zeros as holes (the
-    /// file is sized first, so they read as zeros).
+    /// file is sized first, so they read as zeros). A link at `path` is refused, not
+    /// followed: the server may run as root, and whoever could write the folder could
+    /// point the image at any file.
     private func writeSparse(_ bytes: [UInt8], to path: String) throws {
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw StrataError(BioError(errno: errno), "create \(path)") }
         defer { close(descriptor) }
         guard ftruncate(descriptor, off_t(bytes.count)) == 0 else {
