@@ -242,7 +242,7 @@ public struct ConfigurationLoader {
 
     private func disk(_ node: Node, path: String) throws -> EntrySpec {
         let fields = try mapping(node, key: path)
-        let name = try required(fields, "name", path: path, in: node)
+        let name = try entryName(fields, path: path, in: node)
         let classes = ClassRegistry.disks.map { $0.name }
         let kinds = classes.filter { fields[$0] != nil }
         let choices = classes.dropLast().joined(separator: ", ") + " or " + classes.last!
@@ -255,7 +255,7 @@ public struct ConfigurationLoader {
 
     private func geom(_ node: Node, path: String) throws -> EntrySpec {
         let fields = try mapping(node, key: path)
-        let name = try required(fields, "name", path: path, in: node)
+        let name = try entryName(fields, path: path, in: node)
         let className = try required(fields, "class", path: path, in: node)
         let known = ClassRegistry.transforms.map { $0.name }
         guard let definition = ClassRegistry.named(className), known.contains(className) else {
@@ -311,7 +311,7 @@ public struct ConfigurationLoader {
     private func export(_ node: Node, path: String) throws -> ExportSpec {
         let fields = try mapping(node, key: path)
         try checkKeys(fields, allowed: Self.exportKeys, path: path)
-        let name = try required(fields, "name", path: path, in: node)
+        let name = try entryName(fields, path: path, in: node)
         let provider = try required(fields, "provider", path: path, in: node)
         let readOnly = try fields["read-only"].map { try boolean($0, key: "\(path).read-only") }
         let isDefault = try fields["default"].map { try boolean($0, key: "\(path).default") } ?? false
@@ -359,6 +359,13 @@ public struct ConfigurationLoader {
     private func scalar(_ node: Node, key: String) throws -> String {
         guard case .scalar(let scalar) = node else { throw error(node, key, nil, "must be a single value") }
         return scalar.string
+    }
+
+    /// The `name` of a disk, geom or export, by `EntryName`'s rule.
+    private func entryName(_ fields: OrderedFields, path: String, in node: Node) throws -> String {
+        let name = try required(fields, "name", path: path, in: node)
+        if let problem = EntryName.problem(name) { throw error(fields["name"]!, "\(path).name", name, problem) }
+        return name
     }
 
     private func required(_ fields: OrderedFields, _ name: String, path: String, in node: Node) throws -> String {

@@ -35,6 +35,7 @@ public final class RunningTopology: Sendable {
             throw SettingError(key: "class", value: className, problem: unknownKeyProblem(className, among: known)
                 .replacingOccurrences(of: "a known key", with: "a known class"))
         }
+        if let problem = EntryName.problem(name) { throw SettingError(key: "name", value: name, problem: problem) }
         guard topology.geom(named: definition.geomName(forEntry: name)) == nil, topology.provider(named: name) == nil else {
             throw StrataError(.exists, "\(name) is already the name of a geom or provider")
         }
@@ -148,6 +149,7 @@ public final class RunningTopology: Sendable {
     ///   any: the export is then not recorded, and lasts as long as that geom.
     @discardableResult
     public func addExport(_ spec: ExportSpec) throws -> Geom? {
+        if let problem = EntryName.problem(spec.name) { throw SettingError(key: "name", value: spec.name, problem: problem) }
         if spec.isDefault, let other = server.exports.first(where: \.isDefault) {
             throw StrataError(.exists, "\(other.name) is the default export already")
         }

@@ -48,6 +48,10 @@ struct RuntimeChangeTests {
         #expect(nothing.0 == 1 && nothing.2.contains("no provider named nowhere"), "\(nothing)")
         let taken = try strata(control, ["geom", "create", "nop", "s0", "--consumers", "m0"])
         #expect(taken.0 == 1 && taken.2.contains("s0 is already the name"), "\(taken)")
+        let dots = try strata(control, ["geom", "create", "nop", "..", "--consumers", "m0"])
+        #expect(dots.0 == 1 && dots.2.contains("name '..': must not begin or end with /"), "\(dots)")
+        let newline = try strata(control, ["export", "add", "a\nb", "m0"])
+        #expect(newline.0 == 1 && newline.2.contains("must not hold control characters"), "\(newline)")
         let twice = try strata(control, ["geom", "create", "concat", "c9", "--consumers", "m0,d1,m0"])
         #expect(twice.0 == 1 && twice.2.contains("consumers[2] 'm0': is consumers[0] already; a geom consumes a provider once"),
                 "\(twice)")

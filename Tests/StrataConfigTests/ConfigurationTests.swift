@@ -311,6 +311,23 @@ import Testing
                 .hasPrefix("t.yaml:5: geoms[0].consumers[0]: 'd9': names no provider"))
     }
 
+    /// Names may hold slashes, as GEOM's do, but not parts a URL's path would collapse
+    /// or drop, nor control characters that would forge log lines.
+    @Test(arguments: [("..", "must not begin or end with /, nor hold //, nor . or .. as a part between slashes"),
+                      ("a/./b", "must not begin or end with /, nor hold //, nor . or .. as a part between slashes"),
+                      ("/d0", "must not begin or end with /, nor hold //, nor . or .. as a part between slashes"),
+                      ("a//b", "must not begin or end with /, nor hold //, nor . or .. as a part between slashes"),
+                      ("a\\tb", "must not hold control characters (a newline, a tab)")])
+    func entryNamesThatAURLOrALogWouldMangleAreRefused(name: String, problem: String) {
+        let shown = name.replacingOccurrences(of: "\\t", with: "\t")
+        #expect(failure("disks:\n  - name: \"\(name)\"\n    memory: 1M") == "t.yaml:2: disks[0].name: '\(shown)': \(problem)")
+        #expect(failure("disks:\n  - {name: d0, memory: 1M}\ngeoms:\n  - {name: \"\(name)\", class: nop, consumers: [d0]}")
+                == "t.yaml:4: geoms[0].name: '\(shown)': \(problem)")
+        #expect(failure("disks:\n  - {name: d0, memory: 1M}\nexports:\n  - {name: \"\(name)\", provider: d0}")
+                == "t.yaml:4: exports[0].name: '\(shown)': \(problem)")
+        #expect(EntryName.problem("label/data") == nil && EntryName.problem("pool/vm1.snap") == nil)
+    }
+
     /// Two consumers of one geom on one provider would be one disk used as two: a
     /// stripe's neighbouring chunks at one offset, a mirror's copies on one disk.
     @Test(arguments: ["stripe", "concat", "mirror"])

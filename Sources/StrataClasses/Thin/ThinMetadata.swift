@@ -372,9 +372,10 @@ final class ThinMetadata {
     /// Checks that `name` may name a volume or snapshot.
     static func checkName(_ name: String, key: String = "name") throws(SettingError) {
         guard !name.isEmpty, name.utf8.count <= ThinFormat.maximumNameLength,
-              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.:+@".contains($0)) }) else {
+              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.:+@".contains($0)) }),
+              name != ".", name != ".." else {
             throw SettingError(key: key, value: name,
-                               problem: "must be 1 to \(ThinFormat.maximumNameLength) letters, digits or - _ . : + @")
+                               problem: "must be 1 to \(ThinFormat.maximumNameLength) letters, digits or - _ . : + @, and not . or ..")
         }
     }
 

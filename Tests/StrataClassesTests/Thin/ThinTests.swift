@@ -376,6 +376,11 @@ import Testing
         defer { topology.shutdown() }
         let (_, pool) = try Self.pool(in: topology)
         #expect(throws: SettingError.self) { _ = try pool.create("a/b", size: 1 << 20, in: topology) }
+        for dots in [".", ".."] {
+            #expect(throws: SettingError.self, "provider \(dots) of the pool would be collapsed in a URL") {
+                _ = try pool.create(dots, size: 1 << 20, in: topology)
+            }
+        }
         #expect(throws: SettingError.self) { _ = try pool.create("odd", size: 1000, in: topology) }
         _ = try pool.create("vm1", size: 1 << 20, in: topology)
         #expect(throws: StrataError.self) { _ = try pool.create("vm1", size: 1 << 20, in: topology) }
