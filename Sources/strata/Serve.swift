@@ -78,7 +78,7 @@ struct Serve: AsyncParsableCommand {
         let descriptors = Self.raiseDescriptorLimit()
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = EscapingLogHandler(StreamLogHandler.standardError(label: label))
             handler.logLevel = level
             return handler
         }

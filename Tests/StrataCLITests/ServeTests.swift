@@ -270,6 +270,29 @@ struct ServeTests {
         #expect(!server.stdout.contains("serving"))
     }
 
+    /// What a client sends reaches the log escaped: an export name with a newline, asked
+    /// for before any authentication, cannot start a line that reads as the server's.
+    @Test func aClientsExportNameCannotForgeALineOfTheLog() throws {
+        let (server, socket, _) = try ServeProcess.serving("disks:\n  - {name: m0, memory: 1MiB}\n", prefix: "strata-forge")
+        defer { server.removeDirectory() }
+        #expect(server.waitForOutput("control socket"), "\(server.stderr)")
+        let client = try runProgram("/usr/bin/python3", ["-c", """
+            import nbd
+            h = nbd.NBD()
+            h.set_export_name("nope\\n2026-01-01T00:00:00+0000 critical strata: forged\\x1b[31m")
+            try:
+                h.connect_unix("\(socket)")
+            except nbd.Error as error:
+                print("refused")
+            """])
+        #expect(client.1.contains("refused"), "\(client)")
+        #expect(server.stop() == 0)
+        let lines = server.stderr.split(separator: "\n")
+        #expect(!lines.contains { $0.hasPrefix("2026-01-01T00:00:00+0000 critical") }, "\(server.stderr)")
+        #expect(server.stderr.contains(#"no export named 'nope\n2026-01-01T00:00:00+0000 critical strata: forged\u{1b}[31m'"#),
+                "\(server.stderr)")
+    }
+
     @Test func badOptionsAreRefusedWithAMessage() throws {
         let listen = try runProgram(strataBinary, ["serve", "--listen", "ftp://x"])
         #expect(listen.0 != 0 && listen.2.contains("--listen 'ftp://x' is not tcp://HOST:PORT"), "\(listen)")
