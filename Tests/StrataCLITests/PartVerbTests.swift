@@ -37,6 +37,8 @@ struct PartVerbTests {
         let created = try part(control, ["create", "g0"])
         #expect(created.0 == 0 && created.1.contains("\"scheme\" : \"gpt\""), "\(created)")
         #expect(try part(control, ["create", "g0"]).2.contains("g0 has a GPT already"))
+        let long = try part(control, ["add", "g0", "--size", "2m", "--label", String(repeating: "x", count: 37)])
+        #expect(long.0 == 1 && long.2.contains("is 37 UTF-16 units long; a GPT partition's name holds at most 36"), "\(long)")
         #expect(try part(control, ["add", "g0", "--size", "2m", "--label", "root"]).0 == 0)
         let swap = try part(control, ["add", "g0", "--size", "4m", "--type", "linux-swap"])
         #expect(swap.0 == 0 && swap.1.contains("\"provider\" : \"g0p2\""), "\(swap)")

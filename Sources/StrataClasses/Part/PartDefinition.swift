@@ -68,7 +68,14 @@ public enum PartDefinition: ClassDefinition {
                     guard let type = gptTypes.first(where: { $0.0 == typeName })?.1 ?? GUID(typeName) else {
                         throw SettingError(key: "type", value: typeName, problem: "is not a GPT type name or GUID")
                     }
-                    _ = try GPTWriter.add(type: type, name: call.text("label") ?? "", size: size, sectorSize: disk.sectorSize,
+                    let label = call.text("label") ?? ""
+                    // A GPT entry holds 36 UTF-16 units of name: a longer one would be cut
+                    // where the user would not see it until it was read back.
+                    guard label.utf16.count <= 36 else {
+                        throw SettingError(key: "label", value: label,
+                                           problem: "is \(label.utf16.count) UTF-16 units long; a GPT partition's name holds at most 36")
+                    }
+                    _ = try GPTWriter.add(type: type, name: label, size: size, sectorSize: disk.sectorSize,
                                           sectors: disk.sectors, read: disk.read, write: disk.write, flush: disk.flush)
                 case .mbr?:
                     if call.text("label") != nil { throw SettingError(key: "label", value: call.text("label"), problem: "is for GPT partitions") }
