@@ -166,6 +166,7 @@ struct Serve: AsyncParsableCommand {
         }
         if let credentials {
             logger.info("TLS \(credentials.mode.rawValue): \(credentials.summary)")
+            for exposed in credentials.exposedSecrets { logger.warning("\(exposed)") }
         }
         for url in configuration.listen where !url.isLoopback && manager.descriptors.isEmpty && server.tlsMode != .require {
             logger.warning("listening on \(url), which is not loopback, without tls: require: NBD has no authentication without TLS")

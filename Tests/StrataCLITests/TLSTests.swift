@@ -166,7 +166,14 @@ struct TLSTests {
         try FileManager.default.moveItem(atPath: directory + "/keys.psk", toPath: directory + "/old.psk")
         #expect(try runProgram("/usr/bin/psktool", ["-u", "alice", "-p", directory + "/keys.psk"]).0 == 0)
         let reload = try runProgram(strataBinary, ["tls", "reload", "--control", directory + "/control.sock"])
-        #expect(reload.0 == 0 && reload.1.contains("1 identity"), "\(reload)")
+        #expect(reload.0 == 0 && reload.1.contains("1 identity") && !reload.1.contains("warning"), "psktool's file is 0600: \(reload)")
+        // A key file every user may read is said, at reload and in the log, and still used.
+        #expect(chmod(directory + "/keys.psk", 0o644) == 0)
+        let exposed = try runProgram(strataBinary, ["tls", "reload", "--control", directory + "/control.sock"])
+        let warning = "\(directory)/keys.psk is readable by every user (mode 644); only the server's user needs to read it"
+        #expect(exposed.0 == 0 && exposed.1.replacingOccurrences(of: "\\/", with: "/").contains("warning: " + warning), "\(exposed)")
+        #expect(Self.logs(server, warning), "\(server.stderr)")
+        #expect(chmod(directory + "/keys.psk", 0o600) == 0)
         #expect(try open("open", as: "alice", keys: "keys.psk").0 == 0)
         #expect(try open("open", as: "alice", keys: "old.psk").0 != 0)
         // A file that does not do is refused, naming it, and the keys in use stay.

@@ -117,7 +117,8 @@ public final class NBDServer: Sendable {
         let credentials = try NBDTLSCredentials.load(settings)
         core.replaceTLS(credentials)
         core.logger.notice("TLS credentials reloaded", metadata: ["credentials": "\(credentials.summary)"])
-        return credentials.summary
+        for exposed in credentials.exposedSecrets { core.logger.warning("\(exposed)") }
+        return ([credentials.summary] + credentials.exposedSecrets.map { "warning: \($0)" }).joined(separator: "; ")
     }
 
     /// Serves one more export, from now on (`strata export add`).

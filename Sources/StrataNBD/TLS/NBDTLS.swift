@@ -58,11 +58,21 @@ public final class NBDTLSCredentials: Sendable {
     public let mode: NBDTLSMode
     /// What the credentials are, for the log line at start and reload (never a key).
     public let summary: String
+    /// The secret files (the private key, the pre-shared keys) that every user of the
+    /// machine may read, each said as a warning at start and reload, as ssh says of an
+    /// unprotected key: anyone who reads one can pose as the server, or as its clients.
+    public let exposedSecrets: [String]
 
-    private init(kind: Kind, mode: NBDTLSMode, summary: String) {
+    private init(kind: Kind, mode: NBDTLSMode, summary: String, secrets: [String]) {
         self.kind = kind
         self.mode = mode
         self.summary = summary
+        exposedSecrets = secrets.compactMap { file in
+            var status = stat()
+            guard stat(file, &status) == 0, status.st_mode & S_IROTH != 0 else { return nil }
+            return "\(file) is readable by every user (mode \(String(status.st_mode & 0o7777, radix: 8))); "
+                + "only the server's user needs to read it (chmod o-r \(file))"
+        }
     }
 
     /// Reads the files `settings` names.
@@ -71,7 +81,8 @@ public final class NBDTLSCredentials: Sendable {
         if let file = settings.pskFile {
             let keys = try presharedKeys(in: file)
             return NBDTLSCredentials(kind: .preSharedKeys(keys), mode: settings.mode,
-                                     summary: "pre-shared keys from \(file) (\(keys.count) identit\(keys.count == 1 ? "y" : "ies"))")
+                                     summary: "pre-shared keys from \(file) (\(keys.count) identit\(keys.count == 1 ? "y" : "ies"))",
+                                     secrets: [file])
         }
         guard let directory = settings.certificates else {
             throw NBDTLSError(file: "(none)", problem: "TLS needs tls-certificates or tls-psk-file")
@@ -116,7 +127,8 @@ public final class NBDTLSCredentials: Sendable {
         let subject = (try? chain[0].toDERBytes()).flatMap { try? CertificateSubject.distinguishedName(ofCertificate: $0) } ?? "?"
         return NBDTLSCredentials(kind: .certificates(context, verifiesPeer: settings.verifyPeer), mode: settings.mode,
                                  summary: "X.509 certificate \(subject) from \(directory)"
-                                    + (settings.verifyPeer ? ", client certificates checked against ca-cert.pem" : ""))
+                                    + (settings.verifyPeer ? ", client certificates checked against ca-cert.pem" : ""),
+                                 secrets: [keyPath])
     }
 
     /// The keys of a psktool file.
