@@ -182,6 +182,7 @@ public final class RunningTopology: Sendable {
         }
         if geomForThisRunOnly(under: export.provider) != nil {
             try server.remove(exportNamed: name, force: force)
+            unclaimIfUnused(export.provider)
             return
         }
         let before = changes.withLock { $0 }
@@ -196,6 +197,14 @@ public final class RunningTopology: Sendable {
             try? record { $0 = before }
             throw error
         }
+        unclaimIfUnused(export.provider)
+    }
+
+    /// Gives a provider back to tasting, and to verbs that remove providers (`thin
+    /// delete`), once no export serves it and no geom consumes it.
+    private func unclaimIfUnused(_ provider: String) {
+        let consumed = topology.geoms.contains { $0.consumers.contains { $0.provider?.name == provider } }
+        if !consumed && !server.exports.contains(where: { $0.provider == provider }) { topology.unclaim([provider]) }
     }
 
     /// Applies `change` to the recorded changes and writes the state file; on failure

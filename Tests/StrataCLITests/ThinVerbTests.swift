@@ -160,6 +160,11 @@ struct ThinVerbTests {
         #expect(kept.1.contains("snap1"), "the runtime export is kept: \(kept)")
         #expect(try Self.digest("snap1", directory) == digest)
         #expect(try Self.strata(["thin", "delete", "tp", "c1"], directory).0 == 0)
+        // A volume an export serves, even with no client, stays until the export goes.
+        let exported = try Self.strata(["thin", "delete", "tp", "vm2"], directory)
+        #expect(exported.0 == 1 && exported.2.contains("an export or an entry of the topology uses tp/vm2"), "\(exported)")
+        #expect(try Self.strata(["export", "remove", "vol2"], directory).0 == 0)
+        #expect(try Self.strata(["thin", "delete", "tp", "vm2"], directory).0 == 0)
         #expect(server.stop() == 0, "\(server.stderr)")
     }
 

@@ -100,7 +100,7 @@ public enum ThinDefinition: ClassDefinition {
             try call.geom(as: ThinPoolGeom.self).revert(call.text("volume")!, to: call.text("snapshot")!, force: call.flag("force"),
                                                        in: call.topology)
         },
-        ClassVerb("delete", "Delete a volume or snapshot, freeing chunks nothing else maps (refused while it is open, unless --force).",
+        ClassVerb("delete", "Delete a volume or snapshot, freeing chunks nothing else maps (refused while it is open, exported or under a geom, unless --force).",
                   arguments: [VerbParameter("name", .text, help: "The volume or snapshot.")], options: [force]) { call in
             try call.geom(as: ThinPoolGeom.self).delete(call.text("name")!, force: call.flag("force"), in: call.topology)
         },

@@ -98,6 +98,20 @@ extension ThinPoolGeom {
             return volume
         }
         try checkUnused(volume, force: force, doing: "delete")
+        if let provider = volume.provider, !force {
+            // As `geom destroy`: a volume that an export serves, or another geom stands
+            // on, would leave that user on a provider gone for good.
+            // A geom on its way out (a closed device's) is not a user.
+            let user = topology.withLock {
+                provider.consumers.first { !$0.geom.className.hasPrefix("TASTE") && !$0.geom.isWithering }?.geom.name
+            }
+            if let user {
+                throw StrataError(.busy, "\(user) is stacked on \(provider.name); destroy it first, or delete with --force")
+            }
+            if topology.isClaimed(provider.name) {
+                throw StrataError(.busy, "an export or an entry of the topology uses \(provider.name); remove it first, or delete with --force")
+            }
+        }
         removeProvider(of: volume, in: topology)
         try perform { metadata in
             metadata.delete(volume)

@@ -57,6 +57,34 @@ import Testing
         #expect(list.pool.dataUsed == Int64(4 * Self.chunk))
     }
 
+    /// As `geom destroy`, `delete` leaves a volume that an export or a topology entry
+    /// uses (a claim), or that a geom stands on, unless forced.
+    @Test func aVolumeThatAnExportOrAGeomUsesIsDeletedOnlyWhenForced() throws {
+        let topology = Topology()
+        defer { topology.shutdown() }
+        let (_, pool) = try Self.pool(in: topology)
+        func refusal(_ name: String) -> String {
+            do {
+                _ = try pool.delete(name, force: false, in: topology)
+                return "deleted"
+            } catch {
+                return "\(error)"
+            }
+        }
+        _ = try pool.create("served", size: 1 << 20, in: topology)
+        topology.claim(["tp/served"])
+        #expect(refusal("served").hasPrefix("an export or an entry of the topology uses tp/served; remove it first, or delete with --force"))
+        _ = try pool.create("under", size: 1 << 20, in: topology)
+        _ = try NopGeom.create(in: topology, name: "above", over: topology.provider(named: "tp/under")!, settings: .init())
+        #expect(refusal("under").hasPrefix("above is stacked on tp/under; destroy it first, or delete with --force"))
+        #expect(topology.provider(named: "tp/served") != nil && topology.provider(named: "tp/under") != nil)
+        _ = try pool.delete("served", force: true, in: topology)
+        #expect(topology.provider(named: "tp/served") == nil)
+        topology.unclaim(["tp/served"])
+        _ = try pool.create("free", size: 1 << 20, in: topology)
+        #expect(refusal("free") == "deleted")
+    }
+
     @Test func aChunkThatHeldADeletedVolumesDataReadsZerosAroundANewWrite() async throws {
         let topology = Topology()
         defer { topology.shutdown() }
