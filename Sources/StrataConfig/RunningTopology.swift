@@ -203,7 +203,7 @@ public final class RunningTopology: Sendable {
     /// Gives a provider back to tasting, and to verbs that remove providers (`thin
     /// delete`), once no export serves it and no geom consumes it.
     private func unclaimIfUnused(_ provider: String) {
-        let consumed = topology.geoms.contains { $0.consumers.contains { $0.provider?.name == provider } }
+        let consumed = topology.withLock { topology.geoms.contains { $0.consumers.contains { $0.provider?.name == provider } } }
         if !consumed && !server.exports.contains(where: { $0.provider == provider }) { topology.unclaim([provider]) }
     }
 

@@ -27,7 +27,7 @@ public final class ControlServer: Sendable {
         /// Control connections open at once; one more is closed as soon as it is accepted.
         public var connections: Int
         /// How long a connection has, from connecting, to send its whole request; then it
-        /// is answered 408 and closed.
+        /// is answered 408 and closed (only closed if its head has not come whole).
         public var request: Duration
         /// The longest request body; a longer one is answered 413 and the connection closed.
         public var body: Int
@@ -61,7 +61,8 @@ public final class ControlServer: Sendable {
     private let allowedGroup: Group?
     /// The only directories beneath which a path given to a verb may lie.
     let writableDirectories: [String]
-    /// Says a refused user once, so a user who keeps trying cannot fill the log.
+    /// Says refusals: a refused user once, so a user who keeps trying cannot fill the
+    /// log, and connections past the cap at most once a second.
     private let log: @Sendable (String) -> Void
     private let refusedUsers = NIOLockedBox<Set<uid_t>>([])
     let limits: Limits

@@ -100,8 +100,8 @@ extension ThinPoolGeom {
         try checkUnused(volume, force: force, doing: "delete")
         if let provider = volume.provider, !force {
             // As `geom destroy`: a volume that an export serves, or another geom stands
-            // on, would leave that user on a provider gone for good.
-            // A geom on its way out (a closed device's) is not a user.
+            // on, would leave that user on a provider gone for good. A geom on its way
+            // out (a closed device's) is no longer a user.
             let user = topology.withLock {
                 provider.consumers.first { !$0.geom.className.hasPrefix("TASTE") && !$0.geom.isWithering }?.geom.name
             }
