@@ -111,8 +111,8 @@ public final class RunningTopology: Sendable {
                 if counts.read + counts.write + counts.exclusive > 0 {
                     throw StrataError(.busy, "\(provider.name) is open; --force destroys it anyway")
                 }
-                if let user = provider.consumers.first(where: { !$0.geom.className.hasPrefix("TASTE") }) {
-                    throw StrataError(.busy, "\(user.geom.name) is stacked on \(provider.name); destroy it first, or --force")
+                if let user = topology.userStacked(on: provider) {
+                    throw StrataError(.busy, "\(user.name) is stacked on \(provider.name); destroy it first, or --force")
                 }
                 if exported.contains(provider.name) {
                     throw StrataError(.busy, "an export serves \(provider.name); remove it first, or --force")
@@ -132,8 +132,7 @@ public final class RunningTopology: Sendable {
         }
         topology.wither(geom, error: .noDevice)
         topology.waitUntilGone(geom)
-        let stillUsed = Set(topology.geoms.flatMap { $0.consumers.compactMap { $0.provider?.name } } + server.exports.map(\.provider))
-        topology.unclaim(consumed.filter { !stillUsed.contains($0) })
+        unclaimUnused(consumed)
     }
 
     /// Serves one more export (`strata export add`).
@@ -182,7 +181,7 @@ public final class RunningTopology: Sendable {
         }
         if geomForThisRunOnly(under: export.provider) != nil {
             try server.remove(exportNamed: name, force: force)
-            unclaimIfUnused(export.provider)
+            unclaimUnused([export.provider])
             return
         }
         let before = changes.withLock { $0 }
@@ -197,14 +196,15 @@ public final class RunningTopology: Sendable {
             try? record { $0 = before }
             throw error
         }
-        unclaimIfUnused(export.provider)
+        unclaimUnused([export.provider])
     }
 
-    /// Gives a provider back to tasting, and to verbs that remove providers (`thin
-    /// delete`), once no export serves it and no geom consumes it.
-    private func unclaimIfUnused(_ provider: String) {
-        let consumed = topology.withLock { topology.geoms.contains { $0.consumers.contains { $0.provider?.name == provider } } }
-        if !consumed && !server.exports.contains(where: { $0.provider == provider }) { topology.unclaim([provider]) }
+    /// Gives providers back to tasting, and to verbs that remove providers (`thin
+    /// delete`), once no export serves them and no geom consumes them.
+    private func unclaimUnused(_ providers: [String]) {
+        let used = topology.withLock { Set(topology.geoms.flatMap { $0.consumers.compactMap { $0.provider?.name } }) }
+            .union(server.exports.map(\.provider))
+        topology.unclaim(providers.filter { !used.contains($0) })
     }
 
     /// Applies `change` to the recorded changes and writes the state file; on failure

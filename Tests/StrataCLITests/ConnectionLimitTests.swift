@@ -19,16 +19,18 @@ struct ConnectionLimitTests {
         return (server, socket, control)
     }
 
-    /// One line a child wrote (a pipe may hand it over in pieces).
-    static func line(from pipe: Pipe) -> String {
-        var bytes = Data()
-        while !bytes.contains(UInt8(ascii: "\n")) {
-            let more = pipe.fileHandleForReading.availableData
-            if more.isEmpty { break }
-            bytes.append(more)
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
+    /// A Python function for the scripts below: whether the server has closed socket `s`,
+    /// reading and dropping what it answered first.
+    static let closedInPython = """
+        def closed(s):
+            try:
+                while select.select([s], [], [], 0)[0]:
+                    if not s.recv(65536):
+                        return True
+                return False
+            except OSError:
+                return True
+        """
 
     /// A child's output line by line, however the pipe hands it over.
     final class Lines {
@@ -72,20 +74,7 @@ struct ConnectionLimitTests {
                 s.connect("\(socket)")
                 conns.append(s)
             time.sleep(0.5)
-            def closed(s):
-                try:
-                    r, _, _ = select.select([s], [], [], 0)
-                    if not r:
-                        return False
-                    while True:
-                        data = s.recv(4096)
-                        if not data:
-                            return True
-                        r, _, _ = select.select([s], [], [], 0)
-                        if not r:
-                            return False
-                except OSError:
-                    return True
+            \(Self.closedInPython)
             print("refused", sum(closed(s) for s in conns), flush=True)
             sys.stdin.readline()
             time.sleep(2.5)
@@ -96,7 +85,8 @@ struct ConnectionLimitTests {
         idle.standardInput = toScript
         idle.standardOutput = fromScript
         try idle.run()
-        let first = Self.line(from: fromScript)
+        let lines = Lines(fromScript)
+        let first = lines.next()
         let refused = Int(first.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
         #expect(refused >= 300 - 128 && refused < 300, "connections refused at the cap: \(first)")
         // With the cap full of idle clients, the control socket answers and a new client
@@ -105,7 +95,7 @@ struct ConnectionLimitTests {
         let refusedClient = try runProgram("/usr/bin/nbdinfo", ["nbd+unix:///vol?socket=\(socket)"])
         #expect(refusedClient.0 != 0, "\(refusedClient)")
         toScript.fileHandleForWriting.write(Data("go\n".utf8))
-        let second = Self.line(from: fromScript)
+        let second = lines.next()
         #expect(second.contains("timedout 300"), "every idle connection closed after the handshake timeout: \(second)")
         idle.waitUntilExit()
         let served = try runProgram("/usr/bin/nbdinfo", ["nbd+unix:///vol?socket=\(socket)"])
@@ -153,18 +143,7 @@ struct ConnectionLimitTests {
                     return out.decode(errors="replace") + " <open>"
                 except OSError as error:
                     return out.decode(errors="replace") + " <" + str(error) + ">"
-            def closed(s):
-                r, _, _ = select.select([s], [], [], 0)
-                if not r:
-                    return False
-                try:
-                    while s.recv(65536):
-                        r, _, _ = select.select([s], [], [], 0)
-                        if not r:
-                            return False
-                except OSError:
-                    pass
-                return True
+            \(Self.closedInPython)
             opened = time.monotonic()
             partial_head = connect(b"GET /v1/sta")
             partial_body = connect(b"POST /v1/geoms HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 50\\r\\n\\r\\n{")
@@ -263,7 +242,7 @@ struct ConnectionLimitTests {
         writer.standardOutput = fromWriter
         try writer.run()
         defer { kill(writer.processIdentifier, SIGKILL) }
-        #expect(Self.line(from: fromWriter).contains("connected"))
+        #expect(Lines(fromWriter).next().contains("connected"))
         #expect(try runProgram(strataBinary, ["nop", "configure", "n0", "--delay-ms", "60000",
                                               "--control", directory + "/control.sock"]).0 == 0)
         toWriter.fileHandleForWriting.write(Data("go\n".utf8))

@@ -286,6 +286,13 @@ public final class Topology: @unchecked Sendable {
         withLock { claimed.contains(name) }
     }
 
+    /// The geom stacked on `provider` that would be left on nothing if it went: one
+    /// attached to it, not tasting it and not on its way out (a closed device's). Verbs
+    /// that remove a provider (`geom destroy`, `thin delete`) refuse while there is one.
+    public func userStacked(on provider: Provider) -> Geom? {
+        withLock { provider.consumers.first { !$0.geom.className.hasPrefix("TASTE") && !$0.geom.isWithering }?.geom }
+    }
+
     /// Sets or clears the error every request to `provider` gets (`g_error_provider`).
     public func setError(_ error: BioError?, on provider: Provider) {
         provider.setError(error)

@@ -100,13 +100,9 @@ extension ThinPoolGeom {
         try checkUnused(volume, force: force, doing: "delete")
         if let provider = volume.provider, !force {
             // As `geom destroy`: a volume that an export serves, or another geom stands
-            // on, would leave that user on a provider gone for good. A geom on its way
-            // out (a closed device's) is no longer a user.
-            let user = topology.withLock {
-                provider.consumers.first { !$0.geom.className.hasPrefix("TASTE") && !$0.geom.isWithering }?.geom.name
-            }
-            if let user {
-                throw StrataError(.busy, "\(user) is stacked on \(provider.name); destroy it first, or delete with --force")
+            // on, would leave that user on a provider gone for good.
+            if let user = topology.userStacked(on: provider) {
+                throw StrataError(.busy, "\(user.name) is stacked on \(provider.name); destroy it first, or delete with --force")
             }
             if topology.isClaimed(provider.name) {
                 throw StrataError(.busy, "an export or an entry of the topology uses \(provider.name); remove it first, or delete with --force")
